@@ -1,0 +1,538 @@
+"""Reader for the Action Genome (AG) annotation release.
+
+Reads the real layout (``annotations/person_bbox.pkl``,
+``annotations/object_bbox_and_relationship[_filtersmall].pkl``, the two class files)
+and applies the filters that every AG baseline applies (STTran's ``AG`` dataset), each
+as a named field of :class:`ReaderOptions` so that a user can see and change it:
+
+1. ``split``: a frame belongs to the split named in its objects' ``metadata['set']``;
+2. ``require_visible_object``: a frame is kept only if at least one object is visible;
+3. ``require_person_box``: a frame is kept only if the person detector found a box;
+4. ``visible_only``: only visible objects are kept (xywh boxes become xyxy);
+5. ``min_frames``: a video is kept only if it has at least this many frames left
+   (the baselines keep videos with *more than 2* frames, i.e. ``min_frames=3``);
+6. ``filter_small``: read ``object_bbox_and_relationship_filtersmall.pkl`` (boxes with a
+   short edge under 16 px removed), which the baselines use for SGCLS and SGDET.
+
+The baselines have no validation split; here ``val`` is a seeded, stable fraction of
+the ``train`` videos (:func:`validation_videos`), removed from ``train``.
+
+Everything returned is a frozen dataclass. Boxes are ``(x1, y1, x2, y2)`` in pixels of
+the original frame; relation labels are *global* predicate ids of the vocabulary
+(attention 0..2, spatial 3..8, contacting 9..25).
+
+Malformed input raises :class:`AnnotationError` naming the file and the frame. The
+per-object cases that the baselines' data would skip (a visible object whose ``bbox`` is
+None, a degenerate box) are skipped and counted in :class:`FilterReport` by default, or
+raise with ``ReaderOptions(on_bad_object="error")``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import math
+import pickle
+import re
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from store.vocabulary import ACTION_GENOME, PredicateGroup, Vocabulary
+
+log = logging.getLogger(__name__)
+
+PERSON_FILE = "annotations/person_bbox.pkl"
+OBJECT_FILE = "annotations/object_bbox_and_relationship.pkl"
+OBJECT_FILE_SMALL = "annotations/object_bbox_and_relationship_filtersmall.pkl"
+OBJECT_CLASSES_FILE = "annotations/object_classes.txt"
+PREDICATE_CLASSES_FILE = "annotations/relationship_classes.txt"
+FRAME_LIST_FILE = "annotations/frame_list.txt"
+
+FRAME_KEY = re.compile(r"^(?P<video>[^/]+\.mp4)/(?P<number>\d+)\.png$")
+
+# The five compound object names of object_classes.txt and the short names that the
+# baselines (and the pickles) use in their place.
+OBJECT_ALIASES: dict[str, str] = {
+    "closet/cabinet": "closet",
+    "cup/glass/bottle": "cup",
+    "paper/notebook": "paper",
+    "phone/camera": "phone",
+    "sofa/couch": "sofa",
+}
+
+_GROUP_KEYS = {
+    PredicateGroup.ATTENTION: "attention_relationship",
+    PredicateGroup.SPATIAL: "spatial_relationship",
+    PredicateGroup.CONTACTING: "contacting_relationship",
+}
+
+
+class AnnotationError(ValueError):
+    """Malformed Action Genome input; the message names the file and the frame."""
+
+    def __init__(self, path: Path | str, problem: str, frame: str | None = None):
+        where = f"{path}" if frame is None else f"{path}, frame {frame!r}"
+        super().__init__(f"{where}: {problem}")
+        self.path = Path(path)
+        self.frame = frame
+        self.problem = problem
+
+
+class Split(str, enum.Enum):
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+@dataclass(frozen=True)
+class ObjectAnnotation:
+    """One annotated object of a frame; the subject of every relation is the person.
+
+    ``box`` is xyxy in pixels; ``label`` an object id of the vocabulary; ``attention``,
+    ``spatial`` and ``contacting`` are global predicate ids (AG gives exactly one
+    attention label and zero or more of the others).
+    """
+
+    label: int
+    box: tuple[float, float, float, float]
+    attention: tuple[int, ...]
+    spatial: tuple[int, ...]
+    contacting: tuple[int, ...]
+
+    @property
+    def predicates(self) -> tuple[int, ...]:
+        """Every predicate id of this object, attention first."""
+        return self.attention + self.spatial + self.contacting
+
+
+@dataclass(frozen=True)
+class FrameAnnotation:
+    """An annotated frame: its person box and its (kept) objects.
+
+    ``name`` is the AG frame key ``'VIDEO.mp4/000089.png'``; ``frame_number`` is the
+    number in that key, which is the decoded frame index in ``videos/VIDEO.mp4``.
+    """
+
+    name: str
+    video: str
+    frame_number: int
+    width: int
+    height: int
+    person_box: tuple[float, float, float, float]
+    """NaN when the detector found no person (kept only with require_person_box=False)."""
+    objects: tuple[ObjectAnnotation, ...]
+
+    @property
+    def has_person(self) -> bool:
+        return not math.isnan(self.person_box[0])
+
+    def boxes(self) -> np.ndarray:
+        """float32 (1 + n_objects, 4) xyxy: the person box first, then the objects."""
+        return np.array([self.person_box, *[o.box for o in self.objects]], dtype=np.float32).reshape(-1, 4)
+
+    def labels(self, person_index: int = ACTION_GENOME.person_index) -> np.ndarray:
+        """int64 (1 + n_objects,): the person label first, then the objects' labels."""
+        return np.array([person_index, *[o.label for o in self.objects]], dtype=np.int64)
+
+    @property
+    def num_relations(self) -> int:
+        """Number of (subject, predicate, object) triplets this frame annotates."""
+        return sum(len(o.predicates) for o in self.objects)
+
+
+@dataclass(frozen=True)
+class VideoAnnotation:
+    """A video's kept frames, in frame-number order."""
+
+    name: str
+    split: Split
+    frames: tuple[FrameAnnotation, ...]
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    """The baselines' filters, each named; the defaults reproduce STTran's PredCLS data."""
+
+    filter_small: bool = False
+    """Read the ``_filtersmall`` pickle (the baselines do for SGCLS and SGDET)."""
+    require_visible_object: bool = True
+    """Drop frames in which no object is visible."""
+    require_person_box: bool = True
+    """Drop frames in which the person detector found no box."""
+    visible_only: bool = True
+    """Keep only visible objects (invisible ones have no box)."""
+    min_frames: int = 3
+    """Drop videos with fewer kept frames than this (baselines: more than 2)."""
+    val_fraction: float = 0.05
+    """Fraction of the train videos held out as the validation split."""
+    val_seed: int = 0
+    """Seed of the validation draw; the same seed always picks the same videos."""
+    on_bad_object: str = "skip"
+    """'skip' (count in the report) or 'error' for a kept object without a usable box."""
+
+    def __post_init__(self) -> None:
+        if self.on_bad_object not in ("skip", "error"):
+            raise ValueError(f"on_bad_object must be 'skip' or 'error', got {self.on_bad_object!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.min_frames < 1:
+            raise ValueError(f"min_frames must be at least 1, got {self.min_frames}")
+
+    @classmethod
+    def for_mode(cls, mode, **overrides) -> "ReaderOptions":
+        """The options the baselines use for a task mode (a :class:`store.vocabulary.Mode`)."""
+        from store.vocabulary import Mode
+
+        return cls(filter_small=Mode(mode) is not Mode.PREDCLS, **overrides)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class FilterReport:
+    """What the filters removed, counted per split of the pickle ('train' / 'test').
+
+    Frame counters count annotated frames, each under the first filter that dropped it
+    (in the order of the module docstring); object counters count the objects of frames
+    that passed the frame filters; ``videos_too_short`` counts videos dropped by
+    ``min_frames`` and ``frames_in_short_videos`` the frames they took with them. Frames
+    with an empty object list have no set and are counted under ``'unknown'``.
+    """
+
+    frames_seen: Counter = field(default_factory=Counter)
+    frames_no_objects: Counter = field(default_factory=Counter)
+    frames_no_visible_object: Counter = field(default_factory=Counter)
+    frames_no_person_box: Counter = field(default_factory=Counter)
+    objects_invisible: Counter = field(default_factory=Counter)
+    objects_without_box: Counter = field(default_factory=Counter)
+    objects_degenerate_box: Counter = field(default_factory=Counter)
+    videos_too_short: Counter = field(default_factory=Counter)
+    frames_in_short_videos: Counter = field(default_factory=Counter)
+    skipped: list[str] = field(default_factory=list)
+    """One line per skipped object: file, frame, object index and reason."""
+
+    def as_rows(self) -> list[tuple[str, str, int]]:
+        """``(counter, split, count)`` for every non-empty counter."""
+        rows = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Counter):
+                rows.extend((f.name, split, n) for split, n in sorted(value.items()) if n)
+        return rows
+
+
+@dataclass(frozen=True)
+class ActionGenome:
+    """The result of reading an AG root: videos per split, vocabulary and filter report."""
+
+    root: Path
+    options: ReaderOptions
+    vocabulary: Vocabulary
+    splits: Mapping[Split, tuple[VideoAnnotation, ...]]
+    report: FilterReport
+
+    def videos(self, split: Split | str) -> tuple[VideoAnnotation, ...]:
+        return self.splits[Split(split)]
+
+    def frames(self, split: Split | str) -> Iterator[FrameAnnotation]:
+        for video in self.videos(split):
+            yield from video.frames
+
+    def summary(self) -> list[dict]:
+        """One row per split: videos, frames, objects, relations (triplets)."""
+        rows = []
+        for split, videos in self.splits.items():
+            frames = [f for v in videos for f in v.frames]
+            rows.append({
+                "split": split.value,
+                "videos": len(videos),
+                "frames": len(frames),
+                "objects": sum(len(f.objects) for f in frames),
+                "relations": sum(f.num_relations for f in frames),
+            })
+        return rows
+
+
+# --- vocabulary --------------------------------------------------------------------------
+
+
+def _squash(name: str) -> str:
+    return name.strip().lower().replace("_", "").replace(" ", "")
+
+
+def object_name_table(vocabulary: Vocabulary = ACTION_GENOME) -> dict[str, int]:
+    """Every accepted spelling of an object class (short, compound, any underscores) -> id."""
+    table = {_squash(name): i for i, name in enumerate(vocabulary.objects) if i > 0}
+    for compound, short in OBJECT_ALIASES.items():
+        if short in vocabulary.objects:
+            table[_squash(compound)] = vocabulary.object_index(short)
+    return table
+
+
+def predicate_name_table(vocabulary: Vocabulary = ACTION_GENOME) -> dict[str, int]:
+    """Every accepted spelling of a predicate ('in_front_of', 'infrontof') -> id."""
+    return {_squash(name): i for i, name in enumerate(vocabulary.predicates)}
+
+
+def read_vocabulary(root: Path | str) -> Vocabulary:
+    """Check the two class files against Action Genome's vocabulary and return it.
+
+    The raw files spell five objects as compounds ('cup/glass/bottle') and the predicates
+    without underscores ('infrontof'); both normalise to :data:`ACTION_GENOME`'s names.
+    A file that does not list exactly AG's classes in AG's order is an error, because
+    every id downstream depends on that order.
+    """
+    root = Path(root)
+    objects = _read_lines(root / OBJECT_CLASSES_FILE)
+    object_table = object_name_table()
+    predicates = _read_lines(root / PREDICATE_CLASSES_FILE)
+    predicate_table = predicate_name_table()
+    expected = (
+        (OBJECT_CLASSES_FILE, objects, object_table, list(range(1, ACTION_GENOME.num_objects))),
+        (PREDICATE_CLASSES_FILE, predicates, predicate_table, list(range(ACTION_GENOME.num_predicates))),
+    )
+    for rel, names, table, ids in expected:
+        for line_no, name in enumerate(names, start=1):
+            if _squash(name) not in table:
+                raise AnnotationError(root / rel, f"line {line_no}: unknown class name {name!r}")
+        got = [table[_squash(n)] for n in names]
+        if got != ids:
+            raise AnnotationError(
+                root / rel,
+                f"lists {len(names)} classes that are not Action Genome's in its order "
+                f"(expected {len(ids)} entries)",
+            )
+    return ACTION_GENOME
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise AnnotationError(path, "missing (is the root an Action Genome download?)")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+# --- pickles -----------------------------------------------------------------------------
+
+
+def _load_pickle(path: Path) -> dict:
+    if not path.is_file():
+        raise AnnotationError(path, "missing (is the root an Action Genome download?)")
+    try:
+        with path.open("rb") as f:
+            data = pickle.load(f)
+    except Exception as e:  # a truncated or foreign file: name it, keep the cause
+        raise AnnotationError(path, f"cannot be unpickled: {e}") from e
+    if not isinstance(data, dict):
+        raise AnnotationError(path, f"expected a dict keyed by frame name, got {type(data).__name__}")
+    return data
+
+
+def parse_frame_key(key: object, path: Path | str) -> tuple[str, int]:
+    """``'001YG.mp4/000089.png'`` -> ``('001YG.mp4', 89)``; anything else is an error."""
+    m = FRAME_KEY.match(key) if isinstance(key, str) else None
+    if m is None:
+        raise AnnotationError(path, "malformed frame key, expected 'VIDEO.mp4/NNNNNN.png'", frame=repr(key))
+    return m["video"], int(m["number"])
+
+
+def _person_box(entry: object, path: Path, frame: str) -> tuple[tuple[float, ...] | None, int, int]:
+    if not isinstance(entry, dict) or "bbox" not in entry or "bbox_size" not in entry:
+        raise AnnotationError(path, "entry must be a dict with 'bbox' and 'bbox_size'", frame)
+    try:
+        width, height = (int(v) for v in entry["bbox_size"])
+        boxes = np.asarray(entry["bbox"], dtype=np.float64).reshape(-1, 4)
+    except (TypeError, ValueError) as e:
+        raise AnnotationError(path, f"unreadable 'bbox' or 'bbox_size': {e}", frame) from e
+    if len(boxes) == 0:
+        return None, width, height
+    if len(boxes) > 1:
+        raise AnnotationError(path, f"{len(boxes)} person boxes, AG has at most one", frame)
+    box = boxes[0]
+    if not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
+        raise AnnotationError(path, f"degenerate person box {box.tolist()}", frame)
+    return tuple(float(v) for v in box), width, height
+
+
+def _frame_split(objects: Sequence[dict], path: Path, frame: str) -> str | None:
+    sets = set()
+    for obj in objects:
+        try:
+            sets.add(obj["metadata"]["set"])
+        except (KeyError, TypeError):
+            raise AnnotationError(path, "object without metadata['set']", frame) from None
+    if len(sets) > 1:
+        raise AnnotationError(path, f"objects of one frame disagree on the set: {sorted(sets)}", frame)
+    split = sets.pop() if sets else None
+    if split is not None and split not in ("train", "test"):
+        raise AnnotationError(path, f"unknown set {split!r} (expected 'train' or 'test')", frame)
+    return split
+
+
+def _labels(names: object, group: PredicateGroup, table: dict[str, int], path: Path, frame: str) -> tuple[int, ...]:
+    if names is None:
+        return ()
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise AnnotationError(path, f"{_GROUP_KEYS[group]} must be a list of names, got {names!r}", frame)
+    lo, hi = ACTION_GENOME.group_range(group)
+    ids = []
+    for name in names:
+        idx = table.get(_squash(name)) if isinstance(name, str) else None
+        if idx is None:
+            raise AnnotationError(path, f"unknown predicate {name!r} in {_GROUP_KEYS[group]}", frame)
+        if not lo <= idx < hi:
+            raise AnnotationError(path, f"predicate {name!r} is not a {group.value} predicate", frame)
+        ids.append(idx)
+    return tuple(ids)
+
+
+# --- the reader --------------------------------------------------------------------------
+
+
+def load_action_genome(root: Path | str, options: ReaderOptions = ReaderOptions()) -> ActionGenome:
+    """Read an Action Genome root and apply the filters of ``options``.
+
+    ``root`` is the folder that holds ``annotations/`` (and ``frames/``, ``videos/``,
+    which this function does not open). Returns every split, with ``val`` drawn from
+    ``train`` by :func:`validation_videos`.
+    """
+    root = Path(root)
+    vocabulary = read_vocabulary(root)
+    object_path = root / (OBJECT_FILE_SMALL if options.filter_small else OBJECT_FILE)
+    person_path = root / PERSON_FILE
+    person_data = _load_pickle(person_path)
+    object_data = _load_pickle(object_path)
+    object_table = object_name_table(vocabulary)
+    predicate_table = predicate_name_table(vocabulary)
+    report = FilterReport()
+
+    by_video: dict[tuple[str, str], list[FrameAnnotation]] = {}
+    for key, objects in object_data.items():
+        video, number = parse_frame_key(key, object_path)
+        if not isinstance(objects, list):
+            raise AnnotationError(object_path, f"expected a list of objects, got {type(objects).__name__}", key)
+        split = _frame_split(objects, object_path, key)
+        if split is None:
+            # No object means no set to read; such a frame has nothing to learn from.
+            report.frames_no_objects["unknown"] += 1
+            continue
+        report.frames_seen[split] += 1
+        if options.require_visible_object and not any(_visible(o, object_path, key) for o in objects):
+            report.frames_no_visible_object[split] += 1
+            continue
+        if key not in person_data:
+            raise AnnotationError(person_path, "frame missing (it is in the object annotations)", key)
+        person_box, width, height = _person_box(person_data[key], person_path, key)
+        if person_box is None and options.require_person_box:
+            report.frames_no_person_box[split] += 1
+            continue
+
+        kept = []
+        for index, obj in enumerate(objects):
+            kept_object = _read_object(obj, index, options, object_table, predicate_table,
+                                       object_path, key, split, report)
+            if kept_object is not None:
+                kept.append(kept_object)
+        if options.require_visible_object and not kept:
+            # Every visible object was skipped as unusable: the frame has nothing left.
+            report.frames_no_visible_object[split] += 1
+            continue
+        frame = FrameAnnotation(
+            name=key, video=video, frame_number=number, width=width, height=height,
+            person_box=person_box if person_box is not None else (math.nan,) * 4,
+            objects=tuple(kept),
+        )
+        by_video.setdefault((video, split), []).append(frame)
+
+    seen_split: dict[str, str] = {}
+    videos: dict[str, list[VideoAnnotation]] = {"train": [], "test": []}
+    for (video, split), frames in by_video.items():
+        if seen_split.setdefault(video, split) != split:
+            raise AnnotationError(object_path, f"video {video!r} has frames in both train and test")
+        if len(frames) < options.min_frames:
+            report.videos_too_short[split] += 1
+            report.frames_in_short_videos[split] += len(frames)
+            continue
+        frames.sort(key=lambda f: f.frame_number)
+        videos[split].append(VideoAnnotation(name=video, split=Split(split), frames=tuple(frames)))
+
+    val_names = validation_videos([v.name for v in videos["train"]], options.val_fraction, options.val_seed)
+    splits = {
+        Split.TRAIN: tuple(v for v in videos["train"] if v.name not in val_names),
+        Split.VAL: tuple(
+            VideoAnnotation(name=v.name, split=Split.VAL, frames=v.frames)
+            for v in videos["train"] if v.name in val_names
+        ),
+        Split.TEST: tuple(videos["test"]),
+    }
+    if report.skipped:
+        log.warning("%s: skipped %d objects without a usable box (see the filter report)",
+                    object_path, len(report.skipped))
+    return ActionGenome(root=root, options=options, vocabulary=vocabulary, splits=splits, report=report)
+
+
+def _visible(obj: object, path: Path, frame: str) -> bool:
+    if not isinstance(obj, dict) or "visible" not in obj:
+        raise AnnotationError(path, "object without a 'visible' field", frame)
+    return bool(obj["visible"])
+
+
+def _read_object(obj: dict, index: int, options: ReaderOptions, object_table: dict[str, int],
+                 predicate_table: dict[str, int], path: Path, frame: str, split: str,
+                 report: FilterReport) -> ObjectAnnotation | None:
+    """One object of the pickle, or None when a filter drops it (counted in ``report``)."""
+    visible = _visible(obj, path, frame)
+    name = obj.get("class")
+    label = object_table.get(_squash(name)) if isinstance(name, str) else None
+    if label is None:
+        raise AnnotationError(path, f"object {index}: unknown class {name!r}", frame)
+    if not visible:
+        report.objects_invisible[split] += 1
+        if options.visible_only:
+            return None
+
+    bbox = obj.get("bbox")
+    problem = None
+    if bbox is None:
+        problem, counter = "no box (bbox is None)", report.objects_without_box
+    else:
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            raise AnnotationError(path, f"object {index}: bbox {bbox!r} is not (x, y, w, h)", frame) from None
+        if not all(map(math.isfinite, (x, y, w, h))) or w <= 0 or h <= 0:
+            problem, counter = f"degenerate box xywh={[x, y, w, h]}", report.objects_degenerate_box
+    if problem is not None:
+        if options.on_bad_object == "error":
+            raise AnnotationError(path, f"object {index} ({name}): {problem}", frame)
+        counter[split] += 1
+        report.skipped.append(f"{path.name}: {frame}: object {index} ({name}): {problem}")
+        return None
+
+    return ObjectAnnotation(
+        label=label,
+        box=(x, y, x + w, y + h),
+        attention=_labels(obj.get("attention_relationship"), PredicateGroup.ATTENTION, predicate_table, path, frame),
+        spatial=_labels(obj.get("spatial_relationship"), PredicateGroup.SPATIAL, predicate_table, path, frame),
+        contacting=_labels(obj.get("contacting_relationship"), PredicateGroup.CONTACTING, predicate_table, path, frame),
+    )
+
+
+def validation_videos(train_videos: Sequence[str], fraction: float, seed: int) -> frozenset[str]:
+    """The train videos held out for validation: a seeded, stable choice.
+
+    Each video gets a key ``sha256(f"{seed}:{name}")``; the ``ceil(fraction * n)`` videos
+    with the smallest keys are validation. A video's key depends only on its name and the
+    seed, so the choice does not depend on the order of the annotation file, and adding
+    videos moves few others.
+    """
+    if fraction <= 0 or not train_videos:
+        return frozenset()
+    count = math.ceil(fraction * len(train_videos))
+    keyed = sorted(train_videos, key=lambda name: hashlib.sha256(f"{seed}:{name}".encode()).hexdigest())
+    return frozenset(keyed[:count])
