@@ -536,3 +536,22 @@ def validation_videos(train_videos: Sequence[str], fraction: float, seed: int) -
     count = math.ceil(fraction * len(train_videos))
     keyed = sorted(train_videos, key=lambda name: hashlib.sha256(f"{seed}:{name}".encode()).hexdigest())
     return frozenset(keyed[:count])
+
+
+def describe(ag: ActionGenome) -> str:
+    """A readable summary: counts per split, then what each filter removed."""
+    lines = [f"Action Genome at {ag.root} ({'_filtersmall' if ag.options.filter_small else 'full'} annotations)"]
+    lines.append(f"  {'split':<6} {'videos':>7} {'frames':>8} {'objects':>8} {'relations':>10}")
+    for row in ag.summary():
+        lines.append(f"  {row['split']:<6} {row['videos']:>7,} {row['frames']:>8,} {row['objects']:>8,} {row['relations']:>10,}")
+    report = ag.report
+    seen = ", ".join(f"{split} {n:,}" for split, n in sorted(report.frames_seen.items()))
+    lines.append(f"  annotated frames by pickle set: {seen or 'none'}")
+    removed = [row for row in report.as_rows() if row[0] != "frames_seen"]
+    if removed:
+        lines.append("  removed by the filters:")
+        lines.extend(f"    {name:<28} {split:<7} {count:>8,}" for name, split, count in removed)
+    if report.skipped:
+        lines.append(f"  skipped objects ({len(report.skipped)}), first {min(3, len(report.skipped))}:")
+        lines.extend(f"    {line}" for line in report.skipped[:3])
+    return "\n".join(lines)
