@@ -1,0 +1,549 @@
+"""Segment files on disk: the only module that imports h5py and zarr.
+
+A *segment* holds one or more whole videos in the layout of :mod:`store.schema`: the video
+and frame tables plus every per-row array, with the meta as JSON in the root attributes.
+
+* HDF5 (``.h5``): one file. Per-row arrays are contiguous, uncompressed datasets by default,
+  so a reader memory-maps them (``np.memmap`` at the dataset's file offset) and a video is a
+  plain slice. A table may be compressed with zstd (hdf5plugin); it is then chunked.
+* zarr v3 (``.zarr``): one group directory. Every array is sharded (one shard file of up to
+  ``shard_bytes`` holding chunks of about 1 MiB), so a segment is tens of files.
+
+A segment is written under a temporary name, flushed, fsynced, then renamed into place, so a
+reader sees either the whole segment or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from store.records import StoreError, StoreMeta, VideoRecord
+from store.schema import (
+    COMPRESSIONS,
+    FRAME_COLUMNS,
+    ROW_ARRAYS,
+    ROW_TABLES,
+    SCHEMA_VERSION,
+    VIDEO_COLUMNS,
+    ArraySpec,
+    resolve_trailing,
+)
+
+BACKENDS = ("hdf5", "zarr")
+SUFFIX = {"hdf5": ".h5", "zarr": ".zarr"}
+CHUNK_BYTES = 1 << 20  # zarr chunks inside a shard
+H5_CHUNK_BYTES = 256 << 10  # HDF5 chunks of compressed tables
+H5_CHUNK_CACHE = 4 << 20
+_CRC_BLOCK = 64 << 20
+
+
+def backend_of_suffix(path: Path) -> str | None:
+    s = path.suffix.lower()
+    return "hdf5" if s in (".h5", ".hdf5") else "zarr" if s == ".zarr" else None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            fd = os.open(os.path.join(root, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(root))
+
+
+def _crc32(a: np.ndarray, crc: int) -> int:
+    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8), crc) if a.size else crc
+
+
+def _chunk_rows(row_bytes: int, target: int = CHUNK_BYTES) -> int:
+    return max(1, target // max(1, row_bytes))
+
+
+class SegmentWriter:
+    """Writes one segment: arrays are sized up front from row totals, filled video by video.
+
+    ``totals`` maps each table of :data:`ROW_TABLES` (and ``"frames"``, ``"videos"``) to its
+    row count in this segment. ``compression`` maps a table to one of :data:`COMPRESSIONS`.
+    """
+
+    def __init__(self, path: Path, meta: StoreMeta, totals: dict[str, int],
+                 compression: dict[str, str] | None = None, attrs: dict[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        self.meta = meta
+        self.totals = dict(totals)
+        self.compression = {t: "none" for t in ROW_TABLES}
+        for t, c in (compression or {}).items():
+            if t not in ROW_TABLES or c not in COMPRESSIONS:
+                raise ValueError(f"compression {t}={c}: tables are {ROW_TABLES}, codecs {COMPRESSIONS}")
+            self.compression[t] = c
+        self.attrs = dict(attrs or {})
+        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self._dims = meta.dims()
+        self._pos = {t: 0 for t in ROW_TABLES}
+        self._crc = {s.key: 0 for s in ROW_ARRAYS}
+        self._videos: list[tuple[str, str, dict[str, tuple[int, int]]]] = []
+        self._frame_names: list[str] = []
+        self._frame_sizes: list[np.ndarray] = []
+        self._frame_ranges: dict[str, list[np.ndarray]] = {t: [] for t in ROW_TABLES}
+
+    def shape(self, spec: ArraySpec) -> tuple[int, ...]:
+        return (self.totals[spec.table],) + resolve_trailing(spec, self._dims)
+
+    def append(self, rec: VideoRecord) -> None:
+        ranges = {"frames": (len(self._frame_names), len(self._frame_names) + rec.num_frames)}
+        for t in ROW_TABLES:
+            n = rec.num_rows(t)
+            start = self._pos[t]
+            if start + n > self.totals[t]:
+                raise ValueError(f"{self.path}: more {t} rows than announced ({self.totals[t]})")
+            ranges[t] = (start, start + n)
+            o = rec.offsets(t)
+            self._frame_ranges[t].append(np.stack([o[:-1], o[1:]], axis=1) + start)
+        for s in ROW_ARRAYS:
+            a, b = ranges[s.table]
+            data = np.ascontiguousarray(getattr(rec, s.field))
+            self._crc[s.key] = _crc32(data, self._crc[s.key])
+            if b > a:
+                self._write_rows(s, a, data)
+        for t in ROW_TABLES:
+            self._pos[t] = ranges[t][1]
+        self._frame_names.extend(rec.frame_names)
+        self._frame_sizes.append(rec.frame_sizes)
+        self._videos.append((rec.name, rec.split, ranges))
+
+    def commit(self) -> None:
+        """Write the video and frame tables, flush, fsync and rename into place."""
+        for t in ROW_TABLES:
+            if self._pos[t] != self.totals[t]:
+                raise ValueError(f"{self.path}: {self._pos[t]} {t} rows written, {self.totals[t]} announced")
+        tables: dict[str, np.ndarray] = {
+            "videos/name": np.array([v[0] for v in self._videos], dtype=object),
+            "videos/split": np.array([v[1] for v in self._videos], dtype=object),
+            "frames/name": np.array(self._frame_names, dtype=object),
+            "frames/size": (np.concatenate(self._frame_sizes) if self._frame_sizes
+                            else np.zeros((0, 2), np.int32)).astype(np.int32),
+        }
+        for t in ("frames",) + ROW_TABLES:
+            tables[f"videos/{t}"] = np.array([v[2][t] for v in self._videos], dtype=np.int64).reshape(-1, 2)
+        for t in ROW_TABLES:
+            fr = self._frame_ranges[t]
+            tables[f"frames/{t}"] = (np.concatenate(fr) if fr else np.zeros((0, 2))).astype(np.int64)
+        root = {
+            "schema_version": SCHEMA_VERSION,
+            "meta": self.meta.to_json(),
+            "checksums": json.dumps({k: int(v) for k, v in self._crc.items()}),
+            "compression": json.dumps(self.compression),
+            "segment": json.dumps(self.attrs),
+        }
+        self._finish(tables, root)
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def _write_rows(self, spec: ArraySpec, start: int, data: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _finish(self, tables: dict[str, np.ndarray], root: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class SegmentReader:
+    """Read access to one segment. Handles open lazily and never survive a fork."""
+
+    backend = ""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._pid = -1
+
+    # --- to implement
+    def _open(self) -> None: ...
+    def close(self) -> None: ...
+    def root_attrs(self) -> dict[str, Any]: ...
+    def has(self, key: str) -> bool: ...
+    def dtype_shape(self, key: str) -> tuple[np.dtype, tuple[int, ...]]: ...
+    def read(self, key: str, start: int | None = None, stop: int | None = None) -> np.ndarray: ...
+    def read_str(self, key: str, start: int | None = None, stop: int | None = None) -> list[str]: ...
+    def bytes_on_disk(self, key: str) -> int: ...
+
+    def read_many(self, requests: list[tuple[str, int, int]]) -> list[np.ndarray]:
+        """Several ``(key, start, stop)`` slices; backends may issue them concurrently."""
+        return [self.read(k, a, b) for k, a, b in requests]
+
+    def _ensure(self) -> None:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._drop()
+            self._open()
+
+    def _drop(self) -> None: ...
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]
+
+    def __enter__(self) -> "SegmentReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def meta(self) -> StoreMeta:
+        """The segment's meta; a clear StoreError for another schema version."""
+        attrs = self.root_attrs()
+        version = attrs.get("schema_version")
+        if version is None or "meta" not in attrs:
+            raise StoreError(self.path, "not a feature store segment (no schema_version / meta attributes)")
+        if int(version) != SCHEMA_VERSION:
+            raise StoreError(self.path, f"schema_version {int(version)} is not supported by this code "
+                                        f"(it reads schema_version {SCHEMA_VERSION}); re-extract or use a matching revision")
+        try:
+            return StoreMeta.from_dict(json.loads(attrs["meta"]))
+        except Exception as e:  # noqa: BLE001 - any parse failure is the same user problem
+            raise StoreError(self.path, f"unreadable meta attribute: {e}") from e
+
+    def checksums(self) -> dict[str, int]:
+        return json.loads(self.root_attrs().get("checksums", "{}"))
+
+    def compression(self) -> dict[str, str]:
+        return json.loads(self.root_attrs().get("compression", "{}"))
+
+    def crc32(self, key: str) -> int:
+        """crc32 of an array's bytes in row order, read block by block."""
+        _, shape = self.dtype_shape(key)
+        row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * self.dtype_shape(key)[0].itemsize)
+        step = max(1, _CRC_BLOCK // row_bytes)
+        crc = 0
+        for a in range(0, shape[0], step):
+            block = np.ascontiguousarray(self.read(key, a, min(shape[0], a + step)))
+            crc = _crc32(block, crc)
+        return crc
+
+
+# --------------------------------------------------------------------------- HDF5
+
+
+class H5SegmentWriter(SegmentWriter):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        import h5py
+        import hdf5plugin
+
+        self._f = h5py.File(self.tmp, "w", libver="latest")
+        self._ds = {}
+        for s in ROW_ARRAYS:
+            shape = self.shape(s)
+            kw: dict[str, Any] = {}
+            if self.compression[s.table] == "zstd":
+                row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(s.dtype).itemsize
+                kw = dict(chunks=(max(1, min(shape[0], _chunk_rows(row_bytes, H5_CHUNK_BYTES))),) + shape[1:],
+                          **hdf5plugin.Zstd(clevel=3))
+            # Without chunks the dataset is contiguous: the reader can memory-map it.
+            self._ds[s.key] = self._f.create_dataset(s.key, shape=shape, dtype=s.dtype, **kw)
+        self._f.flush()
+
+    def _write_rows(self, spec: ArraySpec, start: int, data: np.ndarray) -> None:
+        self._ds[spec.key][start:start + len(data)] = data
+
+    def _finish(self, tables: dict[str, np.ndarray], root: dict[str, Any]) -> None:
+        import h5py
+
+        for key, arr in tables.items():
+            if arr.dtype == object:
+                self._f.create_dataset(key, data=arr.astype(str).astype(object) if len(arr) else arr,
+                                       shape=arr.shape, dtype=h5py.string_dtype())
+            else:
+                self._f.create_dataset(key, data=arr)
+        for k, v in root.items():
+            self._f.attrs[k] = v
+        self._f.flush()
+        self._f.close()
+        with open(self.tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.rename(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        try:
+            self._f.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+class H5SegmentReader(SegmentReader):
+    backend = "hdf5"
+
+    def _open(self) -> None:
+        import h5py
+
+        try:
+            # A chunk cache that holds several compressed chunks, so that consecutive videos
+            # of a chunked (compressed) dataset do not decompress the same chunk again.
+            self._f = h5py.File(self.path, "r", rdcc_nbytes=H5_CHUNK_CACHE, rdcc_nslots=1021)
+        except FileNotFoundError:
+            raise StoreError(self.path, "segment file is missing") from None
+        except OSError as e:
+            raise StoreError(self.path, f"cannot open: truncated or corrupted HDF5 file ({e})") from None
+        self._maps: dict[str, np.ndarray | None] = {}
+        self._ds: dict[str, Any] = {}
+
+    def _drop(self) -> None:
+        self._f = None
+        self._maps = {}
+        self._ds = {}
+
+    def close(self) -> None:
+        f = getattr(self, "_f", None)
+        if f is not None and self._pid == os.getpid():
+            f.close()
+        self._f = None
+        self._maps = {}
+        self._ds = {}
+        self._pid = -1
+
+    def root_attrs(self) -> dict[str, Any]:
+        self._ensure()
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self._f.attrs.items()}
+
+    def has(self, key: str) -> bool:
+        self._ensure()
+        return key in self._f
+
+    def dtype_shape(self, key: str) -> tuple[np.dtype, tuple[int, ...]]:
+        self._ensure()
+        ds = self._f[key]
+        return ds.dtype, ds.shape
+
+    def _dataset(self, key: str) -> Any:
+        ds = self._ds.get(key)
+        if ds is None:
+            ds = self._ds[key] = self._f[key]
+        return ds
+
+    def _map(self, key: str) -> np.ndarray | None:
+        if key not in self._maps:
+            ds = self._f[key]
+            offset = ds.id.get_offset() if ds.chunks is None and ds.size > 0 else None
+            self._maps[key] = (np.memmap(self.path, dtype=ds.dtype, mode="r", offset=offset, shape=ds.shape)
+                               if offset is not None and ds.dtype.kind in "fiub" else None)
+        return self._maps[key]
+
+    def read(self, key: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        self._ensure()
+        try:
+            m = self._map(key)
+            if m is not None:
+                return np.array(m[start:stop])
+            return self._dataset(key)[start:stop]
+        except KeyError:
+            raise StoreError(self.path, f"array {key!r} is missing") from None
+        except OSError as e:
+            raise StoreError(self.path, f"cannot read {key!r}: corrupted data ({e})") from None
+
+    def read_str(self, key: str, start: int | None = None, stop: int | None = None) -> list[str]:
+        self._ensure()
+        try:
+            return list(self._f[key].asstr()[start:stop])
+        except KeyError:
+            raise StoreError(self.path, f"array {key!r} is missing") from None
+
+    def bytes_on_disk(self, key: str) -> int:
+        self._ensure()
+        return int(self._f[key].id.get_storage_size())
+
+
+# --------------------------------------------------------------------------- zarr
+
+
+class ZarrSegmentWriter(SegmentWriter):
+    """Sharded zarr v3 arrays. Rows are buffered until a whole shard can be written, so no
+    shard is ever rewritten (partial-shard writes read, modify and rewrite the shard)."""
+
+    def __init__(self, *args: Any, shard_bytes: int = 256 << 20, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        import zarr
+        from zarr.codecs import ZstdCodec
+
+        self._g = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
+        self._arr: dict[str, Any] = {}
+        self._shard_rows: dict[str, int] = {}
+        self._buf: dict[str, list[np.ndarray]] = {}
+        self._buf_start: dict[str, int] = {}
+        self._buf_rows: dict[str, int] = {}
+        for s in ROW_ARRAYS:
+            shape = self.shape(s)
+            row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(s.dtype).itemsize
+            chunk = max(1, min(shape[0], _chunk_rows(row_bytes)))
+            per_shard = max(1, min(-(-max(shape[0], 1) // chunk), shard_bytes // max(1, chunk * row_bytes)))
+            comp = [ZstdCodec(level=3)] if self.compression[s.table] == "zstd" else None
+            self._arr[s.key] = self._g.create_array(
+                s.key, shape=shape, dtype=s.dtype, chunks=(chunk,) + shape[1:],
+                shards=(chunk * per_shard,) + shape[1:], compressors=comp, fill_value=0)
+            self._shard_rows[s.key] = chunk * per_shard
+            self._buf[s.key], self._buf_start[s.key], self._buf_rows[s.key] = [], 0, 0
+
+    def _write_rows(self, spec: ArraySpec, start: int, data: np.ndarray) -> None:
+        k = spec.key
+        self._buf[k].append(data)
+        self._buf_rows[k] += len(data)
+        if self._buf_rows[k] >= self._shard_rows[k]:
+            self._drain(k, final=False)
+
+    def _drain(self, k: str, final: bool) -> None:
+        if not self._buf_rows[k]:
+            return
+        data = np.concatenate(self._buf[k])
+        n = len(data) if final else (len(data) // self._shard_rows[k]) * self._shard_rows[k]
+        a = self._buf_start[k]
+        self._arr[k][a:a + n] = data[:n]
+        rest = data[n:]
+        self._buf[k] = [rest] if len(rest) else []
+        self._buf_rows[k] = len(rest)
+        self._buf_start[k] = a + n
+
+    def _finish(self, tables: dict[str, np.ndarray], root: dict[str, Any]) -> None:
+        for k in self._arr:
+            self._drain(k, final=True)
+        for key, arr in tables.items():
+            if arr.dtype == object:
+                z = self._g.create_array(key, shape=arr.shape, dtype=str, chunks=(max(1, len(arr)),))
+                if len(arr):
+                    z[:] = np.array([str(x) for x in arr], dtype=str)
+            else:
+                z = self._g.create_array(key, shape=arr.shape, dtype=arr.dtype,
+                                         chunks=(max(1, len(arr)),) + arr.shape[1:], compressors=None)
+                if len(arr):
+                    z[:] = arr
+        self._g.attrs.update(root)
+        _fsync_tree(self.tmp)
+        os.rename(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class ZarrSegmentReader(SegmentReader):
+    backend = "zarr"
+
+    def _open(self) -> None:
+        import zarr
+
+        if not (self.path / "zarr.json").is_file():
+            raise StoreError(self.path, "segment is missing or is not a zarr v3 group (no zarr.json)")
+        try:
+            self._g = zarr.open_group(str(self.path), mode="r")
+        except Exception as e:  # noqa: BLE001 - zarr raises many types for a damaged group
+            raise StoreError(self.path, f"cannot open: corrupted zarr group ({e})") from None
+        self._a: dict[str, Any] = {}
+
+    def _drop(self) -> None:
+        self._g = None
+        self._a = {}
+
+    def close(self) -> None:
+        self._drop()
+        self._pid = -1
+
+    def root_attrs(self) -> dict[str, Any]:
+        self._ensure()
+        return dict(self._g.attrs)
+
+    def _array(self, key: str) -> Any:
+        self._ensure()
+        if key not in self._a:
+            try:
+                self._a[key] = self._g[key]
+            except KeyError:
+                raise StoreError(self.path, f"array {key!r} is missing") from None
+            except Exception as e:  # noqa: BLE001
+                raise StoreError(self.path, f"cannot open array {key!r}: corrupted metadata ({e})") from None
+        return self._a[key]
+
+    def has(self, key: str) -> bool:
+        try:
+            self._array(key)
+            return True
+        except StoreError:
+            return False
+
+    def dtype_shape(self, key: str) -> tuple[np.dtype, tuple[int, ...]]:
+        a = self._array(key)
+        return np.dtype(a.dtype) if a.dtype.kind != "T" else np.dtype(object), tuple(a.shape)
+
+    def read(self, key: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        a = self._array(key)
+        try:
+            return np.asarray(a[start:stop])
+        except Exception as e:  # noqa: BLE001
+            raise StoreError(self.path, f"cannot read {key!r}: corrupted or truncated shard ({e})") from None
+
+    def read_str(self, key: str, start: int | None = None, stop: int | None = None) -> list[str]:
+        return [str(x) for x in self.read(key, start, stop)]
+
+    def read_many(self, requests: list[tuple[str, int, int]]) -> list[np.ndarray]:
+        # One event-loop round trip for all slices: zarr's per-call latency (~1 ms) dominates
+        # small per-video reads otherwise.
+        import asyncio
+
+        from zarr.core.sync import sync
+
+        arrays = [self._array(k).async_array for k, _, _ in requests]
+
+        async def gather() -> list[Any]:
+            return await asyncio.gather(*(a.getitem(slice(lo, hi)) for a, (_, lo, hi) in zip(arrays, requests)))
+
+        try:
+            return [np.asarray(x) for x in sync(gather())]
+        except Exception as e:  # noqa: BLE001
+            raise StoreError(self.path, f"cannot read {[k for k, _, _ in requests]}: corrupted or truncated "
+                                        f"shard ({e})") from None
+
+    def bytes_on_disk(self, key: str) -> int:
+        self._ensure()
+        d = self.path / key
+        return sum(p.stat().st_size for p in d.rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+WRITERS = {"hdf5": H5SegmentWriter, "zarr": ZarrSegmentWriter}
+READERS = {"hdf5": H5SegmentReader, "zarr": ZarrSegmentReader}
+
+
+def check_schema_arrays(seg: SegmentReader, meta: StoreMeta) -> None:
+    """Every schema array is present with its dtype and trailing shape; tables agree in rows."""
+    dims = meta.dims()
+    rows: dict[str, int] = {}
+    for s in ROW_ARRAYS:
+        if not seg.has(s.key):
+            raise StoreError(seg.path, f"array {s.key!r} is missing")
+        dtype, shape = seg.dtype_shape(s.key)
+        want = resolve_trailing(s, dims)
+        if dtype != np.dtype(s.dtype) or tuple(shape[1:]) != want:
+            what = "feature size" if s.column in ("features", "union", "dists") else "shape"
+            raise StoreError(seg.path, f"array {s.key!r} is {dtype} {tuple(shape)}: wrong {what}, "
+                                       f"the store's meta says {s.dtype} (rows, {', '.join(map(str, want))})")
+        if rows.setdefault(s.table, shape[0]) != shape[0]:
+            raise StoreError(seg.path, f"arrays of {s.table} disagree in row count ({rows[s.table]} vs {shape[0]})")
+    for key in [f"videos/{c}" for c in VIDEO_COLUMNS] + [f"frames/{c}" for c in FRAME_COLUMNS]:
+        if not seg.has(key):
+            raise StoreError(seg.path, f"table array {key!r} is missing")

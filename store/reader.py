@@ -1,0 +1,394 @@
+"""Finding a store's segments, checking their tables, and reading videos.
+
+A store path is one of:
+
+* a single segment: an ``.h5`` file, or a ``.zarr`` directory with a ``zarr.json`` (what
+  ``merge`` writes);
+* a folder (named ``*.h5`` / ``*.zarr`` by convention) of segments ``PART-SEQ.h5`` or
+  ``PART-SEQ.zarr`` plus a derived ``manifest.json``. Files named ``*.tmp-PID`` are
+  segments still being written (or left by a crash) and are never read.
+
+The manifest caches each segment's video table, keyed by the segment's size and mtime; a
+segment that is not in it, or differs, is scanned again. It is never the source of truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from store.backends import BACKENDS, READERS, SUFFIX, SegmentReader, backend_of_suffix, check_schema_arrays
+from store.records import StoreError, StoreMeta, VideoRecord
+from store.schema import ROW_TABLES, SCHEMA_VERSION, TABLE_PREFIX, arrays_of
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+_TMP = re.compile(r"\.tmp-\d+$")
+
+
+@dataclass
+class SegmentIndex:
+    """A segment's video table: names, splits and, per table, (V, 2) int64 row ranges."""
+
+    file: str
+    size: int
+    mtime_ns: int
+    videos: list[str]
+    splits: list[str]
+    ranges: dict[str, np.ndarray] = field(default_factory=dict)
+    compat: str = ""  # hash of the segment's StoreMeta.compatibility()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "size": self.size, "mtime_ns": self.mtime_ns, "videos": self.videos,
+                "splits": self.splits, "ranges": {t: r.tolist() for t, r in self.ranges.items()},
+                "compat": self.compat}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "SegmentIndex":
+        return cls(d["file"], d["size"], d["mtime_ns"], list(d["videos"]), list(d["splits"]),
+                   {t: np.asarray(r, dtype=np.int64).reshape(-1, 2) for t, r in d["ranges"].items()},
+                   d.get("compat", ""))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a store's segments are: ``folder`` is None for a single-segment store."""
+
+    path: Path
+    backend: str
+    folder: Path | None
+    segments: tuple[Path, ...]
+    leftovers: tuple[Path, ...] = ()
+
+
+def _stat(p: Path) -> tuple[int, int]:
+    """Size and mtime of a segment (for zarr: total size and newest mtime of its files)."""
+    if p.is_file():
+        st = p.stat()
+        return st.st_size, st.st_mtime_ns
+    size, mtime = 0, p.stat().st_mtime_ns
+    for f in p.rglob("*"):
+        if f.is_file():
+            st = f.stat()
+            size += st.st_size
+            mtime = max(mtime, st.st_mtime_ns)
+    return size, mtime
+
+
+def find_layout(path: str | Path, backend: str | None = None) -> Layout:
+    path = Path(path)
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not path.exists():
+        raise StoreError(path, "no store at this path")
+    if path.is_file():
+        b = backend or backend_of_suffix(path) or "hdf5"
+        if b != "hdf5":
+            raise StoreError(path, f"a single file can only be an HDF5 store, not {b}")
+        return Layout(path, "hdf5", None, (path,))
+    if (path / "zarr.json").is_file():
+        return Layout(path, "zarr", None, (path,))
+    entries = sorted(path.iterdir())
+    leftovers = tuple(p for p in entries if _TMP.search(p.name))
+    found = {b: tuple(p for p in entries if p.suffix == SUFFIX[b] and not _TMP.search(p.name)) for b in BACKENDS}
+    b = backend or backend_of_suffix(path)
+    if b is None:
+        kinds = [k for k, v in found.items() if v]
+        if len(kinds) != 1:
+            raise StoreError(path, "cannot tell the backend: name the folder *.h5 or *.zarr or pass backend=")
+        b = kinds[0]
+    other = [p for k, v in found.items() if k != b for p in v]
+    if other:
+        raise StoreError(other[0], f"segment of another backend inside a {b} store")
+    return Layout(path, b, path, found[b], leftovers)
+
+
+def check_tables(seg: SegmentReader, index: SegmentIndex) -> None:
+    """The half-open ranges of the video and frame tables add up; raise StoreError if not."""
+    n_frames = seg.dtype_shape("frames/name")[1][0]
+    rows = {"frames": n_frames, **{t: seg.dtype_shape(arrays_of(t)[0].key)[1][0] for t in ROW_TABLES}}
+    n_videos = len(index.videos)
+    if len(index.splits) != n_videos:
+        raise StoreError(seg.path, "video table columns disagree in length")
+    vf = index.ranges["frames"]
+    for t, total in rows.items():
+        r = index.ranges[t]
+        if r.shape != (n_videos, 2):
+            raise StoreError(seg.path, f"videos/{t} has shape {r.shape}, expected ({n_videos}, 2)")
+        _check_ranges(seg.path, f"videos/{t}", r, total)
+        if t == "frames":
+            continue
+        fr = seg.read(f"frames/{t}")
+        if fr.shape != (n_frames, 2):
+            raise StoreError(seg.path, f"frames/{t} has shape {fr.shape}, expected ({n_frames}, 2)")
+        _check_ranges(seg.path, f"frames/{t}", fr, total)
+        has = vf[:, 1] > vf[:, 0]
+        first, last = vf[has, 0], vf[has, 1] - 1
+        if np.any(fr[first, 0] != r[has, 0]) or np.any(fr[last, 1] != r[has, 1]) or np.any(r[~has, 1] != r[~has, 0]):
+            v = int(np.flatnonzero(has)[0]) if has.any() else 0
+            raise StoreError(seg.path, f"offsets do not add up: frames/{t} ranges do not match videos/{t} "
+                                       f"(e.g. video {index.videos[v]!r})")
+    sizes = seg.dtype_shape("frames/size")[1]
+    if tuple(sizes) != (n_frames, 2):
+        raise StoreError(seg.path, f"frames/size has shape {sizes}, expected ({n_frames}, 2)")
+
+
+def _check_ranges(path: Path, key: str, r: np.ndarray, total: int) -> None:
+    if len(r) == 0:
+        if total != 0:
+            raise StoreError(path, f"offsets do not add up: {key} is empty but the table has {total} rows")
+        return
+    bad = None
+    if r[0, 0] != 0:
+        bad = f"starts at {r[0, 0]}, not 0"
+    elif np.any(r[:, 1] < r[:, 0]):
+        bad = f"has a range that ends before it starts (row {int(np.flatnonzero(r[:, 1] < r[:, 0])[0])})"
+    elif np.any(r[1:, 0] != r[:-1, 1]):
+        bad = f"has a gap or overlap after row {int(np.flatnonzero(r[1:, 0] != r[:-1, 1])[0])}"
+    elif r[-1, 1] != total:
+        bad = f"ends at {r[-1, 1]} but the table has {total} rows"
+    if bad:
+        raise StoreError(path, f"offsets do not add up: {key} {bad}")
+
+
+def scan_segment(path: Path, backend: str, name: str | None = None) -> tuple[SegmentIndex, StoreMeta]:
+    """Open one segment, check its meta, arrays and tables, and return its index."""
+    with READERS[backend](path) as seg:
+        meta = seg.meta()
+        check_schema_arrays(seg, meta)
+        size, mtime = _stat(path)
+        ranges = {t: seg.read(f"videos/{t}").astype(np.int64).reshape(-1, 2) for t in ("frames",) + ROW_TABLES}
+        index = SegmentIndex(name or path.name, size, mtime, seg.read_str("videos/name"),
+                             seg.read_str("videos/split"), ranges, compat_hash(meta))
+        check_tables(seg, index)
+        dup = {v for v in index.videos if index.videos.count(v) > 1}
+        if dup:
+            raise StoreError(path, f"video {sorted(dup)[0]!r} appears twice")
+    return index, meta
+
+
+def compat_hash(meta: StoreMeta) -> str:
+    return hashlib.sha256(json.dumps(meta.compatibility(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_manifest(folder: Path) -> dict[str, SegmentIndex]:
+    p = folder / MANIFEST
+    try:
+        d = json.loads(p.read_text())
+        if d.get("schema_version") != SCHEMA_VERSION:
+            return {}
+        return {s["file"]: SegmentIndex.from_json(s) for s in d["segments"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def write_manifest(folder: Path, meta: StoreMeta, segments: Iterable[SegmentIndex], tag: str = "") -> None:
+    """Write ``manifest.json`` atomically (temporary name, fsync, rename)."""
+    d = {"schema_version": SCHEMA_VERSION, "meta": meta.to_dict(), "segments": [s.to_json() for s in segments]}
+    tmp = folder / f"{MANIFEST}.{tag or 'w'}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(d, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / MANIFEST)
+
+
+def index_segments(layout: Layout, trust_manifest: bool = True) -> tuple[list[SegmentIndex], StoreMeta | None, bool]:
+    """Indices of every segment (from the manifest where it is current) and the store's meta.
+
+    Returns ``(indices, meta, manifest_was_current)``. Raises StoreError for the first problem.
+    """
+    cached = read_manifest(layout.folder) if (layout.folder and trust_manifest) else {}
+    out: list[SegmentIndex] = []
+    meta: StoreMeta | None = None
+    meta_file: Path | None = None
+    meta_hash = ""
+    current = layout.folder is not None and len(cached) == len(layout.segments)
+    for p in layout.segments:
+        c = cached.get(p.name)
+        if c is not None and (c.size, c.mtime_ns) == _stat(p) and meta is not None and c.compat == meta_hash:
+            out.append(c)
+            continue
+        current = current and c is not None and (c.size, c.mtime_ns) == _stat(p)
+        index, m = scan_segment(p, layout.backend)
+        if meta is None:
+            meta, meta_file, meta_hash = m, p, compat_hash(m)
+        else:
+            why = meta.incompatibility(m)
+            if why:
+                raise StoreError(p, f"{why} (compared with {meta_file.name if meta_file else '?'})")
+        out.append(index)
+    seen: dict[str, str] = {}
+    for s in out:
+        for v in s.videos:
+            if v in seen:
+                raise StoreError(layout.path / s.file if layout.folder else layout.path,
+                                 f"video {v!r} is also in segment {seen[v]}")
+            seen[v] = s.file
+    return out, meta, current
+
+
+class Store:
+    """A read-only store: one logical set of videos over one or more segments.
+
+    Open with :func:`open_store`. Segment handles open lazily on first read and reopen after a
+    fork, so a Store can be built in the main process and used in DataLoader workers. For
+    zarr, use a ``spawn`` or ``forkserver`` worker context (:attr:`mp_context`): zarr-python
+    3 may deadlock in forked workers.
+    """
+
+    def __init__(self, layout: Layout, meta: StoreMeta, segments: list[SegmentIndex]) -> None:
+        self.path = layout.path
+        self.layout = layout
+        self.backend = layout.backend
+        self.meta = meta
+        self.segments = segments
+        self._where: dict[str, tuple[int, int]] = {}
+        for i, s in enumerate(segments):
+            for j, v in enumerate(s.videos):
+                self._where[v] = (i, j)
+        self._readers: list[SegmentReader | None] = [None] * len(segments)
+        self._cache: dict[str, VideoRecord] = {}
+        self._frame_tables: dict[int, dict[str, Any]] = {}
+
+    @property
+    def mp_context(self) -> str | None:
+        """The multiprocessing context DataLoader workers should use (None: the default)."""
+        return "forkserver" if self.backend == "zarr" else None
+
+    def segment_path(self, i: int) -> Path:
+        return self.layout.folder / self.segments[i].file if self.layout.folder else self.layout.path
+
+    def _reader(self, i: int) -> SegmentReader:
+        r = self._readers[i]
+        if r is None:
+            r = self._readers[i] = READERS[self.backend](self.segment_path(i))
+        return r
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def videos(self, split: str | None = None) -> list[str]:
+        """Video names in store order (segment, then row), optionally of one split."""
+        return [v for s in self.segments for v, sp in zip(s.videos, s.splits) if split is None or sp == split]
+
+    def split_of(self, name: str) -> str:
+        i, j = self._locate(name)
+        return self.segments[i].splits[j]
+
+    def num_rows(self, name: str, table: str) -> int:
+        """Rows of ``name`` in ``table`` ("frames", "gt_objects", ...), without reading."""
+        i, j = self._locate(name)
+        a, b = self.segments[i].ranges[table][j]
+        return int(b - a)
+
+    def _locate(self, name: str) -> tuple[int, int]:
+        try:
+            return self._where[name]
+        except KeyError:
+            raise KeyError(f"video {name!r} is not in store {self.path}") from None
+
+    def read_video(self, name: str, fields: Collection[str] | None = None) -> VideoRecord:
+        """One video, one contiguous read per array. Fields not in ``fields`` are None."""
+        if name in self._cache and fields is None:
+            return self._cache[name]
+        i, j = self._locate(name)
+        seg, idx = self._reader(i), self.segments[i]
+        frames = self._frames(i)
+        fs, fe = (int(x) for x in idx.ranges["frames"][j])
+        values: dict[str, Any] = {
+            "name": name,
+            "split": idx.splits[j],
+            "frame_names": tuple(frames["name"][fs:fe]),
+            "frame_sizes": frames["size"][fs:fe].copy(),
+        }
+        requests = []
+        for t in ROW_TABLES:
+            a, b = (int(x) for x in idx.ranges[t][j])
+            fr = frames[t][fs:fe]
+            values[f"{TABLE_PREFIX[t]}_offsets"] = np.concatenate([fr[:, 0], [b]]).astype(np.int64) - a
+            for s in arrays_of(t):
+                if fields is None or s.field in fields:
+                    requests.append((s, a, b))
+                else:
+                    values[s.field] = None
+        for (s, _, _), arr in zip(requests, seg.read_many([(s.key, a, b) for s, a, b in requests])):
+            values[s.field] = arr
+        return VideoRecord(**values)
+
+    def _frames(self, i: int) -> dict[str, Any]:
+        """Segment ``i``'s frame table, read whole once (small: names, sizes and ranges)."""
+        f = self._frame_tables.get(i)
+        if f is None:
+            seg = self._reader(i)
+            f = {"name": seg.read_str("frames/name"), "size": seg.read("frames/size").astype(np.int32, copy=False)}
+            f.update({t: seg.read(f"frames/{t}").astype(np.int64, copy=False) for t in ROW_TABLES})
+            self._frame_tables[i] = f
+        return f
+
+    def iter_videos(self, split: str | None = None, fields: Collection[str] | None = None) -> Iterable[VideoRecord]:
+        for v in self.videos(split):
+            yield self.read_video(v, fields)
+
+    def preload(self, split: str | None = None) -> dict[str, VideoRecord]:
+        """Read every video of ``split`` (all if None) into memory; later reads come from there."""
+        for v in self.videos(split):
+            if v not in self._cache:
+                self._cache[v] = self.read_video(v)
+        return {v: self._cache[v] for v in self.videos(split)}
+
+    def close(self) -> None:
+        for r in self._readers:
+            if r is not None:
+                r.close()
+        self._readers = [None] * len(self.segments)
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["_readers"] = [None] * len(self.segments)
+        d["_frame_tables"] = {}
+        return d
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, backend={self.backend}, videos={len(self)}, segments={len(self.segments)})"
+
+
+def open_store(path: str | Path, backend: str | None = None) -> Store:
+    """Open a store read-only; raise :class:`StoreError` naming the file and the problem.
+
+    Checks on open: schema version, meta agreement between segments (vocabulary, feature and
+    union sizes, detector), presence, dtype and shape of every array, and that the video and
+    frame ranges add up. Row-level checks and checksums are in :func:`store.check.check_store`.
+    No file handle stays open after this returns.
+    """
+    layout = find_layout(path, backend)
+    segments, meta, _ = index_segments(layout)
+    if meta is None:
+        if layout.segments:
+            meta = READERS[layout.backend](layout.segments[0]).meta()
+        else:
+            raise StoreError(layout.path, "store has no committed segments yet")
+    if layout.leftovers:
+        log.info("%s: ignoring %d unfinished segment(s) (%s)", layout.path, len(layout.leftovers),
+                 ", ".join(p.name for p in layout.leftovers[:3]))
+    return Store(layout, meta, segments)
+

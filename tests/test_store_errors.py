@@ -1,0 +1,175 @@
+"""Every bad store raises a StoreError that names the file and the problem."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from store import StoreError, StoreWriter, check_store, open_store
+from store.testing import synthetic_meta
+from store.vocabulary import ACTION_GENOME, Vocabulary
+from store_fixtures import small_meta, small_videos, write_store
+
+
+def _h5_store(tmp_path: Path, n: int = 3) -> tuple[Path, list[Path]]:
+    meta = small_meta()
+    path = write_store(tmp_path / "s.h5", meta, small_videos(meta, n), segment_bytes=0)
+    return path, sorted(path.glob("*.h5"))
+
+
+def _raises(path: Path, file: Path, match: str) -> None:
+    with pytest.raises(StoreError, match=match) as e:
+        open_store(path)
+    assert e.value.file == str(file)
+    problems = check_store(path)
+    assert any(p.file == str(file) and p.problem == e.value.problem for p in problems), problems
+
+
+def test_missing_path_and_empty_folder(tmp_path):
+    with pytest.raises(StoreError, match="no store at this path"):
+        open_store(tmp_path / "nothing.h5")
+    (tmp_path / "empty.h5").mkdir()
+    with pytest.raises(StoreError, match="no committed segments"):
+        open_store(tmp_path / "empty.h5")
+
+
+def test_other_schema_version_h5(tmp_path):
+    path, segs = _h5_store(tmp_path)
+    with h5py.File(segs[1], "r+") as f:
+        f.attrs["schema_version"] = 99
+    _raises(path, segs[1], "schema_version 99 is not supported")
+
+
+def test_other_schema_version_zarr(tmp_path):
+    meta = small_meta()
+    path = write_store(tmp_path / "s.zarr", meta, small_videos(meta, 2), segment_bytes=0)
+    seg = sorted(path.glob("*.zarr"))[0]
+    doc = json.loads((seg / "zarr.json").read_text())
+    doc["attributes"]["schema_version"] = 0
+    (seg / "zarr.json").write_text(json.dumps(doc))
+    _raises(path, seg, "schema_version 0 is not supported")
+
+
+def test_truncated_h5_segment(tmp_path):
+    path, segs = _h5_store(tmp_path)
+    size = segs[2].stat().st_size
+    with open(segs[2], "r+b") as fh:
+        fh.truncate(size // 2)
+    _raises(path, segs[2], "truncated or corrupted")
+
+
+def test_truncated_zarr_shard_found_by_check(tmp_path):
+    meta = small_meta()
+    path = write_store(tmp_path / "s.zarr", meta, small_videos(meta, 2), segment_bytes=0)
+    seg = sorted(path.glob("*.zarr"))[0]
+    shard = next(p for p in (seg / "pairs" / "union").rglob("*") if p.is_file() and p.name != "zarr.json")
+    shard.write_bytes(shard.read_bytes()[:10])
+    problems = check_store(path)
+    assert any(p.file == str(seg) and "pairs/union" in p.problem for p in problems), problems
+
+
+def test_corrupted_bytes_fail_checksum(tmp_path):
+    path, segs = _h5_store(tmp_path)
+    with h5py.File(segs[0], "r") as f:
+        offset = f["pairs/union"].id.get_offset()
+    with open(segs[0], "r+b") as fh:
+        fh.seek(offset + 3)
+        b = fh.read(1)
+        fh.seek(offset + 3)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    open_store(path).close()  # structure is intact: opening is fine, the deep check is not
+    problems = check_store(path)
+    assert [(p.file, p.problem) for p in problems] == [
+        (str(segs[0]), "checksum mismatch in 'pairs/union': the data is corrupted")]
+    assert check_store(path, deep=False) == []
+
+
+def _foreign_part(tmp_path: Path, path: Path, meta) -> Path:
+    """A segment written with ``meta`` elsewhere, then dropped into ``path``."""
+    other = write_store(tmp_path / "other.h5", meta, small_videos(meta, 1, seed=7), part="x")
+    seg = next(other.glob("*.h5"))
+    dst = path / seg.name
+    shutil.copy(seg, dst)
+    return dst
+
+
+def test_part_with_another_vocabulary(tmp_path):
+    path, _ = _h5_store(tmp_path)
+    vocab = Vocabulary(ACTION_GENOME.objects, tuple(ACTION_GENOME.predicates[:-1]) + ("dancing_with",),
+                       ACTION_GENOME.predicate_groups)
+    meta = synthetic_meta(feature_dim=16, union_shape=(8,), vocabulary=vocab)
+    seg = _foreign_part(tmp_path, path, meta)
+    _raises(path, seg, "vocabulary differs from the rest of the store")
+    with pytest.raises(StoreError, match="cannot append: vocabulary differs"):
+        StoreWriter(tmp_path / "other.h5", small_meta())
+
+
+def test_part_with_another_feature_size(tmp_path):
+    path, _ = _h5_store(tmp_path)
+    seg = _foreign_part(tmp_path, path, synthetic_meta(feature_dim=32, union_shape=(8,)))
+    _raises(path, seg, "feature size differs from the rest of the store: 32 here, 16 expected")
+
+
+def test_array_with_wrong_feature_size(tmp_path):
+    path, segs = _h5_store(tmp_path)
+    with h5py.File(segs[0], "r+") as f:
+        n = f["gt_objects/features"].shape[0]
+        del f["gt_objects/features"]
+        f.create_dataset("gt_objects/features", data=np.zeros((n, 12), np.float16))
+    _raises(path, segs[0], "array 'gt_objects/features' is float16 .* wrong feature size")
+
+
+def test_missing_array(tmp_path):
+    path, segs = _h5_store(tmp_path)
+    with h5py.File(segs[1], "r+") as f:
+        del f["detections/scores"]
+    _raises(path, segs[1], "array 'detections/scores' is missing")
+
+
+@pytest.mark.parametrize("key,row,col,delta,match", [
+    ("frames/pairs", 1, 0, 1, "frames/pairs has a gap or overlap after row 0"),
+    ("frames/gt_objects", -1, 1, -1, "frames/gt_objects ends at"),
+    ("videos/detections", 0, 0, 2, "videos/detections starts at 2, not 0"),
+])
+def test_offsets_that_do_not_add_up(tmp_path, key, row, col, delta, match):
+    path, segs = _h5_store(tmp_path)
+    with h5py.File(segs[0], "r+") as f:
+        r = f[key][...]
+        r[row, col] += delta
+        f[key][...] = r
+    _raises(path, segs[0], "offsets do not add up: " + match)
+
+
+def test_same_video_in_two_segments(tmp_path):
+    path, segs = _h5_store(tmp_path)
+    dup = path / "copy-000001.h5"
+    shutil.copy(segs[0], dup)
+    _raises(path, sorted([segs[0], dup])[1], "is also in segment")
+
+
+def test_index_out_of_range_found_by_deep_check(tmp_path):
+    path, segs = _h5_store(tmp_path)
+    with h5py.File(segs[0], "r+") as f:
+        sub = f["gt_relations/subject"][...]
+        sub[0] = 50
+        f["gt_relations/subject"][...] = sub
+        sums = json.loads(f.attrs["checksums"])
+        sums["gt_relations/subject"] = zlib.crc32(sub.tobytes())
+        f.attrs["checksums"] = json.dumps(sums)
+    problems = check_store(path)
+    assert len(problems) == 1 and problems[0].file == str(segs[0])
+    assert problems[0].problem == "bad index: video 'vid0000.mp4': rel_subject of frame 0 outside 0..3"
+
+
+def test_not_a_store(tmp_path):
+    p = tmp_path / "x.h5"
+    with h5py.File(p, "w") as f:
+        f["a"] = 1
+    with pytest.raises(StoreError, match="not a feature store segment"):
+        open_store(p)
