@@ -1,0 +1,179 @@
+"""The predictions file: one ``.npz`` of flat arrays, readable without pickle.
+
+Written by :func:`write_predictions`, read by :func:`read_predictions`; ``cli.py eval
+--predictions FILE`` scores it without a model. Any project can write one with numpy alone
+(layout below, also in ``docs/evaluation.md``). ``F`` frames, ``N`` predicted boxes, ``P``
+predicted pairs, ``B`` GT boxes, ``R`` GT relations; ``A, S, C`` = sizes of the attention,
+spatial and contacting groups (3, 6, 17 on AG). Offsets are half-open per frame:
+``x_offsets[i]:x_offsets[i+1]`` are frame i's rows. Box and pair indices are local to the frame.
+
+====================== ============ =========================================================
+key                    dtype        shape / meaning
+====================== ============ =========================================================
+header                 str (0-d)    JSON: format, format_version, mode, vocabulary, metadata
+frame_names            str          (F,) e.g. ``001YG.mp4/000089.png``
+pred_box_offsets       int64        (F + 1,)
+pred_boxes             float        (N, 4) xyxy pixels of the original frame
+pred_labels            int64        (N,) object class ids of the vocabulary
+pred_scores            float        (N,) object scores in [0, 1]
+pred_pair_offsets      int64        (F + 1,)
+pred_pairs             int64        (P, 2) (person box, object box)
+pred_attention         float        (P, A) softmax probabilities
+pred_spatial           float        (P, S) sigmoid probabilities
+pred_contacting        float        (P, C) sigmoid probabilities
+pred_pair_scores       float        (P,) optional: RS-Net's p_{t,0}
+gt_box_offsets         int64        (F + 1,) optional ground truth, all five or none
+gt_boxes               float        (B, 4) xyxy
+gt_labels              int64        (B,)
+gt_relation_offsets    int64        (F + 1,)
+gt_relations           int64        (R, 3) (person box, object box, global predicate id)
+====================== ============ =========================================================
+
+Floats are written as float32 by default (what a model produces); the evaluation upcasts
+them to float64, as STTran's evaluation does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from store.vocabulary import ACTION_GENOME, Mode, Vocabulary
+
+from .structures import GroundTruthSet, PredictionSet
+
+PREDICTIONS_FORMAT = "dsgg-predictions"
+PREDICTIONS_FORMAT_VERSION = 1
+
+_PRED_KEYS = ("pred_box_offsets", "pred_boxes", "pred_labels", "pred_scores", "pred_pair_offsets", "pred_pairs",
+              "pred_attention", "pred_spatial", "pred_contacting")
+_GT_KEYS = ("gt_box_offsets", "gt_boxes", "gt_labels", "gt_relation_offsets", "gt_relations")
+
+
+@dataclass(frozen=True)
+class PredictionsFile:
+    """Contents of a predictions file.
+
+    predictions:  the predictions, with frame names.
+    ground_truth: the ground truth of the same frames, or None when the file has none.
+    mode:         the task the predictions were made for.
+    vocabulary:   object and predicate vocabulary the ids refer to.
+    metadata:     free JSON metadata (model, checkpoint, config, git revision...).
+    """
+
+    predictions: PredictionSet
+    ground_truth: GroundTruthSet | None
+    mode: Mode
+    vocabulary: Vocabulary
+    metadata: dict = field(default_factory=dict)
+
+
+def write_predictions(
+    path: str | Path,
+    predictions: PredictionSet,
+    *,
+    mode: Mode | str,
+    ground_truth: GroundTruthSet | None = None,
+    vocabulary: Vocabulary = ACTION_GENOME,
+    metadata: dict | None = None,
+    float_dtype: str = "float32",
+    compress: bool = True,
+) -> Path:
+    """Write ``predictions`` (and optionally the matching ground truth) to ``path`` (.npz).
+
+    Frame names are required (they align predictions with ground truth when the two come
+    from different files). Returns the path written.
+    """
+    path = Path(path)
+    if predictions.frame_names is None:
+        raise ValueError("predictions need frame names to be written")
+    if ground_truth is not None and ground_truth.num_frames != predictions.num_frames:
+        raise ValueError("ground truth and predictions describe different numbers of frames")
+    if ground_truth is not None and ground_truth.frame_names not in (None, predictions.frame_names):
+        raise ValueError("ground truth and predictions name their frames differently")
+    header = {
+        "format": PREDICTIONS_FORMAT,
+        "format_version": PREDICTIONS_FORMAT_VERSION,
+        "mode": Mode(mode).value,
+        "vocabulary": vocabulary.to_dict(),
+        "metadata": metadata or {},
+    }
+    fl = np.dtype(float_dtype)
+    arrays = {
+        "header": np.array(json.dumps(header)),
+        "frame_names": np.array(predictions.frame_names, dtype=str),
+        "pred_box_offsets": predictions.box_offsets,
+        "pred_boxes": predictions.pred_boxes.astype(fl),
+        "pred_labels": predictions.pred_labels,
+        "pred_scores": predictions.pred_scores.astype(fl),
+        "pred_pair_offsets": predictions.pair_offsets,
+        "pred_pairs": predictions.pred_pairs,
+        "pred_attention": predictions.pred_attention.astype(fl),
+        "pred_spatial": predictions.pred_spatial.astype(fl),
+        "pred_contacting": predictions.pred_contacting.astype(fl),
+    }
+    if predictions.pred_pair_scores is not None:
+        arrays["pred_pair_scores"] = predictions.pred_pair_scores.astype(fl)
+    if ground_truth is not None:
+        arrays.update(
+            gt_box_offsets=ground_truth.box_offsets,
+            gt_boxes=ground_truth.gt_boxes.astype(fl),
+            gt_labels=ground_truth.gt_labels,
+            gt_relation_offsets=ground_truth.relation_offsets,
+            gt_relations=ground_truth.gt_relations,
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz"
+        (np.savez_compressed if compress else np.savez)(f, **arrays)
+    return path
+
+
+def read_predictions(path: str | Path) -> PredictionsFile:
+    """Read a file written by :func:`write_predictions` (or by hand in the same layout).
+
+    Raises ValueError with the reason when the file is not a predictions file, has a format
+    version this code does not know, or misses arrays.
+    """
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as z:
+        keys = set(z.files)
+        if "header" not in keys:
+            raise ValueError(f"{path}: not a {PREDICTIONS_FORMAT} file (no 'header' array)")
+        header = json.loads(str(z["header"][()]))
+        if header.get("format") != PREDICTIONS_FORMAT:
+            raise ValueError(f"{path}: format {header.get('format')!r}, expected {PREDICTIONS_FORMAT!r}")
+        if header.get("format_version") != PREDICTIONS_FORMAT_VERSION:
+            raise ValueError(
+                f"{path}: format version {header.get('format_version')} is not known to this code "
+                f"(it reads version {PREDICTIONS_FORMAT_VERSION})"
+            )
+        missing = [k for k in ("frame_names",) + _PRED_KEYS if k not in keys]
+        if missing:
+            raise ValueError(f"{path}: missing arrays {missing}")
+        gt_present = [k in keys for k in _GT_KEYS]
+        if any(gt_present) and not all(gt_present):
+            raise ValueError(f"{path}: ground truth incomplete, missing {[k for k in _GT_KEYS if k not in keys]}")
+        names = tuple(str(n) for n in z["frame_names"])
+        predictions = PredictionSet(
+            box_offsets=z["pred_box_offsets"], pred_boxes=z["pred_boxes"], pred_labels=z["pred_labels"],
+            pred_scores=z["pred_scores"], pair_offsets=z["pred_pair_offsets"], pred_pairs=z["pred_pairs"],
+            pred_attention=z["pred_attention"], pred_spatial=z["pred_spatial"], pred_contacting=z["pred_contacting"],
+            pred_pair_scores=z["pred_pair_scores"] if "pred_pair_scores" in keys else None,
+            frame_names=names,
+        )
+        ground_truth = None
+        if all(gt_present):
+            ground_truth = GroundTruthSet(
+                box_offsets=z["gt_box_offsets"], gt_boxes=z["gt_boxes"], gt_labels=z["gt_labels"],
+                relation_offsets=z["gt_relation_offsets"], gt_relations=z["gt_relations"], frame_names=names,
+            )
+    return PredictionsFile(
+        predictions=predictions,
+        ground_truth=ground_truth,
+        mode=Mode(header["mode"]),
+        vocabulary=Vocabulary.from_dict(header["vocabulary"]),
+        metadata=header.get("metadata", {}),
+    )
