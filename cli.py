@@ -135,10 +135,158 @@ def demo(out: Path, videos: int, seed: int) -> None:
         click.echo(describe(ag))
 
 
+# --- detector commands ------------------------------------------------------------
+
+
+# --- AG checkpoint conversion ---------------------------------------------------------
+
+
+@main.command("convert-ag-detector")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--allow-pickle", is_flag=True,
+              help="Load SRC with full pickle instead of weights-only (runs code from the file: only for a "
+                   "file you trust, and only if the weights-only load fails).")
+def convert_ag_detector(src: Path, dst: Path, allow_pickle: bool) -> None:
+    """Convert the AG baselines' detector, faster_rcnn_ag.pth, for `detect --weights`.
+
+    SRC is the Faster R-CNN (ResNet-101 C4, 37 classes, anchor scales 4-32) that STTran,
+    STKET, DSG-DETR and TEMPURA share, as jwyang/faster-rcnn.pytorch saves it (a dict with
+    'model'). Renames every parameter onto the r101-c4 detector, turns the RPN's two-way
+    softmax into one sigmoid logit per anchor, drops num_batches_tracked, and writes DST,
+    a detector checkpoint (torchvision state dict, arch r101-c4, settings with
+    legacy_rcnn=True: jwyang's anchors, '+1' boxes, clipping and NMS, 7x7 RoIAlign) that
+    `detect --weights DST` loads. Fails, naming SRC, on a class-agnostic checkpoint, a
+    class count other than 37, or any parameter it cannot place.
+    """
+    from stage1_detect.ag_checkpoint import CheckpointError, convert_ag_checkpoint
+
+    try:
+        report = convert_ag_checkpoint(src, dst, allow_pickle=allow_pickle)
+    except CheckpointError as e:
+        raise click.ClickException(str(e))
+    click.echo(f"convert-ag-detector: {report.summary()}")
+
+
 # --- store commands -----------------------------------------------------------------
 
 
+@main.group("store")
+def store_group() -> None:
+    """Check, list and merge feature stores."""
+
+
+@store_group.command("check")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--quick", is_flag=True, help="Skip checksums and per-row index checks.")
+def store_check(path: Path, quick: bool) -> None:
+    """Run every check on the store at PATH; exit 1 if a problem is found."""
+    from store import check_store, open_store
+
+    problems = check_store(path, deep=not quick, progress=True)
+    for p in problems:
+        click.echo(f"PROBLEM {p}", err=True)
+    if problems:
+        raise SystemExit(1)
+    s = open_store(path)
+    click.echo(f"ok: {path}: {len(s)} videos in {len(s.segments)} segment(s), schema {s.meta.schema_version}, "
+               f"{'deep' if not quick else 'quick'} check")
+
+
+@store_group.command("ls")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--split", default=None, help="Only this split.")
+def store_ls(path: Path, split: str | None) -> None:
+    """List the committed videos of the store at PATH (name, split, frames, pairs)."""
+    from store import open_store
+
+    s = open_store(path)
+    for v in s.videos(split):
+        click.echo(f"{v}\t{s.split_of(v)}\t{s.num_rows(v, 'frames')}\t{s.num_rows(v, 'pairs')}")
+
+
+@store_group.command("merge")
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--compress", multiple=True, metavar="TABLE",
+              help="Compress this table with zstd (gt_objects, gt_relations, detections, pairs); repeatable.")
+def store_merge(src: Path, dst: Path, compress: tuple[str, ...]) -> None:
+    """Consolidate the segments of store SRC into one file DST (.h5 or .zarr)."""
+    from store import merge, open_store
+
+    merge(src, dst, compression={t: "zstd" for t in compress})
+    click.echo(f"merged {len(open_store(dst))} videos into {dst}")
+
+
+@main.command("stats")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for one file per table.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
+def store_stats(path: Path, out: Path | None, fmt: str) -> None:
+    """Summarise the store at PATH (videos, frames, classes, predicates, bytes per array)."""
+    from store.stats import stats, summary, write_tables
+
+    tables = stats(path)
+    click.echo(summary(tables))
+    if out is not None:
+        for p in write_tables(tables, out, fmt):
+            click.echo(f"wrote {p}")
+
+
 # --- evaluation commands ------------------------------------------------------------
+
+
+@main.command("eval")
+@click.option("--predictions", "predictions_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="Predictions file (.npz, format in docs/evaluation.md) to score; no model needed.")
+@click.option("--ground-truth", "ground_truth_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="File with the gt_ arrays, when the predictions file has none. "
+              "Frames are matched by name; a GT frame without predictions counts 0.")
+@click.option("--mode", type=click.Choice(["predcls", "sgcls", "sgdet"]), default=None,
+              help="Task; defaults to the mode stored in the predictions file. PREDCLS takes object scores as 1.")
+@click.option("--constraint", "constraints", type=click.Choice(["with", "semi", "no"]), multiple=True,
+              help="Graph constraint(s) to score (repeatable). Default: all three.")
+@click.option("--semi-threshold", type=float, default=0.9, show_default=True,
+              help="Semi constraint: keep spatial / contacting predicates with probability above this.")
+@click.option("--mean-recall", type=click.Choice(["dataset", "all_frames", "frames_with_predicate"]),
+              default="dataset", show_default=True,
+              help="mR definition of the printed table and the plot: dataset = per predicate over the whole "
+              "test set (TEMPURA), all_frames = mean over all frames (STKET), frames_with_predicate = mean "
+              "over frames containing the predicate (DSG-DETR). All three are always written to the JSON/CSV.")
+@click.option("--padded-cells", type=click.Choice(["rank", "ignore"]), default="rank", show_default=True,
+              help="rank: reproduce STTran, whose zero-padded 26-wide rows let score-0 cells of other groups "
+              "be ranked (no constraint) or chosen (with / semi); ignore: the corrected protocol.")
+@click.option("--precision-denominator", type=click.Choice(["k", "returned"]), default="k", show_default=True,
+              help="P@K divides a frame's hits by K, or by min(K, triplets the frame returned).")
+@click.option("--iou-threshold", type=float, default=0.5, show_default=True,
+              help="Both boxes of a match need IoU >= this ('+1 pixel' convention).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write metrics.json, metrics.csv, predicate_recall.csv/.png and table.txt here.")
+def eval_command(predictions_path, ground_truth_path, mode, constraints, semi_threshold, mean_recall, padded_cells,
+                 precision_denominator, iou_threshold, out_dir) -> None:
+    """Score a predictions file with STTran's Action Genome protocol (R@K, mR@K, P@K).
+
+    Prints a table like the RS-Net paper's Tables 2 and 3 (R@10/20/50, P@10/20, mR@10/20 per
+    constraint). Writing predictions (--save-predictions) comes with the trained-model
+    commands; the file format and its writer are in stage2_relations.evaluation.predictions_io.
+    """
+    from stage2_relations.evaluation import MeanRecall
+    from stage2_relations.evaluation.report import evaluate_predictions_file, format_table, write_report
+
+    try:
+        results, pf = evaluate_predictions_file(
+            predictions_path, ground_truth_path=ground_truth_path, mode=mode,
+            constraints=constraints or ("with", "semi", "no"), semi_threshold=semi_threshold,
+            padded_cells=padded_cells, precision_denominator=precision_denominator, iou_threshold=iou_threshold,
+        )
+    except ValueError as e:  # a malformed or incomplete file: say why, without a traceback
+        raise click.ClickException(str(e)) from e
+    click.echo(format_table(results, mean_recall=MeanRecall(mean_recall)))
+    if out_dir is not None:
+        extra = {"predictions": str(predictions_path), "ground_truth": str(ground_truth_path or predictions_path),
+                 "predictions_metadata": pf.metadata}
+        paths = write_report(results, out_dir, vocabulary=pf.vocabulary, mean_recall=MeanRecall(mean_recall), extra=extra)
+        click.echo(f"wrote {', '.join(p.name for p in paths.values())} to {out_dir}")
 
 
 if __name__ == "__main__":
