@@ -138,6 +138,104 @@ def demo(out: Path, videos: int, seed: int) -> None:
 # --- detector commands ------------------------------------------------------------
 
 
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
+    return device
+
+
+DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
+                             help="'cpu', 'cuda', 'cuda:1', or 'auto' (CUDA when present).")
+
+
+@main.command("train-detector")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder: detector.pth, last.pth (for --resume), log.csv, config.json, val_map.json.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML recipe (configs/detector_*.yaml); options below override it.")
+@click.option("--arch", help="Architecture: small, r50-fpn or r101-c4 (default: the recipe's, else small).")
+@click.option("--epochs", type=click.IntRange(min=1))
+@click.option("--batch-size", type=click.IntRange(min=1))
+@click.option("--lr", type=float, help="Peak learning rate of AdamW.")
+@click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False),
+              help="ImageNet classification weights (torchvision ResNet .pth) for the backbone.")
+@click.option("--init-weights", type=click.Path(exists=True, dir_okay=False),
+              help="A detection checkpoint to start from (e.g. torchvision COCO); mismatched layers are skipped.")
+@click.option("--frames", "frame_source", type=click.Choice(["auto", "png", "mp4"]),
+              help="Read frames/ PNGs or decode videos/*.mp4 (auto: PNGs when present).")
+@click.option("--workers", "num_workers", type=click.IntRange(min=0), help="DataLoader workers.")
+@click.option("--seed", type=int)
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pth, exactly where it stopped.")
+@DEVICE_OPTION
+def train_detector_command(root: Path, out: Path, config_path: Path | None, device: str, resume: bool, **overrides):
+    """Train or fine-tune a detector on the frames and boxes of an AG root.
+
+    Starts from ImageNet backbone weights or a detection checkpoint when given (local
+    paths; nothing is downloaded), otherwise from scratch. Ends with mAP@0.5 on the
+    validation split. The result, OUT/detector.pth, is what `detect --weights` takes.
+    """
+    from stage1_detect.train_detector import DetectorTrainConfig, train_detector
+
+    config = DetectorTrainConfig.from_yaml(config_path, **overrides)
+    result = train_detector(root, out, config, device=_device(device), resume=resume)
+    val = f"val mAP@0.5 {result.val.map:.3f}" if result.val else "no validation frames"
+    click.echo(f"train-detector: {config.arch}, {result.epochs} epochs, final loss {result.final_loss:.4f}, "
+               f"{val}, {result.seconds / 60:.1f} min -> {result.checkpoint}")
+
+
+@main.command("detect")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path),
+              help="Store folder to write (suffix .h5 or .zarr picks the backend). Rerun to resume.")
+@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Detector checkpoint (from train-detector or convert-ag-detector, or a torchvision state dict with --arch).")
+@click.option("--arch", help="Architecture of a bare torchvision state dict (small, r50-fpn, r101-c4).")
+@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]),
+              help="Splits to extract (repeatable; default all).")
+@click.option("--union", "union_mode", type=click.Choice(["pooled", "map"]), default="pooled", show_default=True,
+              help="Union features as the box head's vector, or STTran's 1024x7x7 map (~100 KB a pair).")
+@click.option("--frames", "frame_source", type=click.Choice(["auto", "png", "mp4"]), default="auto",
+              show_default=True, help="Read frames/ PNGs or decode videos/*.mp4.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per forward.")
+@click.option("--workers", "num_workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="DataLoader workers decoding frames.")
+@click.option("--segment-mb", type=click.IntRange(min=0), default=256, show_default=True,
+              help="Megabytes buffered per store segment (0: one segment per video).")
+@click.option("--compress", multiple=True, type=click.Choice(["gt_objects", "gt_relations", "detections", "pairs"]),
+              help="Compress this table with zstd (repeatable); slower reads, ~10%% smaller on features.")
+@click.option("--max-videos", type=click.IntRange(min=0), default=0, help="At most this many videos per split (trials).")
+@reader_options
+@DEVICE_OPTION
+def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None, splits, union_mode, frame_source,
+                   batch_size, num_workers, segment_mb, compress, max_videos, device, **options) -> None:
+    """Run the detector once over every annotated frame of ROOT into a feature store.
+
+    Writes detections, GT-box and union features for every video of the chosen splits,
+    one committed video at a time. A rerun skips committed videos. Under torchrun each
+    rank extracts its share of the videos into its own part of the same store. Videos
+    whose frames cannot be read are skipped and listed at the end and in
+    STORE.extraction_log.jsonl.
+    """
+    from stage1_detect.detectors import load_detector
+    from stage1_detect.extract import ExtractConfig, distributed_rank, extract
+
+    rank, world = distributed_rank()
+    detector, sha = load_detector(weights, arch=arch)
+    config = ExtractConfig(splits=tuple(splits) or ("train", "val", "test"), batch_size=batch_size,
+                           num_workers=num_workers, frame_source=frame_source, union_mode=union_mode,
+                           segment_mb=segment_mb, compression={t: "zstd" for t in compress}, max_videos=max_videos)
+    summary = extract(root, store_path, detector, weights_sha256=sha, reader_options=_reader_options(**options),
+                      config=config, device=_device(device), rank=rank, world_size=world)
+    click.echo(summary.line())
+    if summary.failed:
+        sys.exit(3)
+
+
 # --- AG checkpoint conversion ---------------------------------------------------------
 
 
