@@ -113,11 +113,13 @@ class FeatureMaps:
     """The backbone's output for a batch of frames.
 
     features: name -> float (B, C, H, W) maps of the resized, padded batch;
+    batch: the resized, padded input batch (B, 3, H', W'), whose size places the anchors;
     image_sizes: (h, w) of each resized image inside the batch;
     original_sizes: (h, w) of each frame as given.
     """
 
     features: "OrderedDict[str, Tensor]"
+    batch: Tensor
     image_sizes: list[tuple[int, int]]
     original_sizes: list[tuple[int, int]]
 
@@ -175,7 +177,8 @@ class Detector(nn.Module):
         features = self.model.backbone(batch.tensors)
         if isinstance(features, Tensor):
             features = OrderedDict([("0", features)])
-        return FeatureMaps(features=features, image_sizes=list(batch.image_sizes), original_sizes=original_sizes)
+        return FeatureMaps(features=features, batch=batch.tensors, image_sizes=list(batch.image_sizes),
+                           original_sizes=original_sizes)
 
     @torch.no_grad()
     def detect(self, maps: FeatureMaps) -> list[FrameDetections]:
@@ -183,7 +186,7 @@ class Detector(nn.Module):
         from torchvision.models.detection.image_list import ImageList
 
         m = self.model
-        images = ImageList(next(iter(maps.features.values())), maps.image_sizes)
+        images = ImageList(maps.batch, maps.image_sizes)
         proposals, _ = m.rpn(images, maps.features)
         detections, _ = m.roi_heads(maps.features, proposals, maps.image_sizes)
         boxes = [d["boxes"] for d in detections]
