@@ -62,8 +62,8 @@ def _reader_options(mode, val_fraction, val_seed, min_frames, keep_frames_withou
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the dataset into (created; existing files are overwritten).")
 @click.option("--videos", type=click.IntRange(min=1), default=40, show_default=True, help="Number of videos.")
-@click.option("--frames", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Annotated frames per video.")
+@click.option("--frames", type=click.IntRange(min=3), default=16, show_default=True,
+              help="Annotated frames per video (some videos keep only 2, an edge case of the filters).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
 @click.option("--size", default="320x240", show_default=True, help="Frame size WIDTHxHEIGHT.")
 @click.option("--no-png", is_flag=True, help="Skip the frames/ PNG dump (videos/*.mp4 only).")
@@ -77,9 +77,12 @@ def synth(out: Path, videos: int, frames: int, seed: int, size: str, no_png: boo
     from stage1_detect.synth import SynthConfig, generate_synthetic_ag
 
     width, height = _parse_size(size)
-    config = SynthConfig(videos=videos, frames_per_video=frames, width=width, height=height, seed=seed,
-                         write_png=not no_png)
-    summary = generate_synthetic_ag(out, config)
+    try:
+        config = SynthConfig(videos=videos, frames_per_video=frames, width=width, height=height, seed=seed,
+                             write_png=not no_png)
+        summary = generate_synthetic_ag(out, config)
+    except (ValueError, FileExistsError) as e:
+        raise click.ClickException(str(e))
     click.echo(f"synth: {summary.videos} videos, {summary.frames} frames, {summary.objects} objects, "
                f"{summary.relations} relations in {summary.seconds:.1f}s -> {summary.root}")
 
@@ -331,12 +334,79 @@ def store_stats(path: Path, out: Path | None, fmt: str) -> None:
             click.echo(f"wrote {p}")
 
 
+# --- stage 2 commands ---------------------------------------------------------------
+
+
+@main.command("train")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML recipe (configs/sttran_*.yaml, configs/demo_*.yaml); options below override it.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder: config.yaml, run.json, log.csv/.json, last.pth (for --resume), best.pth.")
+@click.option("--store", "store", help="Feature store written by `detect`.")
+@click.option("--mode", type=click.Choice(["predcls", "sgcls", "sgdet"]))
+@click.option("--head", help="Registered relation head (sttran).")
+@click.option("--rsnet/--no-rsnet", default=None, help="Wrap the head in RS-Net (recipe's rsnet settings or defaults).")
+@click.option("--epochs", type=click.IntRange(min=1))
+@click.option("--lr", type=float)
+@click.option("--videos-per-batch", type=click.IntRange(min=1))
+@click.option("--workers", "num_workers", type=click.IntRange(min=0))
+@click.option("--seed", type=int)
+@click.option("--max-videos", type=click.IntRange(min=0), help="Train on at most this many videos (trials).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Any other recipe field, YAML value; dotted keys reach into dicts (head_cfg.hidden=64).")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pth exactly where it stopped.")
+@click.option("--no-progress", is_flag=True, help="No tqdm bars (logs still get one line per epoch).")
+@click.option("--device", default=None, help="'cpu', 'cuda', 'cuda:1' or 'auto' (default: the recipe's).")
+def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos_per_batch, num_workers, seed,
+                  max_videos, sets, resume, no_progress, device) -> None:
+    """Train a relation head (optionally with RS-Net) from the feature store.
+
+    Runs under torchrun too (DDP, videos sharded by rank, rank 0 logs and checkpoints).
+    """
+    import dataclasses
+
+    from stage2_relations.train import load_config, parse_override, train
+
+    overrides = dict(store=store, mode=mode, head=head, epochs=epochs, lr=lr, videos_per_batch=videos_per_batch,
+                     num_workers=num_workers, seed=seed, max_videos=max_videos, device=device)
+    try:
+        overrides.update(parse_override(s) for s in sets)
+        if resume and config_path is None and (out / "config.yaml").exists():
+            config_path = out / "config.yaml"
+        cfg = load_config(config_path, overrides)
+        if rsnet is True and cfg.rsnet is None:
+            cfg = dataclasses.replace(cfg, rsnet={})
+        elif rsnet is False:
+            cfg = dataclasses.replace(cfg, rsnet=None)
+        if not cfg.store:
+            raise ValueError("no store: give --store or a recipe with one")
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    if cfg.device != "auto":
+        _device(cfg.device)
+    result = train(cfg, out, resume=resume, progress=not no_progress, echo=click.echo)
+    last = result["history"][-1] if result["history"] else {}
+    click.echo(f"train: {cfg.head}{' + RS-Net' if cfg.rsnet is not None else ''} {cfg.mode}, "
+               f"{result['parameters'] / 1e6:.2f} M parameters, {len(result['history'])} epochs, "
+               f"final loss {last.get('loss_total', float('nan')):.4f}, best val R@20 {100 * max(result['best_r20'], 0):.1f} -> {out}")
+
+
 # --- evaluation commands ------------------------------------------------------------
 
 
 @main.command("eval")
 @click.option("--predictions", "predictions_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              required=True, help="Predictions file (.npz, format in docs/evaluation.md) to score; no model needed.")
+              default=None, help="Predictions file (.npz, format in docs/evaluation.md) to score; no model needed.")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Evaluate a trained model: a `train` run folder (best.pth, else last.pth).")
+@click.option("--checkpoint", "checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Evaluate a trained model from this checkpoint file.")
+@click.option("--store", "store_path", default=None, help="With --run/--checkpoint: the store (default: the run's).")
+@click.option("--split", default="test", show_default=True, help="With --run/--checkpoint: the split to score.")
+@click.option("--save-predictions", "save_predictions", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --run/--checkpoint: write the predictions and GT (.npz, docs/evaluation.md).")
+@click.option("--max-videos", type=click.IntRange(min=0), default=0, help="With --run/--checkpoint: at most this many videos.")
+@click.option("--device", default="cpu", show_default=True, help="With --run/--checkpoint: 'cpu', 'cuda', 'auto'.")
 @click.option("--ground-truth", "ground_truth_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="File with the gt_ arrays, when the predictions file has none. "
               "Frames are matched by name; a GT frame without predictions counts 0.")
@@ -360,17 +430,35 @@ def store_stats(path: Path, out: Path | None, fmt: str) -> None:
               help="Both boxes of a match need IoU >= this ('+1 pixel' convention).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write metrics.json, metrics.csv, predicate_recall.csv/.png and table.txt here.")
-def eval_command(predictions_path, ground_truth_path, mode, constraints, semi_threshold, mean_recall, padded_cells,
+def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_predictions, max_videos, device,
+                 ground_truth_path, mode, constraints, semi_threshold, mean_recall, padded_cells,
                  precision_denominator, iou_threshold, out_dir) -> None:
     """Score a predictions file with STTran's Action Genome protocol (R@K, mR@K, P@K).
 
     Prints a table like the RS-Net paper's Tables 2 and 3 (R@10/20/50, P@10/20, mR@10/20 per
-    constraint). Writing predictions (--save-predictions) comes with the trained-model
-    commands; the file format and its writer are in stage2_relations.evaluation.predictions_io.
+    constraint). With --run/--checkpoint, runs a trained model over a split of the store
+    and also writes a PNG of a few frames with their top triplets, the parameter count and the
+    inference speed; --save-predictions keeps its predictions (stage2_relations.evaluation.predictions_io).
     """
     from stage2_relations.evaluation import MeanRecall
     from stage2_relations.evaluation.report import evaluate_predictions_file, format_table, write_report
 
+    sources = sum(x is not None for x in (predictions_path, run_dir, checkpoint))
+    if sources != 1:
+        raise click.UsageError("give exactly one of --predictions, --run, --checkpoint")
+    if predictions_path is None:
+        from stage2_relations.evaluate_model import evaluate_checkpoint
+
+        try:
+            evaluate_checkpoint(
+                run_dir=run_dir, checkpoint=checkpoint, store_path=store_path, split=split, mode=mode,
+                constraints=constraints or ("with", "semi", "no"), out_dir=out_dir, save_predictions=save_predictions,
+                mean_recall=MeanRecall(mean_recall), max_videos=max_videos, device=_device(device), echo=click.echo,
+                semi_threshold=semi_threshold, padded_cells=padded_cells, precision_denominator=precision_denominator,
+                iou_threshold=iou_threshold)
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            raise click.ClickException(str(e)) from e
+        return
     try:
         results, pf = evaluate_predictions_file(
             predictions_path, ground_truth_path=ground_truth_path, mode=mode,

@@ -858,14 +858,33 @@ def _write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> str:
     return codec
 
 
+def _clear_previous(root: Path) -> None:
+    import shutil
+
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise FileExistsError(f"{root}: exists and is not a folder")
+    if any(root.iterdir()) and not (root / META_FILE).is_file():
+        raise FileExistsError(f"{root}: not empty and not a synthetic dataset (no {META_FILE}); refusing to write into it")
+    for sub in ("frames", "videos", "annotations"):
+        if (root / sub).is_dir():
+            shutil.rmtree(root / sub)
+
+
 def generate_synthetic_ag(out: Path | str, config: SynthConfig = SynthConfig(), progress: bool = True) -> SynthSummary:
-    """Write a synthetic Action Genome root at ``out`` (created; existing files overwritten).
+    """Write a synthetic Action Genome root at ``out``.
+
+    ``out`` must be missing, empty, or an earlier synthetic root (it has ``synth_meta.json``),
+    whose ``frames/``, ``videos/`` and ``annotations/`` are then replaced, so that no file of
+    a larger earlier run survives. Anything else is refused: a real AG root is never touched.
 
     Returns counts and the wall time. Same ``config`` => byte-identical pickles, class
     files, frame list, PNGs and ``synth_meta.json``.
     """
     started = time.perf_counter()
     root = Path(out)
+    _clear_previous(root)
     ann_dir = root / "annotations"
     ann_dir.mkdir(parents=True, exist_ok=True)
     W, H = config.width, config.height
