@@ -46,7 +46,7 @@ class DetectorTrainConfig:
     arch: str = "small"
     settings: dict[str, Any] = field(default_factory=dict)
     """Overrides of the architecture's :class:`~stage1_detect.detectors.DetectorSettings`."""
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 4
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -187,6 +187,11 @@ def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, 
         detector.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         first_epoch, step = state["epoch"] + 1, state["step"]
+        saved_epochs = state.get("config", {}).get("epochs", cfg.epochs)
+        if saved_epochs != cfg.epochs:
+            log.warning("resuming a %d-epoch run with epochs=%d: the learning-rate schedule changes from here "
+                        "on, so the result differs from a %d-epoch run from scratch", saved_epochs, cfg.epochs,
+                        cfg.epochs)
         log.info("resuming %s at epoch %d (step %d)", last, first_epoch, step)
     (out / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "detector": detector.info(),
                                                  "root": str(root), **provenance}, indent=2))
@@ -198,6 +203,10 @@ def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, 
     for epoch in range(first_epoch, cfg.epochs):
         detector.train()
         dataset.epoch = epoch
+        # The RPN and RoI samplers draw from the global RNG: seed it per epoch, so that a run
+        # resumed at this epoch draws what the uninterrupted run drew here.
+        torch.manual_seed(cfg.seed * 1000 + epoch)
+        random.seed(cfg.seed * 1000 + epoch)
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
                             num_workers=cfg.num_workers, collate_fn=_collate, drop_last=False,
