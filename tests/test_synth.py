@@ -255,10 +255,12 @@ def test_attention_rule():
 
 def test_contact_rules():
     base = dict(cls="cup", box=(100, 100, 120, 130), attached=False, drawn_in_front=False, posture="stand",
-                hip=(0.0, 0.0), hand=(110.0, 115.0), hand_extended=False, hand_speed=0.0, person_speed=0.0,
+                hip=(0.0, 0.0), hand=(110.0, 115.0), hand_extended=False, hand_free=True, hand_speed=0.0, person_speed=0.0,
                 head_box=(0, 0, 10, 10), person_box=(90, 0, 130, 200))
     assert contact_labels(ContactState(**base)) == ["not_contacting"]  # a hand hanging at rest touches nothing
     assert contact_labels(ContactState(**base | {"hand_extended": True})) == ["touching"]
+    # A hand that holds something else touches nothing (the pillow carried over a sofa).
+    assert contact_labels(ContactState(**base | {"hand_extended": True, "hand_free": False})) == ["not_contacting"]
     assert contact_labels(ContactState(**base | {"attached": True})) == ["holding"]
     assert contact_labels(ContactState(**base | {"attached": True, "person_speed": 3.0})) == ["carrying", "holding"]
     assert contact_labels(ContactState(**base | {"attached": True, "head_box": (95, 90, 115, 110)})) == [
@@ -370,3 +372,12 @@ def test_bad_config_is_refused():
         SynthConfig(width=321)
     with pytest.raises(ValueError, match="test_fraction"):
         SynthConfig(test_fraction=1.5)
+
+
+def test_every_edge_case_reaches_both_splits():
+    from stage1_detect.synth import edge_case_plan, is_test_video
+
+    plans = [(is_test_video(i, 0.25), edge_case_plan(i, 16)) for i in range(40)]
+    for case in ("short", "no_person", "invisible", "no_visible", "tiny", "bbox_none"):
+        splits = {test for test, plan in plans if plan[case] is not None and plan[case] is not False}
+        assert splits == {False, True}, case
