@@ -14,8 +14,31 @@ import click
 from store.vocabulary import Mode
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def _user_error(e: Exception) -> bool:
+    """Errors that describe bad input (and name the file): shown as one line, not a traceback."""
+    from stage1_detect.action_genome import AnnotationError
+    from stage1_detect.frames import FrameError
+    from store import StoreError
+
+    if isinstance(e, (AnnotationError, FrameError, StoreError, FileExistsError, FileNotFoundError)):
+        return True
+    if "stage1_detect.ag_checkpoint" in sys.modules:
+        return isinstance(e, sys.modules["stage1_detect.ag_checkpoint"].CheckpointError)
+    return False
+
+
+class Cli(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            if _user_error(e) and logging.getLogger().level > logging.DEBUG:
+                raise click.ClickException(str(e)) from e
+            raise
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug: tracebacks too).")
 def main(verbose: int) -> None:
     """Dynamic scene graph generation on Action Genome from a cached feature store.
 
@@ -34,10 +57,10 @@ def reader_options(command):
     options = [
         click.option("--mode", type=click.Choice([m.value for m in Mode]), default="predcls", show_default=True,
                      help="Task mode; sgcls and sgdet read the _filtersmall annotations, as the baselines do."),
-        click.option("--val-fraction", type=float, default=0.05, show_default=True,
+        click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.05, show_default=True,
                      help="Fraction of train videos held out as validation."),
         click.option("--val-seed", type=int, default=0, show_default=True, help="Seed of the validation draw."),
-        click.option("--min-frames", type=int, default=3, show_default=True,
+        click.option("--min-frames", type=click.IntRange(min=1), default=3, show_default=True,
                      help="Drop videos with fewer kept frames (the baselines keep videos with more than 2)."),
         click.option("--keep-frames-without-person", is_flag=True,
                      help="Keep frames in which the person detector found no box (the baselines drop them)."),

@@ -188,7 +188,7 @@ class ReaderOptions:
         """The options the baselines use for a task mode (a :class:`store.vocabulary.Mode`)."""
         from store.vocabulary import Mode
 
-        return cls(filter_small=Mode(mode) is not Mode.PREDCLS, **overrides)
+        return cls(**{"filter_small": Mode(mode) is not Mode.PREDCLS, **overrides})
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
