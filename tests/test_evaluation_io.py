@@ -139,3 +139,14 @@ def test_eval_command_end_to_end(tmp_path, sets):
     # Without ground truth anywhere: a clear error.
     res = runner.invoke(main, ["eval", "--predictions", str(only_pred)])
     assert res.exit_code != 0 and "holds no ground truth" in res.output
+
+
+def test_eval_refuses_predictions_for_other_frames(tmp_path, sets):
+    gt, pred = sets
+    both = write_predictions(tmp_path / "both.npz", pred, mode="sgdet", ground_truth=gt)
+    renamed = PredictionSet.from_frames([pred.frame(i) for i in range(len(pred.frame_names))],
+                                        [n.replace("VID", "OTHER") for n in pred.frame_names])
+    other = write_predictions(tmp_path / "other.npz", renamed, mode="sgdet")
+    res = CliRunner().invoke(main, ["eval", "--predictions", str(other), "--ground-truth", str(both)])
+    assert res.exit_code != 0
+    assert "none of its 40 frame names is a frame of the ground truth" in res.output

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -29,6 +30,8 @@ from .structures import Constraint, MeanRecall
 
 _MR_SHORT = {MeanRecall.DATASET: "dataset", MeanRecall.ALL_FRAMES: "all_frames",
              MeanRecall.FRAMES_WITH_PREDICATE: "frames_with_predicate"}
+
+log = logging.getLogger(__name__)
 
 
 def _available(ks: Sequence[int], result_ks: Sequence[int]) -> list[int]:
@@ -194,6 +197,18 @@ def evaluate_predictions_file(
     if ground_truth is None:
         raise ValueError(f"{predictions_path}: holds no ground truth; pass a ground-truth file")
     if predictions.frame_names != ground_truth.frame_names:
+        if predictions.frame_names is not None and ground_truth.frame_names is not None:
+            known = set(ground_truth.frame_names)
+            matched = sum(n in known for n in predictions.frame_names)
+            if matched == 0:
+                raise ValueError(f"{predictions_path}: none of its {len(predictions.frame_names)} frame names is a "
+                                 f"frame of the ground truth (e.g. {predictions.frame_names[0]!r} vs "
+                                 f"{ground_truth.frame_names[0]!r})")
+            unknown = len(predictions.frame_names) - matched
+            missing = len(ground_truth.frame_names) - matched
+            if unknown or missing:
+                log.warning("%s: %d predicted frames are not in the ground truth (ignored); %d ground-truth frames "
+                            "have no predictions (they count 0)", predictions_path, unknown, missing)
         predictions = predictions.aligned_to(ground_truth.frame_names)
     results = evaluate_all(
         ground_truth, predictions, constraints=constraints, mode=mode if mode is not None else pf.mode,
