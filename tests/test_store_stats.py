@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -80,6 +81,11 @@ def test_cli_check_ls_stats_merge(tmp_path):
     assert "3 videos (test 1, train 2)" in r.output
     assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == [
         "arrays.csv", "classes.csv", "frames.csv", "meta.csv", "predicates.csv", "videos.csv"]
+    r = runner.invoke(cli.main, ["stats", str(path), "--out", str(tmp_path / "pq"), "--format", "parquet"])
+    assert r.exit_code == 0, r.output
+    frames = pd.read_parquet(tmp_path / "pq" / "frames.parquet")
+    expected = stats(path)["frames"]
+    pd.testing.assert_frame_equal(frames.reset_index(drop=True), expected.reset_index(drop=True), check_dtype=False)
     r = runner.invoke(cli.main, ["store", "merge", str(path), str(tmp_path / "m.zarr"), "--compress", "pairs"])
     assert r.exit_code == 0, r.output
     # A broken store: exit 1 and the problem printed.
