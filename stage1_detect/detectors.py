@@ -9,10 +9,11 @@ One interface, :class:`Detector`, whatever the architecture:
   union boxes) from the same feature maps;
 * ``pool_map(maps, boxes)`` gives STTran's RoIAlign 7x7 map of boxes (union features).
 
-Detection features and distributions come from pooling the *final* boxes again through
-the box head and classifier, as STTran's object detector does, so that a detected box and
-the same GT box get the same feature. A detection's score is its class probability from
-the proposal it was regressed from (torchvision's post-processing).
+A detection's score is its class probability from the proposal it was regressed from
+(torchvision's post-processing). Its feature and class distribution are, by default, that
+proposal's too, as STTran's object detector takes them (``detection_features='proposal'``);
+``'repool'`` pools the final box again instead. The distribution keeps background: STTran's
+softmax over the 36 foreground logits is this one renormalised without index 0.
 
 Architectures (the registry :data:`ARCHITECTURES`):
 
@@ -76,6 +77,10 @@ class DetectorSettings:
     detections_per_img: int = 100
     single_person: bool = True
     """Keep only the highest-scoring person box (the AG protocol has one person)."""
+    detection_features: str = "proposal"
+    """Feature and class distribution of a detection: 'proposal', those of the proposal it
+    was regressed from (STTran's object detector), or 'repool', pooled again from the final
+    box (so that a detection and the same GT box get the same feature)."""
     roi_size: int = 14
     map_size: int = 7
     """Output size of :meth:`Detector.pool_map` (STTran: 7x7 union maps)."""
@@ -186,18 +191,27 @@ class Detector(nn.Module):
         from torchvision.models.detection.image_list import ImageList
 
         m = self.model
+        heads = m.roi_heads
         images = ImageList(maps.batch, maps.image_sizes)
         proposals, _ = m.rpn(images, maps.features)
-        detections, _ = m.roi_heads(maps.features, proposals, maps.image_sizes)
-        boxes = [d["boxes"] for d in detections]
-        scores = [d["scores"] for d in detections]
-        labels = [d["labels"] for d in detections]
+        proposal_features = heads.box_head(heads.box_roi_pool(maps.features, proposals, maps.image_sizes))
+        logits, deltas = heads.box_predictor(proposal_features)
+        boxes, scores, labels = heads.postprocess_detections(logits, deltas, proposals, maps.image_sizes)
+        counts = [len(p) for p in proposals]
+        sources = [_source_proposals(l, s, p) for l, s, p in
+                   zip(labels, scores, F.softmax(logits, dim=-1).split(counts))]
         if self.settings.single_person:
             kept = [_keep_one_person(l, s, self.settings.person_label) for l, s in zip(labels, scores)]
-            boxes = [b[k] for b, k in zip(boxes, kept)]
-            scores = [s[k] for s, k in zip(scores, kept)]
-            labels = [l[k] for l, k in zip(labels, kept)]
-        pooled = self._pool_resized(maps, boxes)
+            boxes, scores, labels, sources = ([x[k] for x, k in zip(xs, kept)]
+                                              for xs in (boxes, scores, labels, sources))
+        if self.settings.detection_features == "repool":
+            pooled = self._pool_resized(maps, boxes)
+        elif self.settings.detection_features == "proposal":
+            pooled = [(f[src].float(), F.softmax(l[src], dim=-1).float()) for f, l, src in
+                      zip(proposal_features.split(counts), logits.split(counts), sources)]
+        else:
+            raise ValueError(f"detection_features must be 'proposal' or 'repool', "
+                             f"got {self.settings.detection_features!r}")
         boxes = maps.scale_boxes(boxes, to_original=True)
         return [
             FrameDetections(boxes=b.float(), scores=s.float(), labels=l.long(), class_dists=d, features=f)
@@ -234,6 +248,19 @@ class Detector(nn.Module):
 
     def info(self) -> dict[str, Any]:
         return {"arch": self.arch, "settings": self.settings.to_dict(), "feature_dim": self.feature_dim}
+
+
+def _source_proposals(labels: Tensor, scores: Tensor, probs: Tensor) -> Tensor:
+    """Index of the proposal each detection came from.
+
+    Post-processing keeps, for a (proposal, class) cell, the cell's softmax probability as
+    the score, so the source is the proposal whose probability for the detection's label
+    equals its score (bit for bit: the same computation).
+    """
+    if len(labels) == 0:
+        return torch.zeros(0, dtype=torch.long, device=probs.device)
+    cells = probs[:, labels].T  # (n_det, n_proposals)
+    return (cells - scores[:, None]).abs().argmin(dim=1)
 
 
 def _keep_one_person(labels: Tensor, scores: Tensor, person: int) -> Tensor:
