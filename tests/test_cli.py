@@ -1,0 +1,52 @@
+"""The command line end to end on small synthetic data."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from store import open_store
+
+from ag_fixtures import fixture_annotations, write_root
+
+
+def run(*args: str, code: int = 0):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def test_dataset_prints_splits_and_filters(tmp_path):
+    root = write_root(tmp_path / "ag", *fixture_annotations())
+    out = run("dataset", root, "--val-fraction", "0")
+    assert re.search(r"train\s+1\s+3\s+3\s+8", out)
+    assert re.search(r"test\s+1\s+3\s+3\s+12", out)
+    assert re.search(r"frames_no_person_box\s+train\s+1", out)
+    assert "skipped objects (2)" in out
+
+
+def test_dataset_strict_fails_naming_the_frame(tmp_path):
+    root = write_root(tmp_path / "ag", *fixture_annotations())
+    out = run("dataset", root, "--strict", code=1)
+    assert "AAAAA.mp4/000035.png" in out and "no box" in out
+
+
+def test_synth_refuses_a_folder_that_is_not_synthetic(tmp_path):
+    root = write_root(tmp_path / "ag", *fixture_annotations())
+    out = run("synth", "--out", root, "--videos", "2", code=1)
+    assert "refusing" in out
+    assert (root / "annotations" / "person_bbox.pkl").exists()
+
+
+@pytest.mark.slow
+def test_demo_runs_the_pipeline(tmp_path):
+    out = run("demo", "--out", tmp_path / "demo", "--videos", "6", "--detector-epochs", "1", "--device", "cpu")
+    assert "[5/5] store check ok" in out
+    store = open_store(tmp_path / "demo" / "store.h5")
+    # 6 videos: the reader keeps those with 3 or more frames, split 10% train -> val.
+    assert len(store.videos()) >= 3
+    assert store.meta.detector.arch == "small"
+    assert store.meta.vocabulary.objects[1] == "person"
