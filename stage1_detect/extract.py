@@ -330,9 +330,11 @@ def extract(root: Path | str, store_path: Path | str, detector: Detector, *, wei
     ag = load_action_genome(root, reader_options)
     source = open_frame_source(root, config.frame_source)
     detector = detector.eval().to(device)
+    # No "splits" here: every part of a store must have the same meta, and extracting the
+    # splits in separate runs into one store is fine (each video records its split).
     meta = store_meta(detector, ag.vocabulary, weights_sha256, config.union_mode,
                       {"root": str(root.resolve()), "reader": reader_options.to_dict(),
-                       "frame_source": source.name, "splits": list(config.splits)})
+                       "frame_source": source.name})
     if meta.union_mode is UnionMode.MAP:
         log.warning("union features as %s maps: about %.0f KB a pair", meta.union_shape,
                     meta.union_bytes_per_pair() / 1024)

@@ -65,7 +65,9 @@ class PngFrames(FrameSource):
             path = self.path(video, number)
             try:
                 with Image.open(path) as im:
-                    frames.append(np.asarray(im.convert("RGB")))
+                    # np.array, not asarray: PIL's buffer is read-only, and torch.from_numpy of
+                    # a read-only array warns (and writing through it is undefined).
+                    frames.append(np.array(im.convert("RGB")))
             except FileNotFoundError:
                 raise FrameError(path, "missing frame") from None
             except Exception as e:  # PIL raises several types for a damaged file
