@@ -153,6 +153,9 @@ class Detector(nn.Module):
         self.settings = settings
         self.feature_dim = feature_dim
         self.map_channels = map_channels
+        # The per-image cap is applied in detect(), after the one-person rule, so that
+        # duplicate person boxes do not use up the budget before they are dropped.
+        model.roi_heads.detections_per_img = 1 << 30
         featmap_names = list(model.roi_heads.box_roi_pool.featmap_names)
         self.map_pool = MultiScaleRoIAlign(featmap_names, output_size=settings.map_size, sampling_ratio=2)
 
@@ -200,10 +203,11 @@ class Detector(nn.Module):
         counts = [len(p) for p in proposals]
         sources = [_source_proposals(l, s, p) for l, s, p in
                    zip(labels, scores, F.softmax(logits, dim=-1).split(counts))]
-        if self.settings.single_person:
-            kept = [_keep_one_person(l, s, self.settings.person_label) for l, s in zip(labels, scores)]
-            boxes, scores, labels, sources = ([x[k] for x, k in zip(xs, kept)]
-                                              for xs in (boxes, scores, labels, sources))
+        kept = [_keep_one_person(l, s, self.settings.person_label) if self.settings.single_person
+                else torch.arange(len(l), device=l.device) for l, s in zip(labels, scores)]
+        # Post-processing returns detections best first, so the cap keeps the best.
+        kept = [k[: self.settings.detections_per_img] for k in kept]
+        boxes, scores, labels, sources = ([x[k] for x, k in zip(xs, kept)] for xs in (boxes, scores, labels, sources))
         if self.settings.detection_features == "repool":
             pooled = self._pool_resized(maps, boxes)
         elif self.settings.detection_features == "proposal":
@@ -492,8 +496,8 @@ def load_backbone_weights(detector: Detector, path: Path | str) -> tuple[str, li
     renames = {"conv1.": "stem.0.", "bn1.": "stem.1."}
     loaded, missing = {}, []
     for name, value in state.items():
-        if name.startswith("fc."):
-            continue
+        if name.startswith("fc.") or name.endswith("num_batches_tracked"):
+            continue  # the classifier, and a BatchNorm counter that frozen norms do not have
         candidates = [name] + [new + name[len(old):] for old, new in renames.items() if name.startswith(old)]
         target = next((p + c for c in candidates for p in prefixes if p + c in own), None)
         if target is None or own[target].shape != value.shape:

@@ -74,6 +74,12 @@ class StoreMeta:
     def __post_init__(self) -> None:
         object.__setattr__(self, "union_mode", UnionMode(self.union_mode))
         object.__setattr__(self, "union_shape", tuple(int(x) for x in self.union_shape))
+        # Plain JSON (tuples as lists), as a store gives it back, so that a writer's meta
+        # and the stored one compare equal when they describe the same extraction.
+        object.__setattr__(self, "detector", DetectorInfo(
+            arch=self.detector.arch, settings=json.loads(json.dumps(self.detector.settings)),
+            weights_sha256=self.detector.weights_sha256))
+        object.__setattr__(self, "source", json.loads(json.dumps(self.source)))
         if not self.created:
             now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             object.__setattr__(self, "created", now)
@@ -129,10 +135,16 @@ class StoreMeta:
         )
 
     def compatibility(self) -> dict[str, Any]:
-        """What must agree between parts of one store (creation time and revision may differ)."""
+        """What must agree between parts of one store.
+
+        Creation time and code revision may differ, and so may where each writer found the
+        data (``source['root']``: nodes mount the dataset at different paths) and how it
+        read the frames (``source['frame_source']``: PNG and mp4 give the same pixels).
+        """
         d = self.to_dict()
         d.pop("created")
         d.pop("code_revision")
+        d["source"] = {k: v for k, v in d["source"].items() if k not in ("root", "frame_source")}
         return d
 
     def incompatibility(self, other: "StoreMeta") -> str | None:
