@@ -250,8 +250,10 @@ def demo(out: Path, videos: int, seed: int, detector_epochs: int | None, device:
     """Run the pipeline on the built-in synthetic data.
 
     Synthesise Action Genome, read it back (PredCLS and SGDET annotations), train the small
-    detector from scratch, extract every video into a feature store, check the store and
-    print its statistics. Every step is a command of its own; see the README.
+    detector from scratch, extract every video into a feature store, check it and print its
+    statistics, train STTran and STTran + RS-Net (PredCLS, the tiny demo recipes) from the
+    store and evaluate both on the test split. Every step is a command of its own; see the
+    README.
     """
     import time
 
@@ -267,19 +269,19 @@ def demo(out: Path, videos: int, seed: int, detector_epochs: int | None, device:
     device = _device(device)
     root = out / "ag"
     synth_summary = generate_synthetic_ag(root, SynthConfig(videos=videos, seed=seed))
-    click.echo(f"[1/5] synthesised {synth_summary.videos} videos, {synth_summary.frames} frames in "
+    click.echo(f"[1/7] synthesised {synth_summary.videos} videos, {synth_summary.frames} frames in "
                f"{synth_summary.seconds:.1f}s -> {root}")
     # 40 videos give ~30 train videos; 10% keeps a few for validation.
     reader = {"val_fraction": 0.1, "val_seed": seed}
     for mode in (Mode.PREDCLS, Mode.SGDET):
-        click.echo(f"[2/5] reader, {mode.value}:")
+        click.echo(f"[2/7] reader, {mode.value}:")
         click.echo(describe(load_action_genome(root, ReaderOptions.for_mode(mode, **reader))))
 
     recipe = Path(__file__).parent / "configs" / "detector_small.yaml"
     config = DetectorTrainConfig.from_yaml(recipe, epochs=detector_epochs, seed=seed, **reader)
     result = train_detector(root, out / "detector", config, device=device)
     val = f"val mAP@0.5 {result.val.map:.3f}" if result.val else "no validation frames"
-    click.echo(f"[3/5] trained the small detector: {config.epochs} epochs in {result.seconds / 60:.1f} min, {val}")
+    click.echo(f"[3/7] trained the small detector: {config.epochs} epochs in {result.seconds / 60:.1f} min, {val}")
 
     store_path = out / "store.h5"
     if store_path.exists():  # the detector changed: a store of the old one must not be resumed
@@ -289,14 +291,33 @@ def demo(out: Path, videos: int, seed: int, detector_epochs: int | None, device:
     detector, sha = load_detector(result.checkpoint)
     summary_line = extract(root, store_path, detector, weights_sha256=sha,
                            reader_options=ReaderOptions(**reader), config=ExtractConfig(), device=device).line()
-    click.echo(f"[4/5] {summary_line}")
+    click.echo(f"[4/7] {summary_line}")
 
     problems = check_store(store_path)
     if problems:
         raise click.ClickException("store check failed:\n" + "\n".join(map(str, problems)))
-    click.echo(f"[5/5] store check ok; statistics:")
+    click.echo("[5/7] store check ok; statistics:")
     click.echo(summary(stats(store_path)))
-    click.echo(f"demo finished in {(time.time() - started) / 60:.1f} min; next: relation heads (stage 2)")
+
+    import shutil
+
+    from stage2_relations.evaluate_model import evaluate_checkpoint
+    from stage2_relations.train import load_config, train
+
+    runs = {}
+    for name, recipe in (("STTran", "demo_sttran_predcls.yaml"), ("STTran + RS-Net", "demo_sttran_rsnet_predcls.yaml")):
+        run_dir = out / "runs" / recipe.removesuffix(".yaml")
+        shutil.rmtree(run_dir, ignore_errors=True)  # the demo's own run: start it afresh
+        cfg = load_config(Path(__file__).parent / "configs" / recipe,
+                          {"store": str(store_path), "seed": seed, "device": device})
+        result = train(cfg, run_dir, progress=False, echo=lambda line: None)
+        runs[name] = run_dir
+        click.echo(f"[6/7] trained {name} (PREDCLS, {len(result['history'])} epochs, "
+                   f"{result['parameters'] / 1e6:.2f} M parameters): best val R@20 {100 * result['best_r20']:.1f}")
+    for name, run_dir in runs.items():
+        click.echo(f"[7/7] {name}, test split:")
+        evaluate_checkpoint(run_dir=run_dir, split="test", device=device, echo=click.echo)
+    click.echo(f"demo finished in {(time.time() - started) / 60:.1f} min")
 
 
 # --- AG checkpoint conversion ---------------------------------------------------------

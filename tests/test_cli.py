@@ -44,7 +44,7 @@ def test_synth_refuses_a_folder_that_is_not_synthetic(tmp_path):
 @pytest.mark.slow
 def test_demo_runs_the_pipeline(tmp_path):
     out = run("demo", "--out", tmp_path / "demo", "--videos", "6", "--detector-epochs", "1", "--device", "cpu")
-    assert "[5/5] store check ok" in out
+    assert "[5/7] store check ok" in out and "[7/7] STTran + RS-Net, test split:" in out
     store = open_store(tmp_path / "demo" / "store.h5")
     # 6 videos: the reader keeps those with 3 or more frames, split 10% train -> val.
     assert len(store.videos()) >= 3
