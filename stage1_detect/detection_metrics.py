@@ -4,7 +4,8 @@ Per class: all predictions of that class over the dataset, sorted by score, are 
 greedily to unmatched ground-truth boxes of the same image with IoU >= threshold; AP is
 the area under the precision/recall curve with precision made monotone (all-point
 interpolation). mAP is the mean over the classes that have ground truth. Boxes are xyxy
-pixels; IoU uses continuous coordinates (no "+1"), as torchvision and COCO do.
+pixels; IoU uses continuous coordinates (no "+1"), as torchvision and COCO do
+(:func:`store.boxes.box_iou`).
 """
 
 from __future__ import annotations
@@ -14,18 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` (n, 4) with every box of ``b`` (m, 4), xyxy -> (n, m)."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+from store.boxes import box_iou
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:

@@ -50,10 +50,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from stage1_detect.action_genome import ReaderOptions, VideoAnnotation, load_action_genome
-from stage1_detect.detection_metrics import box_iou
 from stage1_detect.detectors import Detector
 from stage1_detect.frames import FrameError, FrameSource, open_frame_source
 from store import PAIR_SOURCE_DET, PAIR_SOURCE_GT, DetectorInfo, StoreMeta, StoreWriter, UnionMode, VideoRecord
+from store.boxes import box_iou, union_boxes
 from store.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -145,12 +145,6 @@ def greedy_assignment(gt_boxes: np.ndarray, det_boxes: np.ndarray, threshold: fl
     return matched
 
 
-def union_boxes(boxes: np.ndarray, subject: np.ndarray, obj: np.ndarray) -> np.ndarray:
-    """(n, 4) boxes enclosing ``boxes[subject[i]]`` and ``boxes[obj[i]]``."""
-    s, o = boxes[subject], boxes[obj]
-    return np.concatenate([np.minimum(s[:, :2], o[:, :2]), np.maximum(s[:, 2:], o[:, 2:])], axis=1).reshape(-1, 4)
-
-
 def _subject_of_detections(labels: np.ndarray, dists: np.ndarray, person: int) -> int:
     is_person = np.nonzero(labels == person)[0]
     if len(is_person):
@@ -193,8 +187,8 @@ def video_record(video: VideoAnnotation, images: Sequence[np.ndarray], detector:
             else:
                 det_sub = det_obj = np.zeros(0, dtype=np.int32)
             pair_specs.append((gt_sub, gt_obj, det_sub, det_obj))
-            unions.append(np.concatenate([union_boxes(gt_boxes[fi], gt_sub, gt_obj),
-                                          union_boxes(d_boxes, det_sub, det_obj)]).astype(np.float32))
+            unions.append(np.concatenate([union_boxes(gt_boxes[fi][gt_sub], gt_boxes[fi][gt_obj]),
+                                          union_boxes(d_boxes[det_sub], d_boxes[det_obj])]).astype(np.float32))
         union_tensors = [torch.from_numpy(u).to(device) for u in unions]
         if union_map:
             union_features = [u.cpu().numpy() for u in detector.pool_map(maps, union_tensors)]

@@ -38,31 +38,13 @@ import torch
 from torch.utils.data import Dataset
 
 from store import PAIR_SOURCE_DET, PAIR_SOURCE_GT, Store, UnionMode, VideoRecord, open_store
+from store.boxes import box_iou, union_boxes
 from store.vocabulary import Mode, PredicateGroup, Vocabulary
 
 MASK_SIZE = 27
 
 
 # --- geometry (pure, vectorised) ------------------------------------------------------
-
-
-def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of xyxy boxes ``a`` (N, 4) and ``b`` (M, 4) -> (N, M), continuous coordinates
-    (area = (x2 - x1) * (y2 - y1), no "+1 pixel")."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
-def union_boxes(subj: np.ndarray, obj: np.ndarray) -> np.ndarray:
-    """Union (enclosing) boxes of row-aligned xyxy boxes (M, 4) -> (M, 4)."""
-    return np.concatenate([np.minimum(subj[:, :2], obj[:, :2]), np.maximum(subj[:, 2:], obj[:, 2:])], axis=1)
 
 
 def spatial_masks(subj: np.ndarray, obj: np.ndarray, size: int = MASK_SIZE) -> np.ndarray:
@@ -123,8 +105,8 @@ def sample_negatives(
     keep = np.ones(q, dtype=bool)
     if q and len(pos_classes):
         same = (neg_classes[:, None, 0] == pos_classes[None, :, 0]) & (neg_classes[:, None, 1] == pos_classes[None, :, 1])
-        overlap = (pairwise_iou(neg_subj_boxes, pos_subj_boxes) > iou_threshold) & (
-            pairwise_iou(neg_obj_boxes, pos_obj_boxes) > iou_threshold)
+        overlap = (box_iou(neg_subj_boxes, pos_subj_boxes) > iou_threshold) & (
+            box_iou(neg_obj_boxes, pos_obj_boxes) > iou_threshold)
         keep = ~np.any(same & overlap, axis=1)
     idx = np.flatnonzero(keep)
     cap = int(math.floor(ratio * len(pos_classes) + 1e-9))

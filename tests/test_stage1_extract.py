@@ -25,7 +25,8 @@ from torch.testing import assert_close
 
 from stage1_detect.action_genome import ReaderOptions, load_action_genome
 from stage1_detect.detectors import build_detector, load_detector, save_detector
-from stage1_detect.extract import ExtractConfig, extract, greedy_assignment, union_boxes, video_record
+from stage1_detect.extract import ExtractConfig, extract, greedy_assignment, video_record
+from store.boxes import union_boxes
 from stage1_detect.frames import PngFrames
 from stage1_detect.synth import SynthConfig, generate_synthetic_ag
 from store import PAIR_SOURCE_DET, PAIR_SOURCE_GT, check_store, open_store
@@ -100,9 +101,9 @@ def test_greedy_assignment_hand_cases():
 
 def test_union_boxes():
     boxes = np.array([[0, 0, 10, 10], [5, -2, 8, 20], [20, 30, 40, 50]], np.float32)
-    out = union_boxes(boxes, np.array([0, 0, 2]), np.array([1, 2, 2]))
+    out = union_boxes(boxes[[0, 0, 2]], boxes[[1, 2, 2]])
     assert out.tolist() == [[0, -2, 10, 20], [0, 0, 40, 50], [20, 30, 40, 50]]
-    assert union_boxes(boxes, np.zeros(0, int), np.zeros(0, int)).shape == (0, 4)
+    assert union_boxes(boxes[:0], boxes[:0]).shape == (0, 4)
 
 
 # --- the reference store -----------------------------------------------------------------
@@ -173,8 +174,8 @@ def test_stored_features_equal_direct_pooling(data):
         assert labels[subject] == PERSON
         n_person_subjects += 1
         assert sorted(obj[n_gt - 1:].tolist()) == [j for j in range(n_det) if j != subject]
-        unions = np.concatenate([union_boxes(rec.gt_boxes[g], sub[: n_gt - 1], obj[: n_gt - 1]),
-                                 union_boxes(rec.det_boxes[d], sub[n_gt - 1:], obj[n_gt - 1:])])
+        unions = np.concatenate([union_boxes(rec.gt_boxes[g][sub[: n_gt - 1]], rec.gt_boxes[g][obj[: n_gt - 1]]),
+                                 union_boxes(rec.det_boxes[d][sub[n_gt - 1:]], rec.det_boxes[d][obj[n_gt - 1:]])])
         ((union_f, _),) = det.pool(maps, [torch.from_numpy(unions)])
         assert_close(torch.from_numpy(rec.pair_union[p]).float(), union_f, rtol=2e-3, atol=2e-3)
         # A GT pair is labelled with its relation row.
@@ -356,13 +357,12 @@ def test_union_maps(data, tmp_path):
     maps = data["detector"].encode([torch.from_numpy(image).permute(2, 0, 1)])
     p = rec.frame_rows("pairs", 0)
     src = rec.pair_source[p]
-    boxes = np.where((src == PAIR_SOURCE_GT)[:, None],
-                     union_boxes(rec.gt_boxes[rec.frame_rows("gt_objects", 0)],
-                                 np.where(src == PAIR_SOURCE_GT, rec.pair_subject[p], 0),
-                                 np.where(src == PAIR_SOURCE_GT, rec.pair_object[p], 0)),
-                     union_boxes(rec.det_boxes[rec.frame_rows("detections", 0)],
-                                 np.where(src == PAIR_SOURCE_DET, rec.pair_subject[p], 0),
-                                 np.where(src == PAIR_SOURCE_DET, rec.pair_object[p], 0)))
+    gt = rec.gt_boxes[rec.frame_rows("gt_objects", 0)]
+    det = rec.det_boxes[rec.frame_rows("detections", 0)]
+    is_gt, is_det = src == PAIR_SOURCE_GT, src == PAIR_SOURCE_DET
+    boxes = np.where(is_gt[:, None],
+                     union_boxes(gt[np.where(is_gt, rec.pair_subject[p], 0)], gt[np.where(is_gt, rec.pair_object[p], 0)]),
+                     union_boxes(det[np.where(is_det, rec.pair_subject[p], 0)], det[np.where(is_det, rec.pair_object[p], 0)]))
     (direct,) = data["detector"].pool_map(maps, [torch.from_numpy(boxes.astype(np.float32))])
     assert_close(torch.from_numpy(rec.pair_union[p]).float(), direct, rtol=2e-3, atol=2e-3)
 

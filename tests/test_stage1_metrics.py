@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stage1_detect.detection_metrics import average_precision, box_iou, detection_map
+from stage1_detect.detection_metrics import average_precision, detection_map
+from store.boxes import box_iou
 
 
 def test_box_iou_unit_cases():

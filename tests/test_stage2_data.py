@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from store.boxes import box_iou
 from stage2_relations.data import (
     VideoDataset,
     collate,
     epoch_order,
     negative_rng,
-    pairwise_iou,
     sample_negatives,
     spatial_masks,
 )
@@ -29,7 +29,7 @@ def box(x1, y1, x2, y2):
 def test_pairwise_iou_by_hand():
     a = np.array([box(0, 0, 10, 10)])
     b = np.array([box(0, 0, 10, 10), box(5, 0, 15, 10), box(20, 20, 30, 30)])
-    np.testing.assert_allclose(pairwise_iou(a, b), [[1.0, 50 / 150, 0.0]])
+    np.testing.assert_allclose(box_iou(a, b), [[1.0, 50 / 150, 0.0]])
 
 
 def test_spatial_masks_by_hand():
@@ -63,7 +63,7 @@ def _frame():
 
 
 def test_negative_exclusion_is_exactly_the_rule():
-    np.testing.assert_allclose(pairwise_iou([box(210, 210, 300, 300)], [box(200, 200, 300, 300)]), [[0.81]])
+    np.testing.assert_allclose(box_iou([box(210, 210, 300, 300)], [box(200, 200, 300, 300)]), [[0.81]])
     kept = sample_negatives(*_frame(), np.random.default_rng(0), ratio=10.0)
     np.testing.assert_array_equal(kept, [1, 2, 3])
 
