@@ -156,21 +156,28 @@ class FramePredictions:
     pred_pair_scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        set_("pred_boxes", _as(self.pred_boxes, np.float64, (4,), "pred_boxes"))
-        set_("pred_labels", _as(self.pred_labels, np.int64, (), "pred_labels"))
-        set_("pred_scores", _as(self.pred_scores, np.float64, (), "pred_scores"))
-        set_("pred_pairs", _as(self.pred_pairs, np.int64, (2,), "pred_pairs"))
-        p = len(self.pred_pairs)
-        for name in ("pred_attention", "pred_spatial", "pred_contacting"):
-            arr = np.asarray(getattr(self, name), dtype=np.float64)
-            if arr.ndim != 2 or arr.shape[0] != p:
-                raise ValueError(f"{name}: expected shape ({p}, width), got {arr.shape}")
-            set_(name, arr)
-        if self.pred_pair_scores is not None:
-            set_("pred_pair_scores", _as(self.pred_pair_scores, np.float64, (), "pred_pair_scores"))
-            if len(self.pred_pair_scores) != p:
-                raise ValueError(f"pred_pair_scores has {len(self.pred_pair_scores)} rows, pred_pairs {p}")
+        _coerce_predictions(self)
+
+
+def _coerce_predictions(obj) -> None:
+    """Cast and check the prediction arrays that one frame and a set of frames share."""
+    set_ = lambda k, v: object.__setattr__(obj, k, v)  # noqa: E731
+    set_("pred_boxes", _as(obj.pred_boxes, np.float64, (4,), "pred_boxes"))
+    set_("pred_labels", _as(obj.pred_labels, np.int64, (), "pred_labels"))
+    set_("pred_scores", _as(obj.pred_scores, np.float64, (), "pred_scores"))
+    set_("pred_pairs", _as(obj.pred_pairs, np.int64, (2,), "pred_pairs"))
+    p = len(obj.pred_pairs)
+    for name in ("pred_attention", "pred_spatial", "pred_contacting"):
+        arr = np.asarray(getattr(obj, name), dtype=np.float64)
+        if arr.ndim == 1 and arr.size == 0:
+            arr = arr.reshape(0, 0)
+        if arr.ndim != 2 or arr.shape[0] != p:
+            raise ValueError(f"{name}: expected shape ({p}, width), got {arr.shape}")
+        set_(name, arr)
+    if obj.pred_pair_scores is not None:
+        set_("pred_pair_scores", _as(obj.pred_pair_scores, np.float64, (), "pred_pair_scores"))
+        if len(obj.pred_pair_scores) != p:
+            raise ValueError(f"pred_pair_scores has {len(obj.pred_pair_scores)} rows, pred_pairs {p}")
 
 
 def _offsets(counts: Sequence[int]) -> np.ndarray:
@@ -284,24 +291,10 @@ class PredictionSet:
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        set_("pred_boxes", _as(self.pred_boxes, np.float64, (4,), "pred_boxes"))
-        set_("pred_labels", _as(self.pred_labels, np.int64, (), "pred_labels"))
-        set_("pred_scores", _as(self.pred_scores, np.float64, (), "pred_scores"))
-        set_("pred_pairs", _as(self.pred_pairs, np.int64, (2,), "pred_pairs"))
+        _coerce_predictions(self)
         n, p = len(self.pred_boxes), len(self.pred_pairs)
         if len(self.pred_labels) != n or len(self.pred_scores) != n:
             raise ValueError(f"pred_labels / pred_scores must have {n} rows like pred_boxes")
-        for name in ("pred_attention", "pred_spatial", "pred_contacting"):
-            arr = np.asarray(getattr(self, name), dtype=np.float64)
-            if arr.ndim == 1 and arr.size == 0:
-                arr = arr.reshape(0, 0)
-            if arr.ndim != 2 or arr.shape[0] != p:
-                raise ValueError(f"{name}: expected shape ({p}, width), got {arr.shape}")
-            set_(name, arr)
-        if self.pred_pair_scores is not None:
-            set_("pred_pair_scores", _as(self.pred_pair_scores, np.float64, (), "pred_pair_scores"))
-            if len(self.pred_pair_scores) != p:
-                raise ValueError(f"pred_pair_scores has {len(self.pred_pair_scores)} rows, pred_pairs {p}")
         set_("box_offsets", _check_offsets(self.box_offsets, n, "box_offsets"))
         set_("pair_offsets", _check_offsets(self.pair_offsets, p, "pair_offsets"))
         if len(self.box_offsets) != len(self.pair_offsets):
