@@ -382,11 +382,8 @@ def open_store(path: str | Path, backend: str | None = None) -> Store:
     """
     layout = find_layout(path, backend)
     segments, meta, _ = index_segments(layout)
-    if meta is None:
-        if layout.segments:
-            meta = READERS[layout.backend](layout.segments[0]).meta()
-        else:
-            raise StoreError(layout.path, "store has no committed segments yet")
+    if meta is None:  # index_segments scans the first segment whenever there is one
+        raise StoreError(layout.path, "store has no committed segments yet")
     if layout.leftovers:
         log.info("%s: ignoring %d unfinished segment(s) (%s)", layout.path, len(layout.leftovers),
                  ", ".join(p.name for p in layout.leftovers[:3]))
