@@ -33,11 +33,11 @@ Every problem with a store is a :class:`StoreError` that names the file and the 
 from store.check import check_store, merge
 from store.reader import Store, open_store
 from store.records import DetectorInfo, StoreError, StoreMeta, UnionMode, VideoRecord
-from store.schema import PAIR_SOURCE_DET, PAIR_SOURCE_GT, SCHEMA_VERSION
+from store.schema import SCHEMA_VERSION
 from store.stats import stats
 from store.writer import StoreWriter
 
 __all__ = [
-    "PAIR_SOURCE_DET", "PAIR_SOURCE_GT", "SCHEMA_VERSION", "DetectorInfo", "Store", "StoreError", "StoreMeta",
+    "SCHEMA_VERSION", "DetectorInfo", "Store", "StoreError", "StoreMeta",
     "StoreWriter", "UnionMode", "VideoRecord", "check_store", "merge", "open_store", "stats",
 ]

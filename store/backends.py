@@ -213,8 +213,10 @@ class SegmentReader:
         if version is None or "meta" not in attrs:
             raise StoreError(self.path, "not a feature store segment (no schema_version / meta attributes)")
         if int(version) != SCHEMA_VERSION:
-            raise StoreError(self.path, f"schema_version {int(version)} is not supported by this code "
-                                        f"(it reads schema_version {SCHEMA_VERSION}); re-extract or use a matching revision")
+            hint = (" (one extraction per mode, before one store served every mode)" if int(version) == 1 else "")
+            raise StoreError(self.path, f"schema_version {int(version)}{hint} is not supported by this code, which "
+                                        f"reads schema_version {SCHEMA_VERSION}: re-extract it with `cli.py detect` "
+                                        f"(or use a matching revision of this code)")
         try:
             return StoreMeta.from_dict(json.loads(attrs["meta"]))
         except Exception as e:  # noqa: BLE001 - any parse failure is the same user problem

@@ -1,9 +1,12 @@
 """Geometry of the store's boxes: xyxy, pixels of the original frame, float.
 
-Shared by stage 1 (matching detections to GT boxes, union boxes of pairs, detection mAP) and
-stage 2 (negative sampling, spatial masks). IoU here uses continuous coordinates (area =
-(x2 - x1) * (y2 - y1)), as torchvision and COCO do; the AG evaluation protocol's "+1 pixel"
-IoU lives with the protocol (:mod:`stage2_relations.evaluation.triplets`).
+Shared by stage 1 (union boxes of pairs, detection mAP), the pairing rules of
+:mod:`store.pairing` and stage 2 (negative sampling, spatial masks). Two IoU conventions live
+here, named by convention: :func:`box_iou` uses continuous coordinates (area =
+(x2 - x1) * (y2 - y1)), as torchvision and COCO do; :func:`box_iou_plus_one` counts pixels
+(width = x2 - x1 + 1), as the Cython ``bbox_overlaps`` that STTran inherits from
+neural-motifs, and :func:`nms_plus_one` is the non-maximum suppression of the AG detector's
+CUDA kernel with that convention.
 """
 
 from __future__ import annotations
@@ -32,3 +35,39 @@ def union_boxes(subj: np.ndarray, obj: np.ndarray) -> np.ndarray:
     subj = np.asarray(subj).reshape(-1, 4)
     obj = np.asarray(obj).reshape(-1, 4)
     return np.concatenate([np.minimum(subj[:, :2], obj[:, :2]), np.maximum(subj[:, 2:], obj[:, 2:])], axis=1)
+
+
+def box_iou_plus_one(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4) -> float64 (N, M), with
+    the "+1 pixel" convention of STTran's ``bbox_overlaps``: widths are ``x2 - x1 + 1``, and a
+    pair overlaps only when both the intersection's width and height are positive."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + 1.0
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + 1.0
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    area_a = (a[:, 2] - a[:, 0] + 1.0) * (a[:, 3] - a[:, 1] + 1.0)
+    area_b = (b[:, 2] - b[:, 0] + 1.0) * (b[:, 3] - b[:, 1] + 1.0)
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(inter > 0, inter / union, 0.0)
+
+
+def nms_plus_one(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Greedy NMS as the AG detector's CUDA kernel (maskrcnn-benchmark's ``nms.cu``, which
+    STTran runs): boxes in descending score order (ties by index), a box is suppressed when its
+    :func:`box_iou_plus_one` with a kept box is **greater** than ``threshold``.
+
+    boxes (N, 4), scores (N,). Returns the kept indices, int64, highest score first.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    iou = box_iou_plus_one(boxes[order], boxes[order])
+    suppressed = np.zeros(len(order), dtype=bool)
+    keep = []
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(order[i])
+        suppressed[i + 1:] |= iou[i, i + 1:] > threshold
+    return np.asarray(keep, dtype=np.int64)

@@ -26,8 +26,9 @@ def check_store(path: str | Path, *, deep: bool = True, backend: str | None = No
     its meta agrees with the other segments' (vocabulary, feature sizes, union mode, detector),
     every array has its dtype and shape, and the video and frame ranges add up. Across
     segments: no video twice. With ``deep``: each array's crc32 matches the one recorded at
-    write time, and every stored index (relation subject/object, matched GT, pair indices)
-    points inside its frame.
+    write time, and every stored index points inside its frame (relation subject/object among
+    the GT objects, pair subject/object among the joint GT + detection boxes) and the small
+    flags are 0/1, 0 for the person (:meth:`VideoRecord.validate`'s index checks).
     """
     try:
         layout = find_layout(path, backend)

@@ -13,8 +13,6 @@ from typing import Any
 import numpy as np
 
 from store.schema import (
-    PAIR_SOURCE_DET,
-    PAIR_SOURCE_GT,
     ROW_ARRAYS,
     ROW_TABLES,
     SCHEMA_VERSION,
@@ -166,18 +164,18 @@ class VideoRecord:
 
     Rows of frame ``i`` in table T are ``T_offsets[i]:T_offsets[i+1]``; every offsets array
     is int64 (F+1,), starts at 0 and ends at the table's row count. Indices stored in rows
-    (``rel_subject``, ``det_matched_gt``, ``pair_subject`` ...) are local to their frame.
+    (``rel_subject``, ``pair_subject`` ...) are local to their frame.
 
     Frames:       frame_names (F,) str, frame_sizes (F, 2) int32 (width, height).
-    GT objects:   G rows. gt_boxes (G, 4) f32 xyxy, gt_labels (G,) i32,
-                  gt_features (G, D) f16, gt_dists (G, C) f16.
+    GT objects:   G rows, the person first in each frame. gt_boxes (G, 4) f32 xyxy,
+                  gt_labels (G,) i32, gt_features (G, D) f16, gt_dists (G, C) f16,
+                  gt_small (G,) u8 (1: absent from the _filtersmall annotations).
     GT relations: R rows. rel_subject, rel_object (R,) i32 into the frame's GT objects,
                   rel_labels (R, P) u8 multi-hot over global predicate ids.
     Detections:   N rows. det_boxes (N, 4) f32, det_scores (N,) f32, det_labels (N,) i32,
-                  det_dists (N, C) f16, det_features (N, D) f16, det_matched_gt (N,) i32 (-1: none).
-    Pairs:        M rows. pair_source (M,) u8 (0 GT boxes, 1 detections), pair_subject,
-                  pair_object (M,) i32 into that source, pair_relation (M,) i32 into the
-                  frame's GT relations (-1: unlabelled), pair_union (M, *U) f16.
+                  det_dists (N, C) f16, det_features (N, D) f16.
+    Pairs:        M rows. pair_subject, pair_object (M,) i32 into the frame's joint box index
+                  (GT objects 0..G-1, then detections G..G+N-1), pair_union (M, *U) f16.
 
     Arrays are numpy by default; :meth:`to_torch` gives the same record with tensors.
     """
@@ -191,6 +189,7 @@ class VideoRecord:
     gt_labels: np.ndarray
     gt_features: np.ndarray
     gt_dists: np.ndarray
+    gt_small: np.ndarray
     rel_offsets: np.ndarray
     rel_subject: np.ndarray
     rel_object: np.ndarray
@@ -201,12 +200,9 @@ class VideoRecord:
     det_labels: np.ndarray
     det_dists: np.ndarray
     det_features: np.ndarray
-    det_matched_gt: np.ndarray
     pair_offsets: np.ndarray
-    pair_source: np.ndarray
     pair_subject: np.ndarray
     pair_object: np.ndarray
-    pair_relation: np.ndarray
     pair_union: np.ndarray
 
     @property
@@ -273,24 +269,17 @@ class VideoRecord:
 
     def _validate_indices(self, where: str) -> None:
         for i in range(self.num_frames):
-            g = self.frame_rows("gt_objects", i).stop - self.frame_rows("gt_objects", i).start
+            gr = self.frame_rows("gt_objects", i)
+            g = gr.stop - gr.start
             n_det = self.frame_rows("detections", i).stop - self.frame_rows("detections", i).start
             r = self.frame_rows("gt_relations", i)
-            n_rel = r.stop - r.start
-            for name, arr, hi in (("rel_subject", self.rel_subject[r], g), ("rel_object", self.rel_object[r], g)):
-                if arr.size and (arr.min() < 0 or arr.max() >= hi):
-                    raise ValueError(f"{where}: {name} of frame {i} outside 0..{hi - 1}")
-            m = self.det_matched_gt[self.frame_rows("detections", i)]
-            if m.size and (m.min() < -1 or m.max() >= g):
-                raise ValueError(f"{where}: det_matched_gt of frame {i} outside -1..{g - 1}")
+            for name, arr in (("rel_subject", self.rel_subject[r]), ("rel_object", self.rel_object[r])):
+                if arr.size and (arr.min() < 0 or arr.max() >= g):
+                    raise ValueError(f"{where}: {name} of frame {i} outside 0..{g - 1}")
+            small = self.gt_small[gr]
+            if small.size and (small.max() > 1 or small[0] != 0):
+                raise ValueError(f"{where}: gt_small of frame {i} must be 0/1 and 0 for the person (row 0)")
             p = self.frame_rows("pairs", i)
-            src = self.pair_source[p]
-            if np.any((src != PAIR_SOURCE_GT) & (src != PAIR_SOURCE_DET)):
-                raise ValueError(f"{where}: pair_source of frame {i} must be 0 or 1")
-            hi_pair = np.where(src == PAIR_SOURCE_GT, g, n_det)
             for name, arr in (("pair_subject", self.pair_subject[p]), ("pair_object", self.pair_object[p])):
-                if np.any((arr < 0) | (arr >= hi_pair)):
-                    raise ValueError(f"{where}: {name} of frame {i} outside its source's boxes")
-            rel = self.pair_relation[p]
-            if rel.size and (rel.min() < -1 or rel.max() >= n_rel):
-                raise ValueError(f"{where}: pair_relation of frame {i} outside -1..{n_rel - 1}")
+                if arr.size and (arr.min() < 0 or arr.max() >= g + n_det):
+                    raise ValueError(f"{where}: {name} of frame {i} outside the frame's {g + n_det} boxes")

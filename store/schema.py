@@ -20,23 +20,30 @@ Sizes: ``D`` = ``meta.feature_dim`` (2048 for AG's Faster R-CNN), ``C`` =
 ``U`` = ``meta.union_shape`` (``(2048,)`` pooled, the default, or ``(1024, 7, 7)``, STTran's
 map, about 100 KB per pair in f16).
 
-Pairs over ground-truth boxes (PREDCLS / SGCLS) and pairs over detections (SGDET) share one
-``pairs`` table; ``pairs/source`` says which boxes ``subject`` and ``object`` index
-(:data:`PAIR_SOURCE_GT` or :data:`PAIR_SOURCE_DET`). A pair row is stored for every
-person-object candidate, so load-time negative sampling is only a choice of rows:
-``pairs/relation >= 0`` marks the labelled ones.
+One extraction serves every task mode. ``gt_objects`` holds the objects of the full
+annotations (``object_bbox_and_relationship.pkl``) with ``small`` marking those that the
+``_filtersmall`` annotations lack, so PREDCLS reads every GT object and SGCLS / SGDET the
+others; which frames and videos a mode keeps follows from the same flags (stage 2's loader).
+The SGDET training assignment of detections to GT boxes is computed when the data is loaded
+(:mod:`store.pairing`), so its rule is an option, not part of the store.
 
-Version history: 1 (this one).
+``pairs`` index a frame's boxes jointly: GT objects ``0 .. G-1`` (the person first), then
+detections ``G .. G+N-1``. A pair row holds the union feature of its two boxes; the pairs
+stored are every pair a stage-2 view of any mode can ask for (:func:`store.pairing.stored_pairs`:
+the GT person with every GT object, the detections that can be the SGDET subject with every
+other box, ...). Relation labels are not stored per pair: a view labels its pairs from
+``gt_relations`` and its own assignment, and negative sampling is a choice among its pairs.
+
+Version history: 1 (GT boxes of one annotation file, ``pairs/source`` and ``pairs/relation``,
+``detections/matched_gt``: one extraction per mode); 2 (this one: one extraction for every
+mode, ``gt_objects/small``, pairs over the joint box index, assignment at load time).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 1
-
-PAIR_SOURCE_GT = 0
-PAIR_SOURCE_DET = 1
+SCHEMA_VERSION = 2
 
 # Per-row tables, in the order in which they are written and checked.
 ROW_TABLES: tuple[str, ...] = ("gt_objects", "gt_relations", "detections", "pairs")
@@ -77,6 +84,7 @@ ROW_ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("gt_objects", "labels", "int32", (), "object class id (vocabulary.objects), person included"),
     ArraySpec("gt_objects", "features", "float16", ("D",), "RoI feature pooled from the GT box"),
     ArraySpec("gt_objects", "dists", "float16", ("C",), "detector class distribution of the GT box (softmax)"),
+    ArraySpec("gt_objects", "small", "uint8", (), "1: absent from the _filtersmall annotations (PREDCLS only)"),
     ArraySpec("gt_relations", "subject", "int32", (), "index of the subject among the frame's gt_objects"),
     ArraySpec("gt_relations", "object", "int32", (), "index of the object among the frame's gt_objects"),
     ArraySpec("gt_relations", "labels", "uint8", ("P",), "multi-hot over global predicate ids (0/1)"),
@@ -85,11 +93,8 @@ ROW_ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("detections", "labels", "int32", (), "detected class id"),
     ArraySpec("detections", "dists", "float16", ("C",), "detector class distribution (softmax)"),
     ArraySpec("detections", "features", "float16", ("D",), "RoI feature of the detected box"),
-    ArraySpec("detections", "matched_gt", "int32", (), "index among the frame's gt_objects, -1 if unmatched"),
-    ArraySpec("pairs", "source", "uint8", (), "0: subject/object index gt_objects, 1: detections"),
-    ArraySpec("pairs", "subject", "int32", (), "index of the subject box in the frame (see source)"),
-    ArraySpec("pairs", "object", "int32", (), "index of the object box in the frame (see source)"),
-    ArraySpec("pairs", "relation", "int32", (), "index among the frame's gt_relations, -1 if unlabelled"),
+    ArraySpec("pairs", "subject", "int32", (), "subject box: GT objects 0..G-1, then detections G..G+N-1"),
+    ArraySpec("pairs", "object", "int32", (), "object box, same joint index"),
     ArraySpec("pairs", "union", "float16", ("U",), "union-box feature: pooled vector or 1024x7x7 map"),
 )
 

@@ -153,18 +153,35 @@ def test_same_video_in_two_segments(tmp_path):
     _raises(path, sorted([segs[0], dup])[1], "is also in segment")
 
 
-def test_index_out_of_range_found_by_deep_check(tmp_path):
+def test_schema_version_1_asks_for_a_new_extraction(tmp_path):
     path, segs = _h5_store(tmp_path)
     with h5py.File(segs[0], "r+") as f:
-        sub = f["gt_relations/subject"][...]
-        sub[0] = 50
-        f["gt_relations/subject"][...] = sub
+        f.attrs["schema_version"] = 1
+    _raises(path, segs[0], r"schema_version 1 \(one extraction per mode, before one store served every mode\) is "
+                           r"not supported by this code, which reads schema_version 2: re-extract it with `cli.py detect`")
+
+
+@pytest.mark.parametrize("key, row, value, problem", [
+    ("gt_relations/subject", 0, 50, "rel_subject of frame 0 outside 0..3"),
+    # Frame 0 of vid0000 has 4 GT objects and 2 detections: joint indices 0..5.
+    ("pairs/object", 0, 6, "pair_object of frame 0 outside the frame's 6 boxes"),
+    ("pairs/subject", 0, -1, "pair_subject of frame 0 outside the frame's 6 boxes"),
+    ("gt_objects/small", 0, 1, "gt_small of frame 0 must be 0/1 and 0 for the person (row 0)"),
+    ("gt_objects/small", 1, 2, "gt_small of frame 0 must be 0/1 and 0 for the person (row 0)"),
+])
+def test_index_out_of_range_found_by_deep_check(tmp_path, key, row, value, problem):
+    path, segs = _h5_store(tmp_path)
+    with h5py.File(segs[0], "r+") as f:
+        assert f["frames/gt_objects"][0].tolist() == [0, 4] and f["frames/detections"][0].tolist() == [0, 2]
+        a = f[key][...]
+        a[row] = value
+        f[key][...] = a
         sums = json.loads(f.attrs["checksums"])
-        sums["gt_relations/subject"] = zlib.crc32(sub.tobytes())
+        sums[key] = zlib.crc32(a.tobytes())
         f.attrs["checksums"] = json.dumps(sums)
     problems = check_store(path)
     assert len(problems) == 1 and problems[0].file == str(segs[0])
-    assert problems[0].problem == "bad index: video 'vid0000.mp4': rel_subject of frame 0 outside 0..3"
+    assert problems[0].problem == f"bad index: video 'vid0000.mp4': {problem}"
 
 
 def test_not_a_store(tmp_path):

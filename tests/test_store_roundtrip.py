@@ -56,9 +56,10 @@ def test_partial_fields_torch_and_preload(tmp_path):
     videos = small_videos(meta, 3)
     path = write_store(tmp_path / "s.h5", meta, videos)
     s = open_store(path)
-    rec = s.read_video(videos[2].name, fields={"gt_labels", "pair_relation"})
-    assert rec.gt_features is None and rec.pair_union is None
+    rec = s.read_video(videos[2].name, fields={"gt_labels", "gt_small"})
+    assert rec.gt_features is None and rec.pair_union is None and rec.pair_subject is None
     np.testing.assert_array_equal(rec.gt_labels, videos[2].gt_labels)
+    np.testing.assert_array_equal(rec.gt_small, videos[2].gt_small)
     np.testing.assert_array_equal(rec.pair_offsets, videos[2].pair_offsets)
     t = s.read_video(videos[0].name).to_torch()
     assert t.gt_features.dtype == torch.float16
