@@ -14,6 +14,13 @@ as a named field of :class:`ReaderOptions` so that a user can see and change it:
 6. ``filter_small``: read ``object_bbox_and_relationship_filtersmall.pkl`` (boxes with a
    short edge under 16 px removed), which the baselines use for SGCLS and SGDET.
 
+``mark_small`` reads the full file and marks, instead of dropping, the objects that the
+``_filtersmall`` file lacks (:attr:`ObjectAnnotation.small`), so that one reading serves
+every mode: keeping the objects with ``small`` False, the frames that keep one and the
+videos that keep ``min_frames`` such frames gives the ``filter_small`` reading (objects
+are matched by class and box, :func:`kept_in_filtersmall`; a video keeps the full reading's
+split).
+
 The baselines have no validation split; here ``val`` is a seeded, stable fraction of
 the ``train`` videos (:func:`validation_videos`), removed from ``train``.
 
@@ -36,7 +43,7 @@ import math
 import pickle
 import re
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -103,6 +110,8 @@ class ObjectAnnotation:
     attention: tuple[int, ...]
     spatial: tuple[int, ...]
     contacting: tuple[int, ...]
+    small: bool = False
+    """Absent from the ``_filtersmall`` annotations (set only with ``ReaderOptions.mark_small``)."""
 
     @property
     def predicates(self) -> tuple[int, ...]:
@@ -160,6 +169,9 @@ class ReaderOptions:
 
     filter_small: bool = False
     """Read the ``_filtersmall`` pickle (the baselines do for SGCLS and SGDET)."""
+    mark_small: bool = False
+    """Read the full pickle and mark its objects that the ``_filtersmall`` pickle lacks
+    (``ObjectAnnotation.small``); nothing to mark when ``filter_small`` is set."""
     require_visible_object: bool = True
     """Drop frames in which no object is visible."""
     require_person_box: bool = True
@@ -214,6 +226,8 @@ class FilterReport:
     objects_degenerate_box: Counter = field(default_factory=Counter)
     videos_too_short: Counter = field(default_factory=Counter)
     frames_in_short_videos: Counter = field(default_factory=Counter)
+    objects_small: Counter = field(default_factory=Counter)
+    """Kept objects marked small (``mark_small``): kept, not removed."""
     skipped: list[str] = field(default_factory=list)
     """One line per skipped object: file, frame, object index and reason."""
 
@@ -410,6 +424,11 @@ def load_action_genome(root: Path | str, options: ReaderOptions = ReaderOptions(
     object_table = object_name_table(vocabulary)
     predicate_table = predicate_name_table(vocabulary)
     report = FilterReport()
+    small_keys: dict[str, list[tuple]] | None = None
+    if options.mark_small and not options.filter_small:
+        small_path = root / OBJECT_FILE_SMALL
+        small_keys = filtersmall_keys(_load_pickle(small_path), object_data, vocabulary, options,
+                                      small_path, object_path)
 
     by_video: dict[tuple[str, str], list[FrameAnnotation]] = {}
     for key, objects in object_data.items():
@@ -432,12 +451,17 @@ def load_action_genome(root: Path | str, options: ReaderOptions = ReaderOptions(
             report.frames_no_person_box[split] += 1
             continue
 
-        kept = []
+        kept, kept_keys = [], []
         for index, obj in enumerate(objects):
             kept_object = _read_object(obj, index, options, object_table, predicate_table,
                                        object_path, key, split, report)
             if kept_object is not None:
                 kept.append(kept_object)
+                kept_keys.append(_object_key(obj, object_table, options, object_path, key))
+        if small_keys is not None:
+            present = kept_in_filtersmall(kept_keys, small_keys.get(key, ()))
+            kept = [o if p else replace(o, small=True) for o, p in zip(kept, present)]
+            report.objects_small[split] += present.count(False)
         if options.require_visible_object and not kept:
             # Every visible object was skipped as unusable: the frame has nothing left.
             report.frames_no_visible_object[split] += 1
@@ -474,6 +498,61 @@ def load_action_genome(root: Path | str, options: ReaderOptions = ReaderOptions(
         log.warning("%s: skipped %d objects without a usable box (see the filter report)",
                     object_path, len(report.skipped))
     return ActionGenome(root=root, options=options, vocabulary=vocabulary, splits=splits, report=report)
+
+
+def _object_key(obj: dict, object_table: dict[str, int], options: ReaderOptions, path: Path,
+                frame: str) -> tuple | None:
+    """``(label, (x, y, w, h))`` of an object the options would keep, as the pickle gives it;
+    None for one without a box or one that ``visible_only`` drops."""
+    if not isinstance(obj, dict) or obj.get("bbox") is None:
+        return None
+    if options.visible_only and not _visible(obj, path, frame):
+        return None
+    name = obj.get("class")
+    label = object_table.get(_squash(name)) if isinstance(name, str) else None
+    if label is None:
+        raise AnnotationError(path, f"unknown class {name!r}", frame)
+    try:
+        return label, tuple(float(v) for v in obj["bbox"])
+    except (TypeError, ValueError):
+        raise AnnotationError(path, f"bbox {obj['bbox']!r} is not (x, y, w, h)", frame) from None
+
+
+def filtersmall_keys(small_data: dict, object_data: dict, vocabulary: Vocabulary, options: ReaderOptions,
+                     small_path: Path, object_path: Path) -> dict[str, list[tuple]]:
+    """Per frame of the ``_filtersmall`` pickle, the keys (:func:`_object_key`) of its objects
+    that the options keep, after checking that each has a counterpart (same class, same box)
+    in that frame of the full pickle, one for one: the ``_filtersmall`` file only removes
+    objects. Raises :class:`AnnotationError` naming the ``_filtersmall`` file and the frame."""
+    object_table = object_name_table(vocabulary)
+    out: dict[str, list[tuple]] = {}
+    for key, objects in small_data.items():
+        if not isinstance(objects, list):
+            raise AnnotationError(small_path, f"expected a list of objects, got {type(objects).__name__}", key)
+        keys = [k for k in (_object_key(o, object_table, options, small_path, key) for o in objects) if k]
+        full = object_data.get(key)
+        full = full if isinstance(full, list) else []
+        missing = Counter(keys) - Counter(
+            k for k in (_object_key(o, object_table, options, object_path, key) for o in full) if k)
+        if missing:
+            label, bbox = next(iter(missing))
+            raise AnnotationError(small_path, f"object {vocabulary.objects[label]!r} with bbox {list(bbox)} has "
+                                              f"no counterpart in {object_path.name}", key)
+        out[key] = keys
+    return out
+
+
+def kept_in_filtersmall(full: Sequence[tuple | None], small: Iterable[tuple]) -> list[bool]:
+    """For each object key of a frame of the full pickle (None: an object without one), whether
+    the frame's ``_filtersmall`` keys hold it. Multisets: two identical objects need two
+    occurrences; the first ones in file order take them."""
+    left = Counter(small)
+    out = []
+    for k in full:
+        out.append(k is not None and left[k] > 0)
+        if out[-1]:
+            left[k] -= 1
+    return out
 
 
 def _visible(obj: object, path: Path, frame: str) -> bool:
@@ -540,17 +619,22 @@ def validation_videos(train_videos: Sequence[str], fraction: float, seed: int) -
 
 def describe(ag: ActionGenome) -> str:
     """A readable summary: counts per split, then what each filter removed."""
-    lines = [f"Action Genome at {ag.root} ({'_filtersmall' if ag.options.filter_small else 'full'} annotations)"]
+    which = ("_filtersmall" if ag.options.filter_small else
+             "full, objects absent from _filtersmall marked small" if ag.options.mark_small else "full")
+    lines = [f"Action Genome at {ag.root} ({which} annotations)"]
     lines.append(f"  {'split':<6} {'videos':>7} {'frames':>8} {'objects':>8} {'relations':>10}")
     for row in ag.summary():
         lines.append(f"  {row['split']:<6} {row['videos']:>7,} {row['frames']:>8,} {row['objects']:>8,} {row['relations']:>10,}")
     report = ag.report
     seen = ", ".join(f"{split} {n:,}" for split, n in sorted(report.frames_seen.items()))
     lines.append(f"  annotated frames by pickle set: {seen or 'none'}")
-    removed = [row for row in report.as_rows() if row[0] != "frames_seen"]
+    removed = [row for row in report.as_rows() if row[0] not in ("frames_seen", "objects_small")]
     if removed:
         lines.append("  removed by the filters:")
         lines.extend(f"    {name:<28} {split:<7} {count:>8,}" for name, split, count in removed)
+    if sum(report.objects_small.values()):
+        marked = ", ".join(f"{split} {n:,}" for split, n in sorted(report.objects_small.items()))
+        lines.append(f"  objects marked small (absent from _filtersmall): {marked}")
     if report.skipped:
         lines.append(f"  skipped objects ({len(report.skipped)}), first {min(3, len(report.skipped))}:")
         lines.extend(f"    {line}" for line in report.skipped[:3])

@@ -6,25 +6,25 @@ For every video of the chosen splits (:func:`extract`):
   DataLoader workers, one video per item;
 * the detector encodes each batch of frames once; from those maps come the detections
   (boxes, scores, labels, class distributions, features), the features and distributions
-  of the GT boxes, and the union features of every candidate pair;
+  of the GT boxes, and the union features of every stored pair;
 * the finished :class:`~store.VideoRecord` goes to a writer thread, so writing overlaps the
   next video's compute; the store commits whole videos, atomically.
 
-What is stored per frame (see :mod:`store.schema` for the arrays):
+One extraction serves every task mode (schema version 2): the reader reads the full
+annotations and marks the objects that the ``_filtersmall`` annotations lack
+(``ReaderOptions.mark_small``); stage 2 derives each mode's objects, frames and videos from
+those marks. What is stored per frame (see :mod:`store.schema` for the arrays):
 
-* GT objects: the person box first (row 0), then the reader's kept objects in file order.
+* GT objects: the person box first (row 0), then the reader's kept objects in file order,
+  with ``small`` = 1 for those absent from the ``_filtersmall`` annotations.
 * GT relations: one row per object with any label, subject 0 (the person), multi-hot labels.
 * Detections: after the detector's post-processing (one person box kept for ``r101-c4``).
-  ``matched_gt`` is STTran's SGDET training assignment: GT boxes in order (person first)
-  each take the unused detection of highest IoU when that IoU is > 0.5.
-* Pairs, source GT: (person, every other GT object), labelled with its relation row.
-* Pairs, source detections: (subject, every other detection), where the subject is the
-  person detection, or, if none, the detection with the highest person probability (as
-  STTran's SGDET test). A pair is labelled when its subject matched GT row 0 and its
-  object matched a GT object with a relation. A frame with no detection has no such pairs.
-  GT objects that no detection matched keep their GT-box features and their GT pair, which
-  is what STTran's SGDET training adds for them (it pairs them with the detected person's
-  box; the cached union uses the GT person box, which overlaps it by IoU > 0.5).
+  No assignment to GT boxes: stage 2 computes it when it loads the data (:mod:`store.pairing`).
+* Pairs: :func:`store.pairing.stored_pairs` of the frame's boxes, over the joint index (GT
+  objects ``0..G-1``, then detections ``G..G+N-1``), each with the union feature of its two
+  boxes (a pair of a box with itself: the box's). The detections' class distributions go in
+  as they are stored (float16), so that stage 2, which applies the same rules to the stored
+  values, asks for exactly these pairs.
 
 Resumable (committed videos are skipped), shardable by ``rank``/``world_size`` (each rank
 writes its own part of the store), and tolerant of bad input: a video whose frames cannot be
@@ -40,7 +40,7 @@ import queue
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -52,8 +52,10 @@ from tqdm.auto import tqdm
 from stage1_detect.action_genome import ReaderOptions, VideoAnnotation, load_action_genome
 from stage1_detect.detectors import Detector
 from stage1_detect.frames import FrameError, FrameSource, open_frame_source
-from store import PAIR_SOURCE_DET, PAIR_SOURCE_GT, DetectorInfo, StoreMeta, StoreWriter, UnionMode, VideoRecord
-from store.boxes import box_iou, union_boxes
+from store import DetectorInfo, StoreMeta, StoreWriter, UnionMode, VideoRecord
+from store.boxes import union_boxes
+from store.pairing import stored_pairs
+from store.schema import ROW_ARRAYS, TABLE_PREFIX, arrays_of, resolve_trailing
 from store.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -128,41 +130,15 @@ def _first(batch):
     return batch[0]
 
 
-def greedy_assignment(gt_boxes: np.ndarray, det_boxes: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """STTran's SGDET training assignment: (n_det,) int32, GT index of each detection or -1.
-
-    GT boxes in order each take the unused detection of highest IoU, if that IoU > threshold.
-    """
-    matched = np.full(len(det_boxes), -1, dtype=np.int32)
-    if len(gt_boxes) == 0 or len(det_boxes) == 0:
-        return matched
-    ious = box_iou(gt_boxes, det_boxes)
-    for g in range(len(gt_boxes)):
-        candidates = np.where(matched == -1, ious[g], -1.0)
-        d = int(candidates.argmax())
-        if candidates[d] > threshold:
-            matched[d] = g
-    return matched
-
-
-def _subject_of_detections(labels: np.ndarray, dists: np.ndarray, person: int) -> int:
-    is_person = np.nonzero(labels == person)[0]
-    if len(is_person):
-        return int(is_person[0])
-    return int(dists[:, person].argmax())
-
-
 def video_record(video: VideoAnnotation, images: Sequence[np.ndarray], detector: Detector, meta: StoreMeta,
                  *, batch_size: int = 8, device: str = "cpu") -> VideoRecord:
     """Run the detector over one video's frames and assemble its :class:`VideoRecord`."""
     vocab = meta.vocabulary
     person = vocab.person_index
-    union_map = meta.union_mode is UnionMode.MAP
-    rows: dict[str, list] = {k: [] for k in (
-        "gt_boxes", "gt_labels", "gt_features", "gt_dists", "rel_subject", "rel_object", "rel_labels",
-        "det_boxes", "det_scores", "det_labels", "det_dists", "det_features", "det_matched_gt",
-        "pair_source", "pair_subject", "pair_object", "pair_relation", "pair_union")}
-    counts: dict[str, list[int]] = {t: [] for t in ("gt", "rel", "det", "pair")}
+    dims = meta.dims()
+    specs = {spec.field: spec for spec in ROW_ARRAYS}
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in specs}
+    counts: dict[str, list[int]] = {prefix: [] for prefix in TABLE_PREFIX.values()}
 
     for start in range(0, len(video.frames), batch_size):
         frames = video.frames[start:start + batch_size]
@@ -173,96 +149,63 @@ def video_record(video: VideoAnnotation, images: Sequence[np.ndarray], detector:
         gt_boxes = [np.asarray(f.boxes(), np.float32) for f in frames]
         gt_pooled = detector.pool(maps, [torch.from_numpy(b).to(device) for b in gt_boxes])
 
-        # Union boxes of both pair sources, pooled in one call per batch.
-        pair_specs, unions = [], []
-        for fi, (frame, det) in enumerate(zip(frames, detections)):
-            n_gt = len(gt_boxes[fi])
-            gt_sub = np.zeros(n_gt - 1, dtype=np.int32)
-            gt_obj = np.arange(1, n_gt, dtype=np.int32)
-            d_boxes = det.boxes.cpu().numpy()
-            if len(d_boxes):
-                subj = _subject_of_detections(det.labels.cpu().numpy(), det.class_dists.cpu().numpy(), person)
-                det_obj = np.array([j for j in range(len(d_boxes)) if j != subj], dtype=np.int32)
-                det_sub = np.full(len(det_obj), subj, dtype=np.int32)
-            else:
-                det_sub = det_obj = np.zeros(0, dtype=np.int32)
-            pair_specs.append((gt_sub, gt_obj, det_sub, det_obj))
-            unions.append(np.concatenate([union_boxes(gt_boxes[fi][gt_sub], gt_boxes[fi][gt_obj]),
-                                          union_boxes(d_boxes[det_sub], d_boxes[det_obj])]).astype(np.float32))
-        union_tensors = [torch.from_numpy(u).to(device) for u in unions]
-        if union_map:
-            union_features = [u.cpu().numpy() for u in detector.pool_map(maps, union_tensors)]
-        else:
-            union_features = [f.cpu().numpy() for f, _ in detector.pool(maps, union_tensors)]
-
+        # Every array as the store will hold it, then the pairs from those values.
+        stored = []
         for fi, (frame, det) in enumerate(zip(frames, detections)):
             feats, dists = gt_pooled[fi]
-            rows["gt_boxes"].append(gt_boxes[fi])
-            rows["gt_labels"].append(frame.labels(person).astype(np.int32))
-            rows["gt_features"].append(feats.cpu().numpy())
-            rows["gt_dists"].append(dists.cpu().numpy())
-            counts["gt"].append(len(gt_boxes[fi]))
+            values = {
+                "gt_boxes": gt_boxes[fi],
+                "gt_labels": frame.labels(person),
+                "gt_features": feats.cpu().numpy(),
+                "gt_dists": dists.cpu().numpy(),
+                "gt_small": np.array([False, *[o.small for o in frame.objects]]),
+                "det_boxes": det.boxes.cpu().numpy(),
+                "det_scores": det.scores.cpu().numpy(),
+                "det_labels": det.labels.cpu().numpy(),
+                "det_dists": det.class_dists.cpu().numpy(),
+                "det_features": det.features.cpu().numpy(),
+            }
+            values = {k: v.astype(specs[k].dtype, copy=False) for k, v in values.items()}
+            pairs = stored_pairs(values["gt_boxes"], values["gt_small"], values["gt_dists"], values["det_boxes"],
+                                 values["det_labels"], values["det_dists"], person=person)
+            values["pair_subject"], values["pair_object"] = pairs[:, 0], pairs[:, 1]
+            stored.append(values)
 
-            relation_of_object = np.full(len(gt_boxes[fi]), -1, dtype=np.int32)
-            n_rel = 0
-            for j, obj in enumerate(frame.objects, start=1):
-                if not obj.predicates:
-                    continue
-                labels = np.zeros(vocab.num_predicates, dtype=np.uint8)
-                labels[list(obj.predicates)] = 1
-                rows["rel_subject"].append([0])
-                rows["rel_object"].append([j])
-                rows["rel_labels"].append(labels[None])
-                relation_of_object[j] = n_rel
-                n_rel += 1
-            counts["rel"].append(n_rel)
+        # Union boxes of every frame's pairs, pooled in one call per batch.
+        unions = []
+        for values in stored:
+            boxes = np.concatenate([values["gt_boxes"], values["det_boxes"]])
+            unions.append(torch.from_numpy(
+                union_boxes(boxes[values["pair_subject"]], boxes[values["pair_object"]]).astype(np.float32)).to(device))
+        if meta.union_mode is UnionMode.MAP:
+            union_features = [u.cpu().numpy() for u in detector.pool_map(maps, unions)]
+        else:
+            union_features = [f.cpu().numpy() for f, _ in detector.pool(maps, unions)]
 
-            d_boxes = det.boxes.cpu().numpy()
-            matched = greedy_assignment(gt_boxes[fi], d_boxes)
-            rows["det_boxes"].append(d_boxes.astype(np.float32))
-            rows["det_scores"].append(det.scores.cpu().numpy().astype(np.float32))
-            rows["det_labels"].append(det.labels.cpu().numpy().astype(np.int32))
-            rows["det_dists"].append(det.class_dists.cpu().numpy())
-            rows["det_features"].append(det.features.cpu().numpy())
-            rows["det_matched_gt"].append(matched)
-            counts["det"].append(len(d_boxes))
+        for frame, values, union in zip(frames, stored, union_features):
+            values["pair_union"] = union
+            related = [j for j, obj in enumerate(frame.objects, start=1) if obj.predicates]
+            labels = np.zeros((len(related), vocab.num_predicates), dtype=np.uint8)
+            for i, j in enumerate(related):
+                labels[i, list(frame.objects[j - 1].predicates)] = 1
+            values.update(rel_subject=np.zeros(len(related)), rel_object=np.array(related), rel_labels=labels)
+            for name, value in values.items():
+                rows[name].append(value)
+            for table, prefix in TABLE_PREFIX.items():
+                counts[prefix].append(len(values[arrays_of(table)[0].field]))
 
-            gt_sub, gt_obj, det_sub, det_obj = pair_specs[fi]
-            det_rel = np.full(len(det_obj), -1, dtype=np.int32)
-            if len(det_obj) and matched[det_sub[0]] == 0:
-                obj_gt = matched[det_obj]
-                has_gt = obj_gt > 0
-                det_rel[has_gt] = relation_of_object[obj_gt[has_gt]]
-            n_pairs = len(gt_obj) + len(det_obj)
-            rows["pair_source"].append(np.array([PAIR_SOURCE_GT] * len(gt_obj) + [PAIR_SOURCE_DET] * len(det_obj),
-                                                dtype=np.uint8))
-            rows["pair_subject"].append(np.concatenate([gt_sub, det_sub]))
-            rows["pair_object"].append(np.concatenate([gt_obj, det_obj]))
-            rows["pair_relation"].append(np.concatenate([relation_of_object[gt_obj], det_rel]))
-            rows["pair_union"].append(union_features[fi])
-            counts["pair"].append(n_pairs)
-
-    dims = meta.dims()
-    trailing = {"gt_boxes": (4,), "gt_features": dims["D"], "gt_dists": dims["C"], "rel_labels": dims["P"],
-                "det_boxes": (4,), "det_dists": dims["C"], "det_features": dims["D"], "pair_union": dims["U"]}
-    dtypes = {"gt_boxes": np.float32, "gt_labels": np.int32, "gt_features": np.float16, "gt_dists": np.float16,
-              "rel_subject": np.int32, "rel_object": np.int32, "rel_labels": np.uint8, "det_boxes": np.float32,
-              "det_scores": np.float32, "det_labels": np.int32, "det_dists": np.float16,
-              "det_features": np.float16, "det_matched_gt": np.int32, "pair_source": np.uint8,
-              "pair_subject": np.int32, "pair_object": np.int32, "pair_relation": np.int32,
-              "pair_union": np.float16}
     arrays = {}
-    for key, parts in rows.items():
-        shape = (0, *trailing.get(key, ()))
-        parts = [np.asarray(p).reshape(-1, *trailing.get(key, ())) for p in parts]
-        arrays[key] = (np.concatenate(parts) if parts else np.zeros(shape)).astype(dtypes[key], copy=False)
-    offsets = {t: np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for t, c in counts.items()}
+    for name, spec in specs.items():
+        trailing = resolve_trailing(spec, dims)
+        parts = [np.asarray(p).reshape(-1, *trailing) for p in rows[name]]
+        arrays[name] = (np.concatenate(parts) if parts else np.zeros((0, *trailing))).astype(spec.dtype, copy=False)
+    offsets = {f"{prefix}_offsets": np.concatenate([[0], np.cumsum(c)]).astype(np.int64)
+               for prefix, c in counts.items()}
     return VideoRecord(
         name=video.name, split=video.split.value,
         frame_names=tuple(f.name for f in video.frames),
         frame_sizes=np.array([[f.width, f.height] for f in video.frames], dtype=np.int32).reshape(-1, 2),
-        gt_offsets=offsets["gt"], rel_offsets=offsets["rel"], det_offsets=offsets["det"],
-        pair_offsets=offsets["pair"], **arrays,
+        **offsets, **arrays,
     )
 
 
@@ -316,11 +259,22 @@ def distributed_rank() -> tuple[int, int]:
 def extract(root: Path | str, store_path: Path | str, detector: Detector, *, weights_sha256: str,
             reader_options: ReaderOptions, config: ExtractConfig = ExtractConfig(), device: str = "cpu",
             rank: int = 0, world_size: int = 1, progress: bool = True) -> ExtractSummary:
-    """Extract every video of ``config.splits`` (this rank's share) into ``store_path``."""
+    """Extract every video of ``config.splits`` (this rank's share) into ``store_path``.
+
+    One extraction serves every task mode: the annotations are read in full with the objects
+    absent from ``_filtersmall`` marked (``mark_small`` is set here), whatever mode comes next.
+    """
     start = time.time()
     root, store_path = Path(root), Path(store_path)
+    if reader_options.filter_small:
+        raise ValueError("extraction reads the full annotations and marks the objects absent from _filtersmall: one "
+                         "extraction serves every mode (PREDCLS, SGCLS, SGDET), so filter_small must be off")
     if not reader_options.require_person_box:
         raise ValueError("extraction needs the person box of every frame (require_person_box=True)")
+    if not reader_options.require_visible_object:
+        raise ValueError("extraction needs require_visible_object=True: the SGCLS / SGDET frames are derived from "
+                         "the stored objects, which assumes every stored frame has one")
+    reader_options = replace(reader_options, mark_small=True)
     ag = load_action_genome(root, reader_options)
     source = open_frame_source(root, config.frame_source)
     detector = detector.eval().to(device)

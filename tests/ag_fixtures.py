@@ -90,3 +90,29 @@ def write_root(root: Path, persons: dict, objects: dict, objects_small: dict | N
         with (ann / name).open("wb") as f:
             pickle.dump(data, f)
     return root
+
+
+def filtersmall_view(ag, min_frames: int) -> dict:
+    """A ``mark_small`` reading restricted as SGCLS / SGDET read it: objects not marked small,
+    frames that keep one, videos that keep ``min_frames`` frames. Returns
+    ``{video: (pickle set, frames)}``, train and val both under 'train' (the val draw depends
+    on the number of videos), to compare with :func:`view_of`."""
+    import dataclasses
+
+    out = {}
+    for split in ("train", "val", "test"):
+        for video in ag.videos(split):
+            frames = []
+            for f in video.frames:
+                kept = tuple(dataclasses.replace(o, small=False) for o in f.objects if not o.small)
+                if kept:
+                    frames.append(dataclasses.replace(f, objects=kept))
+            if len(frames) >= min_frames:
+                out[video.name] = ("test" if split == "test" else "train", tuple(frames))
+    return out
+
+
+def view_of(ag) -> dict:
+    """``{video: (pickle set, frames)}`` of a reading, train and val both under 'train'."""
+    return {v.name: ("test" if split == "test" else "train", v.frames)
+            for split in ("train", "val", "test") for v in ag.videos(split)}

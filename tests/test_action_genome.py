@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -12,12 +13,14 @@ from stage1_detect.action_genome import (
     AnnotationError,
     ReaderOptions,
     Split,
+    describe,
+    kept_in_filtersmall,
     load_action_genome,
     validation_videos,
 )
 from store.vocabulary import ACTION_GENOME as V, Mode
 
-from ag_fixtures import NO_PERSON, fixture_annotations, obj, write_root
+from ag_fixtures import NO_PERSON, filtersmall_view, fixture_annotations, obj, view_of, write_root
 
 NO_VAL = ReaderOptions(val_fraction=0.0)
 
@@ -120,6 +123,75 @@ def test_filtersmall_for_sgcls_and_sgdet(tmp_path):
     assert ag.videos("train") == ()  # AAAAA now has 2 frames
     assert ag.report.frames_no_visible_object == {"train": 1, "test": 1}
     assert ag.report.videos_too_short == {"train": 2}
+
+
+def _marked_root(tmp_path):
+    """The fixture with a second, identical phone in frame 25; its _filtersmall file lacks the
+    cup of frame 5, the second phone, and the whole of CCCCC's frame 2."""
+    persons, objects = fixture_annotations()
+    objects["AAAAA.mp4/000025.png"].append(copy.deepcopy(objects["AAAAA.mp4/000025.png"][0]))
+    small = copy.deepcopy(objects)
+    del small["AAAAA.mp4/000005.png"][0]
+    small["AAAAA.mp4/000025.png"].pop()
+    del small["CCCCC.mp4/000002.png"]
+    return persons, objects, small
+
+
+def test_mark_small_marks_the_objects_absent_from_filtersmall(tmp_path):
+    root = write_root(tmp_path / "ag", *_marked_root(tmp_path))
+    ag = load_action_genome(root, ReaderOptions(val_fraction=0.0, mark_small=True))
+    (a,) = ag.videos("train")
+    # Frame 5: the cup; frame 25: the second of two identical phones; frame 35: nothing.
+    assert [[o.small for o in f.objects] for f in a.frames] == [[True], [False, True], [False]]
+    assert a.frames[1].objects[0].box == a.frames[1].objects[1].box
+    (c,) = ag.videos("test")
+    assert [[o.small for o in f.objects] for f in c.frames] == [[False], [True], [False]]  # frame 2 missing
+    assert ag.report.objects_small == {"train": 2, "test": 1}
+    # Everything but the flags is the plain full reading; without mark_small nothing is marked.
+    plain = load_action_genome(root, ReaderOptions(val_fraction=0.0))
+    assert [[o.small for f in v.frames for o in f.objects] for v in plain.videos("train")] == [[False] * 4]
+    assert [[dataclasses.replace(o, small=False) for o in f.objects] for f in a.frames] == [
+        list(f.objects) for f in plain.videos("train")[0].frames]
+    assert "objects marked small (absent from _filtersmall): test 1, train 2" in describe(ag)
+    # Restricted to the unmarked objects, it is the _filtersmall reading: here nothing is left
+    # (AAAAA and CCCCC keep 2 frames each), and with min_frames=2 both videos.
+    for min_frames in (3, 2):
+        marked = load_action_genome(root, ReaderOptions(val_fraction=0.0, mark_small=True, min_frames=1))
+        filtered = load_action_genome(root, ReaderOptions(val_fraction=0.0, filter_small=True, min_frames=min_frames))
+        assert filtersmall_view(marked, min_frames) == view_of(filtered)
+        assert len(view_of(filtered)) == {3: 0, 2: 3}[min_frames]
+    # With filter_small there is nothing to mark.
+    ag = load_action_genome(root, ReaderOptions(val_fraction=0.0, filter_small=True, mark_small=True, min_frames=2))
+    assert not any(o.small for v in ag.videos("train") for f in v.frames for o in f.objects)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s["AAAAA.mp4/000025.png"][0].update({"bbox": (1, 2, 3, 5)}),
+         r"frame 'AAAAA.mp4/000025.png': object 'phone' with bbox \[1.0, 2.0, 3.0, 5.0\] has no counterpart"),
+        (lambda s: s["AAAAA.mp4/000035.png"].append(copy.deepcopy(s["AAAAA.mp4/000035.png"][-1])),
+         r"frame 'AAAAA.mp4/000035.png': object 'table' .* no counterpart in object_bbox_and_relationship\.pkl"),
+        (lambda s: s.update({"ZZZZZ.mp4/000001.png": [obj("bed", (0, 0, 50, 50), ["looking_at"])]}),
+         r"frame 'ZZZZZ.mp4/000001.png': object 'bed'"),
+    ],
+    ids=["other-box", "one-too-many", "frame-not-in-full"],
+)
+def test_filtersmall_objects_without_counterpart_are_errors(tmp_path, edit, message):
+    persons, objects, small = _marked_root(tmp_path)
+    edit(small)
+    root = write_root(tmp_path / "ag", persons, objects, small)
+    with pytest.raises(AnnotationError, match=r"object_bbox_and_relationship_filtersmall\.pkl, " + message):
+        load_action_genome(root, ReaderOptions(mark_small=True))
+    # Without mark_small the _filtersmall file is not read.
+    load_action_genome(root, ReaderOptions())
+
+
+def test_kept_in_filtersmall_matches_multisets_in_order():
+    a, b = (11, (1.0, 2.0, 3.0, 4.0)), (12, (1.0, 2.0, 3.0, 4.0))
+    assert kept_in_filtersmall([a, b, a, a], [a, b, a]) == [True, True, True, False]
+    assert kept_in_filtersmall([a, None, b], [b, b]) == [False, False, True]
+    assert kept_in_filtersmall([a], []) == [False]
 
 
 def test_validation_split_is_seeded_and_stable(tmp_path):

@@ -9,6 +9,7 @@ record by record with ``VideoRecord.differences``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -25,11 +26,12 @@ from torch.testing import assert_close
 
 from stage1_detect.action_genome import ReaderOptions, load_action_genome
 from stage1_detect.detectors import build_detector, load_detector, save_detector
-from stage1_detect.extract import ExtractConfig, extract, greedy_assignment, video_record
-from store.boxes import union_boxes
+from stage1_detect.extract import ExtractConfig, extract, video_record
 from stage1_detect.frames import PngFrames
 from stage1_detect.synth import SynthConfig, generate_synthetic_ag
-from store import PAIR_SOURCE_DET, PAIR_SOURCE_GT, check_store, open_store
+from store import check_store, open_store
+from store.boxes import union_boxes
+from store.pairing import PairIndex, sttran_assignment, stored_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(REPO / "cli.py")]
@@ -39,8 +41,10 @@ PERSON = 1
 # counts after that rule): exactly 16 a frame.
 SETTINGS = {"score_thresh": 0.0, "detections_per_img": 16, "rpn_post_nms_top_n_test": 10, "min_size": 120,
             "max_size": 160}
-# The CLI's reader defaults (predcls): the reference must read what `detect` reads.
+# The CLI's reader defaults: the reference must read what `detect` reads (extract itself
+# turns mark_small on).
 READER = ReaderOptions()
+MARKED = dataclasses.replace(READER, mark_small=True)
 CONFIG = ExtractConfig(num_workers=0, segment_mb=0, frame_source="png", batch_size=3)
 
 
@@ -82,23 +86,6 @@ def _detect(args, **kwargs):
 # --- pure helpers ------------------------------------------------------------------------
 
 
-def test_greedy_assignment_hand_cases():
-    gt = np.array([[0, 0, 10, 10], [0, 0, 10, 11], [50, 50, 60, 60]], float)
-    det = np.array([[0, 0, 10, 10.5],   # IoU .952 with gt0, .955 with gt1
-                    [0, 0, 10, 10],     # IoU 1 with gt0, .909 with gt1
-                    [50, 50, 60, 70],   # IoU exactly .5 with gt2: not > .5
-                    [100, 100, 110, 110]], float)
-    # GT in order: gt0 takes det1 (its best); gt1 takes det0, the best unused one; gt2 nothing.
-    assert greedy_assignment(gt, det).tolist() == [1, 0, -1, -1]
-    # Each detection is used once: with one detection, only the first GT gets it.
-    assert greedy_assignment(gt, det[1:2]).tolist() == [0]
-    assert greedy_assignment(gt[::-1], det[1:2]).tolist() == [1]  # GT order decides
-    assert greedy_assignment(gt[2:], det[2:3], threshold=0.49).tolist() == [0]
-    assert greedy_assignment(gt, det[:0]).shape == (0,)
-    assert greedy_assignment(gt[:0], det).tolist() == [-1] * 4
-    assert greedy_assignment(gt, det).dtype == np.int32
-
-
 def test_union_boxes():
     boxes = np.array([[0, 0, 10, 10], [5, -2, 8, 20], [20, 30, 40, 50]], np.float32)
     out = union_boxes(boxes[[0, 0, 2]], boxes[[1, 2, 2]])
@@ -113,13 +100,14 @@ def test_reference_store_is_valid_and_complete(data):
     assert check_store(data["store"]) == []
     s = data["summary"]
     assert (s.videos_written, s.frames, s.failed) == (4, 17, [])
-    ag = load_action_genome(data["root"], READER)
+    ag = load_action_genome(data["root"], MARKED)
     expected = {v.name: v for split in ("train", "val", "test") for v in ag.videos(split)}
     assert set(data["records"]) == set(expected)
     with open_store(data["store"]) as st:
         assert st.meta.detector.arch == "small" and st.meta.detector.weights_sha256 == data["sha"]
         assert st.meta.feature_dim == 256 and st.meta.union_shape == (256,)
         assert {v: st.split_of(v) for v in st.videos()} == {n: v.split.value for n, v in expected.items()}
+    n_small = 0
     for name, rec in data["records"].items():
         video = expected[name]
         assert rec.frame_names == tuple(f.name for f in video.frames)
@@ -131,6 +119,9 @@ def test_reference_store_is_valid_and_complete(data):
             g = rec.frame_rows("gt_objects", i)
             assert_close(rec.gt_boxes[g], frame.boxes(), rtol=0, atol=0)
             assert rec.gt_labels[g].tolist() == frame.labels(PERSON).tolist()
+            # The reader's marks: objects absent from _filtersmall (never the person).
+            assert rec.gt_small[g].tolist() == [0] + [int(o.small) for o in frame.objects]
+            n_small += int(rec.gt_small[g].sum())
             # One relation row per object with a predicate, subject the person (row 0).
             r = rec.frame_rows("gt_relations", i)
             with_rel = [j for j, o in enumerate(frame.objects, 1) if o.predicates]
@@ -138,6 +129,20 @@ def test_reference_store_is_valid_and_complete(data):
             assert rec.rel_object[r].tolist() == with_rel
             for row, j in zip(rec.rel_labels[r], with_rel):
                 assert np.nonzero(row)[0].tolist() == sorted(frame.objects[j - 1].predicates)
+    # The generator's tiny objects (the report also counts those of the short video).
+    assert 0 < n_small == sum(o.small for v in expected.values() for f in v.frames for o in f.objects)
+
+
+def _joint_boxes(rec, i):
+    """Frame ``i``'s boxes in the pairs' joint index: GT objects, then detections."""
+    return np.concatenate([rec.gt_boxes[rec.frame_rows("gt_objects", i)], rec.det_boxes[rec.frame_rows("detections", i)]])
+
+
+def _stored_pairs_of(rec, i):
+    """:func:`stored_pairs` of frame ``i``'s stored boxes and distributions."""
+    g, d = rec.frame_rows("gt_objects", i), rec.frame_rows("detections", i)
+    return stored_pairs(rec.gt_boxes[g], rec.gt_small[g], rec.gt_dists[g], rec.det_boxes[d], rec.det_labels[d],
+                        rec.det_dists[d], person=PERSON)
 
 
 def test_stored_features_equal_direct_pooling(data):
@@ -149,7 +154,6 @@ def test_stored_features_equal_direct_pooling(data):
     name = sorted(data["records"])[0]
     rec, video = data["records"][name], videos[name]
     images = PngFrames(data["root"]).read(name, [f.frame_number for f in video.frames])
-    n_person_subjects = 0
     for i, image in enumerate(images):
         maps = det.encode([torch.from_numpy(image).permute(2, 0, 1)])
         g, d, p = (rec.frame_rows(t, i) for t in ("gt_objects", "detections", "pairs"))
@@ -163,46 +167,30 @@ def test_stored_features_equal_direct_pooling(data):
         # A detection's score is its class distribution at its label (float16 in the store).
         scores_from_dists = rec.det_dists[d][np.arange(d.stop - d.start), rec.det_labels[d]].astype(np.float32)
         assert_close(torch.from_numpy(scores_from_dists), torch.from_numpy(rec.det_scores[d]), rtol=1e-3, atol=0)
-        assert rec.det_matched_gt[d].tolist() == greedy_assignment(rec.gt_boxes[g], rec.det_boxes[d]).tolist()
-        # Pairs: (person, each other GT object), then (subject detection, each other detection).
-        src, sub, obj = rec.pair_source[p], rec.pair_subject[p], rec.pair_object[p]
-        n_gt, n_det = g.stop - g.start, d.stop - d.start
-        assert src.tolist() == [PAIR_SOURCE_GT] * (n_gt - 1) + [PAIR_SOURCE_DET] * (n_det - 1)
-        assert sub[: n_gt - 1].tolist() == [0] * (n_gt - 1) and obj[: n_gt - 1].tolist() == list(range(1, n_gt))
-        labels = rec.det_labels[d]
-        subject = int(sub[n_gt - 1])
-        assert labels[subject] == PERSON
-        n_person_subjects += 1
-        assert sorted(obj[n_gt - 1:].tolist()) == [j for j in range(n_det) if j != subject]
-        unions = np.concatenate([union_boxes(rec.gt_boxes[g][sub[: n_gt - 1]], rec.gt_boxes[g][obj[: n_gt - 1]]),
-                                 union_boxes(rec.det_boxes[d][sub[n_gt - 1:]], rec.det_boxes[d][obj[n_gt - 1:]])])
-        ((union_f, _),) = det.pool(maps, [torch.from_numpy(unions)])
+        # Every union feature is the pooled feature of its pair's union box (a box's own for a
+        # pair of a box with itself).
+        boxes = _joint_boxes(rec, i)
+        sub, obj = rec.pair_subject[p], rec.pair_object[p]
+        ((union_f, _),) = det.pool(maps, [torch.from_numpy(union_boxes(boxes[sub], boxes[obj]))])
         assert_close(torch.from_numpy(rec.pair_union[p]).float(), union_f, rtol=2e-3, atol=2e-3)
-        # A GT pair is labelled with its relation row.
-        rel_rows = rec.frame_rows("gt_relations", i)
-        expected_rel = [list(rec.rel_object[rel_rows]).index(j) if j in rec.rel_object[rel_rows] else -1
-                        for j in range(1, n_gt)]
-        assert rec.pair_relation[p][: n_gt - 1].tolist() == expected_rel
-    assert n_person_subjects == rec.num_frames
+    assert rec.num_rows("pairs") > 0
 
 
-def test_detection_pairs_are_labelled_through_the_assignment(data):
-    """A detection pair carries a relation when its subject matched GT row 0 and its object a
-    GT object with a relation; otherwise -1."""
+def test_stored_pairs_are_the_pairing_rule_of_the_stored_boxes(data):
+    """Each frame's pairs are ``stored_pairs`` of its stored boxes and float16 distributions,
+    in that order: GT person with every GT object first, then the detection subjects' pairs."""
+    n_det_pairs = 0
     for rec in data["records"].values():
         for i in range(rec.num_frames):
-            d, p, r = (rec.frame_rows(t, i) for t in ("detections", "pairs", "gt_relations"))
-            matched = rec.det_matched_gt[d]
-            is_det = rec.pair_source[p] == PAIR_SOURCE_DET
-            for s, o, rel in zip(rec.pair_subject[p][is_det], rec.pair_object[p][is_det],
-                                 rec.pair_relation[p][is_det]):
-                objects = list(rec.rel_object[r])
-                want = objects.index(matched[o]) if matched[s] == 0 and matched[o] in objects else -1
-                assert rel == want
-    # The untrained detector matches little (test_pairs_of_perfect_detections labels them).
-    assert sum(rec.num_rows("pairs") for rec in data["records"].values()) == sum(
-        rec.num_rows("gt_objects") + rec.num_rows("detections") - 2 * rec.num_frames
-        for rec in data["records"].values())
+            p = rec.frame_rows("pairs", i)
+            got = np.stack([rec.pair_subject[p], rec.pair_object[p]], 1)
+            assert got.tolist() == _stored_pairs_of(rec, i).tolist()
+            n_gt = rec.frame_rows("gt_objects", i).stop - rec.frame_rows("gt_objects", i).start
+            assert got[: n_gt - 1].tolist() == [[0, j] for j in range(1, n_gt)]
+            n_det_pairs += int(((got >= n_gt).all(1)).sum())
+            # No unordered pair twice.
+            assert len({(min(a, b), max(a, b)) for a, b in got.tolist()}) == len(got)
+    assert n_det_pairs > 0
 
 
 class _PerfectDetector:
@@ -235,11 +223,11 @@ class _PerfectDetector:
         return out
 
 
-def test_pairs_of_perfect_detections_carry_the_gt_relations(data):
-    """With detections equal to the GT boxes (reversed), each detection matches its GT box,
-    the person detection is the subject, and every detection pair carries the relation of
-    the GT pair of the same objects."""
-    ag = load_action_genome(data["root"], READER)
+def test_pairs_of_perfect_detections_serve_the_sgdet_training_view(data):
+    """With detections equal to the GT boxes (reversed, person last), STTran's assignment gives
+    each GT box its detection, and the store holds the union feature of (the person's
+    detection, each object's detection), equal to that of the GT pair of the same boxes."""
+    ag = load_action_genome(data["root"], MARKED)
     video = ag.videos("train")[0]
     images = PngFrames(data["root"]).read(video.name, [f.frame_number for f in video.frames])
     with open_store(data["store"]) as s:
@@ -247,27 +235,33 @@ def test_pairs_of_perfect_detections_carry_the_gt_relations(data):
     rec = video_record(video, images, _PerfectDetector(data["detector"], video.frames), meta, batch_size=3)
     rec.validate(meta)
     assert rec.differences(data["records"][video.name]) == [
-        "det_offsets", "det_boxes", "det_scores", "det_labels", "det_dists", "det_features", "det_matched_gt",
-        "pair_offsets", "pair_source", "pair_subject", "pair_object", "pair_relation", "pair_union"]
-    labelled = 0
+        "det_offsets", "det_boxes", "det_scores", "det_labels", "det_dists", "det_features",
+        "pair_offsets", "pair_subject", "pair_object", "pair_union"]
+    n_pairs = 0
     for i in range(rec.num_frames):
         g, d, p = (rec.frame_rows(t, i) for t in ("gt_objects", "detections", "pairs"))
         n = g.stop - g.start
-        assert rec.det_matched_gt[d].tolist() == list(range(n - 1, -1, -1))
-        gt_pairs = rec.pair_source[p] == PAIR_SOURCE_GT
-        det_pairs = ~gt_pairs
-        assert set(rec.pair_subject[p][det_pairs].tolist()) == {n - 1}  # the person, last
-        gt_rel = dict(zip(rec.pair_object[p][gt_pairs].tolist(), rec.pair_relation[p][gt_pairs].tolist()))
-        det_rel = {n - 1 - o: r for o, r in zip(rec.pair_object[p][det_pairs].tolist(),
-                                                rec.pair_relation[p][det_pairs].tolist())}
-        assert det_rel == gt_rel
-        labelled += sum(r >= 0 for r in det_rel.values())
-        # Union features of a detection pair equal those of the same GT pair.
-        union = rec.pair_union[p]
-        order = [int(np.nonzero(rec.pair_object[p][det_pairs] == n - 1 - o)[0][0]) for o in range(1, n)]
-        assert_close(torch.from_numpy(union[det_pairs][order]).float(),
-                     torch.from_numpy(union[gt_pairs]).float(), rtol=0, atol=2e-3)
-    assert labelled == rec.num_rows("gt_relations") > 0
+        a = sttran_assignment(rec.det_boxes[d], rec.gt_boxes[g], rec.gt_labels[g])
+        assert a.found.tolist() == list(range(n - 1, -1, -1))
+        assert a.labels.tolist() == rec.gt_labels[g][::-1].tolist()
+        index = PairIndex(rec.pair_subject[p], rec.pair_object[p], 2 * n)
+        det_rows = index.rows(np.full(n - 1, n + a.found[0]), n + a.found[1:])
+        gt_rows = index.rows(np.zeros(n - 1, int), np.arange(1, n))
+        assert (det_rows >= 0).all() and (gt_rows >= 0).all()
+        assert_close(torch.from_numpy(rec.pair_union[p][det_rows]).float(),
+                     torch.from_numpy(rec.pair_union[p][gt_rows]).float(), rtol=0, atol=2e-3)
+        n_pairs += n - 1
+    assert n_pairs > 0
+
+
+def test_extraction_refuses_a_reading_that_serves_one_mode(data, tmp_path):
+    for options, message in ((ReaderOptions(filter_small=True), "one extraction serves every mode"),
+                             (ReaderOptions(require_visible_object=False), "require_visible_object=True"),
+                             (ReaderOptions(require_person_box=False), "require_person_box=True")):
+        with pytest.raises(ValueError, match=message):
+            extract(data["root"], tmp_path / "no.h5", data["detector"], weights_sha256=data["sha"],
+                    reader_options=options, config=CONFIG, progress=False)
+    assert not (tmp_path / "no.h5").exists()
 
 
 # --- runs compared with the reference ----------------------------------------------------
@@ -356,14 +350,9 @@ def test_union_maps(data, tmp_path):
     (image,) = PngFrames(data["root"]).read(name, [int(rec.frame_names[0][-10:-4])])
     maps = data["detector"].encode([torch.from_numpy(image).permute(2, 0, 1)])
     p = rec.frame_rows("pairs", 0)
-    src = rec.pair_source[p]
-    gt = rec.gt_boxes[rec.frame_rows("gt_objects", 0)]
-    det = rec.det_boxes[rec.frame_rows("detections", 0)]
-    is_gt, is_det = src == PAIR_SOURCE_GT, src == PAIR_SOURCE_DET
-    boxes = np.where(is_gt[:, None],
-                     union_boxes(gt[np.where(is_gt, rec.pair_subject[p], 0)], gt[np.where(is_gt, rec.pair_object[p], 0)]),
-                     union_boxes(det[np.where(is_det, rec.pair_subject[p], 0)], det[np.where(is_det, rec.pair_object[p], 0)]))
-    (direct,) = data["detector"].pool_map(maps, [torch.from_numpy(boxes.astype(np.float32))])
+    boxes = _joint_boxes(rec, 0)
+    unions = union_boxes(boxes[rec.pair_subject[p]], boxes[rec.pair_object[p]])
+    (direct,) = data["detector"].pool_map(maps, [torch.from_numpy(unions.astype(np.float32))])
     assert_close(torch.from_numpy(rec.pair_union[p]).float(), direct, rtol=2e-3, atol=2e-3)
 
 

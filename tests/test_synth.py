@@ -14,6 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from click.testing import CliRunner
+
+import cli
+from ag_fixtures import filtersmall_view, view_of
 from stage1_detect.action_genome import ReaderOptions, load_action_genome
 from stage1_detect.synth import (
     ACTIVITY_BY_NAME,
@@ -363,6 +367,50 @@ def test_round_trip_through_the_reader(root, data):
     bad = sum(o["visible"] and o["bbox"] is None for objs in objects.values() for o in objs)
     assert bad == 1
     assert sum(ag.report.objects_without_box.values()) == bad
+
+
+def _shrink_objects(root: Path) -> None:
+    """Make every object of the first frame of video 0 and of the first three frames of video 1
+    tiny (10 px), and write _filtersmall again by the generator's rule: whole frames, and a video
+    at min_frames 6, then exist only in the full annotations (the generator makes no such frame)."""
+    ann = root / ANN
+    with open(ann / PICKLES[1], "rb") as fh:
+        objects = pickle.load(fh)
+    videos = sorted({k.split("/")[0] for k in objects})
+    for video, count in ((videos[0], 1), (videos[1], 3)):
+        for key in sorted(k for k in objects if k.startswith(video))[:count]:
+            for o in objects[key]:
+                if o["bbox"] is not None:
+                    o["bbox"] = (o["bbox"][0], o["bbox"][1], 10.0, 10.0)
+    small = {k: [o for o in v if o["bbox"] is None or min(o["bbox"][2:]) >= SMALL_EDGE] for k, v in objects.items()}
+    for name, content in ((PICKLES[1], objects), (PICKLES[2], small)):
+        with open(ann / name, "wb") as fh:
+            pickle.dump(content, fh)
+
+
+@pytest.mark.parametrize("min_frames", [3, 6])
+def test_marked_full_reading_restricted_is_the_filtersmall_reading(tmp_path_factory, min_frames):
+    """One reading of the full pickle with the small objects marked serves SGCLS / SGDET:
+    restricted to unmarked objects, frames that keep one and videos that keep min_frames such
+    frames, it is the _filtersmall reading, frame for frame and object for object (train and
+    val together: the validation draw depends on the number of videos)."""
+    root = tmp_path_factory.getbasetemp() / "synth_small"
+    if not root.exists():
+        result = CliRunner().invoke(cli.main, ["synth", "--out", str(root), "--videos", "12", "--frames", "8",
+                                               "--seed", "3", "--no-png"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        _shrink_objects(root)
+    marked = load_action_genome(root, ReaderOptions(mark_small=True, min_frames=min_frames, val_fraction=0.2))
+    filtered = load_action_genome(root, ReaderOptions(filter_small=True, min_frames=min_frames, val_fraction=0.2))
+    view = filtersmall_view(marked, min_frames)
+    assert view == view_of(filtered)
+    # Not vacuous: objects are marked, and the restriction drops frames (and, at 6, videos).
+    assert sum(marked.report.objects_small.values()) > 0
+    n_frames = sum(len(v.frames) for split in ("train", "val", "test") for v in marked.videos(split))
+    assert sum(len(frames) for _, frames in view.values()) < n_frames
+    if min_frames == 6:
+        assert len(view) < len(view_of(marked))
+    assert all(o.small is False for _, frames in view.values() for f in frames for o in f.objects)
 
 
 def test_bad_config_is_refused():
