@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--store", default="data/demo/store.h5")
     ap.add_argument("--root", default="data/demo/ag", help="AG folder with the frames/ PNG dump (for 'recompute').")
     ap.add_argument("--weights", default=None, help="small detector weights (default: random)")
-    ap.add_argument("--config", default="configs/demo_sttran_predcls.yaml")
+    ap.add_argument("--config", default="configs/demo_sttran.yaml")
     ap.add_argument("--max-videos", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2, help="runs of the store and memory variants (fastest kept)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

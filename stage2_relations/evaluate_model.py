@@ -9,6 +9,7 @@ store's source dataset folder still has its ``frames/`` dump).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,6 +24,7 @@ from store.vocabulary import Mode
 
 def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
                         store_path: str | None = None, split: str = "test", mode: str | None = None,
+                        sgdet_boxes: str | None = None, object_scores: str | None = None,
                         constraints: Sequence[str] = ("with", "semi", "no"), out_dir: str | Path | None = None,
                         save_predictions: str | Path | None = None, mean_recall: MeanRecall = MeanRecall.DATASET,
                         max_videos: int = 0, device: str = "cpu", num_frames_png: int = 3,
@@ -31,11 +33,14 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
 
     ``mode`` defaults to the training mode; another mode works when the model can serve it
     (a head without object classifier keeps the given / detector labels and scores).
+    ``sgdet_boxes`` and ``object_scores`` default to the recipe's (:class:`~stage2_relations.views.ViewOptions`).
     """
     ckpt_path = Path(checkpoint) if checkpoint is not None else run_checkpoint(run_dir)
     model, cfg, ckpt = load_checkpoint(ckpt_path, device=device, store_path=store_path)
     mode = Mode(mode or cfg.mode)
-    ds = VideoDataset(cfg.store, split, mode, train=False, max_videos=max_videos)
+    changes = {k: v for k, v in (("sgdet_boxes", sgdet_boxes), ("object_scores", object_scores)) if v is not None}
+    options = dataclasses.replace(cfg.view_options(), negatives=False, **changes)
+    ds = VideoDataset(cfg.store, split, mode, train=False, options=options, max_videos=max_videos)
     if not len(ds):
         raise ValueError(f"{cfg.store}: no videos in split {split!r}")
     results, names, (gts, preds), speed = evaluate_model(model, ds, device=device, constraints=constraints,
@@ -45,8 +50,12 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
     echo(format_table(results, mean_recall=mean_recall))
     echo(f"{cfg.head}{' + RS-Net' if cfg.rsnet is not None else ''}: {n_params / 1e6:.2f} M parameters, "
          f"{speed['fps']:.1f} frames/s from the store ({speed['frames']} frames, {device})")
+    if speed["pairs_substituted"]:
+        echo(f"note: {speed['pairs_substituted']} of {speed['pairs']} scored pairs took another pair's union "
+             f"feature (the store holds no feature for their own: docs/stage2.md)")
     out = Path(out_dir) if out_dir is not None else ckpt_path.parent / f"eval_{split}_{mode.value}"
-    extra = {"checkpoint": str(ckpt_path), "store": cfg.store, "split": split, "parameters": n_params,
+    extra = {"checkpoint": str(ckpt_path), "store": cfg.store, "split": split, "mode": mode.value,
+             "view": dataclasses.asdict(options), "parameters": n_params,
              "inference": speed, "config": cfg.to_dict(), "provenance": ckpt.get("provenance", {})}
     paths = write_report(results, out, vocabulary=ds.vocabulary, mean_recall=mean_recall, extra=extra)
     # a few frames with predictions and GT relations, spread over the split
@@ -69,8 +78,8 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
 def _frame_sizes(ds: VideoDataset, names: Sequence[str]) -> list[tuple[int, int]]:
     sizes = []
     for v in ds.videos:
-        rec = ds.store.read_video(v, fields=())
-        sizes.extend((int(w), int(h)) for w, h in rec.frame_sizes)
+        rec = ds.store.read_video(v, fields=("gt_small",))
+        sizes.extend((int(w), int(h)) for w, h in rec.frame_sizes[ds.frames_of(rec)])
     return sizes
 
 

@@ -38,8 +38,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from stage2_relations.data import Collator, VideoDataset, epoch_order
-from stage2_relations.heads import build_model, count_parameters
+from stage2_relations.heads import HeadContext, build_model, count_parameters, head_class
+from stage2_relations.views import ViewOptions
 from store import open_store
+from store.vocabulary import Mode
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,15 @@ class TrainConfig:
     """None: the bare head; a dict (possibly empty): RS-Net around it, with these arguments."""
     glove: str | None = None
     """GloVe text file to initialise the class embeddings (None: random, learnable)."""
+    assignment: str = "sttran"
+    """SGDET training assignment: 'sttran' (lib/funcs.py) or 'strict' (stage2_relations.views)."""
+    sgdet_boxes: str = "sttran"
+    """SGDET test boxes (validation here, and the default of eval): 'sttran' or 'raw'."""
+    object_scores: str = "sttran"
+    """SGCLS / SGDET test object labels and scores: 'sttran' (the protocol) or 'classifier'."""
+    negatives: bool | None = None
+    """Pairs without a relation in the training view; None: with RS-Net only (the baselines
+    train on positives, as their papers do)."""
     epochs: int = 10
     lr: float = 1e-5
     weight_decay: float = 0.01
@@ -69,6 +80,9 @@ class TrainConfig:
     negative_iou: float = 0.5
     plateau_factor: float = 0.5
     plateau_patience: int = 1
+    plateau_threshold: float = 1e-4
+    """ReduceLROnPlateau: an absolute gain below this is no gain (STTran: 1e-4, 'abs')."""
+    min_lr: float = 1e-7
     train_split: str = "train"
     val_split: str = "val"
     max_videos: int = 0
@@ -78,6 +92,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def view_options(self) -> ViewOptions:
+        """The data views this recipe trains and validates on."""
+        negatives = self.rsnet is not None if self.negatives is None else bool(self.negatives)
+        return ViewOptions(assignment=self.assignment, sgdet_boxes=self.sgdet_boxes, object_scores=self.object_scores,
+                           negatives=negatives, negative_ratio=self.negative_ratio, negative_iou=self.negative_iou)
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -138,15 +158,26 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_from_config(cfg: TrainConfig, meta) -> torch.nn.Module:
-    """The model of a recipe for a store's metadata (vocabulary, feature and union sizes)."""
-    class_embeddings = None
+def derive(cfg: TrainConfig, train_ds: VideoDataset) -> dict[str, Any]:
+    """What the model takes from outside its recipe, computed once before training: class
+    embeddings from ``cfg.glove``, and whatever the head derives from the training split
+    (:meth:`~stage2_relations.heads.base.RelationHead.derive`). Saved in every checkpoint."""
+    derived: dict[str, Any] = {}
     if cfg.glove:
-        from stage2_relations.heads.sttran import glove_embeddings
+        from stage2_relations.heads.embeddings import glove_embeddings
 
-        class_embeddings = glove_embeddings(cfg.glove, meta.vocabulary, int(cfg.head_cfg.get("embed_dim", 200)))
-    return build_model(cfg.head, cfg.head_cfg, cfg.rsnet, vocabulary=meta.vocabulary, mode=cfg.mode,
-                       feature_dim=meta.feature_dim, union_shape=meta.union_shape, class_embeddings=class_embeddings)
+        derived["class_embeddings"] = glove_embeddings(cfg.glove, train_ds.vocabulary,
+                                                       int(cfg.head_cfg.get("embed_dim", 200)))
+    derived.update(head_class(cfg.head).derive(dict(cfg.head_cfg), train_ds))
+    return derived
+
+
+def build_from_config(cfg: TrainConfig, meta, derived: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The model of a recipe for a store's metadata (vocabulary, feature and union sizes) and
+    what :func:`derive` computed."""
+    context = HeadContext(vocabulary=meta.vocabulary, mode=Mode(cfg.mode), feature_dim=meta.feature_dim,
+                          union_shape=tuple(meta.union_shape), derived=derived or {})
+    return build_model(cfg.head, cfg.head_cfg, cfg.rsnet, context)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -192,7 +223,7 @@ def _dist_info() -> tuple[int, int, int]:
 def make_loader(dataset: VideoDataset, order: list[int], cfg: TrainConfig, train: bool, device: torch.device) -> DataLoader:
     st = dataset.store
     return DataLoader(dataset, batch_size=cfg.videos_per_batch, sampler=order, num_workers=cfg.num_workers,
-                      collate_fn=Collator(dataset.mode, train), pin_memory=device.type == "cuda",
+                      collate_fn=Collator.of(dataset), pin_memory=device.type == "cuda",
                       multiprocessing_context=st.mp_context if cfg.num_workers else None,
                       persistent_workers=False)
 
@@ -201,9 +232,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progre
           echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train per ``cfg`` into ``out_dir``; returns {'history': [...], 'best_r20', 'params'}.
 
-    Run folder: config.yaml (resolved), run.json (provenance, parameter count), log.csv,
-    log.json, last.pth (model, optimizer, scheduler, epoch, history, config, provenance) and
-    best.pth (the best validation R@20 so far).
+    Run folder: config.yaml (resolved), run.json (provenance, parameter count), derived.pt
+    (what :func:`derive` computed from the training split), log.csv, log.json, last.pth
+    (model, optimizer, scheduler, epoch, history, config, provenance, derived) and best.pth
+    (the best validation R@20 so far).
     """
     from stage2_relations.evaluation.predict import evaluate_model
 
@@ -227,26 +259,32 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progre
     torch.manual_seed(cfg.seed)
     store = open_store(cfg.store)
     meta = store.meta
-    train_ds = VideoDataset(cfg.store, cfg.train_split, cfg.mode, train=True, seed=cfg.seed,
-                            negative_ratio=cfg.negative_ratio, negative_iou=cfg.negative_iou,
+    options = cfg.view_options()
+    train_ds = VideoDataset(cfg.store, cfg.train_split, cfg.mode, train=True, seed=cfg.seed, options=options,
                             preload=cfg.preload, max_videos=cfg.max_videos)
-    val_ds = VideoDataset(cfg.store, cfg.val_split, cfg.mode, train=False, preload=cfg.preload,
+    val_ds = VideoDataset(cfg.store, cfg.val_split, cfg.mode, train=False, options=options, preload=cfg.preload,
                           max_videos=cfg.val_max_videos) if store.videos(cfg.val_split) else None
+    if val_ds is not None and not len(val_ds):
+        val_ds = None
     if not len(train_ds):
-        raise ValueError(f"{cfg.store}: no videos in split {cfg.train_split!r}")
+        raise ValueError(f"{cfg.store}: no videos in split {cfg.train_split!r} for {cfg.mode}")
 
-    model = build_from_config(cfg, meta).to(device)
-    n_params = count_parameters(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
-                                                           patience=cfg.plateau_patience)
-    start_epoch, history, best = 0, [], -1.0
-    prov = provenance()
+    ckpt = None
     if resume:
         ckpt_path = out_dir / "last.pth"
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no {ckpt_path}")
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    derived = ckpt.get("derived", {}) if ckpt is not None else derive(cfg, train_ds)
+    model = build_from_config(cfg, meta, derived).to(device)
+    n_params = count_parameters(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+        threshold=cfg.plateau_threshold, threshold_mode="abs", min_lr=cfg.min_lr)
+    start_epoch, history, best = 0, [], -1.0
+    prov = provenance()
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -259,6 +297,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progre
                                       find_unused_parameters=True)
     if is_main:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        torch.save(derived, out_dir / "derived.pt")
         (out_dir / "run.json").write_text(json.dumps({**prov, "parameters": n_params, "world_size": world,
                                                       "device": str(device)}, indent=2))
         echo(f"{cfg.head}{' + RS-Net' if cfg.rsnet is not None else ''} {cfg.mode}: {n_params / 1e6:.2f} M parameters, "
@@ -296,7 +335,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progre
         if is_main:
             ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best_r20": best,
-                    "config": cfg.to_dict(), "provenance": prov, "parameters": n_params}
+                    "config": cfg.to_dict(), "provenance": prov, "parameters": n_params, "derived": derived}
             torch.save(ckpt, out_dir / "last.pth.tmp")
             os.replace(out_dir / "last.pth.tmp", out_dir / "last.pth")
             if improved:
@@ -332,9 +371,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", store_
     cfg = TrainConfig(**ckpt["config"])
     if store_path:
         cfg = dataclasses.replace(cfg, store=str(store_path))
-    cfg = dataclasses.replace(cfg, glove=None)  # the weights hold the embeddings
     meta = open_store(cfg.store).meta
-    model = build_from_config(cfg, meta).to(device)
+    model = build_from_config(cfg, meta, ckpt.get("derived", {})).to(device)
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, cfg, ckpt

@@ -10,16 +10,22 @@ from pathlib import Path
 import numpy as np
 
 from store import StoreMeta, StoreWriter, VideoRecord
+from store.pairing import sttran_assignment, stored_pairs
 from store.testing import synthetic_meta, synthetic_video, synthetic_videos
 
-TINY_HEAD = dict(hidden=16, embed_dim=8, union_channels=8, mask_channels=8, box_dim=8, object_hidden=16,
+TINY_HEAD = dict(hidden=16, embed_dim=8, mask_channels=8, box_dim=8, object_hidden=16,
                  num_heads=2, ffn_dim=32, temporal_layers=1, dropout=0.0)
+# Tiny keyword arguments of every registered head: the registry tests build each head with its
+# entry here (a new head adds one).
+TINY_HEADS = {"sttran": TINY_HEAD}
 TINY_RSNET = dict(d_model=16, ffn_dim=32, mlp_hidden=16, num_heads=2, spatial_layers=1, temporal_layers=1,
                   max_frames=64, dropout=0.0)
 
 
-def tiny_meta() -> StoreMeta:
-    return synthetic_meta(feature_dim=16, union_shape=(8,))
+def tiny_meta(min_frames: int = 1) -> StoreMeta:
+    """16-d features, 8-d pooled unions; the reader's ``min_frames`` as the store records it."""
+    return synthetic_meta(feature_dim=16, union_shape=(8,), source={"dataset": "synthetic",
+                                                                    "reader": {"min_frames": min_frames}})
 
 
 def write_random_store(path: Path, n: int = 6, seed: int = 0) -> Path:
@@ -45,9 +51,9 @@ def learnable_video(meta: StoreMeta, name: str, split: str, seed: int, protos: n
     gt_labels = np.where(rec.gt_labels == person, person, ANNOTATED[rec.gt_labels % len(ANNOTATED)]).astype(np.int32)
     det_labels = rec.det_labels.copy()
     for f in range(rec.num_frames):
-        d, g0 = rec.frame_rows("detections", f), rec.gt_offsets[f]
-        m = rec.det_matched_gt[d]
-        det_labels[d] = np.where(m >= 0, gt_labels[g0 + np.maximum(m, 0)], BYSTANDERS[rec.det_labels[d] % len(BYSTANDERS)])
+        d, g = rec.frame_rows("detections", f), rec.frame_rows("gt_objects", f)
+        assigned = sttran_assignment(rec.det_boxes[d], rec.gt_boxes[g], gt_labels[g]).labels
+        det_labels[d] = np.where(assigned > 0, assigned, BYSTANDERS[rec.det_labels[d] % len(BYSTANDERS)])
     p = meta.vocabulary.num_predicates
     lab = np.zeros((rec.num_rows("gt_relations"), p), np.uint8)
     for f in range(rec.num_frames):
@@ -84,3 +90,66 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def handmade_video(meta: StoreMeta, frames: list[dict], name: str = "hand.mp4", split: str = "train") -> VideoRecord:
+    """A video from hand-written frames. Each frame is a dict with ``gt`` (list of (box, label)
+    tuples, the person first), optional ``small`` (list of 0/1 per GT object), ``rel`` (dict
+    GT object index -> list of predicate ids), ``det`` (list of (box, label) tuples) and
+    optional ``det_dists`` ((N, C) array; default: mass 0.9 on the label). Stored pairs are
+    :func:`store.pairing.stored_pairs`'s; each pair's union feature is (subject, object, 0, ...)
+    in the joint box index, so a test can read which stored pair a view used. Features of a
+    box are (its joint index + 1) * 0.01 everywhere."""
+    c, p, dim = meta.vocabulary.num_objects, meta.vocabulary.num_predicates, meta.feature_dim
+    counts = {t: [] for t in ("gt", "rel", "det", "pair")}
+    parts = {k: [] for k in ("gt_boxes", "gt_labels", "gt_features", "gt_dists", "gt_small", "rel_subject",
+                             "rel_object", "rel_labels", "det_boxes", "det_scores", "det_labels", "det_dists",
+                             "det_features", "pair_subject", "pair_object", "pair_union")}
+
+    def onehot(labels):
+        x = np.full((len(labels), c), 0.1 / (c - 1), np.float32)
+        x[np.arange(len(labels)), labels] = 0.9
+        return x.astype(np.float16)
+
+    for fr in frames:
+        gt_boxes = np.array([b for b, _ in fr["gt"]], np.float32).reshape(-1, 4)
+        gt_labels = np.array([lab for _, lab in fr["gt"]], np.int32)
+        g = len(gt_labels)
+        small = np.array(fr.get("small", [0] * g), np.uint8)
+        det = fr.get("det", [])
+        det_boxes = np.array([b for b, _ in det], np.float32).reshape(-1, 4)
+        det_labels = np.array([lab for _, lab in det], np.int32)
+        n = len(det_labels)
+        det_dists = np.asarray(fr["det_dists"], np.float16) if "det_dists" in fr else onehot(det_labels)
+        gt_dists = onehot(gt_labels)
+        rel = fr.get("rel", {})
+        lab = np.zeros((len(rel), p), np.uint8)
+        for i, preds in enumerate(rel.values()):
+            lab[i, list(preds)] = 1
+        pairs = stored_pairs(gt_boxes, small, gt_dists, det_boxes, det_labels, det_dists, person=1)
+        union = np.zeros((len(pairs),) + tuple(meta.union_shape), np.float16)
+        union.reshape(len(pairs), -1)[:, :2] = pairs
+        joint = np.arange(g + n, dtype=np.float32)[:, None]
+        feats = np.repeat((joint + 1) * 0.01, dim, 1).astype(np.float16)
+        for key, value in (("gt_boxes", gt_boxes), ("gt_labels", gt_labels), ("gt_features", feats[:g]),
+                           ("gt_dists", gt_dists), ("gt_small", small),
+                           ("rel_subject", np.zeros(len(rel), np.int32)),
+                           ("rel_object", np.array(list(rel), np.int32)), ("rel_labels", lab),
+                           ("det_boxes", det_boxes), ("det_scores", np.linspace(0.9, 0.5, n).astype(np.float32)),
+                           ("det_labels", det_labels), ("det_dists", det_dists.reshape(n, c)),
+                           ("det_features", feats[g:]), ("pair_subject", pairs[:, 0].astype(np.int32)),
+                           ("pair_object", pairs[:, 1].astype(np.int32)), ("pair_union", union)):
+            parts[key].append(value)
+        for t, k in (("gt", g), ("rel", len(rel)), ("det", n), ("pair", len(pairs))):
+            counts[t].append(k)
+    offsets = {t: np.concatenate([[0], np.cumsum(v)]).astype(np.int64) for t, v in counts.items()}
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    cat["rel_labels"] = cat["rel_labels"].reshape(-1, p)
+    cat["det_boxes"] = cat["det_boxes"].reshape(-1, 4)
+    rec = VideoRecord(
+        name=name, split=split, frame_names=tuple(f"{name}/{i:06d}.png" for i in range(len(frames))),
+        frame_sizes=np.tile(np.array([[640, 480]], np.int32), (len(frames), 1)),
+        gt_offsets=offsets["gt"], rel_offsets=offsets["rel"], det_offsets=offsets["det"],
+        pair_offsets=offsets["pair"], **cat)
+    rec.validate(meta)
+    return rec

@@ -1,4 +1,4 @@
-"""Stage-2 data: negative sampling on hand-built frames, spatial masks, the dataset views."""
+"""Stage-2 data: negative sampling on hand-built frames, spatial masks, the views of every mode."""
 
 from __future__ import annotations
 
@@ -6,18 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from stage2_relations.data import Collator, VideoDataset, collate, epoch_order, negative_rng, spatial_masks
+from stage2_relations.views import ViewOptions, frame_view, mode_frames, sample_negatives
+from store import StoreWriter, open_store
 from store.boxes import box_iou
-from stage2_relations.data import (
-    VideoDataset,
-    collate,
-    epoch_order,
-    negative_rng,
-    sample_negatives,
-    spatial_masks,
-)
-from store import open_store
 from store.vocabulary import Mode
-from tests.stage2_fixtures import one_thread, write_random_store
+from tests.stage2_fixtures import handmade_video, one_thread, tiny_meta, write_random_store
 
 PERSON, CUP, BOOK = 1, 11, 5
 
@@ -110,6 +104,8 @@ def test_epoch_order_shards_and_repeats():
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
+WITH_NEG = ViewOptions(negatives=True)
+
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory):
@@ -118,58 +114,172 @@ def store_path(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", list(Mode))
 @pytest.mark.parametrize("train", [True, False])
-def test_dataset_batches(store_path, mode, train):
-    ds = VideoDataset(str(store_path), "train", mode, train=train)
-    b = collate([ds[0], ds[1]], mode, train)
+@pytest.mark.parametrize("negatives", [False, True])
+def test_dataset_batches(store_path, mode, train, negatives):
+    ds = VideoDataset(str(store_path), "train", mode, train=train, options=ViewOptions(negatives=negatives))
+    b = Collator.of(ds)([ds[0], ds[1]])
     m, n = b.num_pairs, b.boxes.shape[0]
     assert b.num_videos == 2 and b.video_frame_offsets[-1] == b.num_frames == len(b.frame_names)
     assert b.pairs.shape == (m, 2) and b.union.shape == (m, 8) and b.masks.shape == (m, 2, 27, 27)
     assert b.features.shape == (n, 16) and b.dists.shape == (n, 37) and b.box_offsets[-1] == n
     assert b.spatial_labels.shape == (m, 6) and b.contacting_labels.shape == (m, 17)
-    # pairs stay inside their frame, subject and object differ
+    assert b.union_substituted.shape == (m,)
+    # pairs stay inside their frame
     assert torch.equal(b.box_frame[b.pairs[:, 0]], b.pair_frame) and torch.equal(b.box_frame[b.pairs[:, 1]], b.pair_frame)
     # positives have labels, negatives none
     assert (b.attention_labels[~b.pair_positive] == -1).all()
     assert (b.spatial_labels[~b.pair_positive] == 0).all()
-    # at most 1.2x negatives per frame in training
+    if train and not negatives:
+        assert b.pair_positive.all()  # a baseline trains on positives alone
     if train:
         for f in range(b.num_frames):
             sel = b.pair_frame == f
             assert (~b.pair_positive[sel]).sum() <= int(np.floor(1.2 * b.pair_positive[sel].sum().item() + 1e-9))
 
 
-def test_predcls_negatives_are_unmatched_detections(store_path):
-    ds = VideoDataset(str(store_path), "train", Mode.PREDCLS, train=True, negative_ratio=100.0)
-    rec = open_store(store_path).read_video(ds.videos[0])
-    item = ds.build(rec)
-    b = collate([item], Mode.PREDCLS, True)
-    for f in range(rec.num_frames):
-        sel = (b.pair_frame == f) & ~b.pair_positive
-        objs = b.pairs[sel, 1]
-        # every negative's object is a detection box or an unlabelled GT pair's object
-        d = rec.frame_rows("detections", f)
-        unmatched = rec.det_boxes[d][rec.det_matched_gt[d] < 0]
-        for o in objs.tolist():
-            if not b.box_is_gt[o]:
-                assert any(np.allclose(b.boxes[o].numpy(), u) for u in unmatched)
+def test_select_pairs_keeps_frames_in_order(store_path):
+    ds = VideoDataset(str(store_path), "train", Mode.PREDCLS, train=False)
+    b = Collator.of(ds)([ds[0]])
+    keep = torch.arange(0, b.num_pairs, 2)
+    s = b.select_pairs(keep)
+    assert torch.equal(s.pairs, b.pairs[keep]) and torch.equal(s.pair_frame, b.pair_frame[keep])
+    assert torch.equal(s.pair_offsets.diff(), torch.bincount(b.pair_frame[keep], minlength=b.num_frames))
+    assert torch.equal(s.union, b.union[keep]) and s.masks.shape[0] == len(keep)
 
 
-def test_sgdet_training_assignment(store_path):
-    st = open_store(store_path)
-    ds = VideoDataset(st, "train", Mode.SGDET, train=True)
-    rec = st.read_video(ds.videos[0])
-    b = collate([ds.build(rec)], Mode.SGDET, True)
-    for f in range(rec.num_frames):
-        d, g = rec.frame_rows("detections", f), rec.frame_rows("gt_objects", f)
-        boxes = b.box_frame == f
-        labels = b.box_labels[boxes].numpy()
-        matched = rec.det_matched_gt[d]
-        n_det = len(matched)
-        want = np.where(matched >= 0, rec.gt_labels[g][np.maximum(matched, 0)], 0)
-        np.testing.assert_array_equal(labels[:n_det], want)
-        unmatched_gt = np.setdiff1d(np.arange(g.stop - g.start), matched[matched >= 0])
-        np.testing.assert_array_equal(labels[n_det:], rec.gt_labels[g][unmatched_gt])
-        assert (b.box_scores[boxes][n_det:] == 1).all() and b.box_is_gt[boxes][n_det:].all()
-        # every GT relation of the frame is a positive
-        labelled = {int(x) for x in rec.pair_relation[rec.frame_rows("pairs", f)] if x >= 0}
-        assert int(b.pair_positive[b.pair_frame == f].sum()) >= len(labelled)
+# --- hand-built frames ------------------------------------------------------------------
+
+PERSON_BOX = (0.0, 0.0, 100.0, 200.0)
+CUP_BOX = (150.0, 150.0, 200.0, 200.0)
+FAR_BOX = (400.0, 0.0, 460.0, 60.0)
+
+
+def _sgdet_frame():
+    """Person and cup GT (cup: looking_at, in_front_of, holding); detections: the person (d0),
+    the cup (d1, IoU 0.92), a near-duplicate of the cup (d2, IoU 0.84) and a bystander far away
+    (d3, a bag)."""
+    return dict(gt=[(PERSON_BOX, 1), (CUP_BOX, 11)], rel={1: [0, 5, 14]},
+                det=[((1, 1, 100, 200), 1), ((150, 150, 198, 200), 11), ((152, 154, 200, 200), 11), (FAR_BOX, 2)])
+
+
+def _record(frames, **kw):
+    return handmade_video(tiny_meta(), frames, **kw)
+
+
+def _view(rec, f, mode, train, options=ViewOptions(), seed=0):
+    return frame_view(rec, f, mode, train=train, options=options, rng=negative_rng(seed, 0, rec.name))
+
+
+def _union_pair(rec, f, view):
+    """The joint (subject, object) of the stored pair each view pair reads its union from."""
+    rows = rec.frame_rows("pairs", f).start + view.union_rows
+    return rec.pair_union[rows][:, :2].astype(int).tolist()
+
+
+def test_sgdet_training_view_sttran_assignment():
+    rec = _record([_sgdet_frame()] * 3)
+    v = _view(rec, 0, Mode.SGDET, True, WITH_NEG)
+    # boxes: the 4 detections (no GT box left unmatched); STTran labels the near-duplicate cup too
+    assert v.labels.tolist() == [1, 11, 11, 0] and not v.is_gt.any()
+    # the positive is (person detection, the cup's detection) with the cup's labels
+    assert v.pairs[v.positive].tolist() == [[0, 1]] and v.rel_rows[v.positive].tolist() == [0]
+    # negatives: the near-duplicate has the positive's class pair and IoU > 0.5: dropped; the bag stays
+    assert v.pairs[~v.positive].tolist() == [[0, 3]]
+    # union features are those of (d0, d1) and (d0, d3): joint indices 2+0, 2+1, 2+3
+    assert _union_pair(rec, 0, v) == [[2, 3], [2, 5]] and not v.substituted.any()
+    # the strict rule labels the near-duplicate background, so sampling cannot drop it (no cap here)
+    s = _view(rec, 0, Mode.SGDET, True, ViewOptions(negatives=True, assignment="strict", negative_ratio=10.0))
+    assert s.labels.tolist() == [1, 11, 0, 0]
+    assert sorted(s.pairs[~s.positive].tolist()) == [[0, 2], [0, 3]]
+    # without RS-Net's negatives the view holds the positive alone
+    assert _view(rec, 0, Mode.SGDET, True).pairs.tolist() == [[0, 1]]
+
+
+def test_sgdet_training_view_supplies_unmatched_gt():
+    frame = dict(gt=[(PERSON_BOX, 1), (CUP_BOX, 11), ((300, 300, 340, 340), 5)], rel={1: [0], 2: [1, 4]},
+                 det=[((1, 1, 100, 200), 1), ((150, 150, 198, 200), 11), (FAR_BOX, 2)])
+    rec = _record([frame] * 3)
+    v = _view(rec, 0, Mode.SGDET, True, WITH_NEG)
+    # the book has no detection: added as a GT box with score 1 and its GT label
+    assert v.labels.tolist() == [1, 11, 0, 5] and v.is_gt.tolist() == [False, False, False, True]
+    assert v.scores[3] == 1.0
+    assert v.pairs[v.positive].tolist() == [[0, 1], [0, 3]]
+    # (person detection, book GT box): the store holds it, joint (3 + 0, 2)
+    assert _union_pair(rec, 0, v)[1] == [3, 2]
+
+
+def test_sgdet_test_view_is_sttran_test_boxes():
+    """d1 is a book (argmax) with chair second: STTran copies it as a chair, and copies that
+    copy again (``clean_class(8)`` sees it), with book and chair zeroed, whose argmax is then the
+    first of equal leftovers, the person. d0 is the person detection, but d2 (labelled bag by
+    the detector) has the higher person probability: it suppresses d0 (person NMS, "+1" IoU
+    91 / 111 = 0.82 > 0.6) and becomes the subject."""
+    c = 37
+    dists = np.full((3, c), 0.001, np.float32)
+    dists[0, 1], dists[0, 2] = 0.5, 0.4      # d0: person 0.5
+    dists[1, 5], dists[1, 8] = 0.6, 0.3      # d1: book, then chair
+    dists[2, 2], dists[2, 1] = 0.35, 0.6     # d2: person 0.6 (argmax), bag second
+    dists /= dists.sum(1, keepdims=True)
+    frame = dict(gt=[(PERSON_BOX, 1), (CUP_BOX, 11)], rel={1: [0]},
+                 det=[((0, 0, 100, 200), 1), ((150, 150, 200, 200), 5), ((10, 0, 110, 200), 2)], det_dists=dists)
+    rec = _record([frame] * 3)
+    v = _view(rec, 0, Mode.SGDET, False)
+    fg = rec.det_dists[:3, 1:].astype(np.float64)
+    fg /= fg.sum(1, keepdims=True)
+    # class order: person group (d2, then the copy of the copy), book (d1), chair (its copy)
+    np.testing.assert_allclose(v.boxes, [[10, 0, 110, 200]] + [[150, 150, 200, 200]] * 3)
+    assert v.labels.tolist() == [1, 2, 5, 8]
+    np.testing.assert_allclose(v.scores, [fg[2, 0], fg[1, 1], fg[1, 4], fg[1, 7]])
+    assert v.pairs.tolist() == [[0, 1], [0, 2], [0, 3]]
+    # every pair reads the union of (d2, d1): joint 2 + 2, 2 + 1
+    assert _union_pair(rec, 0, v) == [[4, 3]] * 3
+    # the raw option keeps the detections and the person detection as subject
+    r = _view(rec, 0, Mode.SGDET, False, ViewOptions(sgdet_boxes="raw"))
+    assert r.labels.tolist() == [1, 5, 2] and r.pairs.tolist() == [[0, 1], [0, 2]]
+
+
+def test_predcls_negatives_are_unlabelled_detections_with_substituted_unions():
+    rec = _record([_sgdet_frame()] * 3)
+    v = _view(rec, 0, Mode.PREDCLS, True, ViewOptions(negatives=True, negative_ratio=10.0))
+    # GT boxes (person, cup), then the bag detection: the only one the assignment leaves unlabelled
+    assert v.labels.tolist() == [1, 11, 2] and v.is_gt.tolist() == [True, True, False]
+    assert v.pairs.tolist() == [[0, 1], [0, 2]] and v.positive.tolist() == [True, False]
+    # the store has no (GT person, bag) union: the pair reads (person detection, bag), marked
+    assert _union_pair(rec, 0, v) == [[0, 1], [2, 5]] and v.substituted.tolist() == [False, True]
+    assert _view(rec, 0, Mode.PREDCLS, True).pairs.tolist() == [[0, 1]]
+
+
+def test_sgcls_test_view_offers_every_ordered_pair():
+    frame = dict(gt=[(PERSON_BOX, 1), (CUP_BOX, 11), (FAR_BOX, 2)], rel={1: [0], 2: [1]})
+    rec = _record([frame] * 3)
+    v = _view(rec, 0, Mode.SGCLS, False)
+    assert v.pairs.tolist() == [[0, 1], [0, 2], [1, 0], [1, 2], [2, 0], [2, 1]]
+    # (cup, bag) is not stored: it reads (person, bag) and is marked
+    assert v.substituted.tolist() == [False, False, False, True, False, True]
+    assert _union_pair(rec, 0, v)[3] == [0, 2]
+    assert v.positive.tolist() == [True, True, False, False, False, False]
+    c = _view(rec, 0, Mode.SGCLS, False, ViewOptions(object_scores="classifier"))
+    assert c.pairs.tolist() == [[0, 1], [0, 2]]
+
+
+def test_modes_filter_small_objects_frames_and_videos(tmp_path):
+    meta = tiny_meta(min_frames=3)
+    big = dict(gt=[(PERSON_BOX, 1), (CUP_BOX, 11), (FAR_BOX, 2)], small=[0, 0, 1], rel={1: [0], 2: [1]})
+    only_small = dict(gt=[(PERSON_BOX, 1), (FAR_BOX, 2)], small=[0, 1], rel={1: [2]})
+    a = handmade_video(meta, [big, only_small, big, big], name="a.mp4")
+    b = handmade_video(meta, [big, only_small, only_small, big], name="b.mp4")
+    assert mode_frames(a, Mode.PREDCLS, 3).tolist() == [0, 1, 2, 3]
+    assert mode_frames(a, Mode.SGDET, 3).tolist() == [0, 2, 3]
+    assert mode_frames(b, Mode.SGCLS, 3).tolist() == []  # two frames left: under min_frames
+    path = tmp_path / "s.h5"
+    with StoreWriter(path, meta) as w:
+        w.write_video(a)
+        w.write_video(b)
+    assert VideoDataset(str(path), "train", Mode.PREDCLS, train=False).videos == ["a.mp4", "b.mp4"]
+    ds = VideoDataset(str(path), "train", Mode.SGDET, train=False)
+    assert ds.videos == ["a.mp4"]
+    gts = ds.ground_truth(open_store(path).read_video("a.mp4"))
+    assert len(gts) == 3 and gts[0].gt_labels.tolist() == [1, 11]  # the small bag is not SGDET's
+    assert gts[0].gt_relations.tolist() == [[0, 1, 0]]
+    full = VideoDataset(str(path), "train", Mode.PREDCLS, train=False).ground_truth(open_store(path).read_video("a.mp4"))
+    assert full[0].gt_labels.tolist() == [1, 11, 2] and full[0].gt_relations.tolist() == [[0, 1, 0], [0, 2, 1]]

@@ -7,11 +7,14 @@ import math
 import pytest
 import torch
 
-from stage2_relations.data import VideoDataset, collate
-from stage2_relations.heads import HEADS, RSNet, build_model, count_parameters
+from stage2_relations.data import Collator, VideoDataset, collate
+from stage2_relations.heads import HEADS, HeadContext, RSNet, build_model, count_parameters, head_class
 from stage2_relations.heads.losses import focal_loss, multilabel_margin_loss
+from stage2_relations.heads.objects import object_loss, predict_objects, sgcls_test_objects
+from stage2_relations.views import ViewOptions
+from store import StoreWriter
 from store.vocabulary import ACTION_GENOME, Mode
-from tests.stage2_fixtures import one_thread, TINY_HEAD, TINY_RSNET, tiny_meta, write_random_store
+from tests.stage2_fixtures import one_thread, TINY_HEAD, TINY_HEADS, TINY_RSNET, tiny_meta, write_random_store
 
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
@@ -22,10 +25,26 @@ def store_path(tmp_path_factory):
     return write_random_store(tmp_path_factory.mktemp("s2heads") / "tiny.h5", n=6)
 
 
-def _model(name, mode, rsnet, **rs):
+def _context(mode, **derived):
     meta = tiny_meta()
-    return build_model(name, TINY_HEAD, None if not rsnet else {**TINY_RSNET, **rs}, vocabulary=meta.vocabulary,
-                       mode=mode, feature_dim=meta.feature_dim, union_shape=meta.union_shape)
+    return HeadContext(vocabulary=meta.vocabulary, mode=Mode(mode), feature_dim=meta.feature_dim,
+                       union_shape=meta.union_shape, derived=derived)
+
+
+def _model(name, mode, rsnet, head_cfg=None, store_path=None, **rs):
+    """A tiny head (``TINY_HEADS``), with what it derives from the training split of ``store_path``."""
+    if head_cfg is None:
+        assert name in TINY_HEADS, f"add tiny keyword arguments for head {name!r} to TINY_HEADS (tests/stage2_fixtures.py)"
+        head_cfg = TINY_HEADS[name]
+    derived = {}
+    if store_path is not None:
+        derived = head_class(name).derive(dict(head_cfg), VideoDataset(str(store_path), "train", mode, train=True))
+    return build_model(name, head_cfg, None if not rsnet else {**TINY_RSNET, **rs}, _context(mode, **derived))
+
+
+def _batch(store_path, mode, train, videos=(0, 3), **options):
+    ds = VideoDataset(str(store_path), "train", mode, train=train, options=ViewOptions(**options))
+    return Collator.of(ds)([ds[i] for i in videos])
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))
@@ -33,9 +52,8 @@ def _model(name, mode, rsnet, **rs):
 @pytest.mark.parametrize("mode", [Mode.PREDCLS, Mode.SGCLS, Mode.SGDET])
 def test_head_shapes_losses_gradients(store_path, name, rsnet, mode):
     torch.manual_seed(0)
-    ds = VideoDataset(str(store_path), "train", mode, train=True)
-    batch = collate([ds[0], ds[3]], mode, True)
-    model = _model(name, mode, rsnet)
+    batch = _batch(store_path, mode, True, negatives=rsnet)
+    model = _model(name, mode, rsnet, store_path=store_path)
     out = model(batch)
     m, n = batch.num_pairs, batch.boxes.shape[0]
     assert out.attention_logits.shape == (m, 3) and out.spatial_logits.shape == (m, 6)
@@ -56,27 +74,74 @@ def test_head_shapes_losses_gradients(store_path, name, rsnet, mode):
     assert not zero, zero
 
 
+@pytest.mark.parametrize("name", sorted(HEADS))
+@pytest.mark.parametrize("rsnet", [False, True])
+@pytest.mark.parametrize("mode", [Mode.PREDCLS, Mode.SGCLS, Mode.SGDET])
+@pytest.mark.parametrize("object_scores", ["sttran", "classifier"])
+def test_head_test_views(store_path, name, rsnet, mode, object_scores):
+    """At test time a head scores the view's pairs, or the subset it keeps (output.batch)."""
+    batch = _batch(store_path, mode, False, object_scores=object_scores)
+    model = _model(name, mode, rsnet, store_path=store_path).eval()
+    with torch.no_grad():
+        out = model(batch)
+    keeps = mode is Mode.SGCLS and object_scores == "sttran"
+    assert (out.batch is not None) == keeps
+    m = batch.num_pairs if out.batch is None else out.batch.num_pairs
+    assert out.attention_logits.shape == (m, 3) and out.object_labels.shape == (batch.boxes.shape[0],)
+    if rsnet:
+        assert out.pair_scores.shape == (m,)
+    if mode is Mode.SGDET and object_scores == "sttran":  # the detector's test labels, no classifier
+        assert out.object_logits is None and torch.equal(out.object_labels, batch.box_labels)
+        assert torch.equal(out.object_scores, batch.box_scores)
+    if keeps:  # each frame: pairs of one subject, never an object labelled person
+        kept = out.batch.pairs
+        assert out.batch.num_pairs < batch.num_pairs
+        assert (out.object_labels[kept[:, 1]] != 1).all() and (out.object_labels[kept[:, 0]] == 1).all()
+
+
 @pytest.mark.parametrize("token", ["learnable", "mean", "none"])
 @pytest.mark.parametrize("fusion", [True, False])
 def test_rsnet_ablations(store_path, token, fusion):
-    ds = VideoDataset(str(store_path), "train", Mode.PREDCLS, train=True)
-    batch = collate([ds[0], ds[1]], Mode.PREDCLS, True)
+    batch = _batch(store_path, Mode.PREDCLS, True, videos=(0, 1), negatives=True)
+    if token == "none" and fusion:
+        with pytest.raises(ValueError, match="context_fusion"):
+            _model("sttran", Mode.PREDCLS, True, temporal_token=token, context_fusion=fusion)
+        return
     model = _model("sttran", Mode.PREDCLS, True, temporal_token=token, context_fusion=fusion)
     out = model(batch)
     assert out.pair_scores.shape == (batch.num_pairs,)
-    assert hasattr(model, "fusion") == (fusion and token != "none")
-    assert hasattr(model, "temporal_encoder") == (token != "none")
+    assert hasattr(model, "fusion") == fusion
+    assert hasattr(model, "temporal_encoder") == (token == "learnable")
     sum(model.loss(out, batch).values()).backward()
+
+
+def test_rsnet_mean_token_is_the_mean_of_frame_tokens(store_path):
+    """Table 4's ĉ_mean: the mean of the frames' spatial context tokens, no temporal encoder."""
+    batch = _batch(store_path, Mode.PREDCLS, False, videos=(0, 2))
+    model = _model("sttran", Mode.PREDCLS, True, temporal_token="mean").eval()
+    with torch.no_grad():
+        f = model.head.encode(batch)
+        _, ctx = model.context(f.pair_input, f.batch)
+        # the frame tokens, one frame at a time
+        x = model.input_proj(f.pair_input)
+        tokens = []
+        for i in range(batch.num_frames):
+            seq = torch.cat([model.frame_token[None], x[batch.pair_offsets[i]:batch.pair_offsets[i + 1]]])[None]
+            tokens.append(model.spatial_encoder(seq)[0, 0])
+        tokens = torch.stack(tokens)
+    vo = batch.video_frame_offsets.tolist()
+    for p in (0, batch.num_pairs - 1):
+        v = int(batch.pair_video[p])
+        torch.testing.assert_close(ctx[p], tokens[vo[v]:vo[v + 1]].mean(0), atol=1e-5, rtol=1e-4)
 
 
 def test_rsnet_context_fusion_equals_linear_on_concatenation(store_path):
     """The fused heads are W [r, c] + b: the head's classifier plus a map of the video token."""
-    ds = VideoDataset(str(store_path), "train", Mode.PREDCLS, train=True)
-    batch = collate([ds[0]], Mode.PREDCLS, True)
+    batch = _batch(store_path, Mode.PREDCLS, True, videos=(0,), negatives=True)
     model = _model("sttran", Mode.PREDCLS, True).eval()
     out = model(batch)
     f = model.head.encode(batch)
-    _, ctx = model.context(f.pair_input, batch)
+    _, ctx = model.context(f.pair_input, f.batch)
     w = torch.cat([model.head.attention_head.weight, model.fusion[0].weight], 1)
     want = torch.cat([f.relation, ctx], 1) @ w.T + model.head.attention_head.bias
     torch.testing.assert_close(out.attention_logits, want)
@@ -84,8 +149,7 @@ def test_rsnet_context_fusion_equals_linear_on_concatenation(store_path):
 
 def test_head_is_unchanged_inside_rsnet(store_path):
     """RS-Net leaves the head's own forward alone: same weights, same outputs without fusion."""
-    ds = VideoDataset(str(store_path), "train", Mode.PREDCLS, train=False)
-    batch = collate([ds[0]], Mode.PREDCLS, False)
+    batch = _batch(store_path, Mode.PREDCLS, False, videos=(0,))
     torch.manual_seed(0)
     model = _model("sttran", Mode.PREDCLS, True, context_fusion=False).eval()
     torch.testing.assert_close(model(batch).attention_logits, model.head(batch).attention_logits)
@@ -119,15 +183,17 @@ def test_focal_loss_by_hand():
 
 
 def test_rsnet_adds_about_32m_to_full_size_sttran():
-    head = build_model("sttran", {}, None, vocabulary=ACTION_GENOME, mode=Mode.SGDET, feature_dim=2048,
-                       union_shape=(1024, 7, 7))
+    ctx = HeadContext(vocabulary=ACTION_GENOME, mode=Mode.SGDET, feature_dim=2048, union_shape=(1024, 7, 7))
+    head = build_model("sttran", {}, None, ctx)
+    # STTran's own SGDET model with the union map: 103,398,359 parameters (lib/sttran.py, counted by hand)
+    assert count_parameters(head) == 103_398_359
     n_head = count_parameters(head)
     added = count_parameters(RSNet(head)) - n_head
     assert 31e6 < added < 34e6, added
 
 
-def test_glove_embeddings_initialise_both_tables(tmp_path):
-    from stage2_relations.heads.sttran import glove_embeddings
+def test_glove_embeddings_initialise_every_table(tmp_path):
+    from stage2_relations.heads.embeddings import glove_embeddings
 
     p = tmp_path / "glove.txt"
     p.write_text("person 1 0 0 0\ncup 0 1 0 0\nlight 0 0 1 0\nnot_used 9 9 9 9\nbad 1 2\n")
@@ -135,30 +201,111 @@ def test_glove_embeddings_initialise_both_tables(tmp_path):
     assert emb.shape == (ACTION_GENOME.num_objects, 4)
     torch.testing.assert_close(emb[ACTION_GENOME.object_index("person")], torch.tensor([1.0, 0, 0, 0]))
     torch.testing.assert_close(emb[ACTION_GENOME.object_index("cup")], torch.tensor([0.0, 1, 0, 0]))
-    meta = tiny_meta()
-    head = build_model("sttran", {**TINY_HEAD, "embed_dim": 4}, None, vocabulary=meta.vocabulary, mode=Mode.SGCLS,
-                       feature_dim=16, union_shape=(8,), class_embeddings=emb)
-    for table in (head.subj_embed, head.obj_embed, head.class_embed):
+    head = build_model("sttran", {**TINY_HEAD, "embed_dim": 4}, None, _context(Mode.SGCLS, class_embeddings=emb))
+    for table in (head.subj_embed, head.obj_embed):
         torch.testing.assert_close(table.weight.detach(), emb)
         assert table.weight.requires_grad
+    # the object classifier's table covers the 36 object classes (STTran's obj_classes[1:])
+    torch.testing.assert_close(head.object_classifier.obj_embed.weight.detach(), emb[1:])
 
 
 @pytest.mark.parametrize("rsnet", [False, True])
-def test_consecutive_frames_without_pairs_stay_finite(rsnet):
+def test_consecutive_frames_without_pairs_stay_finite(rsnet, tmp_path):
     """Frames 1 and 2 have no pair in training (no relation, so no negative either): STTran's
     window (1, 2) is empty (attention over only padding gives NaN rows in torch), and the
     outputs and gradients must stay finite."""
     from store.testing import synthetic_video
 
     meta = tiny_meta()
-    rec = synthetic_video(meta, "a.mp4", seed=3, num_frames=5, empty_relation_frames=(1, 2))
-    ds = VideoDataset.__new__(VideoDataset)
-    ds.mode, ds.train, ds.seed, ds.epoch = Mode.PREDCLS, True, 0, 0
-    ds.negative_ratio, ds.negative_iou, ds.vocabulary = 1.2, 0.5, meta.vocabulary
-    batch = collate([ds.build(rec)], Mode.PREDCLS, True)
+    with StoreWriter(tmp_path / "s.h5", meta) as w:
+        w.write_video(synthetic_video(meta, "a.mp4", seed=3, num_frames=5, empty_relation_frames=(1, 2)))
+    batch = _batch(tmp_path / "s.h5", Mode.PREDCLS, True, videos=(0,))
     assert batch.pair_offsets.diff().tolist()[1:3] == [0, 0]
     model = _model("sttran", Mode.PREDCLS, rsnet)
     out = model(batch)
     assert torch.isfinite(out.attention_logits).all()
     sum(model.loss(out, batch).values()).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_sttran_transformer_details():
+    """As lib/transformer.py: the temporal decoder layers have no LayerNorm after the FFN, the
+    spatial encoder's do; the 2-slot frame embedding starts uniform in [0, 1)."""
+    torch.manual_seed(0)
+    head = _model("sttran", Mode.SGDET, False)
+    assert all(isinstance(layer.norm2, torch.nn.Identity) for layer in head.temporal_decoder.layers)
+    assert all(isinstance(layer.norm2, torch.nn.LayerNorm) for layer in head.spatial_encoder.layers)
+    w = head.frame_embed.weight
+    assert (w >= 0).all() and (w < 1).all() and w.mean() > 0.3
+    # the object classifier: BatchNorm on the box, BatchNorm in the decoder, as STTran's
+    kinds = [type(m).__name__ for m in head.object_classifier.modules()]
+    assert kinds.count("BatchNorm1d") == 2 and "Dropout" in kinds
+
+
+def _objects_batch(labels, box_frame, pairs, mode=Mode.SGCLS, train=False, object_scores="sttran", is_gt=None):
+    """A minimal RelationBatch for the object rules: only boxes, labels and pairs matter."""
+    n, m = len(labels), len(pairs)
+    frames = int(max(box_frame)) + 1
+    box_frame = torch.tensor(box_frame)
+    pairs = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+    counts = torch.bincount(box_frame, minlength=frames)
+    pair_frame = box_frame[pairs[:, 0]]
+    from stage2_relations.data import RelationBatch
+
+    return RelationBatch(
+        video_names=("v",), frame_names=tuple(str(i) for i in range(frames)), mode=mode, train=train,
+        object_scores=object_scores, video_frame_offsets=torch.tensor([0, frames]),
+        frame_sizes=torch.full((frames, 2), 100), box_offsets=torch.cat([torch.zeros(1, dtype=torch.long),
+                                                                          counts.cumsum(0)]),
+        box_frame=box_frame, boxes=torch.zeros(n, 4), box_labels=torch.tensor(labels), box_scores=torch.full((n,), 0.7),
+        box_is_gt=torch.ones(n, dtype=torch.bool) if is_gt is None else torch.tensor(is_gt),
+        features=torch.zeros(n, 16), dists=torch.full((n, 37), 1 / 37),
+        pair_offsets=torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(pair_frame, minlength=frames).cumsum(0)]),
+        pair_frame=pair_frame, pairs=pairs, union=torch.zeros(m, 8), union_substituted=torch.zeros(m, dtype=torch.bool),
+        masks=torch.zeros(m, 2, 27, 27), pair_positive=torch.ones(m, dtype=torch.bool),
+        attention_labels=torch.zeros(m, dtype=torch.long), spatial_labels=torch.zeros(m, 6),
+        contacting_labels=torch.zeros(m, 17))
+
+
+def test_sgcls_test_rule_by_hand():
+    """One frame of four GT boxes, foreground distributions (person first):
+    b0 person 0.2 / cup 0.7; b1 person 0.9; b2 cup 0.6 / book 0.3; b3 cup 0.5 / person 0.4.
+    Every box takes its best non-person class (cup, ..., cup, cup); the subject is b1 (0.9);
+    cup is then the most frequent label: b0 (0.7) keeps it, b2 and b3 lose it: b2 becomes a
+    book (0.3), b3 a person (0.4), so b3 leaves the pairs. Pairs kept: (b1, b0), (b1, b2)."""
+    c = 36
+    dist = torch.full((4, c), 0.0)
+    cup, book = 11 - 1, 5 - 1  # foreground columns of classes 11 and 5
+    dist[0, 0], dist[0, cup] = 0.2, 0.7
+    dist[1, 0], dist[1, 3] = 0.9, 0.05
+    dist[2, cup], dist[2, book] = 0.6, 0.3
+    dist[3, cup], dist[3, 0] = 0.5, 0.4
+    pairs = [(s, o) for s in range(4) for o in range(4) if s != o]
+    batch = _objects_batch([1, 11, 11, 11], [0, 0, 0, 0], pairs)
+    labels, scores, keep = sgcls_test_objects(dist, batch)
+    assert labels.tolist() == [11, 1, 5, 1]
+    torch.testing.assert_close(scores, torch.tensor([0.7, 0.9, 0.3, 0.4]))
+    assert [pairs[i] for i in keep.tolist()] == [(1, 0), (1, 2)]
+
+
+def test_object_rules_per_mode_and_view():
+    torch.manual_seed(0)
+    head = _model("sttran", Mode.SGDET, False).eval()
+    b = _objects_batch([1, 11, 5], [0, 0, 0], [(0, 1), (0, 2)], mode=Mode.SGDET)
+    o = predict_objects(head.object_classifier, b)
+    assert o.logits is None and o.labels.tolist() == [1, 11, 5] and o.pair_index is None  # the detector's
+    c = predict_objects(head.object_classifier, _objects_batch([1, 11, 5], [0, 0, 0], [(0, 1)], mode=Mode.SGDET,
+                                                               object_scores="classifier"))
+    prob = c.logits.softmax(-1)
+    torch.testing.assert_close(c.scores, prob[:, 1:].max(-1).values)  # background stays in the softmax
+    assert torch.equal(c.labels, prob[:, 1:].argmax(-1) + 1)
+    # training: the given (GT / assigned) labels feed the embeddings; object loss on the mode's targets
+    t = _objects_batch([1, 11, 0], [0, 0, 0], [(0, 1)], mode=Mode.SGDET, train=True)
+    head.train()
+    o = predict_objects(head.object_classifier, t)
+    assert o.embed_labels.tolist() == [1, 11, 0]
+    torch.testing.assert_close(object_loss(o.logits, t), torch.nn.functional.cross_entropy(o.logits, t.box_labels))
+    s = _objects_batch([1, 11, 2], [0, 0, 0], [(0, 1)], mode=Mode.SGCLS, train=True, is_gt=[True, True, False])
+    o = predict_objects(head.object_classifier, s)
+    torch.testing.assert_close(object_loss(o.logits, s),
+                               torch.nn.functional.cross_entropy(o.logits[:2], s.box_labels[:2]))

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from stage2_relations.data import VideoDataset
 from stage2_relations.evaluation.predict import evaluate_model
 from stage2_relations.train import TrainConfig, build_from_config, load_config, train
+from stage2_relations.views import ViewOptions
 from store import open_store
 from tests.stage2_fixtures import one_thread, TINY_HEAD, TINY_RSNET, write_learnable_store
 
@@ -49,7 +50,7 @@ def test_training_lowers_loss_and_beats_untrained(store_path, tmp_path, rsnet):
     h = result["history"]
     assert h[-1]["loss_total"] < h[0]["loss_total"]
     assert h[-1]["val_R@20"] > r20_untrained + 0.1, (r20_untrained, h)
-    for name in ("config.yaml", "run.json", "log.csv", "log.json", "last.pth", "best.pth"):
+    for name in ("config.yaml", "run.json", "derived.pt", "log.csv", "log.json", "last.pth", "best.pth"):
         assert (tmp_path / "run" / name).exists(), name
     ckpt = torch.load(tmp_path / "run" / "last.pth", weights_only=False)
     assert ckpt["config"]["rsnet"] == rsnet and "git_revision" in ckpt["provenance"]
@@ -147,7 +148,8 @@ def test_rsnet_learns_to_score_negatives_lower(store_path, tmp_path):
     h = result["history"]
     assert h[-1]["loss_relation_score"] < 0.5 * h[0]["loss_relation_score"]
     model, _, _ = load_checkpoint(tmp_path / "run" / "last.pth")
-    ds = VideoDataset(str(store_path), "val", "predcls", train=True, negative_ratio=100.0)
+    ds = VideoDataset(str(store_path), "val", "predcls", train=True,
+                      options=ViewOptions(negatives=True, negative_ratio=100.0))
     batch = collate([ds[i] for i in range(len(ds))], "predcls", True)
     assert (~batch.pair_positive).sum() >= 5
     with torch.no_grad():

@@ -26,18 +26,28 @@ from .metrics import EvaluationResult, evaluate_frames
 from .structures import Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet
 
 
-def frame_ground_truth(rec: VideoRecord, f: int) -> FrameGroundTruth:
-    """The GT of frame ``f`` of a store record: boxes, labels, one (subject, object, predicate)
-    row per set bit of each relation's multi-hot labels."""
+def frame_ground_truth(rec: VideoRecord, f: int, mode: Mode | str = Mode.PREDCLS) -> FrameGroundTruth:
+    """The GT of frame ``f`` of a store record in ``mode``: the mode's GT objects (every one in
+    PREDCLS, those of the _filtersmall annotations otherwise), their labels, and one
+    (subject, object, predicate) row per set bit of each of their relations' labels."""
+    from stage2_relations.views import gt_selection
+
     g, r = rec.frame_rows("gt_objects", f), rec.frame_rows("gt_relations", f)
-    lab = rec.rel_labels[r]
-    rows, preds = np.nonzero(lab)
-    rel = np.stack([rec.rel_subject[r][rows], rec.rel_object[r][rows], preds], 1) if len(rows) else np.zeros((0, 3))
-    return FrameGroundTruth(gt_boxes=rec.gt_boxes[g], gt_labels=rec.gt_labels[g], gt_relations=rel)
+    sel = gt_selection(rec, f, Mode(mode))
+    new = np.full(g.stop - g.start, -1, dtype=np.int64)
+    new[sel] = np.arange(len(sel))
+    subj, obj = new[rec.rel_subject[r]], new[rec.rel_object[r]]
+    keep = (subj >= 0) & (obj >= 0)
+    rows, preds = np.nonzero(rec.rel_labels[r][keep])
+    rel = (np.stack([subj[keep][rows], obj[keep][rows], preds], 1) if len(rows) else np.zeros((0, 3), np.int64))
+    return FrameGroundTruth(gt_boxes=rec.gt_boxes[g.start + sel], gt_labels=rec.gt_labels[g.start + sel],
+                            gt_relations=rel)
 
 
 def batch_predictions(output, batch) -> list[FramePredictions]:
-    """One :class:`FramePredictions` per frame of a :class:`RelationBatch` and its output."""
+    """One :class:`FramePredictions` per frame of a :class:`RelationBatch` and its output (of
+    ``output.batch`` when the head changed the batch, e.g. kept only its subject's pairs)."""
+    batch = output.batch if output.batch is not None else batch
     att = output.attention_probs().detach().cpu().double().numpy()
     spa = output.spatial_probs().detach().cpu().double().numpy()
     con = output.contacting_probs().detach().cpu().double().numpy()
@@ -64,7 +74,8 @@ def predict(model: torch.nn.Module, dataset, *, device: str | torch.device = "cp
 
     Returns (frame names, [FrameGroundTruth], [FramePredictions], speed) where speed holds
     ``frames``, ``seconds`` (store read + model, from the first batch request to the last
-    output) and ``fps``.
+    output), ``fps``, ``pairs`` (scored) and ``pairs_substituted`` (of those, how many took
+    another pair's union feature: :mod:`stage2_relations.views`).
     """
     from tqdm.auto import tqdm
 
@@ -73,27 +84,30 @@ def predict(model: torch.nn.Module, dataset, *, device: str | torch.device = "cp
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=videos_per_batch, shuffle=False, num_workers=num_workers,
-                        collate_fn=Collator(dataset.mode, False))
+                        collate_fn=Collator.of(dataset))
     names: list[str] = []
     preds: list[FramePredictions] = []
     t0 = time.perf_counter()
     compute = 0.0
+    pairs = substituted = 0
     for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
         t1 = time.perf_counter()
         batch = batch.to(device)
         out = model(batch)
         preds.extend(batch_predictions(out, batch))
+        used = (out.batch if out.batch is not None else batch).union_substituted
+        pairs += int(used.numel())
+        substituted += int(used.sum())
         compute += time.perf_counter() - t1
         names.extend(batch.frame_names)
     seconds = time.perf_counter() - t0
     gts = []
     for v in dataset.videos:
-        rec = dataset.store.read_video(v)
-        gts.extend(frame_ground_truth(rec, f) for f in range(rec.num_frames))
+        gts.extend(dataset.ground_truth(dataset.store.read_video(v)))
     model.train(was_training)
     n = len(names)
     return names, gts, preds, {"frames": n, "seconds": seconds, "fps": n / max(seconds, 1e-9),
-                               "model_seconds": compute}
+                               "model_seconds": compute, "pairs": pairs, "pairs_substituted": substituted}
 
 
 def evaluate_model(model: torch.nn.Module, dataset, *, device: str | torch.device = "cpu",

@@ -7,22 +7,54 @@ The interface has two levels:
 * what users call: ``forward(batch) -> RelationOutput`` and ``loss(output, batch) -> dict``;
 * the seam that wrappers such as RS-Net use without touching a head's code:
   ``encode(batch) -> RelationFeatures`` (the Eq. 1 pair representation ``pair_input``, the
-  final relation feature ``relation`` that feeds the predicate classifiers, object logits),
-  ``classify(relation) -> PredicateLogits`` (the head's three predicate classifiers) and
-  ``assemble(features, logits, batch) -> RelationOutput``. ``forward`` is exactly
-  ``assemble(f, classify(f.relation), batch)`` with ``f = encode(batch)``.
+  final relation feature ``relation`` that feeds the predicate classifiers, the objects, and
+  the batch the rows refer to: a head may keep only some of the batch's pairs, as STTran does
+  at SGCLS test), ``classify(relation) -> PredicateLogits`` (the head's three predicate
+  classifiers) and ``assemble(features, logits) -> RelationOutput``. ``forward`` is exactly
+  ``assemble(f, classify(f.relation))`` with ``f = encode(batch)``.
+
+What every head shares lives beside it: the object classifier and the per-mode object rules
+(:mod:`.objects`), transformer layers (:mod:`.layers`), losses (:mod:`.losses`), and
+:class:`HeadContext`, what a head is built from besides its recipe (the store's sizes and
+vocabulary, and what was derived from the training split, such as class embeddings or priors).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from stage2_relations.data import RelationBatch
-from store.vocabulary import Mode
+from stage2_relations.heads.objects import ObjectPredictions, object_loss, predict_objects
+from store.vocabulary import Mode, PredicateGroup, Vocabulary
+
+
+@dataclass(frozen=True)
+class HeadContext:
+    """What a head is built from besides its own recipe (``head_cfg``).
+
+    vocabulary, mode: the store's vocabulary and the task; feature_dim: D of the RoI features;
+    union_shape: ``(U,)`` pooled or ``(Cu, H, W)`` map.
+    derived: tensors computed once from the training split before training (see
+    :meth:`RelationHead.derive`; ``class_embeddings`` (C, E) from a GloVe file, STKET's
+    priors, ...), saved with the run and in every checkpoint, so that evaluation never needs
+    the training split.
+    """
+
+    vocabulary: Vocabulary
+    mode: Mode
+    feature_dim: int
+    union_shape: tuple[int, ...]
+    derived: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def group_sizes(self) -> tuple[int, int, int]:
+        """(attention, spatial, contacting) predicate counts."""
+        return tuple(e - b for b, e in (self.vocabulary.group_range(g) for g in  # type: ignore[return-value]
+                                        (PredicateGroup.ATTENTION, PredicateGroup.SPATIAL, PredicateGroup.CONTACTING)))
 
 
 @dataclass(frozen=True)
@@ -36,17 +68,23 @@ class PredicateLogits:
 
 @dataclass(frozen=True)
 class RelationFeatures:
-    """What a head computes before its predicate classifiers.
+    """What a head computes before its predicate classifiers, for the M pairs of ``batch``.
 
-    pair_input:    (M, R_in) the relation representation of Eq. 1 of the RS-Net paper
-                   (projected subject/object features, union feature, class embeddings).
-    relation:      (M, R) the head's final relation feature r_t^k (input of ``classify``).
-    object_logits: (N, C) object class logits (SGCLS / SGDET), else None.
+    pair_input: (M, R_in) the relation representation of Eq. 1 of the RS-Net paper
+                (projected subject/object features, union feature, class embeddings).
+    relation:   (M, R) the head's final relation feature r_t^k (input of ``classify``).
+    objects:    the boxes' labels, scores and classifier logits (:class:`ObjectPredictions`).
+    batch:      the batch the rows refer to: the input batch, or the pairs of it the head
+                kept (``objects.pair_index``).
+    aux:        whatever else the head's loss needs (e.g. the logits of auxiliary branches,
+                computed in ``encode``); :meth:`RelationHead.assemble` passes it on to the output.
     """
 
     pair_input: torch.Tensor
     relation: torch.Tensor
-    object_logits: torch.Tensor | None = None
+    objects: ObjectPredictions
+    batch: RelationBatch
+    aux: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -54,12 +92,17 @@ class RelationOutput:
     """A head's output for a :class:`RelationBatch` of N boxes and M pairs.
 
     attention_logits (M, A), spatial_logits (M, S), contacting_logits (M, Cn): raw scores.
-    object_logits:  (N, C) or None (PREDCLS).
-    object_labels:  (N,) int64 labels used for scoring (GT in PREDCLS, argmax over the
-                    non-background classes otherwise); object_scores (N,) their probabilities
-                    (1 in PREDCLS).
+    object_logits:  (N, C) or None (PREDCLS, SGDET test).
+    object_labels:  (N,) int64 labels used for scoring and object_scores (N,) their scores, by
+                    the mode's rule (:mod:`.objects`).
     pair_logits:    (M, 2) RS-Net relation-score logits (class 0 = positive) or None.
     pair_scores:    (M,) p_{t,0} = softmax(pair_logits)[:, 0], or None without RS-Net.
+    batch:          the batch these outputs refer to when the head changed it (SGCLS test:
+                    only its subject's pairs, :meth:`RelationBatch.select_pairs`; a head may
+                    also rebuild boxes and pairs), or None: the input batch.
+    aux:            head-specific outputs (:attr:`RelationFeatures.aux`), e.g. auxiliary branches'
+                    logits for the loss. The predicate logits above are the head's main branch,
+                    the one RS-Net's context fusion adds to.
     """
 
     attention_logits: torch.Tensor
@@ -70,6 +113,8 @@ class RelationOutput:
     object_scores: torch.Tensor
     pair_logits: torch.Tensor | None = None
     pair_scores: torch.Tensor | None = None
+    batch: RelationBatch | None = None
+    aux: Mapping[str, Any] = field(default_factory=dict)
 
     def attention_probs(self) -> torch.Tensor:
         return self.attention_logits.softmax(-1)
@@ -84,24 +129,36 @@ class RelationOutput:
         return replace(self, **changes)
 
 
-def object_predictions(object_logits: torch.Tensor | None, batch: RelationBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels and scores of the boxes: the given labels and score 1 in PREDCLS; the argmax over
-    the non-background classes of the softmax and its probability when the head classifies
-    objects; else (a head without classifier, SGCLS / SGDET) the given labels and box scores."""
-    if batch.mode is Mode.PREDCLS:
-        return batch.box_labels, torch.ones_like(batch.box_scores)
-    if object_logits is None:
-        return batch.box_labels, batch.box_scores
-    prob = object_logits.softmax(-1)
-    score, label = prob[:, 1:].max(-1)
-    return label + 1, score
-
-
 class RelationHead(nn.Module):
-    """Base class of the relation heads (see the module docstring for the interface)."""
+    """Base class of the relation heads (see the module docstring for the interface).
+
+    A subclass sets ``relation_dim``, ``pair_input_dim`` and ``groups`` (the predicate group
+    ranges), builds ``object_classifier`` (an :class:`~.objects.ObjectClassifier`, or None in
+    PREDCLS) and implements ``encode``, ``classify`` and ``from_config``; objects, assembly
+    and the object loss are shared.
+    """
 
     relation_dim: int
     pair_input_dim: int
+    groups: list[tuple[int, int]]
+    object_classifier: nn.Module | None  # set in __init__ (a class-level default would hide the submodule)
+
+    @classmethod
+    def derive(cls, cfg: dict, dataset) -> dict[str, Any]:
+        """What this head computes from the training split before it is built (a
+        :class:`~stage2_relations.data.VideoDataset`, training view); it reaches the head as
+        ``context.derived`` and is saved with the run. Default: nothing."""
+        return {}
+
+    @classmethod
+    def from_config(cls, cfg: dict, context: HeadContext) -> "RelationHead":
+        raise NotImplementedError
+
+    def objects(self, batch: RelationBatch) -> tuple[ObjectPredictions, RelationBatch]:
+        """The boxes' labels and scores by the mode's rule, and the batch narrowed to the pairs
+        the rule keeps (:func:`~.objects.predict_objects`)."""
+        objects = predict_objects(getattr(self, "object_classifier", None), batch)
+        return objects, batch if objects.pair_index is None else batch.select_pairs(objects.pair_index)
 
     def encode(self, batch: RelationBatch) -> RelationFeatures:
         raise NotImplementedError
@@ -109,19 +166,34 @@ class RelationHead(nn.Module):
     def classify(self, relation: torch.Tensor) -> PredicateLogits:
         raise NotImplementedError
 
-    def assemble(self, features: RelationFeatures, logits: PredicateLogits, batch: RelationBatch) -> RelationOutput:
-        labels, scores = object_predictions(features.object_logits, batch)
+    def assemble(self, features: RelationFeatures, logits: PredicateLogits) -> RelationOutput:
+        o = features.objects
         return RelationOutput(
             attention_logits=logits.attention, spatial_logits=logits.spatial, contacting_logits=logits.contacting,
-            object_logits=features.object_logits, object_labels=labels, object_scores=scores,
+            object_logits=o.logits, object_labels=o.labels, object_scores=o.scores,
+            batch=features.batch if o.pair_index is not None else None, aux=dict(features.aux),
         )
 
     def forward(self, batch: RelationBatch) -> RelationOutput:
         f = self.encode(batch)
-        return self.assemble(f, self.classify(f.relation), batch)
+        return self.assemble(f, self.classify(f.relation))
+
+    def relation_losses(self, output: RelationOutput, batch: RelationBatch) -> dict[str, torch.Tensor]:
+        """The head's predicate losses, on positive pairs."""
+        raise NotImplementedError
 
     def loss(self, output: RelationOutput, batch: RelationBatch) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Predicate losses (:meth:`relation_losses`) plus the object loss of SGCLS / SGDET training."""
+        losses = self.relation_losses(output, batch)
+        obj = object_loss(output.object_logits, batch)
+        if obj is not None:
+            losses["object"] = obj
+        return losses
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Trainable parameters of a head or of RS-Net around it."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 HEADS: dict[str, type[RelationHead]] = {}

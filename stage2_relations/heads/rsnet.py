@@ -19,9 +19,13 @@
 6. The triplet score is multiplied by p_{t,0} (``RelationOutput.pair_scores``, which the
    evaluation applies), and the loss is Eq. 10: the head's losses + the focal loss (Eq. 9).
 
-Ablations (Table 4): ``temporal_token`` = "learnable" (the video token), "mean" (no video token:
-ĉ_tmp is the mean of the temporal encoder's frame outputs) or "none" (no temporal encoder:
-the decoder sees x̂ only and context fusion is off); ``context_fusion`` on / off.
+Ablations (Table 4): ``temporal_token`` = "learnable" (the video token), "mean" (no temporal
+encoder: ĉ_tmp is the mean of the frames' spatial context tokens ĉ_t, the paper's ĉ_mean) or
+"none" (no temporal encoder and no video context: the decoder sees x̂ only, and context
+fusion, which needs ĉ_tmp, must be off: asking for both is an error); ``context_fusion`` on / off.
+
+The head sees RS-Net's negatives only because RS-Net asks the data for them
+(``ViewOptions.negatives``); a bare head trains on positive pairs, as the baselines do.
 
 d_m: the paper does not give it. With d_m = 640 and FFN 4 * d_m, RS-Net adds about 32 M
 parameters to a full-size STTran (``python -m stage2_relations.heads.rsnet`` prints the count),
@@ -34,7 +38,7 @@ import torch
 from torch import nn
 
 from stage2_relations.data import RelationBatch
-from stage2_relations.heads.base import PredicateLogits, RelationHead, RelationOutput
+from stage2_relations.heads.base import PredicateLogits, RelationHead, RelationOutput, count_parameters
 from stage2_relations.heads.layers import PosEncoder, pad_groups
 from stage2_relations.heads.losses import focal_loss
 
@@ -58,9 +62,12 @@ class RSNet(nn.Module):
         super().__init__()
         if temporal_token not in TEMPORAL_TOKENS:
             raise ValueError(f"temporal_token must be one of {TEMPORAL_TOKENS}, got {temporal_token!r}")
+        if temporal_token == "none" and context_fusion:
+            raise ValueError("rsnet: temporal_token 'none' leaves no video context to fuse; "
+                             "set context_fusion: false with it (Table 4 ablates them separately)")
         self.head = head
         self.temporal_token = temporal_token
-        self.context_fusion = context_fusion and temporal_token != "none"
+        self.context_fusion = bool(context_fusion)
         self.focal_alpha = tuple(float(a) for a in focal_alpha)
         self.focal_gamma = float(focal_gamma)
         self.loss_weight = float(loss_weight)
@@ -71,11 +78,10 @@ class RSNet(nn.Module):
         self.frame_token = nn.Parameter(torch.randn(d_model) * 0.02)
         self.spatial_encoder = PosEncoder(d_model, num_heads, ffn_dim, spatial_layers, dropout)
         use_video = temporal_token != "none"
-        if use_video:
+        if temporal_token == "learnable":
             self.temporal_encoder = PosEncoder(d_model, num_heads, ffn_dim, temporal_layers, dropout)
             self.pos_embed = nn.Parameter(torch.randn(max_frames + 1, d_model) * 0.02)
-            if temporal_token == "learnable":
-                self.video_token = nn.Parameter(torch.randn(d_model) * 0.02)
+            self.video_token = nn.Parameter(torch.randn(d_model) * 0.02)
         dec_in = d_model * (2 if use_video else 1)
         self.decoder = nn.Sequential(nn.Linear(dec_in, mlp_hidden), nn.ReLU(inplace=True),
                                      nn.Linear(mlp_hidden, mlp_hidden // 2), nn.ReLU(inplace=True),
@@ -117,40 +123,36 @@ class RSNet(nn.Module):
         if self.temporal_token == "none":
             return x_hat, None
         vo = batch.video_frame_offsets
+        if self.temporal_token == "mean":  # the paper's ĉ_mean: no temporal encoder
+            video = batch.frame_video.to(x.device)
+            total = x.new_zeros((batch.num_videos, d)).index_add_(0, video, frame_ctx)
+            video_ctx = total / vo.diff().clamp(min=1).to(x.device, x.dtype)[:, None]
+            return x_hat, video_ctx[batch.pair_video.to(x.device)]
         longest = int(vo.diff().max())
         if longest > self.max_frames:
             raise ValueError(f"a video of {longest} frames exceeds RS-Net's max_frames={self.max_frames}")
-        learn = self.temporal_token == "learnable"
-        if learn:
-            v = batch.num_videos
-            t_offsets = torch.cat([vo.new_zeros(1), torch.cumsum(vo.diff() + 1, 0)])
-            vseq = x.new_zeros((int(t_offsets[-1]), d))
-            first = t_offsets[:-1].to(x.device)
-            vseq[first] = self.video_token.expand(v, d)
-            frame_slot = torch.repeat_interleave(first, vo.diff().to(x.device)) + 1 + (
-                torch.arange(f, device=x.device) - vo.to(x.device)[batch.frame_video.to(x.device)])
-            vseq[frame_slot] = frame_ctx
-        else:
-            t_offsets, vseq = vo, frame_ctx
+        v = batch.num_videos
+        t_offsets = torch.cat([vo.new_zeros(1), torch.cumsum(vo.diff() + 1, 0)])
+        vseq = x.new_zeros((int(t_offsets[-1]), d))
+        first = t_offsets[:-1].to(x.device)
+        vseq[first] = self.video_token.expand(v, d)
+        frame_slot = torch.repeat_interleave(first, vo.diff().to(x.device)) + 1 + (
+            torch.arange(f, device=x.device) - vo.to(x.device)[batch.frame_video.to(x.device)])
+        vseq[frame_slot] = frame_ctx
         padded, pad, group, position = pad_groups(vseq, t_offsets)
         pos = self.pos_embed[: padded.shape[1]].expand(padded.shape[0], -1, -1)
         enc = self.temporal_encoder(padded, pos, pad)
-        if learn:
-            video_ctx = enc[:, 0]
-        else:
-            keep = (~pad).to(enc.dtype)[..., None]
-            video_ctx = (enc * keep).sum(1) / keep.sum(1).clamp(min=1)
-        return x_hat, video_ctx[batch.pair_video.to(x.device)]
+        return x_hat, enc[:, 0][batch.pair_video.to(x.device)]
 
     def forward(self, batch: RelationBatch) -> RelationOutput:
         f = self.head.encode(batch)
-        x_hat, ctx = self.context(f.pair_input, batch)
+        x_hat, ctx = self.context(f.pair_input, f.batch)
         logits = self.head.classify(f.relation)
         if self.context_fusion:
             logits = PredicateLogits(logits.attention + self.fusion[0](ctx), logits.spatial + self.fusion[1](ctx),
                                      logits.contacting + self.fusion[2](ctx))
         pair_logits = self.decoder(x_hat if ctx is None else torch.cat([x_hat, ctx], 1))
-        out = self.head.assemble(f, logits, batch)
+        out = self.head.assemble(f, logits)
         return out.with_(pair_logits=pair_logits, pair_scores=pair_logits.softmax(-1)[:, 0])
 
     def loss(self, output: RelationOutput, batch: RelationBatch) -> dict[str, torch.Tensor]:
@@ -158,10 +160,6 @@ class RSNet(nn.Module):
         losses["relation_score"] = self.loss_weight * focal_loss(
             output.pair_logits, batch.pair_positive, alpha=self.focal_alpha, gamma=self.focal_gamma)
         return losses
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 if __name__ == "__main__":  # the full-size parameter count of STTran and STTran + RS-Net

@@ -1,0 +1,332 @@
+"""What one frame of a stored video becomes for a task mode: its boxes, its pairs and their
+labels, built from the store with STTran's rules (:mod:`store.pairing`).
+
+One store serves every mode (:mod:`store.schema`): PREDCLS sees every GT object; SGCLS and
+SGDET see those of the ``_filtersmall`` annotations (``gt_small == 0``) and only the frames
+that keep one (:func:`mode_frames`). For each mode there is a training view and a test view:
+
+========  =====================================================  ==========================================
+mode      training view                                          test view
+========  =====================================================  ==========================================
+PREDCLS   GT boxes; (person, object) pairs with a relation       GT boxes; (person, every object)
+SGCLS     as PREDCLS (GT labels for the class embeddings)        GT boxes; every ordered pair, from which
+                                                                 the head keeps its subject's (STTran)
+SGDET     detections labelled by the assignment (``sttran``      STTran's test boxes (copies, NMS 0.6, the
+          or ``strict``) plus the GT boxes no detection          most person-like box as the subject), or
+          stands for; (subject, the box of each GT relation)     the stored detections (``sgdet_boxes: raw``)
+========  =====================================================  ==========================================
+
+**Negatives** (pairs without a relation) enter the training view only when
+``ViewOptions.negatives`` is on, which RS-Net turns on: baselines train on positives alone,
+as their papers do. In SGDET they are the subject with every other box; in PREDCLS / SGCLS,
+where every AG object is annotated, the frame's detections that the assignment leaves
+unlabelled, each added as a box and paired with the GT person. The store holds the union
+feature of (GT person, detection) only when no detection stands for the person; otherwise the
+pair takes the union feature of (the detection that stands for the person, that detection),
+and the pair is marked ``substituted``. Then :func:`~stage2_relations.data.sample_negatives`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from store import VideoRecord
+from store.boxes import box_iou
+from store.pairing import ASSIGNMENTS, SGDET_BOXES, PairIndex, assign, legacy_subject, sttran_test_boxes
+from store.vocabulary import Mode
+
+OBJECT_SCORES = ("sttran", "classifier")
+
+
+@dataclass(frozen=True)
+class ViewOptions:
+    """How the views are built; every field is a recipe option (``TrainConfig``).
+
+    assignment:    SGDET training assignment, ``sttran`` (``lib/funcs.py``, the default) or
+                   ``strict`` (one detection per GT box, IoU > 0.5, the rest background).
+    sgdet_boxes:   SGDET test boxes, ``sttran`` (its test-time steps) or ``raw`` (the stored
+                   detections with their detector labels and scores, the person detection as
+                   the subject).
+    object_scores: SGCLS / SGDET test labels and scores: ``sttran`` (SGDET: the detector's
+                   foreground distribution; SGCLS: the classifier with STTran's subject and
+                   duplicate rules) or ``classifier`` (the trained classifier's softmax over
+                   every class, background included, its best object class; pairs with the
+                   GT person in SGCLS). ``classifier`` is not the protocol: it gives the
+                   baseline a learned relevance score (see docs/stage2.md).
+    negatives:     add RS-Net's negatives to the training view.
+    negative_ratio, negative_iou: RS-Net's sampling (paper 4.2).
+    """
+
+    assignment: str = "sttran"
+    sgdet_boxes: str = "sttran"
+    object_scores: str = "sttran"
+    negatives: bool = False
+    negative_ratio: float = 1.2
+    negative_iou: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("assignment", ASSIGNMENTS), ("sgdet_boxes", SGDET_BOXES),
+                              ("object_scores", OBJECT_SCORES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.negative_ratio < 0 or not 0 <= self.negative_iou <= 1:
+            raise ValueError(f"negative_ratio must be >= 0 and negative_iou in [0, 1], got "
+                             f"{self.negative_ratio}, {self.negative_iou}")
+
+
+@dataclass(frozen=True)
+class FrameView:
+    """One frame for one mode and view. K boxes, M pairs; pair indices are local to the frame.
+
+    boxes (K, 4) f32, labels (K,) i64, scores (K,) f32, is_gt (K,) bool, features (K, D),
+    dists (K, C) class distributions; pairs (M, 2) i64 (subject, object); union_rows (M,) i64
+    stored pair rows of the frame holding each pair's union feature; substituted (M,) bool
+    (the union feature is another pair's, see the module docstring); positive (M,) bool;
+    rel_rows (M,) i64 the video's gt_relations row of each positive, -1 otherwise.
+    """
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    is_gt: np.ndarray
+    features: np.ndarray
+    dists: np.ndarray
+    pairs: np.ndarray
+    union_rows: np.ndarray
+    substituted: np.ndarray
+    positive: np.ndarray
+    rel_rows: np.ndarray
+
+
+def sample_negatives(
+    pos_subj_boxes: np.ndarray,
+    pos_obj_boxes: np.ndarray,
+    pos_classes: np.ndarray,
+    neg_subj_boxes: np.ndarray,
+    neg_obj_boxes: np.ndarray,
+    neg_classes: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    iou_threshold: float = 0.5,
+    ratio: float = 1.2,
+) -> np.ndarray:
+    """RS-Net's negative sampling for one frame (paper section 4.2).
+
+    1. A negative is dropped when some positive of the frame has the same (subject class,
+       object class) and **both** boxes overlap that positive's with IoU > ``iou_threshold``
+       (subject with subject, object with object). We require both boxes because a pair is
+       defined by both; the subject is the person in every AG pair, so in practice this is
+       the object box's IoU plus a check that the person boxes agree.
+    2. If more than ``floor(ratio * positives)`` negatives remain, a random subset of that
+       size is kept (drawn with ``rng``, sorted). A frame without positives keeps none.
+
+    pos_*_boxes (P, 4), pos_classes (P, 2) int, neg_*_boxes (Q, 4), neg_classes (Q, 2).
+    Returns the kept indices into the negatives, int64 (sorted ascending).
+    """
+    q = len(neg_classes)
+    keep = np.ones(q, dtype=bool)
+    if q and len(pos_classes):
+        same = (neg_classes[:, None, 0] == pos_classes[None, :, 0]) & (neg_classes[:, None, 1] == pos_classes[None, :, 1])
+        overlap = (box_iou(neg_subj_boxes, pos_subj_boxes) > iou_threshold) & (
+            box_iou(neg_obj_boxes, pos_obj_boxes) > iou_threshold)
+        keep = ~np.any(same & overlap, axis=1)
+    idx = np.flatnonzero(keep)
+    cap = int(math.floor(ratio * len(pos_classes) + 1e-9))
+    if len(idx) > cap:
+        idx = np.sort(rng.choice(idx, size=cap, replace=False))
+    return idx.astype(np.int64)
+
+
+def mode_frames(rec: VideoRecord, mode: Mode, min_frames: int) -> np.ndarray:
+    """The frames of ``rec`` in ``mode``'s view, int64: every frame for PREDCLS; for SGCLS and
+    SGDET the frames with an object of the _filtersmall annotations, none when fewer than
+    ``min_frames`` remain (the reader's rules applied to that file)."""
+    if Mode(mode) is Mode.PREDCLS:
+        return np.arange(rec.num_frames, dtype=np.int64)
+    o = rec.gt_offsets
+    kept_objects = np.concatenate([[0], np.cumsum(rec.gt_small == 0)])
+    per_frame = kept_objects[o[1:]] - kept_objects[o[:-1]] - 1  # minus the person
+    frames = np.flatnonzero(per_frame > 0).astype(np.int64)
+    return frames if len(frames) >= min_frames else frames[:0]
+
+
+def gt_selection(rec: VideoRecord, f: int, mode: Mode) -> np.ndarray:
+    """Indices (local to frame ``f``) of the GT objects of ``mode``, the person first."""
+    g = rec.frame_rows("gt_objects", f)
+    if Mode(mode) is Mode.PREDCLS:
+        return np.arange(g.stop - g.start, dtype=np.int64)
+    small = rec.gt_small[g].astype(bool)
+    small[0] = False
+    return np.flatnonzero(~small).astype(np.int64)
+
+
+def _relation_rows(rec: VideoRecord, f: int, sel: np.ndarray) -> np.ndarray:
+    """(len(sel),) video-level gt_relations row of each selected GT object (person subject), -1 none."""
+    r = rec.frame_rows("gt_relations", f)
+    g = rec.frame_rows("gt_objects", f)
+    of = np.full(g.stop - g.start, -1, dtype=np.int64)
+    mine = rec.rel_subject[r] == 0
+    of[rec.rel_object[r][mine]] = np.arange(r.start, r.stop)[mine]
+    return of[sel]
+
+
+class _Frame:
+    """The stored arrays of one frame and its pair lookup; builds the views."""
+
+    def __init__(self, rec: VideoRecord, f: int, mode: Mode, options: ViewOptions) -> None:
+        self.rec, self.f, self.mode, self.options = rec, f, Mode(mode), options
+        g, d, p = (rec.frame_rows(t, f) for t in ("gt_objects", "detections", "pairs"))
+        self.g, self.d, self.p = g, d, p
+        self.num_gt, self.num_det = g.stop - g.start, d.stop - d.start
+        self.index = PairIndex(rec.pair_subject[p], rec.pair_object[p], self.num_gt + self.num_det)
+        self.sel = gt_selection(rec, f, mode)
+        self.rel = _relation_rows(rec, f, self.sel)
+
+    # -- boxes -----------------------------------------------------------------------------
+
+    def gt_boxes(self, local: np.ndarray) -> dict[str, np.ndarray]:
+        """GT objects ``local`` (indices into the frame's GT rows)."""
+        rec, g = self.rec, self.g
+        rows = g.start + local
+        return dict(joint=local, boxes=rec.gt_boxes[rows], labels=rec.gt_labels[rows].astype(np.int64),
+                    scores=np.ones(len(local), np.float32), is_gt=np.ones(len(local), bool),
+                    features=rec.gt_features[rows], dists=rec.gt_dists[rows])
+
+    def det_boxes(self, local: np.ndarray, labels: np.ndarray | None = None, scores: np.ndarray | None = None,
+                  dists: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Detections ``local``, optionally relabelled / rescored / with other distributions."""
+        rec, rows = self.rec, self.d.start + local
+        return dict(joint=self.num_gt + local, boxes=rec.det_boxes[rows],
+                    labels=(rec.det_labels[rows] if labels is None else labels).astype(np.int64),
+                    scores=(rec.det_scores[rows] if scores is None else scores).astype(np.float32),
+                    is_gt=np.zeros(len(local), bool), features=rec.det_features[rows],
+                    dists=rec.det_dists[rows] if dists is None else dists)
+
+    def assignment(self):
+        rec = self.rec
+        return assign(self.options.assignment, rec.det_boxes[self.d], rec.gt_boxes[self.g.start + self.sel],
+                      rec.gt_labels[self.g.start + self.sel])
+
+    # -- unions ----------------------------------------------------------------------------
+
+    def union_rows(self, joint: np.ndarray, pairs: np.ndarray, fallback: int | None,
+                   required: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Stored rows of ``pairs`` (local box indices, ``joint`` maps them to the store's);
+        a missing pair takes (``fallback``, object)'s row and is marked substituted. A pair
+        that is still missing raises (``required``) or gets row -1 (dropped by the caller)."""
+        s, o = joint[pairs[:, 0]], joint[pairs[:, 1]]
+        rows = self.index.rows(s, o)
+        substituted = np.zeros(len(rows), bool)
+        if fallback is not None and (rows < 0).any():
+            alt = self.index.rows(np.full(len(o), fallback), o)
+            substituted = (rows < 0) & (alt >= 0)
+            rows = np.where(rows < 0, alt, rows)
+        if required and (rows < 0).any():
+            k = int(np.flatnonzero(rows < 0)[0])
+            raise ValueError(f"video {self.rec.name!r}, frame {self.rec.frame_names[self.f]!r}: the store holds no "
+                             f"union feature for boxes ({int(s[k])}, {int(o[k])}) of the frame; was it extracted "
+                             f"with another pairing rule? Re-extract with this code's `cli.py detect`.")
+        return rows, substituted
+
+
+def _stack(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def frame_view(rec: VideoRecord, f: int, mode: Mode | str, *, train: bool, options: ViewOptions,
+               rng: np.random.Generator) -> FrameView:
+    """Frame ``f`` of ``rec`` for ``mode`` (training or test view; see the module docstring)."""
+    mode = Mode(mode)
+    fr = _Frame(rec, f, mode, options)
+    no_pairs = np.zeros((0, 2), np.int64)
+    fallback: int | None = None
+    neg_fallback: int | None = None
+    if mode is not Mode.SGDET:
+        parts = [fr.gt_boxes(fr.sel)]
+        k = len(fr.sel)
+        objects = np.arange(1, k)
+        if not train:
+            if mode is Mode.SGCLS and options.object_scores == "sttran":
+                # every ordered pair: the head keeps those of the subject it finds (STTran)
+                s, o = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+                keep = s != o
+                pos = np.stack([s[keep], o[keep]], 1).astype(np.int64)
+                fallback = 0
+            else:
+                pos = np.stack([np.zeros(k - 1, np.int64), objects], 1)
+            rel = np.where(pos[:, 0] == 0, fr.rel[pos[:, 1]], -1)
+            neg = no_pairs
+        else:
+            has_rel = fr.rel[objects] >= 0
+            pos = np.stack([np.zeros(has_rel.sum(), np.int64), objects[has_rel]], 1)
+            rel = fr.rel[objects[has_rel]]
+            neg = np.stack([np.zeros((~has_rel).sum(), np.int64), objects[~has_rel]], 1)
+            if options.negatives and fr.num_det:
+                a = fr.assignment()
+                free = np.setdiff1d(np.flatnonzero(a.labels == 0), a.found[a.found >= 0])
+                if len(free):
+                    parts.append(fr.det_boxes(free))
+                    neg = np.concatenate([neg, np.stack([np.zeros(len(free), np.int64), k + np.arange(len(free))], 1)])
+                if a.found[0] >= 0:
+                    neg_fallback = fr.num_gt + int(a.found[0])
+    elif not train:
+        if options.sgdet_boxes == "sttran":
+            t = sttran_test_boxes(rec.det_boxes[fr.d], rec.det_dists[fr.d], person=1)
+            dists = np.zeros((len(t.source), t.dists.shape[1] + 1), np.float32)
+            dists[:, 1:] = t.dists
+            parts = [fr.det_boxes(t.source, t.labels, t.scores, dists)]
+            subject, objects = t.subject, t.objects
+        else:
+            parts = [fr.det_boxes(np.arange(fr.num_det))]
+            subject = legacy_subject(rec.det_labels[fr.d], rec.det_dists[fr.d])
+            objects = np.delete(np.arange(fr.num_det), subject) if subject >= 0 else np.zeros(0, np.int64)
+        pos = np.stack([np.full(len(objects), subject, np.int64), objects], 1).astype(np.int64)
+        rel, neg = np.full(len(pos), -1, np.int64), no_pairs
+    else:
+        a = fr.assignment()
+        supplied = np.flatnonzero(a.found < 0)  # indices into fr.sel
+        parts = [fr.det_boxes(np.arange(fr.num_det), labels=a.labels), fr.gt_boxes(fr.sel[supplied])]
+        view_of = np.where(a.found >= 0, a.found, 0)
+        view_of[supplied] = fr.num_det + np.arange(len(supplied))
+        human = view_of[0]
+        objects = np.arange(1, len(fr.sel))
+        has_rel = fr.rel[objects] >= 0
+        pos = np.stack([np.full(has_rel.sum(), human), view_of[objects[has_rel]]], 1).astype(np.int64)
+        rel = fr.rel[objects[has_rel]]
+        taken = np.zeros(fr.num_det + len(supplied), bool)
+        taken[pos[:, 1]] = True
+        taken[human] = True
+        others = np.flatnonzero(~taken)
+        neg = np.stack([np.full(len(others), human), others], 1).astype(np.int64) if options.negatives else no_pairs
+        if a.found[0] < 0 and fr.num_det:
+            from store.pairing import training_subjects
+
+            subjects = training_subjects(rec.det_boxes[fr.d], rec.gt_boxes[fr.g.start:fr.g.start + 1])
+            fallback = fr.num_gt + subjects[0] if subjects else None
+        neg_fallback = fallback
+
+    boxes = _stack(parts)
+    joint = boxes.pop("joint")
+    pos_rows, pos_sub = fr.union_rows(joint, pos, fallback, required=True)
+    if len(neg):
+        neg_rows, neg_sub = fr.union_rows(joint, neg, neg_fallback, required=False)
+        ok = neg_rows >= 0
+        neg, neg_rows, neg_sub = neg[ok], neg_rows[ok], neg_sub[ok]
+    else:
+        neg_rows, neg_sub = np.zeros(0, np.int64), np.zeros(0, bool)
+    if train and len(neg):
+        b, lab = boxes["boxes"], boxes["labels"]
+        keep = sample_negatives(b[pos[:, 0]], b[pos[:, 1]], lab[pos], b[neg[:, 0]], b[neg[:, 1]], lab[neg], rng,
+                                iou_threshold=options.negative_iou, ratio=options.negative_ratio)
+        neg, neg_rows, neg_sub = neg[keep], neg_rows[keep], neg_sub[keep]
+    positive = np.concatenate([rel >= 0, np.zeros(len(neg), bool)])
+    return FrameView(
+        boxes=boxes["boxes"].astype(np.float32), labels=boxes["labels"], scores=boxes["scores"],
+        is_gt=boxes["is_gt"], features=boxes["features"], dists=boxes["dists"],
+        pairs=np.concatenate([pos, neg]).astype(np.int64), union_rows=np.concatenate([pos_rows, neg_rows]),
+        substituted=np.concatenate([pos_sub, neg_sub]), positive=positive,
+        rel_rows=np.concatenate([np.where(rel >= 0, rel, -1), np.full(len(neg), -1)]).astype(np.int64),
+    )
