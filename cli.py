@@ -52,24 +52,34 @@ def main(verbose: int) -> None:
 # --- dataset commands ---------------------------------------------------------------
 
 
-def reader_options(command):
-    """The Action Genome reader's filters as options, shared by every command that reads AG."""
-    options = [
-        click.option("--mode", type=click.Choice([m.value for m in Mode]), default="predcls", show_default=True,
-                     help="Task mode; sgcls and sgdet read the _filtersmall annotations, as the baselines do."),
+def _apply(command, options):
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _split_options():
+    """The reader's options that `dataset` and `detect` share: the split and the strictness."""
+    return [
         click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.05, show_default=True,
                      help="Fraction of train videos held out as validation."),
         click.option("--val-seed", type=int, default=0, show_default=True, help="Seed of the validation draw."),
         click.option("--min-frames", type=click.IntRange(min=1), default=3, show_default=True,
                      help="Drop videos with fewer kept frames (the baselines keep videos with more than 2)."),
-        click.option("--keep-frames-without-person", is_flag=True,
-                     help="Keep frames in which the person detector found no box (the baselines drop them)."),
         click.option("--strict", is_flag=True,
                      help="Fail on a visible object without a usable box instead of skipping and counting it."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+
+
+def reader_options(command):
+    """The Action Genome reader's filters as options (`dataset`)."""
+    return _apply(command, [
+        click.option("--mode", type=click.Choice([m.value for m in Mode]), default="predcls", show_default=True,
+                     help="Task mode; sgcls and sgdet read the _filtersmall annotations, as the baselines do."),
+        *_split_options(),
+        click.option("--keep-frames-without-person", is_flag=True,
+                     help="Keep frames in which the person detector found no box (the baselines drop them)."),
+    ])
 
 
 def _reader_options(mode, val_fraction, val_seed, min_frames, keep_frames_without_person, strict):
@@ -79,6 +89,37 @@ def _reader_options(mode, val_fraction, val_seed, min_frames, keep_frames_withou
         mode, val_fraction=val_fraction, val_seed=val_seed, min_frames=min_frames,
         require_person_box=not keep_frames_without_person, on_bad_object="error" if strict else "skip",
     )
+
+
+def _reject_mode(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        raise click.UsageError(f"detect takes no --mode: one extraction serves every mode (the store marks the "
+                               f"objects absent from _filtersmall); choose the mode in stage 2 (train --mode {value}).")
+
+
+def _reject_frames_without_person(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        raise click.UsageError("detect takes no --keep-frames-without-person: every stored frame needs its person "
+                               "box (the subject of every GT pair).")
+
+
+def extraction_reader_options(command):
+    """The reader's options of `detect`: the full annotations with the small objects marked,
+    so there is no --mode, and every frame needs a person (given, either is an error that
+    says so)."""
+    return _apply(command, [
+        *_split_options(),
+        click.option("--mode", hidden=True, expose_value=False, callback=_reject_mode),
+        click.option("--keep-frames-without-person", is_flag=True, hidden=True, expose_value=False,
+                     callback=_reject_frames_without_person),
+    ])
+
+
+def _extraction_reader_options(val_fraction, val_seed, min_frames, strict):
+    from stage1_detect.action_genome import ReaderOptions
+
+    return ReaderOptions(val_fraction=val_fraction, val_seed=val_seed, min_frames=min_frames,
+                         on_bad_object="error" if strict else "skip")
 
 
 @main.command()
@@ -211,17 +252,19 @@ def train_detector_command(root: Path, out: Path, config_path: Path | None, devi
 @click.option("--compress", multiple=True, type=click.Choice(["gt_objects", "gt_relations", "detections", "pairs"]),
               help="Compress this table with zstd (repeatable); slower reads, ~10%% smaller on features.")
 @click.option("--max-videos", type=click.IntRange(min=0), default=0, help="At most this many videos per split (trials).")
-@reader_options
+@extraction_reader_options
 @DEVICE_OPTION
 def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None, splits, union_mode, frame_source,
                    batch_size, num_workers, segment_mb, compress, max_videos, device, **options) -> None:
     """Run the detector once over every annotated frame of ROOT into a feature store.
 
-    Writes detections, GT-box and union features for every video of the chosen splits,
-    one committed video at a time. A rerun skips committed videos. Under torchrun each
-    rank extracts its share of the videos into its own part of the same store. Videos
-    whose frames cannot be read are skipped and listed at the end and in
-    STORE.extraction_log.jsonl.
+    One store serves every mode (PREDCLS, SGCLS, SGDET): it holds the objects of the full
+    annotations, marking those absent from _filtersmall, and union features for every pair
+    any mode can ask for; stage 2 takes the mode (`train --mode`). Writes detections,
+    GT-box and union features for every video of the chosen splits, one committed video at
+    a time. A rerun skips committed videos. Under torchrun each rank extracts its share of
+    the videos into its own part of the same store. Videos whose frames cannot be read are
+    skipped and listed at the end and in STORE.extraction_log.jsonl.
     """
     from stage1_detect.detectors import load_detector
     from stage1_detect.extract import ExtractConfig, distributed_rank, extract
@@ -231,8 +274,9 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
     config = ExtractConfig(splits=tuple(splits) or ("train", "val", "test"), batch_size=batch_size,
                            num_workers=num_workers, frame_source=frame_source, union_mode=union_mode,
                            segment_mb=segment_mb, compression={t: "zstd" for t in compress}, max_videos=max_videos)
-    summary = extract(root, store_path, detector, weights_sha256=sha, reader_options=_reader_options(**options),
-                      config=config, device=_device(device), rank=rank, world_size=world)
+    summary = extract(root, store_path, detector, weights_sha256=sha,
+                      reader_options=_extraction_reader_options(**options), config=config, device=_device(device),
+                      rank=rank, world_size=world)
     click.echo(summary.line())
     if summary.failed:
         sys.exit(3)
@@ -251,8 +295,9 @@ def demo(out: Path, videos: int, seed: int, detector_epochs: int | None, device:
 
     Synthesise Action Genome, read it back (PredCLS and SGDET annotations), train the small
     detector from scratch, extract every video into a feature store, check it and print its
-    statistics, train STTran and STTran + RS-Net (PredCLS, the tiny demo recipes) from the
-    store and evaluate both on the test split. Every step is a command of its own; see the
+    statistics, train STTran and STTran + RS-Net (SGDET, the paper's headline setting, with the
+    tiny demo recipes) from the store, evaluate both on the test split and print them in a
+    table shaped like the RS-Net paper's Table 2. Every step is a command of its own; see the
     README.
     """
     import time
@@ -301,22 +346,27 @@ def demo(out: Path, videos: int, seed: int, detector_epochs: int | None, device:
 
     import shutil
 
+    from stage2_relations.compare import format_table2, table_row
     from stage2_relations.evaluate_model import evaluate_checkpoint
     from stage2_relations.train import load_config, train
 
     runs = {}
-    for name, recipe in (("STTran", "demo_sttran_predcls.yaml"), ("STTran + RS-Net", "demo_sttran_rsnet_predcls.yaml")):
+    for name, recipe in (("STTran", "demo_sttran.yaml"), ("STTran + RS-Net", "demo_sttran_rsnet.yaml")):
         run_dir = out / "runs" / recipe.removesuffix(".yaml")
         shutil.rmtree(run_dir, ignore_errors=True)  # the demo's own run: start it afresh
         cfg = load_config(Path(__file__).parent / "configs" / recipe,
                           {"store": str(store_path), "seed": seed, "device": device})
         result = train(cfg, run_dir, progress=False, echo=lambda line: None)
         runs[name] = run_dir
-        click.echo(f"[6/7] trained {name} (PREDCLS, {len(result['history'])} epochs, "
+        click.echo(f"[6/7] trained {name} ({cfg.mode.upper()}, {len(result['history'])} epochs, "
                    f"{result['parameters'] / 1e6:.2f} M parameters): best val R@20 {100 * result['best_r20']:.1f}")
+    rows = []
     for name, run_dir in runs.items():
         click.echo(f"[7/7] {name}, test split:")
-        evaluate_checkpoint(run_dir=run_dir, split="test", device=device, echo=click.echo)
+        rows.append(table_row(name, evaluate_checkpoint(run_dir=run_dir, split="test", device=device, echo=click.echo)))
+    click.echo(format_table2(rows, reference="STTran",
+                             title="SGDET, test split, with constraint (as the RS-Net paper's Table 2; one seed: "
+                                   "an anecdote, see `cli.py compare` for seeds)"))
     click.echo(f"demo finished in {(time.time() - started) / 60:.1f} min")
 
 
@@ -424,7 +474,8 @@ def store_stats(path: Path, out: Path | None, fmt: str) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder: config.yaml, run.json, log.csv/.json, last.pth (for --resume), best.pth.")
 @click.option("--store", "store", help="Feature store written by `detect`.")
-@click.option("--mode", type=click.Choice(["predcls", "sgcls", "sgdet"]))
+@click.option("--mode", type=click.Choice([m.value for m in Mode]),
+              help="Task mode; one store serves every mode (SGCLS/SGDET see the _filtersmall GT).")
 @click.option("--head", help="Registered relation head (sttran).")
 @click.option("--rsnet/--no-rsnet", default=None, help="Wrap the head in RS-Net (recipe's rsnet settings or defaults).")
 @click.option("--epochs", type=click.IntRange(min=1))
@@ -491,8 +542,18 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
 @click.option("--ground-truth", "ground_truth_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="File with the gt_ arrays, when the predictions file has none. "
               "Frames are matched by name; a GT frame without predictions counts 0.")
-@click.option("--mode", type=click.Choice(["predcls", "sgcls", "sgdet"]), default=None,
-              help="Task; defaults to the mode stored in the predictions file. PREDCLS takes object scores as 1.")
+@click.option("--mode", type=click.Choice([m.value for m in Mode]), default=None,
+              help="Task; defaults to the mode stored in the predictions file, or the run's. PREDCLS takes "
+              "object scores as 1. One store serves every mode.")
+@click.option("--sgdet-boxes", type=click.Choice(["sttran", "raw"]), default=None,
+              help="With --run/--checkpoint, SGDET: sttran = STTran's test boxes (book/chair/food copied with "
+              "their next class, per-class NMS 0.6, the most person-like box as subject); raw = the stored "
+              "detections as they are. Default: the recipe's (sttran).")
+@click.option("--object-scores", type=click.Choice(["sttran", "classifier"]), default=None,
+              help="With --run/--checkpoint, SGCLS/SGDET object labels and scores: sttran = the protocol "
+              "(SGDET: the detector's distribution; SGCLS: the classifier with STTran's subject and duplicate "
+              "rules); classifier = the trained classifier's softmax with background (not the protocol: it "
+              "gives the baseline a learned relevance score). Default: the recipe's (sttran).")
 @click.option("--constraint", "constraints", type=click.Choice(["with", "semi", "no"]), multiple=True,
               help="Graph constraint(s) to score (repeatable). Default: all three.")
 @click.option("--semi-threshold", type=float, default=0.9, show_default=True,
@@ -512,8 +573,8 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write metrics.json, metrics.csv, predicate_recall.csv/.png and table.txt here.")
 def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_predictions, max_videos, device,
-                 ground_truth_path, mode, constraints, semi_threshold, mean_recall, padded_cells,
-                 precision_denominator, iou_threshold, out_dir) -> None:
+                 ground_truth_path, mode, sgdet_boxes, object_scores, constraints, semi_threshold, mean_recall,
+                 padded_cells, precision_denominator, iou_threshold, out_dir) -> None:
     """Score a predictions file with STTran's Action Genome protocol (R@K, mR@K, P@K).
 
     Prints a table like the RS-Net paper's Tables 2 and 3 (R@10/20/50, P@10/20, mR@10/20 per
@@ -533,7 +594,8 @@ def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_
         try:
             evaluate_checkpoint(
                 run_dir=run_dir, checkpoint=checkpoint, store_path=store_path, split=split, mode=mode,
-                constraints=constraints or ("with", "semi", "no"), out_dir=out_dir, save_predictions=save_predictions,
+                sgdet_boxes=sgdet_boxes, object_scores=object_scores, constraints=constraints or ("with", "semi", "no"),
+                out_dir=out_dir, save_predictions=save_predictions,
                 mean_recall=MeanRecall(mean_recall), max_videos=max_videos, device=_device(device), echo=click.echo,
                 semi_threshold=semi_threshold, padded_cells=padded_cells, precision_denominator=precision_denominator,
                 iou_threshold=iou_threshold)
@@ -554,6 +616,90 @@ def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_
                  "predictions_metadata": pf.metadata}
         paths = write_report(results, out_dir, vocabulary=pf.vocabulary, mean_recall=MeanRecall(mean_recall), extra=extra)
         click.echo(f"wrote {', '.join(p.name for p in paths.values())} to {out_dir}")
+
+
+@main.command("compare")
+@click.option("--config", "recipes", multiple=True, required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A variant's YAML recipe (repeatable). The first is the reference of every difference.")
+@click.option("--name", "names", multiple=True,
+              help="A variant's name, one per --config in the same order (default: the recipe file stems). "
+              "Names the folder OUT/NAME/.")
+@click.option("--seeds", default="0", show_default=True,
+              help="Seeds to train each variant with: 0,1,2 or 0-4 (inclusive) or a mix such as 0-2,7.")
+@click.option("--store", help="Feature store shared by every variant (default: the recipes', which must agree).")
+@click.option("--mode", type=click.Choice(["predcls", "sgcls", "sgdet"]),
+              help="Task mode of every variant (default: the recipes', which must agree).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: OUT/NAME/seedK/ run folders, OUT/compare.json/.csv/.png/.txt.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs of every variant (default: each recipe's).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Any other recipe field for every variant, YAML value; dotted keys reach into dicts "
+              "(head_cfg.hidden=64).")
+@click.option("--object-scores", "rules", default="sttran", show_default=True,
+              help="Comma-separated object-scores rules to evaluate each run with (sttran: the protocol; "
+              "classifier: the alternative rule, reported beside it). One pair of tables per rule.")
+@click.option("--device", default=None, help="'cpu', 'cuda', 'cuda:1' or 'auto' (default: the recipes').")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch intra-op threads (default: torch's); frames/s depend on it, so the header states it.")
+@click.option("--no-progress", is_flag=True, help="No tqdm bars.")
+def compare_command(recipes, names, seeds, store, mode, out, epochs, sets, rules, device, threads,
+                    no_progress) -> None:
+    """Train and evaluate several recipes x seeds from one store; means, spreads, differences.
+
+    \b
+    For each variant (a recipe with the shared --store/--mode/--epochs/--set) and seed:
+      train into OUT/NAME/seedK/, evaluate on the test split (with and no constraint) into
+      OUT/NAME/seedK/eval_test_MODE_RULE/ for each --object-scores rule, and for RS-Net
+      variants measure p_t0 on every positive and negative test pair.
+    Prints, per rule, a table shaped like the RS-Net paper's Table 2 (Params (M), FPS, R@10,
+    R@20, P@10, P@20, mR@10, mR@20 under the with constraint) and one for the no constraint,
+    then p_t0; writes OUT/compare.json (every run and aggregate), compare.csv (one row per
+    variant x rule x metric), compare.png (bars with sd error bars) and compare.txt.
+
+    \b
+    Statistics: each cell is the mean +- the sample sd (ddof=1) over seeds. Each variant
+    after the first has a 'diff' row: the differences from the first variant seed by seed
+    (same seed, same pairing), their mean +- sd, and '>2sd' yes/no: whether |mean diff| >
+    2 x sd(diff) (n/a with one seed). A screen against seed-to-seed noise, not a test: it
+    is looser than a 5% paired t-test with 2-3 seeds and stricter from 4 seeds on.
+
+    \b
+    Resumable: rerun the same command to continue. A run whose last.pth holds all its epochs
+    is not retrained; a run with fewer (interrupted) resumes exactly from last.pth; an
+    evaluation whose metrics.json matches the checkpoint (sha256) and the options is not
+    redone. A run folder holding another config (anything but device) is an error naming
+    the folder: remove it or use another --out.
+    """
+    import torch
+
+    from stage2_relations.compare import format_report, load_variants, parse_seeds, run_comparison, write_outputs
+    from stage2_relations.train import parse_override
+
+    try:
+        seed_list = parse_seeds(seeds)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--seeds") from e
+    rule_list = [r.strip() for r in rules.split(",") if r.strip()]
+    if threads:
+        torch.set_num_threads(threads)
+    overrides = dict(store=store, mode=mode, epochs=epochs, device=device)
+    try:
+        overrides.update(parse_override(s) for s in sets)
+        variants = load_variants([str(p) for p in recipes], list(names) or None, overrides)
+        if variants[0].config.device != "auto":
+            _device(variants[0].config.device)
+        comparison = run_comparison(variants, seed_list, out, rules=rule_list, progress=not no_progress,
+                                    echo=click.echo)
+    except ValueError as e:  # bad options, a run folder of another config, a store without test split
+        raise click.ClickException(str(e)) from e
+    report = format_report(comparison)
+    click.echo("")
+    click.echo(report)
+    paths = write_outputs(comparison, out, report)
+    trained = sum(r.trained_now for r in comparison.runs)
+    click.echo(f"compare: {len(variants)} variant(s) x {len(seed_list)} seed(s), {trained} run(s) trained now, "
+               f"wrote {', '.join(p.name for p in paths.values())} to {out}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,19 @@ def test_dataset_strict_fails_naming_the_frame(tmp_path):
     assert "AAAAA.mp4/000035.png" in out and "no box" in out
 
 
+def test_detect_takes_no_mode(tmp_path):
+    # One extraction serves every mode: --mode is refused before anything is read or loaded.
+    root = write_root(tmp_path / "ag", *fixture_annotations())
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    out = run("detect", root, "--store", tmp_path / "s.h5", "--weights", weights, "--mode", "sgdet", code=2)
+    assert "detect takes no --mode: one extraction serves every mode" in out and "train --mode sgdet" in out
+    out = run("detect", root, "--store", tmp_path / "s.h5", "--weights", weights, "--keep-frames-without-person",
+              code=2)
+    assert "detect takes no --keep-frames-without-person: every stored frame needs its person box" in out
+    assert not (tmp_path / "s.h5").exists()
+
+
 def test_synth_refuses_a_folder_that_is_not_synthetic(tmp_path):
     root = write_root(tmp_path / "ag", *fixture_annotations())
     out = run("synth", "--out", root, "--videos", "2", code=1)

@@ -1,0 +1,749 @@
+"""``cli.py compare``: several recipes x seeds from one store; means, spreads, paired differences.
+
+Each *variant* is a recipe plus the overrides every variant shares (store, mode, epochs, ``--set``).
+For each variant and seed, :func:`run_comparison` trains a run folder, evaluates it on the test
+split under the *with* and *no* constraints for each object-scores rule, and, for RS-Net
+variants, measures p_{t,0} on the test split's positive and negative pairs
+(:func:`relation_score_summary`). The output folder::
+
+    OUT/<variant>/seed<k>/                          a `train` run folder (config.yaml, last.pth, best.pth ...)
+    OUT/<variant>/seed<k>/eval_test_<mode>_<rule>/  evaluate_checkpoint's files (metrics.json ...)
+    OUT/<variant>/seed<k>/relation_scores_test_<mode>.json   p_{t,0} of positives / negatives (RS-Net)
+    OUT/compare.json  compare.csv  compare.png  compare.txt
+
+**Resumable.** A run folder whose ``last.pth`` holds all the recipe's epochs is not trained
+again; one with fewer resumes from ``last.pth`` (exactly, see :mod:`stage2_relations.train`);
+a run folder whose saved config differs from the requested one in anything but ``device`` is
+an error naming the folder. An evaluation is redone only when its ``metrics.json`` is missing
+or does not match the checkpoint (sha256, stamped into metrics.json under ``compare``), the
+split, the mode, the store or the view options.
+
+**Statistics** (:func:`summarize`, :func:`paired_difference`). Over seeds: the mean and the
+sample standard deviation (ddof=1; none with one seed). Every variant is compared with the
+first (the reference) seed by seed, the same seed giving the same video order, negatives and
+initial draw: the per-seed differences (variant - reference) have a mean and a standard
+deviation, and '>2sd' flags ``|mean difference| > 2 * sd(differences)`` ('n/a' with one seed).
+That is a screen against seed noise, not a significance test: with the standard error
+sd / sqrt(n) it asks for a paired t statistic above 2 * sqrt(n), looser than a two-sided 5 %
+paired t-test with 2 or 3 seeds (critical t 12.7, 4.3), stricter from 4 seeds on (3.2 < 4).
+
+Metrics are fractions in [0, 1] in the JSON and CSV (percent in the printed tables), read from
+each evaluation's metrics.json: R@K and P@K, mR@K under the dataset definition (TEMPURA's,
+the main table's, :class:`~stage2_relations.evaluation.MeanRecall`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+from stage2_relations.evaluate_model import evaluate_checkpoint
+from stage2_relations.evaluation import MeanRecall
+from stage2_relations.train import TrainConfig, load_checkpoint, load_config, resolve_device, run_checkpoint, train
+from stage2_relations.views import OBJECT_SCORES, ViewOptions
+
+log = logging.getLogger(__name__)
+
+SPLIT = "test"
+CONSTRAINTS = ("with", "no")
+EVAL_METRICS = ("R@10", "R@20", "R@50", "P@10", "P@20", "mR@10", "mR@20")
+"""Per constraint, in every JSON, CSV and plot."""
+TABLE2_METRICS = ("R@10", "R@20", "P@10", "P@20", "mR@10", "mR@20")
+"""The columns of the RS-Net paper's Table 2 after Params (M) and FPS."""
+MEAN_RECALL = MeanRecall.DATASET
+RELATION_SCORE_METRICS = ("p0_positive", "p0_negative", "p0_gap")
+UNITS = {"params": "parameters", "fps": "frames/s", "p0_positive": "probability", "p0_negative": "probability",
+         "p0_gap": "probability"}
+
+
+# --- statistics (pure) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A metric over seeds: mean, sample standard deviation (ddof=1; None for one value), count."""
+
+    mean: float
+    std: float | None
+    n: int
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Per-seed differences (variant - reference, same seed): mean, sample sd (None for one
+    seed), number of seeds paired."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @property
+    def exceeds_2sd(self) -> bool | None:
+        """``|mean| > 2 * std``; None with one seed (no spread to compare with)."""
+        return None if self.std is None else bool(abs(self.mean) > 2 * self.std)
+
+    @property
+    def flag(self) -> str:
+        return {None: "n/a", True: "yes", False: "no"}[self.exceeds_2sd]
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    """Mean and sample standard deviation (ddof=1) of ``values``; the std is None for one value."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("no values to summarise")
+    return Summary(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else None, int(x.size))
+
+
+def paired_difference(values: Mapping[int, float], reference: Mapping[int, float]) -> Difference:
+    """The differences ``values[s] - reference[s]`` over seeds ``s``, summarised. Both must
+    hold the same seeds: an unpaired seed would make this a comparison of two samples."""
+    if set(values) != set(reference):
+        raise ValueError(f"seeds differ: {sorted(values)} vs reference {sorted(reference)}")
+    s = summarize([values[k] - reference[k] for k in sorted(values)])
+    return Difference(s.mean, s.std, s.n)
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One metric of one variant over seeds; ``difference`` against the reference (None for the
+    reference itself, or when the reference lacks the metric)."""
+
+    summary: Summary
+    difference: Difference | None = None
+
+
+def aggregate(per_seed: Mapping[str, Mapping[str, Mapping[int, float]]],
+              reference: str) -> dict[str, dict[str, Aggregate]]:
+    """``per_seed[variant][metric][seed]`` -> ``{variant: {metric: Aggregate}}``, each variant
+    other than ``reference`` paired with it seed by seed on the metrics both have."""
+    ref = per_seed.get(reference, {})
+    out: dict[str, dict[str, Aggregate]] = {}
+    for variant, metrics in per_seed.items():
+        out[variant] = {}
+        for metric, by_seed in metrics.items():
+            diff = None
+            if variant != reference and metric in ref:
+                diff = paired_difference(by_seed, ref[metric])
+            out[variant][metric] = Aggregate(summarize([by_seed[s] for s in sorted(by_seed)]), diff)
+    return out
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` or ``"0-4"`` (inclusive) or a mix (``"0-2,7"``) -> seeds in the given order."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        m = re.fullmatch(r"(-?\d+)(?:\s*-\s*(\d+))?", part)
+        if not m:
+            raise ValueError(f"seeds must look like 0,1,2 or 0-4; cannot read {part!r} in {text!r}")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise ValueError(f"empty seed range {part!r}")
+        seeds += list(range(lo, hi + 1))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"a seed is repeated in {text!r}")
+    return seeds
+
+
+# --- tables -----------------------------------------------------------------------------
+
+
+Value = float | Summary
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row of :func:`format_table2`.
+
+    params: parameter count; fps: frames/s; metrics: {"R@10": fraction in [0, 1], ...}. Each
+    value is a float (one run) or a :class:`Summary` (over seeds). ``diffs`` (same keys, plus
+    "params" / "fps") holds the paired differences against the reference; when it is None and
+    a reference is named, the difference of the (mean) values is shown without spread.
+    """
+
+    name: str
+    params: Value | None = None
+    fps: Value | None = None
+    metrics: Mapping[str, Value] = dataclasses.field(default_factory=dict)
+    diffs: Mapping[str, Difference] | None = None
+
+
+def _mean(v: Value | None) -> float | None:
+    return None if v is None else v.mean if isinstance(v, Summary) else float(v)
+
+
+def _cell(v: Value | None, scale: float, digits: int, spread: bool = True) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, Summary):
+        if v.std is None or not spread:
+            return f"{scale * v.mean:.{digits}f}"
+        return f"{scale * v.mean:.{digits}f} +- {scale * v.std:.{digits}f}"
+    return f"{scale * float(v):.{digits}f}"
+
+
+def _diff_cell(d: Difference | None, scale: float, digits: int, spread: bool = True) -> str:
+    if d is None:
+        return ""
+    if d.std is None or not spread:
+        return f"{scale * d.mean:+.{digits}f}"
+    return f"{scale * d.mean:+.{digits}f} +- {scale * d.std:.{digits}f} {d.flag}"
+
+
+def format_table2(rows: Sequence[TableRow | Mapping[str, Any]], *, reference: str | None = None,
+                  metrics: Sequence[str] = TABLE2_METRICS, cost: bool = True, title: str = "") -> str:
+    """A table shaped like the RS-Net paper's Table 2: one row per method, columns Params (M)
+    and FPS (when ``cost``), then ``metrics`` in percent with one decimal.
+
+    rows: :class:`TableRow` or mappings with its fields (``name``, ``params``, ``fps``,
+    ``metrics``, optional ``diffs``). With ``reference`` (a row's name), every other row is
+    followed by a ``diff`` line: its paired differences ``mean +- sd yes/no`` (yes: the mean
+    difference exceeds twice the sd of the per-seed differences) when the row has ``diffs``,
+    else the difference of the values (one seed: no spread, no flag). Params never show a
+    spread (the count does not depend on the seed).
+    """
+    rows = [r if isinstance(r, TableRow) else TableRow(**r) for r in rows]
+    ref = next((r for r in rows if r.name == reference), None) if reference is not None else None
+    if reference is not None and ref is None:
+        raise ValueError(f"reference {reference!r} is not a row ({[r.name for r in rows]})")
+    columns: list[tuple[str, str, float, int, bool]] = []  # header, key, scale, digits, spread
+    if cost:
+        columns += [("Params (M)", "params", 1e-6, 2, False), ("FPS", "fps", 1.0, 2, True)]
+    columns += [(m, m, 100.0, 1, True) for m in metrics]
+
+    def value(row: TableRow, key: str) -> Value | None:
+        return getattr(row, key) if key in ("params", "fps") else row.metrics.get(key)
+
+    table: list[list[str]] = [["method"] + [c[0] for c in columns]]
+    for row in rows:
+        table.append([row.name] + [_cell(value(row, k), s, d, sp) for _, k, s, d, sp in columns])
+        if ref is None or row is ref:
+            continue
+        cells = []
+        for _, key, scale, digits, spread in columns:
+            if row.diffs is not None:
+                cells.append(_diff_cell(row.diffs.get(key), scale, digits, spread))
+            else:
+                a, b = _mean(value(row, key)), _mean(value(ref, key))
+                cells.append("" if a is None or b is None else _diff_cell(Difference(a - b, None, 1), scale, digits))
+        table.append([f"  diff vs {ref.name}"] + cells)
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = [title] if title else []
+    for r in table:
+        lines.append(r[0].ljust(widths[0]) + "".join("  " + c.rjust(w) for c, w in zip(r[1:], widths[1:])))
+    return "\n".join(lines)
+
+
+def table_row(name: str, evaluation: Mapping[str, Any], constraint: str = "with",
+              mean_recall: MeanRecall = MEAN_RECALL) -> TableRow:
+    """The :class:`TableRow` of one :func:`~stage2_relations.evaluate_model.evaluate_checkpoint`
+    result ({'results': {Constraint: EvaluationResult}, 'parameters', 'speed'}) under ``constraint``:
+    R@K and P@K, and mR@K under ``mean_recall``, as :func:`~stage2_relations.evaluation.format_table`
+    reads them."""
+    result = next(r for c, r in evaluation["results"].items() if getattr(c, "value", c) == constraint)
+    metrics = {}
+    for m in EVAL_METRICS:
+        name_, k = m.split("@")
+        table = {"R": result.recall, "P": result.precision, "mR": result.mean_recall[MeanRecall(mean_recall)]}[name_]
+        if int(k) in table:
+            metrics[m] = float(table[int(k)])
+    return TableRow(name, evaluation["parameters"], evaluation["speed"]["fps"], metrics)
+
+
+# --- RS-Net's relation scores ------------------------------------------------------------
+
+
+@torch.no_grad()
+def relation_score_summary(model: torch.nn.Module, dataset, device: str | torch.device = "cpu", *,
+                           videos_per_batch: int = 1) -> dict[str, Any]:
+    """Mean p_{t,0} (``RelationOutput.pair_scores``) of ``model`` over the positive and over the
+    negative pairs of ``dataset`` (``batch.pair_positive``), the model in eval mode.
+
+    dataset: a :class:`~stage2_relations.data.VideoDataset`, normally the training view with
+    every negative (``ViewOptions(negatives=True, negative_ratio=1e9)``). Returns
+    {'positive_mean', 'negative_mean' (None without such pairs), 'gap' (positive - negative),
+    'positives', 'negatives' (pair counts), 'videos'}. Raises ValueError for a model without
+    a relation scorer (no RS-Net).
+    """
+    from torch.utils.data import DataLoader
+
+    from stage2_relations.data import Collator
+
+    model.eval()
+    loader = DataLoader(dataset, batch_size=videos_per_batch, shuffle=False, collate_fn=Collator.of(dataset))
+    sums, counts = [0.0, 0.0], [0, 0]  # positives, negatives
+    for batch in loader:
+        batch = batch.to(device)
+        scores = model(batch).pair_scores
+        if scores is None:
+            raise ValueError("the model has no relation scorer (pair_scores is None): RS-Net only")
+        scores = scores.double().cpu()
+        positive = batch.pair_positive.cpu()
+        for i, mask in enumerate((positive, ~positive)):
+            sums[i] += float(scores[mask].sum())
+            counts[i] += int(mask.sum())
+    means = [s / c if c else None for s, c in zip(sums, counts)]
+    gap = means[0] - means[1] if None not in means else None
+    return {"positive_mean": means[0], "negative_mean": means[1], "gap": gap, "positives": counts[0],
+            "negatives": counts[1], "videos": len(dataset)}
+
+
+def relation_score_view(cfg: TrainConfig) -> ViewOptions:
+    """The recipe's training view with every negative kept (ratio 1e9: no random drop; the
+    IoU rule of section 4.2 still removes near-duplicates of positives)."""
+    return dataclasses.replace(cfg.view_options(), negatives=True, negative_ratio=1e9)
+
+
+# --- variants and runs ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A recipe with the shared overrides applied; ``config.seed`` is replaced per run."""
+
+    name: str
+    config: TrainConfig
+    recipe: str | None = None
+
+    @property
+    def rsnet(self) -> bool:
+        return self.config.rsnet is not None
+
+
+class RunMismatch(ValueError):
+    """A run folder holds another config than the one requested."""
+
+
+def load_variants(recipes: Sequence[str | Path], names: Sequence[str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> list[Variant]:
+    """One :class:`Variant` per recipe (YAML) with ``overrides`` applied (``load_config``'s
+    dotted keys). Names default to the recipe file stems. Checks what a comparison needs: at
+    least one recipe, names unique and usable as folder names, one store and one mode for all
+    (set them with overrides when the recipes differ), no ``seed`` override (seeds are the
+    comparison's)."""
+    if not recipes:
+        raise ValueError("give at least one recipe (--config)")
+    overrides = dict(overrides or {})
+    if overrides.get("seed") is not None:
+        raise ValueError("seed is set per run by --seeds; do not override it")
+    for path in recipes:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"recipe not found: {path}")
+    if names:
+        if len(names) != len(recipes):
+            raise ValueError(f"{len(names)} --name for {len(recipes)} --config: give one name per recipe or none")
+    else:
+        names = [Path(p).stem for p in recipes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant names repeat ({', '.join(names)}): name each recipe with --name")
+    for n in names:
+        if not n or n in (".", "..") or not re.fullmatch(r"[\w.+=@-]+", n):
+            raise ValueError(f"variant name {n!r} is not a plain folder name (letters, digits, . _ - + = @)")
+    variants = [Variant(n, load_config(p, overrides), str(p)) for n, p in zip(names, recipes)]
+    for key in ("store", "mode"):
+        values = {getattr(v.config, key) for v in variants}
+        if len(values) != 1:
+            raise ValueError(f"the recipes name different {key}s ({', '.join(sorted(map(str, values)))}): "
+                             f"compare runs every variant on one; set --{key}")
+    if not variants[0].config.store:
+        raise ValueError("no store: give --store or recipes that name one")
+    return variants
+
+
+def check_store(variants: Sequence[Variant]) -> int:
+    """The number of test videos of the shared store; ValueError when it has no test split."""
+    from store import open_store
+
+    path = variants[0].config.store
+    st = open_store(path)
+    test = st.videos(SPLIT)
+    if not test:
+        splits = sorted({st.split_of(v) for v in st.videos()})
+        raise ValueError(f"{path}: no {SPLIT!r} split (it has {', '.join(splits) or 'no videos'}); "
+                         f"compare evaluates on the test split")
+    return len(test)
+
+
+def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "device"}
+
+
+def run_state(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
+    """What a run folder holds: {'epochs': completed epochs (0: none), 'best_r20', 'history'}.
+    Raises :class:`RunMismatch`, naming the folder and the differing fields, when its saved
+    config (config.yaml, else last.pth's) differs from ``cfg`` in anything but ``device``."""
+    saved, ckpt = None, None
+    last = run_dir / "last.pth"
+    if last.exists():
+        ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+        saved = ckpt["config"]
+    if (run_dir / "config.yaml").exists():
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    if saved is not None:
+        want, have = _comparable(cfg.to_dict()), _comparable(saved)
+        if want != have:
+            keys = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+            detail = "; ".join(f"{k}: saved {have.get(k)!r}, requested {want.get(k)!r}" for k in keys)
+            raise RunMismatch(f"{run_dir} holds a run of another config ({detail}); "
+                              f"remove the folder or use another --out")
+    if ckpt is None:
+        return {"epochs": 0, "best_r20": None, "history": []}
+    return {"epochs": int(ckpt["epoch"]), "best_r20": float(ckpt["best_r20"]), "history": list(ckpt["history"])}
+
+
+def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def evaluation_view(cfg: TrainConfig, rule: str) -> ViewOptions:
+    """The test view evaluate_checkpoint builds for ``rule`` (no negatives)."""
+    return dataclasses.replace(cfg.view_options(), negatives=False, object_scores=rule)
+
+
+def evaluation_is_current(payload: Mapping[str, Any] | None, cfg: TrainConfig, rule: str, sha: str) -> bool:
+    """Whether an evaluation's metrics.json was made from this checkpoint (sha256) with these
+    options: split, mode, store, test view, and both constraints present."""
+    if not payload:
+        return False
+    return ((payload.get("compare") or {}).get("checkpoint_sha256") == sha and payload.get("split") == SPLIT
+            and payload.get("mode") == cfg.mode and payload.get("store") == cfg.store
+            and payload.get("view") == dataclasses.asdict(evaluation_view(cfg, rule))
+            and set(CONSTRAINTS) <= set(payload.get("results") or {}))
+
+
+def metric_values(payload: Mapping[str, Any], mean_recall: MeanRecall = MEAN_RECALL) -> dict[str, float]:
+    """{"with:R@20": fraction, ..., "params": count, "fps": frames/s} from a metrics.json
+    (what :meth:`EvaluationResult.to_dict` writes: recall, precision, mean_recall[definition])."""
+    out: dict[str, float] = {}
+    for c in CONSTRAINTS:
+        r = payload["results"][c]
+        for m in EVAL_METRICS:
+            name, k = m.split("@")
+            table = {"R": r["recall"], "P": r["precision"], "mR": r["mean_recall"][MeanRecall(mean_recall).value]}[name]
+            out[f"{c}:{m}"] = float(table[k])
+    out["params"] = float(payload["parameters"])
+    out["fps"] = float(payload["inference"]["fps"])
+    return out
+
+
+@dataclass
+class RunRecord:
+    """One variant and seed: its folder, training state, per-rule metrics ({rule: metric_values})
+    and, for RS-Net, :func:`relation_score_summary`'s dict."""
+
+    variant: str
+    seed: int
+    run_dir: Path
+    epochs: int
+    best_val_r20: float | None
+    trained_now: bool
+    evaluations: dict[str, dict[str, float]]
+    relation_scores: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "run_dir": str(self.run_dir)}
+
+
+@dataclass
+class Comparison:
+    """Everything :func:`run_comparison` measured, and its aggregates."""
+
+    variants: list[Variant]
+    seeds: list[int]
+    rules: list[str]
+    runs: list[RunRecord]
+    threads: int
+    test_videos: int
+
+    @property
+    def reference(self) -> str:
+        return self.variants[0].name
+
+    def per_seed(self, rule: str) -> dict[str, dict[str, dict[int, float]]]:
+        """``[variant][metric][seed]`` of one rule's evaluation metrics."""
+        out: dict[str, dict[str, dict[int, float]]] = {v.name: {} for v in self.variants}
+        for r in self.runs:
+            for metric, value in r.evaluations[rule].items():
+                out[r.variant].setdefault(metric, {})[r.seed] = value
+        return out
+
+    def per_seed_relation_scores(self) -> dict[str, dict[str, dict[int, float]]]:
+        out: dict[str, dict[str, dict[int, float]]] = {}
+        for r in self.runs:
+            if r.relation_scores is None:
+                continue
+            values = {"p0_positive": r.relation_scores["positive_mean"],
+                      "p0_negative": r.relation_scores["negative_mean"], "p0_gap": r.relation_scores["gap"]}
+            for metric, value in values.items():
+                if value is not None:
+                    out.setdefault(r.variant, {}).setdefault(metric, {})[r.seed] = float(value)
+        return out
+
+    def aggregates(self) -> dict[str, dict[str, dict[str, Aggregate]]]:
+        """{rule: {variant: {metric: Aggregate}}}; relation scores under the key 'p0'."""
+        out = {rule: aggregate(self.per_seed(rule), self.reference) for rule in self.rules}
+        out["p0"] = aggregate(self.per_seed_relation_scores(), self.reference)
+        return out
+
+
+def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: str | Path, *,
+                   rules: Sequence[str] = ("sttran",), progress: bool = True,
+                   echo: Callable[[str], None] = print) -> Comparison:
+    """Train (or resume, or reuse) and evaluate every variant x seed into ``out_dir`` (the
+    layout and the rules of reuse are in the module docstring); returns a :class:`Comparison`.
+    Raises ValueError for an unknown rule or a store without a test split, and
+    :class:`RunMismatch` for a run folder of another config, before anything is trained."""
+    variants, seeds, rules = list(variants), list(seeds), list(dict.fromkeys(rules))
+    if not seeds:
+        raise ValueError("no seeds")
+    for rule in rules:
+        if rule not in OBJECT_SCORES:
+            raise ValueError(f"unknown object-scores rule {rule!r}; known: {', '.join(OBJECT_SCORES)}")
+    test_videos = check_store(variants)
+    out_dir = Path(out_dir)
+    plan = [(v, s, dataclasses.replace(v.config, seed=s), out_dir / v.name / f"seed{s}")
+            for v in variants for s in seeds]
+    states = [run_state(cfg, run_dir) for _, _, cfg, run_dir in plan]  # every mismatch before any training
+    runs: list[RunRecord] = []
+    for (variant, seed, cfg, run_dir), state in zip(plan, states):
+        tag = f"[{variant.name} seed {seed}]"
+        done = state["epochs"]
+        trained_now = done < cfg.epochs
+        if trained_now:
+            if done:
+                echo(f"{tag} resuming from last.pth at epoch {done + 1} of {cfg.epochs}")
+            t0 = time.perf_counter()
+            result = train(cfg, run_dir, resume=done > 0, progress=progress, echo=lambda s: echo(f"{tag} {s}"))
+            state = {"epochs": len(result["history"]), "best_r20": result["best_r20"], "history": result["history"]}
+            last = state["history"][-1] if state["history"] else {}
+            val = f"val R@20 {100 * last['val_R@20']:.1f}" if "val_R@20" in last else "no val split"
+            what = f"epochs {done + 1}-{cfg.epochs} (resumed)" if done else f"{cfg.epochs} epochs"
+            echo(f"{tag} trained {what}, {val}, {time.perf_counter() - t0:.1f} s")
+        else:
+            echo(f"{tag} already trained ({state['epochs']} epochs), not retrained")
+        ckpt_path = run_checkpoint(run_dir)
+        sha = file_sha256(ckpt_path)
+        evaluations = {}
+        for rule in rules:
+            eval_dir = run_dir / f"eval_{SPLIT}_{cfg.mode}_{rule}"
+            payload = _read_json(eval_dir / "metrics.json")
+            if evaluation_is_current(payload, cfg, rule, sha):
+                echo(f"{tag} {rule}: evaluation up to date ({eval_dir.name}/metrics.json)")
+            else:
+                evaluate_checkpoint(run_dir=run_dir, split=SPLIT, object_scores=rule, constraints=CONSTRAINTS,
+                                    out_dir=eval_dir, device=str(resolve_device(cfg.device)), echo=log.info)
+                payload = json.loads((eval_dir / "metrics.json").read_text())
+                payload["compare"] = {"checkpoint_sha256": sha, "checkpoint": ckpt_path.name}
+                _write_json(eval_dir / "metrics.json", payload)
+                values = metric_values(payload)
+                echo(f"{tag} {rule}: test R@20 {100 * values['with:R@20']:.1f} (with) / "
+                     f"{100 * values['no:R@20']:.1f} (no), {values['fps']:.1f} frames/s")
+            evaluations[rule] = metric_values(payload)
+        scores = _relation_scores(cfg, run_dir, ckpt_path, sha, tag, echo) if variant.rsnet else None
+        runs.append(RunRecord(variant.name, seed, run_dir, state["epochs"], state["best_r20"], trained_now,
+                              evaluations, scores))
+    return Comparison(variants, seeds, rules, runs, torch.get_num_threads(), test_videos)
+
+
+def _relation_scores(cfg: TrainConfig, run_dir: Path, ckpt_path: Path, sha: str, tag: str,
+                     echo: Callable[[str], None]) -> dict[str, Any]:
+    from stage2_relations.data import VideoDataset
+
+    path = run_dir / f"relation_scores_{SPLIT}_{cfg.mode}.json"
+    view = relation_score_view(cfg)
+    key = {"checkpoint_sha256": sha, "split": SPLIT, "mode": cfg.mode, "store": cfg.store,
+           "view": dataclasses.asdict(view)}
+    cached = _read_json(path)
+    if cached is not None and cached.get("key") == key:
+        echo(f"{tag} p_t0 up to date ({path.name})")
+        return cached["summary"]
+    device = resolve_device(cfg.device)
+    model, _, _ = load_checkpoint(ckpt_path, device=device)
+    ds = VideoDataset(cfg.store, SPLIT, cfg.mode, train=True, seed=cfg.seed, options=view)
+    summary = relation_score_summary(model, ds, device, videos_per_batch=cfg.videos_per_batch)
+    _write_json(path, {"key": key, "summary": summary})
+    if summary["gap"] is not None:
+        echo(f"{tag} p_t0 on test: positives {summary['positive_mean']:.3f} ({summary['positives']} pairs), "
+             f"negatives {summary['negative_mean']:.3f} ({summary['negatives']} pairs)")
+    return summary
+
+
+# --- report and files -------------------------------------------------------------------
+
+
+def _table_rows(comparison: Comparison, agg: Mapping[str, Mapping[str, Aggregate]],
+                constraint: str) -> list[TableRow]:
+    rows = []
+    for v in comparison.variants:
+        a = agg[v.name]
+        metrics = {m: a[f"{constraint}:{m}"].summary for m in EVAL_METRICS}
+        diffs = {m: a[f"{constraint}:{m}"].difference for m in EVAL_METRICS}
+        diffs.update(params=a["params"].difference, fps=a["fps"].difference)
+        rows.append(TableRow(v.name, a["params"].summary, a["fps"].summary, metrics,
+                             diffs if v.name != comparison.reference else None))
+    return rows
+
+
+def format_report(comparison: Comparison) -> str:
+    """The printed report: a header with the seeds and the thread count, per rule the
+    Table-2-shaped table (with constraint) and the no-constraint table, then p_{t,0}."""
+    c = comparison
+    cfg = c.variants[0].config
+    n = len(c.seeds)
+    aggs = c.aggregates()
+    lines = [
+        f"compare: {len(c.variants)} variant(s) x seeds {','.join(map(str, c.seeds))} (n={n}), "
+        f"{cfg.mode.upper()}, {c.test_videos} test videos of {cfg.store}, {resolve_device(cfg.device)}, "
+        f"torch threads {c.threads}",
+        f"values: mean +- sample sd over seeds (percent; one seed: the value); mR: {MEAN_RECALL.value} definition",
+        f"diff rows: per-seed differences (variant - {c.reference}, same seed), mean +- sd; "
+        f"yes/no: |mean| > 2 sd (>2sd)" if n > 1 else
+        f"diff rows: variant - {c.reference} (one seed: no spread, >2sd n/a)",
+    ]
+    for rule in c.rules:
+        rule_note = f"object scores: {rule}"
+        lines += ["", format_table2(_table_rows(c, aggs[rule], "with"), reference=c.reference, title=f"With constraint "
+                                    f"(RS-Net Table 2 columns), {rule_note}")]
+        lines += ["", format_table2(_table_rows(c, aggs[rule], "no"), reference=c.reference, metrics=EVAL_METRICS,
+                                    cost=False, title=f"No constraint, {rule_note}")]
+    p0 = aggs["p0"]
+    if p0:
+        lines += ["", f"p_t0 (RS-Net relation score) on the {SPLIT} split, every negative pair:"]
+        counts = {v: [r.relation_scores for r in c.runs if r.variant == v and r.relation_scores] for v in p0}
+        table = [["variant", "positives", "negatives", "gap (pos - neg)", "pairs pos / neg"]]
+        for v, a in p0.items():
+            cells = [_cell(a[m].summary, 1.0, 3) if m in a else "-" for m in RELATION_SCORE_METRICS]
+            pairs = f"{counts[v][0]['positives']} / {counts[v][0]['negatives']}" if counts[v] else "-"
+            table.append([v] + cells + [pairs])
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        lines += [r[0].ljust(widths[0]) + "".join("  " + x.rjust(w) for x, w in zip(r[1:], widths[1:]))
+                  for r in table]
+    return "\n".join(lines)
+
+
+def csv_rows(comparison: Comparison) -> list[dict[str, Any]]:
+    """One row per variant x rule x metric (metric and constraint in separate columns;
+    p_t0 rows, which no rule affects, have an empty rule)."""
+    rows = []
+    for rule, by_variant in comparison.aggregates().items():
+        for variant, metrics in by_variant.items():
+            for key, a in metrics.items():
+                constraint, _, metric = key.rpartition(":")
+                d = a.difference
+                rows.append({
+                    "variant": variant, "rule": "" if rule == "p0" else rule, "constraint": constraint,
+                    "metric": metric, "unit": UNITS.get(metric, "fraction"), "mean": a.summary.mean,
+                    "std": "" if a.summary.std is None else a.summary.std, "n": a.summary.n,
+                    "diff_mean": "" if d is None else d.mean,
+                    "diff_std": "" if d is None or d.std is None else d.std,
+                    "exceeds_2sd": "" if d is None else d.flag,
+                })
+    return rows
+
+
+def to_json(comparison: Comparison) -> dict[str, Any]:
+    """compare.json: the setup, every run and every aggregate."""
+    c = comparison
+
+    def agg(a: Aggregate) -> dict[str, Any]:
+        d = a.difference
+        return {**dataclasses.asdict(a.summary),
+                "diff": None if d is None else {**dataclasses.asdict(d), "exceeds_2sd": d.exceeds_2sd}}
+
+    return {
+        "reference": c.reference, "seeds": c.seeds, "rules": c.rules, "split": SPLIT, "threads": c.threads,
+        "test_videos": c.test_videos, "mean_recall": MEAN_RECALL.value,
+        "variants": [{"name": v.name, "recipe": v.recipe, "rsnet": v.rsnet,
+                      "config": {k: val for k, val in v.config.to_dict().items() if k != "seed"}} for v in c.variants],
+        "runs": [r.to_dict() for r in c.runs],
+        "aggregate": {rule: {v: {m: agg(a) for m, a in ms.items()} for v, ms in by_v.items()}
+                      for rule, by_v in c.aggregates().items()},
+    }
+
+
+def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
+    """Grouped bars (percent) with sd error bars: one panel per rule and constraint, one group
+    per metric, one bar per variant; matplotlib's Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    c = comparison
+    panels = [(rule, con) for rule in c.rules for con in CONSTRAINTS]
+    fig = Figure(figsize=(12, 3.6 * len(panels)), dpi=100)
+    FigureCanvasAgg(fig)
+    aggs = c.aggregates()
+    x = np.arange(len(EVAL_METRICS))
+    width = 0.8 / len(c.variants)
+    for i, (rule, con) in enumerate(panels):
+        ax = fig.add_subplot(len(panels), 1, i + 1)
+        top = 1.0
+        for j, v in enumerate(c.variants):
+            summaries = [aggs[rule][v.name][f"{con}:{m}"].summary for m in EVAL_METRICS]
+            means = np.array([100 * s.mean for s in summaries])
+            errs = np.array([100 * (s.std or 0.0) for s in summaries])
+            ax.bar(x + (j - (len(c.variants) - 1) / 2) * width, means, width, yerr=errs, capsize=3, label=v.name)
+            top = max(top, float((means + errs).max()))
+        ax.set_ylim(0, 1.1 * top)
+        ax.set_xticks(x)
+        ax.set_xticklabels(EVAL_METRICS)
+        ax.set_ylabel("%")
+        ax.set_title(f"{con} constraint, object scores {rule}: mean +- sd over seeds {','.join(map(str, c.seeds))}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def write_outputs(comparison: Comparison, out_dir: str | Path, report: str | None = None) -> dict[str, Path]:
+    """compare.json, compare.csv, compare.png and compare.txt (the printed report) in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / f"compare.{name}" for name in ("json", "csv", "png", "txt")}
+    _write_json(paths["json"], to_json(comparison))
+    rows = csv_rows(comparison)
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    plot_comparison(comparison, paths["png"])
+    paths["txt"].write_text((report if report is not None else format_report(comparison)) + "\n")
+    return paths
+
+
+__all__ = ["Summary", "Difference", "Aggregate", "summarize", "paired_difference", "aggregate", "parse_seeds",
+           "TableRow", "format_table2", "table_row", "relation_score_summary", "relation_score_view", "Variant",
+           "RunMismatch", "load_variants", "check_store", "run_state", "run_comparison", "RunRecord", "Comparison",
+           "format_report", "csv_rows", "to_json", "plot_comparison", "write_outputs", "metric_values",
+           "evaluation_is_current"]
