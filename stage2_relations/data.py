@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from stage2_relations.pool import PairPool, collate_pools, video_pool
 from stage2_relations.views import FrameView, ViewOptions, frame_view, mode_frames, sample_negatives
 from store import Store, UnionMode, VideoRecord, open_store
 from store.boxes import union_boxes
@@ -89,6 +90,8 @@ class RelationBatch:
                   extra negative box), the assigned label in SGDET training (0 = background),
                   in SGDET test STTran's test labels (the subject: person), or the detector's
                   with ``sgdet_boxes: raw``.
+    box_embed_labels: (N,) int64 the labels of the pairs' class embeddings in training: box_labels
+                  but for boxes that only RS-Net's negatives use (``ViewOptions.negative_labels``).
     box_scores:   (N,) detector scores, STTran's test scores in SGDET test, 1 for GT boxes.
     box_is_gt:    (N,) bool, box comes from the GT boxes (False: from a detection).
     features:     (N, D) RoI features; dists (N, C) detector class distributions.
@@ -102,6 +105,10 @@ class RelationBatch:
     pair_positive: (M,) bool, the pair has an annotated relation (RS-Net positive).
     attention_labels: (M,) int64 local attention id, -1 for none (negatives).
     spatial_labels:   (M, S) float32 multi-hot; contacting_labels (M, Cn) float32 multi-hot.
+    sgdet_boxes:  the view's SGDET test boxes, ``"sttran"`` or ``"raw"`` (:class:`~stage2_relations.views.ViewOptions`).
+    pool:         every union feature the store holds for the batch's frames
+                  (:class:`~stage2_relations.pool.PairPool`; test views with ``ViewOptions.pair_pool``), or None;
+                  :meth:`with_boxes` and :meth:`with_pairs` rebuild boxes and pairs from it.
     """
 
     video_names: tuple[str, ...]
@@ -115,6 +122,7 @@ class RelationBatch:
     box_frame: torch.Tensor
     boxes: torch.Tensor
     box_labels: torch.Tensor
+    box_embed_labels: torch.Tensor
     box_scores: torch.Tensor
     box_is_gt: torch.Tensor
     features: torch.Tensor
@@ -129,6 +137,8 @@ class RelationBatch:
     attention_labels: torch.Tensor
     spatial_labels: torch.Tensor
     contacting_labels: torch.Tensor
+    sgdet_boxes: str = "sttran"
+    pool: PairPool | None = None
 
     @property
     def num_videos(self) -> int:
@@ -146,7 +156,7 @@ class RelationBatch:
     def frame_video(self) -> torch.Tensor:
         """(F,) int64 video index of each frame."""
         counts = self.video_frame_offsets.diff()
-        return torch.repeat_interleave(torch.arange(self.num_videos), counts)
+        return torch.repeat_interleave(torch.arange(self.num_videos, device=counts.device), counts)
 
     @property
     def pair_video(self) -> torch.Tensor:
@@ -161,14 +171,74 @@ class RelationBatch:
         per_pair = {f.name: getattr(self, f.name)[index] for f in fields(self) if f.name in _PAIR_FIELDS}
         return replace(self, pair_offsets=offsets.to(self.pair_offsets), pair_frame=frame, **per_pair)
 
+    def with_boxes(self, source: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
+                   dists: torch.Tensor | None = None) -> "RelationBatch":
+        """The batch over a new list of N' boxes and no pairs (give them with :meth:`with_pairs`).
+
+        Box i is a copy of box ``source[i]`` (N',) int64: its box, frame, feature, GT flag and
+        pool index, with the new ``labels`` (N',) int64 (also the class-embedding labels),
+        ``scores`` (N',) and, when given, ``dists`` (N', C). ``source`` must keep the frames in
+        order (non-decreasing frame).
+        """
+        frame = self.box_frame[source]
+        if len(frame) > 1 and bool((frame.diff() < 0).any()):
+            raise ValueError("with_boxes: the new boxes must keep the frames in order")
+        counts = torch.bincount(frame, minlength=self.num_frames)
+        changes = {f.name: getattr(self, f.name)[source] for f in fields(self)
+                   if f.name in ("boxes", "features", "dists")
+                   or (f.name.startswith("box_") and f.name not in ("box_offsets", "box_frame"))}
+        for name in ("box_labels", "box_embed_labels"):
+            if name in changes:
+                changes[name] = labels.to(changes[name])
+        changes["box_scores"] = scores.to(self.box_scores)
+        if dists is not None:
+            changes["dists"] = dists.to(self.dists)
+        pool = self.pool if self.pool is None else replace(self.pool, box_joint=self.pool.box_joint[source])
+        empty = self.select_pairs(self.pairs.new_zeros(0))
+        return replace(empty, box_frame=frame, box_offsets=torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]),
+                       pool=pool, **changes)
+
+    def with_pairs(self, pairs: torch.Tensor) -> "RelationBatch":
+        """The batch with new pairs (M', 2) int64 (subject, object) of its boxes, both of one
+        frame, in frame order. Union features come from the pool (:meth:`PairPool.lookup`:
+        the stored pair in either order, else the frame's fallback pair or zeros, marked
+        ``union_substituted``), spatial masks from the boxes; the pairs carry no relation
+        labels (not positive, attention -1, no spatial / contacting bit): a test-time batch.
+        """
+        if self.pool is None:
+            raise ValueError("with_pairs needs the pair pool: build the view with ViewOptions(pair_pool=True)")
+        pairs = pairs.reshape(-1, 2).to(self.pairs)
+        frame = self.box_frame[pairs[:, 0]]
+        if bool((frame != self.box_frame[pairs[:, 1]]).any()) or (len(frame) > 1 and bool((frame.diff() < 0).any())):
+            raise ValueError("with_pairs: each pair's boxes must share a frame, and the pairs keep the frames in order")
+        joint = self.pool.box_joint
+        union, substituted = self.pool.lookup(frame, joint[pairs[:, 0]], joint[pairs[:, 1]])
+        b = self.boxes.detach().cpu().numpy()
+        p = pairs.cpu().numpy()
+        masks = (spatial_masks(b[p[:, 0]], b[p[:, 1]]) if len(p)
+                 else np.zeros((0, 2, MASK_SIZE, MASK_SIZE), np.float32))
+        m = len(pairs)
+        counts = torch.bincount(frame, minlength=self.num_frames)
+        return replace(
+            self, pairs=pairs, pair_frame=frame, pair_offsets=torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]),
+            union=union.to(self.union), union_substituted=substituted, masks=torch.from_numpy(masks).to(self.masks),
+            pair_positive=torch.zeros(m, dtype=torch.bool, device=pairs.device),
+            attention_labels=torch.full((m,), -1, dtype=torch.long, device=pairs.device),
+            spatial_labels=self.spatial_labels.new_zeros((m, self.spatial_labels.shape[1])),
+            contacting_labels=self.contacting_labels.new_zeros((m, self.contacting_labels.shape[1])))
+
     def to(self, device: torch.device | str) -> "RelationBatch":
         changes = {f.name: getattr(self, f.name).to(device, non_blocking=True)
                    for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        if self.pool is not None:
+            changes["pool"] = self.pool.to(device)
         return replace(self, **changes)
 
     def pin_memory(self) -> "RelationBatch":
         changes = {f.name: getattr(self, f.name).pin_memory()
                    for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        if self.pool is not None:
+            changes["pool"] = self.pool.pin_memory()
         return replace(self, **changes)
 
 
@@ -186,6 +256,7 @@ class _VideoArrays:
     box_counts: np.ndarray
     boxes: np.ndarray
     box_labels: np.ndarray
+    box_embed_labels: np.ndarray
     box_scores: np.ndarray
     box_is_gt: np.ndarray
     features: np.ndarray
@@ -199,6 +270,7 @@ class _VideoArrays:
     attention_labels: np.ndarray
     spatial_labels: np.ndarray
     contacting_labels: np.ndarray
+    pool: dict | None = None  # the pair pool's arrays (stage2_relations.pool.video_pool), or None
 
 
 def _labels(rec: VideoRecord, rel_rows: np.ndarray, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -311,6 +383,9 @@ class VideoDataset(Dataset):
             box_counts=np.array([len(v.boxes) for v in views], dtype=np.int64),
             pair_counts=np.array([len(v.pairs) for v in views], dtype=np.int64),
             **_concat_views(views, rec, self.vocabulary, union, frames),
+            # the pool serves heads that rebuild pairs at test time; training views skip its cost
+            pool=(video_pool(rec, frames, self.mode, [v.joint for v in views])
+                  if self.options.pair_pool and not self.train else None),
         )
 
 
@@ -321,7 +396,8 @@ def _concat_views(views: list[FrameView], rec: VideoRecord, vocab: Vocabulary, u
         d, c = rec.gt_features.shape[1], rec.gt_dists.shape[1]
         pairs = np.zeros((0, 2), np.int64)
         empty = {k: np.zeros((0,) + s, t) for k, s, t in (
-            ("boxes", (4,), np.float32), ("box_labels", (), np.int64), ("box_scores", (), np.float32),
+            ("boxes", (4,), np.float32), ("box_labels", (), np.int64), ("box_embed_labels", (), np.int64),
+            ("box_scores", (), np.float32),
             ("box_is_gt", (), bool), ("features", (d,), np.float16), ("dists", (c,), np.float16),
             ("union_substituted", (), bool), ("pair_positive", (), bool))}
         return dict(empty, pairs=pairs, union=union[:0],
@@ -337,7 +413,8 @@ def _concat_views(views: list[FrameView], rec: VideoRecord, vocab: Vocabulary, u
     rows = np.concatenate([v.union_rows + s for v, s in zip(views, p_start)]).astype(np.int64)
     att, spa, con = _labels(rec, cat("rel_rows"), vocab)
     return dict(
-        boxes=cat("boxes"), box_labels=cat("labels"), box_scores=cat("scores").astype(np.float32),
+        boxes=cat("boxes"), box_labels=cat("labels"), box_embed_labels=cat("embed_labels"),
+        box_scores=cat("scores").astype(np.float32),
         box_is_gt=cat("is_gt"), features=np.concatenate([v.features for v in views]),
         dists=np.concatenate([np.asarray(v.dists, np.float32) for v in views]),
         pairs=pairs, union=union[rows], union_substituted=cat("substituted"),
@@ -347,8 +424,9 @@ def _concat_views(views: list[FrameView], rec: VideoRecord, vocab: Vocabulary, u
 
 
 def collate(videos: Sequence[_VideoArrays], mode: Mode | str = Mode.PREDCLS, train: bool = True,
-            object_scores: str = "sttran") -> RelationBatch:
-    """Stack videos into one :class:`RelationBatch` (frame-local pair indices become global)."""
+            object_scores: str = "sttran", sgdet_boxes: str = "sttran") -> RelationBatch:
+    """Stack videos into one :class:`RelationBatch` (frame-local pair indices become global;
+    the pair pool when every video carries one)."""
     mode = Mode(mode)
     box_counts = np.concatenate([v.box_counts for v in videos])
     pair_counts = np.concatenate([v.pair_counts for v in videos])
@@ -370,6 +448,7 @@ def collate(videos: Sequence[_VideoArrays], mode: Mode | str = Mode.PREDCLS, tra
         frame_sizes=cat("frame_sizes", torch.int64),
         box_offsets=t(box_offsets), box_frame=t(np.repeat(np.arange(len(box_counts)), box_counts).astype(np.int64)),
         boxes=cat("boxes", torch.float32), box_labels=cat("box_labels", torch.int64),
+        box_embed_labels=cat("box_embed_labels", torch.int64),
         box_scores=cat("box_scores", torch.float32), box_is_gt=cat("box_is_gt", torch.bool),
         features=cat("features", torch.float32), dists=cat("dists", torch.float32),
         pair_offsets=t(pair_offsets), pair_frame=t(pair_frame.astype(np.int64)), pairs=t(pairs.astype(np.int64)),
@@ -377,21 +456,24 @@ def collate(videos: Sequence[_VideoArrays], mode: Mode | str = Mode.PREDCLS, tra
         masks=cat("masks", torch.float32),
         pair_positive=cat("pair_positive", torch.bool), attention_labels=cat("attention_labels", torch.int64),
         spatial_labels=cat("spatial_labels", torch.float32), contacting_labels=cat("contacting_labels", torch.float32),
+        sgdet_boxes=sgdet_boxes,
+        pool=collate_pools([v.pool for v in videos]) if videos and all(v.pool is not None for v in videos) else None,
     )
 
 
 class Collator:
     """Picklable ``collate_fn`` for a dataset's mode and view."""
 
-    def __init__(self, mode: Mode | str, train: bool, object_scores: str = "sttran") -> None:
-        self.mode, self.train, self.object_scores = Mode(mode), train, object_scores
+    def __init__(self, mode: Mode | str, train: bool, object_scores: str = "sttran",
+                 sgdet_boxes: str = "sttran") -> None:
+        self.mode, self.train, self.object_scores, self.sgdet_boxes = Mode(mode), train, object_scores, sgdet_boxes
 
     @classmethod
     def of(cls, dataset: "VideoDataset") -> "Collator":
-        return cls(dataset.mode, dataset.train, dataset.options.object_scores)
+        return cls(dataset.mode, dataset.train, dataset.options.object_scores, dataset.options.sgdet_boxes)
 
     def __call__(self, videos: Sequence[_VideoArrays]) -> RelationBatch:
-        return collate(videos, self.mode, self.train, self.object_scores)
+        return collate(videos, self.mode, self.train, self.object_scores, self.sgdet_boxes)
 
 
 def epoch_order(num_videos: int, seed: int, epoch: int, *, shuffle: bool = True, rank: int = 0,

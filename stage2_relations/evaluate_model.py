@@ -17,7 +17,7 @@ from stage2_relations.data import VideoDataset
 from stage2_relations.evaluation import MeanRecall, format_table, write_predictions, write_report
 from stage2_relations.evaluation.predict import as_sets, evaluate_model, plot_frames
 from stage2_relations.evaluation.structures import Constraint
-from stage2_relations.heads import count_parameters
+from stage2_relations.heads import count_parameters, head_class
 from stage2_relations.train import load_checkpoint, run_checkpoint
 from store.vocabulary import Mode
 
@@ -40,6 +40,10 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
     mode = Mode(mode or cfg.mode)
     changes = {k: v for k, v in (("sgdet_boxes", sgdet_boxes), ("object_scores", object_scores)) if v is not None}
     options = dataclasses.replace(cfg.view_options(), negatives=False, **changes)
+    required = head_class(cfg.head).required_view_options()  # DSG-DETR: the pair pool, raw SGDET boxes
+    if mode is Mode.SGDET and required.get("sgdet_boxes", options.sgdet_boxes) != options.sgdet_boxes:
+        raise ValueError(f"head {cfg.head!r} rebuilds the SGDET test boxes from the stored detections: "
+                         f"it needs sgdet_boxes {required['sgdet_boxes']!r}, not {options.sgdet_boxes!r}")
     ds = VideoDataset(cfg.store, split, mode, train=False, options=options, max_videos=max_videos)
     if not len(ds):
         raise ValueError(f"{cfg.store}: no videos in split {split!r}")

@@ -68,6 +68,8 @@ class TrainConfig:
     negatives: bool | None = None
     """Pairs without a relation in the training view; None: with RS-Net only (the baselines
     train on positives, as their papers do)."""
+    negative_labels: str = "detector"
+    """SGDET: the class of boxes only negatives use, 'detector' or 'assigned' (views.ViewOptions)."""
     epochs: int = 10
     lr: float = 1e-5
     weight_decay: float = 0.01
@@ -94,10 +96,19 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def view_options(self) -> ViewOptions:
-        """The data views this recipe trains and validates on."""
+        """The data views this recipe trains and validates on, with the fields the head requires
+        (:meth:`~stage2_relations.heads.base.RelationHead.required_view_options`; DSG-DETR: the
+        pair pool and, in SGDET, the raw detections, which a recipe naming other boxes contradicts)."""
         negatives = self.rsnet is not None if self.negatives is None else bool(self.negatives)
-        return ViewOptions(assignment=self.assignment, sgdet_boxes=self.sgdet_boxes, object_scores=self.object_scores,
-                           negatives=negatives, negative_ratio=self.negative_ratio, negative_iou=self.negative_iou)
+        required = head_class(self.head).required_view_options()
+        if Mode(self.mode) is Mode.SGDET and required.get("sgdet_boxes", self.sgdet_boxes) != self.sgdet_boxes:
+            raise ValueError(f"head {self.head!r} needs sgdet_boxes: {required['sgdet_boxes']} (it rebuilds the SGDET "
+                             f"test boxes itself); the recipe says {self.sgdet_boxes!r}")
+        options = ViewOptions(assignment=self.assignment, sgdet_boxes=self.sgdet_boxes,
+                              object_scores=self.object_scores, negatives=negatives,
+                              negative_labels=self.negative_labels,
+                              negative_ratio=self.negative_ratio, negative_iou=self.negative_iou)
+        return dataclasses.replace(options, **required)
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:

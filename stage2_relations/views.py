@@ -39,6 +39,7 @@ from store.pairing import ASSIGNMENTS, SGDET_BOXES, PairIndex, assign, legacy_su
 from store.vocabulary import Mode
 
 OBJECT_SCORES = ("sttran", "classifier")
+NEGATIVE_LABELS = ("detector", "assigned")
 
 
 @dataclass(frozen=True)
@@ -57,19 +58,30 @@ class ViewOptions:
                    GT person in SGCLS). ``classifier`` is not the protocol: it gives the
                    baseline a learned relevance score (see docs/stage2.md).
     negatives:     add RS-Net's negatives to the training view.
+    negative_labels: the class a box that only negative pairs use gets for the pairs' class
+                   embeddings and for the sampling rule, in SGDET training: ``detector`` (its
+                   best class other than the person, as the SGDET test view labels it) or
+                   ``assigned`` (the assignment's, background for most). With ``assigned`` the
+                   background label alone tells a negative apart, a cue the test view never
+                   gives: RS-Net's scorer learns it and then fails to separate test pairs.
     negative_ratio, negative_iou: RS-Net's sampling (paper 4.2).
+    pair_pool:     the test view's batch also carries every union feature the store holds for
+                   its frames (:mod:`stage2_relations.pool`), for a head that rebuilds boxes and
+                   pairs (``RelationHead.needs_pair_pool``: DSG-DETR at SGDET test).
     """
 
     assignment: str = "sttran"
     sgdet_boxes: str = "sttran"
     object_scores: str = "sttran"
     negatives: bool = False
+    negative_labels: str = "detector"
     negative_ratio: float = 1.2
     negative_iou: float = 0.5
+    pair_pool: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (("assignment", ASSIGNMENTS), ("sgdet_boxes", SGDET_BOXES),
-                              ("object_scores", OBJECT_SCORES)):
+                              ("object_scores", OBJECT_SCORES), ("negative_labels", NEGATIVE_LABELS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.negative_ratio < 0 or not 0 <= self.negative_iou <= 1:
@@ -81,15 +93,20 @@ class ViewOptions:
 class FrameView:
     """One frame for one mode and view. K boxes, M pairs; pair indices are local to the frame.
 
-    boxes (K, 4) f32, labels (K,) i64, scores (K,) f32, is_gt (K,) bool, features (K, D),
+    boxes (K, 4) f32, labels (K,) i64, embed_labels (K,) i64 the labels of the pairs' class
+    embeddings in training (``labels`` but for boxes only negatives use: ``negative_labels``),
+    scores (K,) f32, is_gt (K,) bool, features (K, D),
     dists (K, C) class distributions; pairs (M, 2) i64 (subject, object); union_rows (M,) i64
     stored pair rows of the frame holding each pair's union feature; substituted (M,) bool
     (the union feature is another pair's, see the module docstring); positive (M,) bool;
-    rel_rows (M,) i64 the video's gt_relations row of each positive, -1 otherwise.
+    rel_rows (M,) i64 the video's gt_relations row of each positive, -1 otherwise;
+    joint (K,) i64 each box's index in the frame's joint box index (GT 0..G-1, detections
+    G..), a copy has its original's (for :mod:`stage2_relations.pool`).
     """
 
     boxes: np.ndarray
     labels: np.ndarray
+    embed_labels: np.ndarray
     scores: np.ndarray
     is_gt: np.ndarray
     features: np.ndarray
@@ -99,6 +116,7 @@ class FrameView:
     substituted: np.ndarray
     positive: np.ndarray
     rel_rows: np.ndarray
+    joint: np.ndarray | None = None
 
 
 def sample_negatives(
@@ -138,6 +156,14 @@ def sample_negatives(
     if len(idx) > cap:
         idx = np.sort(rng.choice(idx, size=cap, replace=False))
     return idx.astype(np.int64)
+
+
+def _best_object_class(dists: np.ndarray, person: int = 1) -> np.ndarray:
+    """(N,) int64 each box's most probable class other than background and the person, as
+    STTran's SGDET test labels every box but the subject."""
+    d = np.asarray(dists, dtype=np.float64).copy()
+    d[:, [0, person]] = -1.0
+    return d.argmax(1).astype(np.int64)
 
 
 def mode_frames(rec: VideoRecord, mode: Mode, min_frames: int) -> np.ndarray:
@@ -192,6 +218,7 @@ class _Frame:
         rec, g = self.rec, self.g
         rows = g.start + local
         return dict(joint=local, boxes=rec.gt_boxes[rows], labels=rec.gt_labels[rows].astype(np.int64),
+                    embed=rec.gt_labels[rows].astype(np.int64),
                     scores=np.ones(len(local), np.float32), is_gt=np.ones(len(local), bool),
                     features=rec.gt_features[rows], dists=rec.gt_dists[rows])
 
@@ -201,6 +228,7 @@ class _Frame:
         rec, rows = self.rec, self.d.start + local
         return dict(joint=self.num_gt + local, boxes=rec.det_boxes[rows],
                     labels=(rec.det_labels[rows] if labels is None else labels).astype(np.int64),
+                    embed=(rec.det_labels[rows] if labels is None else labels).astype(np.int64),
                     scores=(rec.det_scores[rows] if scores is None else scores).astype(np.float32),
                     is_gt=np.zeros(len(local), bool), features=rec.det_features[rows],
                     dists=rec.det_dists[rows] if dists is None else dists)
@@ -301,6 +329,11 @@ def frame_view(rec: VideoRecord, f: int, mode: Mode | str, *, train: bool, optio
         taken[human] = True
         others = np.flatnonzero(~taken)
         neg = np.stack([np.full(len(others), human), others], 1).astype(np.int64) if options.negatives else no_pairs
+        if options.negatives and options.negative_labels == "detector":
+            # boxes that only negatives use: the class the test view would give them
+            labels_at_test = _best_object_class(rec.det_dists[fr.d])
+            only_negative = np.flatnonzero(~taken[:fr.num_det])
+            parts[0]["embed"][only_negative] = labels_at_test[only_negative]
         if a.found[0] < 0 and fr.num_det:
             from store.pairing import training_subjects
 
@@ -318,15 +351,17 @@ def frame_view(rec: VideoRecord, f: int, mode: Mode | str, *, train: bool, optio
     else:
         neg_rows, neg_sub = np.zeros(0, np.int64), np.zeros(0, bool)
     if train and len(neg):
-        b, lab = boxes["boxes"], boxes["labels"]
+        b, lab = boxes["boxes"], boxes["embed"]
         keep = sample_negatives(b[pos[:, 0]], b[pos[:, 1]], lab[pos], b[neg[:, 0]], b[neg[:, 1]], lab[neg], rng,
                                 iou_threshold=options.negative_iou, ratio=options.negative_ratio)
         neg, neg_rows, neg_sub = neg[keep], neg_rows[keep], neg_sub[keep]
     positive = np.concatenate([rel >= 0, np.zeros(len(neg), bool)])
     return FrameView(
-        boxes=boxes["boxes"].astype(np.float32), labels=boxes["labels"], scores=boxes["scores"],
+        boxes=boxes["boxes"].astype(np.float32), labels=boxes["labels"], embed_labels=boxes["embed"],
+        scores=boxes["scores"],
         is_gt=boxes["is_gt"], features=boxes["features"], dists=boxes["dists"],
         pairs=np.concatenate([pos, neg]).astype(np.int64), union_rows=np.concatenate([pos_rows, neg_rows]),
         substituted=np.concatenate([pos_sub, neg_sub]), positive=positive,
         rel_rows=np.concatenate([np.where(rel >= 0, rel, -1), np.full(len(neg), -1)]).astype(np.int64),
+        joint=np.asarray(joint, np.int64),
     )

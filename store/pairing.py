@@ -179,6 +179,18 @@ def sttran_test_boxes(det_boxes: np.ndarray, det_dists: np.ndarray, *, person: i
     det_dists = np.asarray(det_dists)
     # (0, C) stays as it is: numpy cannot infer the -1 of an empty reshape.
     fg = foreground(det_dists if det_dists.ndim == 2 else det_dists.reshape(len(det_boxes), -1))
+    return select_test_boxes(det_boxes, fg, person=person, copy_classes=copy_classes, nms_threshold=nms_threshold)
+
+
+def select_test_boxes(det_boxes: np.ndarray, fg: np.ndarray, *, person: int = 1,
+                      copy_classes: tuple[int, ...] = COPY_CLASSES,
+                      nms_threshold: float = TEST_NMS_THRESHOLD) -> TestBoxes:
+    """Steps 1-4 of :func:`sttran_test_boxes` on a given (N, C-1) object-class distribution
+    ``fg`` (person first), taken as it is (not renormalised): DSG-DETR runs them on its own
+    classifier's ``softmax(37 logits)[:, 1:]`` (``lib/sttran.py:328-418``)."""
+    det_boxes = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
+    fg = np.asarray(fg, dtype=np.float64)
+    fg = fg if fg.ndim == 2 else fg.reshape(len(det_boxes), -1)
     p = person - 1  # the person's column in the foreground distribution
     source = np.arange(len(det_boxes))
     labels = fg.argmax(1) + 1 if len(fg) else np.zeros(0, np.int64)

@@ -187,10 +187,17 @@ def test_sgdet_training_view_sttran_assignment():
     assert v.pairs[~v.positive].tolist() == [[0, 3]]
     # union features are those of (d0, d1) and (d0, d3): joint indices 2+0, 2+1, 2+3
     assert _union_pair(rec, 0, v) == [[2, 3], [2, 5]] and not v.substituted.any()
-    # the strict rule labels the near-duplicate background, so sampling cannot drop it (no cap here)
-    s = _view(rec, 0, Mode.SGDET, True, ViewOptions(negatives=True, assignment="strict", negative_ratio=10.0))
-    assert s.labels.tolist() == [1, 11, 0, 0]
+    # the bystander only negatives use: its detector class (bag) in the class embeddings, not
+    # the assignment's background, which the test view never shows
+    assert v.embed_labels.tolist() == [1, 11, 11, 2]
+    # the strict rule labels the near-duplicate background; with those labels in the sampling
+    # rule it cannot be dropped (no cap here); with the detector's it is again
+    s = _view(rec, 0, Mode.SGDET, True, ViewOptions(negatives=True, assignment="strict", negative_ratio=10.0,
+                                                       negative_labels="assigned"))
+    assert s.labels.tolist() == [1, 11, 0, 0] and s.embed_labels.tolist() == [1, 11, 0, 0]
     assert sorted(s.pairs[~s.positive].tolist()) == [[0, 2], [0, 3]]
+    s = _view(rec, 0, Mode.SGDET, True, ViewOptions(negatives=True, assignment="strict", negative_ratio=10.0))
+    assert s.pairs[~s.positive].tolist() == [[0, 3]]
     # without RS-Net's negatives the view holds the positive alone
     assert _view(rec, 0, Mode.SGDET, True).pairs.tolist() == [[0, 1]]
 

@@ -52,7 +52,7 @@ def _batch(store_path, mode, train, videos=(0, 3), **options):
 @pytest.mark.parametrize("mode", [Mode.PREDCLS, Mode.SGCLS, Mode.SGDET])
 def test_head_shapes_losses_gradients(store_path, name, rsnet, mode):
     torch.manual_seed(0)
-    batch = _batch(store_path, mode, True, negatives=rsnet)
+    batch = _batch(store_path, mode, True, negatives=rsnet, **head_class(name).required_view_options())
     model = _model(name, mode, rsnet, store_path=store_path)
     out = model(batch)
     m, n = batch.num_pairs, batch.boxes.shape[0]
@@ -80,17 +80,24 @@ def test_head_shapes_losses_gradients(store_path, name, rsnet, mode):
 @pytest.mark.parametrize("object_scores", ["sttran", "classifier"])
 def test_head_test_views(store_path, name, rsnet, mode, object_scores):
     """At test time a head scores the view's pairs, or the subset it keeps (output.batch)."""
-    batch = _batch(store_path, mode, False, object_scores=object_scores)
+    batch = _batch(store_path, mode, False, object_scores=object_scores, **head_class(name).required_view_options())
     model = _model(name, mode, rsnet, store_path=store_path).eval()
     with torch.no_grad():
         out = model(batch)
     keeps = mode is Mode.SGCLS and object_scores == "sttran"
-    assert (out.batch is not None) == keeps
+    # a head with a pair pool (DSG-DETR) rebuilds the SGDET test boxes and pairs from its own scores
+    rebuilds = mode is Mode.SGDET and object_scores == "sttran" and head_class(name).needs_pair_pool
+    assert (out.batch is not None) == (keeps or rebuilds)
     m = batch.num_pairs if out.batch is None else out.batch.num_pairs
-    assert out.attention_logits.shape == (m, 3) and out.object_labels.shape == (batch.boxes.shape[0],)
+    n = batch.boxes.shape[0] if out.batch is None else out.batch.boxes.shape[0]
+    assert out.attention_logits.shape == (m, 3) and out.object_labels.shape == (n,)
     if rsnet:
         assert out.pair_scores.shape == (m,)
-    if mode is Mode.SGDET and object_scores == "sttran":  # the detector's test labels, no classifier
+    if rebuilds:  # each frame: one subject (person), paired with every other rebuilt box
+        b = out.batch
+        assert (out.object_labels[b.pairs[:, 0]] == 1).all() and (out.object_labels[b.pairs[:, 1]] != 1).all()
+        assert torch.equal(b.pair_offsets.diff(), (b.box_offsets.diff() - 1).clamp(min=0))
+    elif mode is Mode.SGDET and object_scores == "sttran":  # the detector's test labels, no classifier
         assert out.object_logits is None and torch.equal(out.object_labels, batch.box_labels)
         assert torch.equal(out.object_scores, batch.box_scores)
     if keeps:  # each frame: pairs of one subject, never an object labelled person
@@ -257,7 +264,8 @@ def _objects_batch(labels, box_frame, pairs, mode=Mode.SGCLS, train=False, objec
         object_scores=object_scores, video_frame_offsets=torch.tensor([0, frames]),
         frame_sizes=torch.full((frames, 2), 100), box_offsets=torch.cat([torch.zeros(1, dtype=torch.long),
                                                                           counts.cumsum(0)]),
-        box_frame=box_frame, boxes=torch.zeros(n, 4), box_labels=torch.tensor(labels), box_scores=torch.full((n,), 0.7),
+        box_frame=box_frame, boxes=torch.zeros(n, 4), box_labels=torch.tensor(labels),
+        box_embed_labels=torch.tensor(labels), box_scores=torch.full((n,), 0.7),
         box_is_gt=torch.ones(n, dtype=torch.bool) if is_gt is None else torch.tensor(is_gt),
         features=torch.zeros(n, 16), dists=torch.full((n, 37), 1 / 37),
         pair_offsets=torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(pair_frame, minlength=frames).cumsum(0)]),

@@ -142,12 +142,32 @@ class RelationHead(nn.Module):
     pair_input_dim: int
     groups: list[tuple[int, int]]
     object_classifier: nn.Module | None  # set in __init__ (a class-level default would hide the submodule)
+    needs_pair_pool: bool = False
+    """The head rebuilds boxes and pairs and needs every stored union feature of its frames
+    (``ViewOptions.pair_pool``; DSG-DETR at SGDET test)."""
+    sgdet_test_boxes: str | None = None
+    """The SGDET test boxes the head needs (``ViewOptions.sgdet_boxes``), None for either."""
+
+    @classmethod
+    def required_view_options(cls) -> dict[str, Any]:
+        """The :class:`~stage2_relations.views.ViewOptions` fields the head needs; the trainer
+        and the evaluation apply them over the recipe's."""
+        out: dict[str, Any] = {"pair_pool": True} if cls.needs_pair_pool else {}
+        if cls.sgdet_test_boxes is not None:
+            out["sgdet_boxes"] = cls.sgdet_test_boxes
+        return out
 
     @classmethod
     def derive(cls, cfg: dict, dataset) -> dict[str, Any]:
         """What this head computes from the training split before it is built (a
         :class:`~stage2_relations.data.VideoDataset`, training view); it reaches the head as
         ``context.derived`` and is saved with the run. Default: nothing."""
+        return {}
+
+    @classmethod
+    def placeholder_derived(cls, cfg: dict, context: HeadContext) -> dict[str, Any]:
+        """Values of :meth:`derive`'s shapes for building the head without a training split
+        (parameter counts, shape checks); never for training. Default: nothing."""
         return {}
 
     @classmethod

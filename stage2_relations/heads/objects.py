@@ -15,9 +15,12 @@ SGCLS    GT labels for the class     the classifier: every box its best class ot
                                      of the frame's most frequent class but the most probable one
                                      relabelled with their next class; pairs (subject, every box
                                      not labelled person)
-SGDET    the assignment's labels;    the detector (the view's STTran test labels and scores); the
+SGDET    the assignment's labels     the detector (the view's STTran test labels and scores); the
          CE on every box             classifier is not run
 =======  ==========================  =============================================================
+
+In training the class embeddings take ``RelationBatch.box_embed_labels``: the labels above, but
+for the boxes that only RS-Net's negatives use (``ViewOptions.negative_labels``).
 
 With ``object_scores: classifier`` (not the protocol) SGCLS and SGDET take the classifier's
 softmax over every class, background included, and its best object class, on the view's pairs.
@@ -111,7 +114,7 @@ def predict_objects(classifier: ObjectClassifier | None, batch: RelationBatch) -
         return ObjectPredictions(None, given, batch.box_scores, given)
     logits = classifier(batch) if classifier is not None else None
     if batch.train:
-        return ObjectPredictions(logits, given, batch.box_scores, given)
+        return ObjectPredictions(logits, given, batch.box_scores, batch.box_embed_labels)
     if batch.object_scores == "classifier":
         if logits is None:
             return ObjectPredictions(None, given, batch.box_scores, given)
