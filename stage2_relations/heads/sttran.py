@@ -30,14 +30,14 @@ from torch.nn import functional as F
 
 from stage2_relations.data import RelationBatch
 from stage2_relations.heads.base import HeadContext, PredicateLogits, RelationFeatures, RelationHead, register_head
-from stage2_relations.heads.layers import PosEncoder, UnionBranch, pad_groups
+from stage2_relations.heads.layers import PairRepresentation, PosEncoder, frame_windows, pad_groups
 from stage2_relations.heads.losses import multilabel_margin_loss
 from stage2_relations.heads.objects import ObjectClassifier
 from store.vocabulary import Mode, PredicateGroup, Vocabulary
 
 
 @register_head("sttran")
-class STTran(RelationHead):
+class STTran(PairRepresentation, RelationHead):
     """STTran. Keyword arguments (full-size defaults in brackets):
 
     vocabulary, mode: the store's vocabulary and the task.
@@ -61,17 +61,9 @@ class STTran(RelationHead):
                                                            PredicateGroup.CONTACTING)]
         a, s, c = (e - b for b, e in self.groups)
 
-        self.subj_fc = nn.Linear(feature_dim, hidden)
-        self.obj_fc = nn.Linear(feature_dim, hidden)
-        self.union = UnionBranch(self.union_shape, hidden, mask_channels)
-        self.subj_embed = nn.Embedding(num_classes, embed_dim)
-        self.obj_embed = nn.Embedding(num_classes, embed_dim)
-        if class_embeddings is not None:
-            with torch.no_grad():
-                self.subj_embed.weight.copy_(class_embeddings)
-                self.obj_embed.weight.copy_(class_embeddings)
-
-        self.relation_dim = self.pair_input_dim = 3 * hidden + 2 * embed_dim
+        self.relation_dim = self.pair_input_dim = self.build_pair_layers(
+            num_classes=num_classes, feature_dim=feature_dim, union_shape=self.union_shape, hidden=hidden,
+            embed_dim=embed_dim, mask_channels=mask_channels, class_embeddings=class_embeddings)
         d = self.relation_dim
         self.spatial_encoder = PosEncoder(d, num_heads, ffn_dim, spatial_layers, dropout)
         self.temporal_decoder = PosEncoder(d, num_heads, ffn_dim, temporal_layers, dropout, ffn_norm=False)
@@ -95,58 +87,25 @@ class STTran(RelationHead):
     # -- pieces ---------------------------------------------------------------------------
 
     def _temporal(self, x: torch.Tensor, batch: RelationBatch) -> torch.Tensor:
-        """Sliding windows of 2 frames per video; returns (M, d)."""
-        po = batch.pair_offsets.tolist()
-        vo = batch.video_frame_offsets.tolist()
-        tokens, slots, win_offsets = [], [], [0]
-        take_window, take_shift = [0] * batch.num_frames, [0] * batch.num_frames
-        for v in range(batch.num_videos):
-            frames = list(range(vo[v], vo[v + 1]))
-            windows = [(frames[i], frames[i + 1]) for i in range(len(frames) - 1)] or [tuple(frames)]
-            first_window = len(win_offsets) - 1
-            for w, fr in enumerate(windows):
-                n = 0
-                for slot, f in enumerate(fr):
-                    tokens.append(torch.arange(po[f], po[f + 1]))
-                    slots.append(torch.full((po[f + 1] - po[f],), slot))
-                    n += po[f + 1] - po[f]
-                win_offsets.append(win_offsets[-1] + n)
-            for i, f in enumerate(frames):
-                if i == 0:
-                    take_window[f], take_shift[f] = first_window, 0
-                else:
-                    w = first_window + i - 1
-                    take_window[f], take_shift[f] = w, po[frames[i - 1] + 1] - po[frames[i - 1]]
-        if not tokens or x.shape[0] == 0:
+        """Sliding windows of 2 frames per video (:func:`~.layers.frame_windows`); returns (M, d)."""
+        w = frame_windows(batch)
+        if not w.tokens.numel() or x.shape[0] == 0:
             return x
-        tok = torch.cat(tokens).to(x.device)
-        slot = torch.cat(slots).to(x.device)
-        offs = torch.tensor(win_offsets)
-        padded, pad, group, position = pad_groups(x[tok], offs)
+        padded, pad, group, position = pad_groups(x[w.tokens.to(x.device)], w.offsets)
         pos = padded.new_zeros(padded.shape)
-        pos[group, position] = self.frame_embed(slot)
+        pos[group, position] = self.frame_embed(w.slots.to(x.device))
         # windows whose two frames have no pair are all padding: attention over nothing gives
         # NaN, so they stay out of the decoder
         keep = ~pad.all(1)
         out = padded.clone()
         out[keep] = self.temporal_decoder(padded[keep], pos[keep], pad[keep])
-        # each pair: its frame's chosen window and its position there
-        frame = batch.pair_frame.cpu()
-        w_of = torch.tensor(take_window)[frame]
-        shift = torch.tensor(take_shift)[frame]
-        local = torch.arange(x.shape[0]) - batch.pair_offsets.cpu()[frame]
-        return out[w_of.to(x.device), (shift + local).to(x.device)]
+        return out[group, position][w.readout.to(x.device)]
 
     # -- interface ------------------------------------------------------------------------
 
     def encode(self, batch: RelationBatch) -> RelationFeatures:
         objects, batch = self.objects(batch)
-        labels = objects.embed_labels
-        s, o = batch.pairs[:, 0], batch.pairs[:, 1]
-        x = torch.cat([
-            self.subj_fc(batch.features[s]), self.obj_fc(batch.features[o]), self.union(batch.union, batch.masks),
-            self.subj_embed(labels[s]), self.obj_embed(labels[o]),
-        ], 1)
+        x = self.pair_representation(batch, objects.embed_labels)
         if x.shape[0]:
             padded, pad, group, position = pad_groups(x, batch.pair_offsets)
             # frames without pairs are all padding: leave them out of attention

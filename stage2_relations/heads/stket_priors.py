@@ -1,0 +1,152 @@
+"""STKET's knowledge: predicate priors per object class, counted from the training split's GT.
+
+STKET (Pu et al., TIP 2024) reads them from ``data/TrainPrior.json``, written by its
+``countPrior.py``; here they are counted from the store (:func:`count_priors`) by the same
+rule, before training (:meth:`~stage2_relations.heads.stket.STKET.derive`), and travel with
+the run (``derived.pt`` and every checkpoint), so evaluation never needs the training split.
+
+The rule (``countPrior.py``, ``countAnno``), on the GT annotations of the full (PREDCLS) set of
+every video of the split, whatever the training mode, small objects included:
+
+* a *row* is one GT object other than the person in one frame: a P-wide multi-hot of its
+  predicates (P = 26, global predicate order: attention | spatial | contacting);
+* per video and object class, the class's rows in order: by frame, then by annotation order
+  within the frame (so two objects of one class in one frame are two consecutive rows);
+* ``initial[o]`` = the mean of all rows of class o over all videos (instance-level average);
+* ``specific[o, c]``: in each video, the rows that directly follow a row with contact c (the
+  video's last row has no follower), averaged within the video; then the mean over the videos
+  that have at least one. The follower can be another object of the same class in the *same*
+  frame; the gap to it is unbounded. Zero when no video contributes.
+
+No smoothing, no normalisation. Classes without rows (background, person) keep zero rows.
+
+``python -m stage2_relations.heads.stket_priors --store S [--split train] --out priors.json``
+writes them in STKET's JSON layout (per class: ``obj_cls_name``, ``c_rel_idx``, ``c_rel_name``,
+``initial_prior``, ``specific_prior``) for inspection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from store import VideoRecord, open_store
+from store.vocabulary import PredicateGroup, Vocabulary
+
+PRIOR_FIELDS = ("gt_labels", "rel_subject", "rel_object", "rel_labels")
+"""The store arrays the count reads (offsets come with every read)."""
+
+INITIAL_KEY, SPECIFIC_KEY = "stket_initial_prior", "stket_specific_prior"
+"""Their names in ``HeadContext.derived``."""
+
+
+@dataclass(frozen=True)
+class Priors:
+    """STKET's priors. C object classes, Cn contact predicates, P predicates.
+
+    initial:  (C, P) float32 mean row of each class.
+    specific: (C, Cn, P) float32 mean follower of a row with contact c, per class.
+    rows:     (C,) int64 rows counted per class.
+    """
+
+    initial: torch.Tensor
+    specific: torch.Tensor
+    rows: torch.Tensor
+
+
+def class_rows(rec: VideoRecord, vocabulary: Vocabulary) -> dict[int, np.ndarray]:
+    """The rows of one video per object class (module docstring): class -> (n, P) uint8,
+    by frame, then by GT object order in the frame. An object without a relation row gives a
+    zero row (STKET builds one from its empty predicate lists)."""
+    person, p = vocabulary.person_index, vocabulary.num_predicates
+    rows: dict[int, list[np.ndarray]] = {}
+    for f in range(rec.num_frames):
+        g, r = rec.frame_rows("gt_objects", f), rec.frame_rows("gt_relations", f)
+        labels = np.zeros((g.stop - g.start, p), np.uint8)
+        for obj, lab in zip(rec.rel_object[r], rec.rel_labels[r]):
+            labels[int(obj)] |= lab.astype(np.uint8)
+        for k, cls in enumerate(rec.gt_labels[g]):
+            if int(cls) != person:
+                rows.setdefault(int(cls), []).append(labels[k])
+    return {c: np.stack(v) for c, v in rows.items()}
+
+
+def count_priors(videos: Iterable[VideoRecord], vocabulary: Vocabulary) -> Priors:
+    """STKET's initial and specific priors of ``videos`` (module docstring)."""
+    c_num, p = vocabulary.num_objects, vocabulary.num_predicates
+    c0, c1 = vocabulary.group_range(PredicateGroup.CONTACTING)
+    row_sum = np.zeros((c_num, p))
+    rows = np.zeros(c_num, np.int64)
+    follower_sum = np.zeros((c_num, c1 - c0, p))  # sum over contributing videos of their mean follower
+    videos_with = np.zeros((c_num, c1 - c0), np.int64)
+    for rec in videos:
+        for cls, x in class_rows(rec, vocabulary).items():
+            x = x.astype(np.float64)
+            row_sum[cls] += x.sum(0)
+            rows[cls] += len(x)
+            head, follower = x[:-1], x[1:]
+            for c in range(c1 - c0):
+                hit = head[:, c0 + c] > 0
+                if hit.any():
+                    follower_sum[cls, c] += follower[hit].mean(0)
+                    videos_with[cls, c] += 1
+    initial = row_sum / np.maximum(rows, 1)[:, None]
+    specific = follower_sum / np.maximum(videos_with, 1)[:, :, None]
+    return Priors(initial=torch.from_numpy(initial).float(), specific=torch.from_numpy(specific).float(),
+                  rows=torch.from_numpy(rows))
+
+
+def derive_priors(store, split: str) -> dict[str, torch.Tensor]:
+    """The priors of every video of ``split`` of ``store`` (an open :class:`~store.Store`), as
+    ``HeadContext.derived`` entries."""
+    videos = (store.read_video(v, fields=PRIOR_FIELDS) for v in store.videos(split))
+    pri = count_priors(videos, store.meta.vocabulary)
+    if not int(pri.rows.sum()):
+        raise ValueError(f"stket: split {split!r} of the store has no GT object to count priors from")
+    return {INITIAL_KEY: pri.initial, SPECIFIC_KEY: pri.specific}
+
+
+def priors_json(priors: Priors, vocabulary: Vocabulary) -> dict[str, dict]:
+    """STKET's ``TrainPrior.json`` layout: per class with rows (key: its index as a string),
+    the contacts that occur with it (``c_rel_idx``, local contact ids) and their specific rows."""
+    c0, c1 = vocabulary.group_range(PredicateGroup.CONTACTING)
+    contacts = vocabulary.predicates[c0:c1]
+    out = {}
+    for cls in range(vocabulary.num_objects):
+        if not int(priors.rows[cls]):
+            continue
+        occurs = [c for c in range(c1 - c0) if float(priors.initial[cls, c0 + c]) > 0]
+        out[str(cls)] = {
+            "obj_cls_name": vocabulary.objects[cls],
+            "c_rel_idx": occurs,
+            "c_rel_name": [contacts[c] for c in occurs],
+            "initial_prior": priors.initial[cls].tolist(),
+            "specific_prior": [priors.specific[cls, c].tolist() for c in occurs],
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m stage2_relations.heads.stket_priors",
+                                 description="Count STKET's priors from a store split and write them as JSON.")
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--out", required=True, type=Path)
+    args = ap.parse_args(argv)
+    store = open_store(args.store)
+    vocab = store.meta.vocabulary
+    pri = count_priors((store.read_video(v, fields=PRIOR_FIELDS) for v in store.videos(args.split)), vocab)
+    data = priors_json(pri, vocab)
+    args.out.write_text(json.dumps(data, indent=1))
+    print(f"{args.out}: priors of {len(data)} classes from {int(pri.rows.sum())} object rows "
+          f"of {len(store.videos(args.split))} {args.split} videos")
+
+
+if __name__ == "__main__":
+    main()
