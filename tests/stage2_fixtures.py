@@ -18,6 +18,12 @@ TINY_HEAD = dict(hidden=16, embed_dim=8, mask_channels=8, box_dim=8, object_hidd
 # Tiny keyword arguments of every registered head: the registry tests build each head with its
 # entry here (a new head adds one).
 TINY_HEADS = {"sttran": TINY_HEAD}
+# STKET without its dead base heads (never trained, they would fail "every parameter moves")
+TINY_HEADS["stket"] = dict(hidden=16, embed_dim=8, mask_channels=8, box_dim=8, object_hidden=16, num_heads=2,
+                           ffn_dim=32, spatial_layers=1, temporal_layers=1, ensemble_layers=1, prior_widths=[4, 8],
+                           dropout=0.0, base_heads=False)
+# DSG-DETR: object tokens 16 + 8 + 8 = 32 wide, relation 64
+TINY_HEADS["dsgdetr"] = dict(TINY_HEAD, object_layers=1, object_ffn_dim=32)
 TINY_RSNET = dict(d_model=16, ffn_dim=32, mlp_hidden=16, num_heads=2, spatial_layers=1, temporal_layers=1,
                   max_frames=64, dropout=0.0)
 

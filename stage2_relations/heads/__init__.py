@@ -19,6 +19,8 @@ from stage2_relations.heads.base import (
     register_head,
 )
 from stage2_relations.heads import sttran as _sttran  # noqa: F401  (registers "sttran")
+from stage2_relations.heads import dsgdetr as _dsgdetr  # noqa: F401  (registers "dsgdetr")
+from stage2_relations.heads import stket as _stket  # noqa: F401  (registers "stket")
 from stage2_relations.heads.rsnet import RSNet
 
 
