@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from stage2_relations.pool import PairPool, collate_pools, video_pool
-from stage2_relations.views import FrameView, ViewOptions, frame_view, mode_frames, sample_negatives
+from stage2_relations.views import FrameView, ViewOptions, frame_view, mode_frames
 from store import Store, UnionMode, VideoRecord, open_store
 from store.boxes import union_boxes
 from store.vocabulary import Mode, PredicateGroup, Vocabulary

@@ -23,7 +23,7 @@ where every AG object is annotated, the frame's detections that the assignment l
 unlabelled, each added as a box and paired with the GT person. The store holds the union
 feature of (GT person, detection) only when no detection stands for the person; otherwise the
 pair takes the union feature of (the detection that stands for the person, that detection),
-and the pair is marked ``substituted``. Then :func:`~stage2_relations.data.sample_negatives`.
+and the pair is marked ``substituted``. Then :func:`sample_negatives`.
 """
 
 from __future__ import annotations

@@ -52,6 +52,14 @@ class Assignment:
     found: np.ndarray
 
 
+def _unassigned(det_boxes: np.ndarray, gt_labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The inputs as float64 boxes and int64 labels, and an assignment of nothing: labels (N,)
+    all background, found (G,) all -1."""
+    det_boxes = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
+    gt_labels = np.asarray(gt_labels, dtype=np.int64)
+    return det_boxes, gt_labels, np.zeros(len(det_boxes), np.int64), np.full(len(gt_labels), -1, np.int64)
+
+
 def sttran_assignment(det_boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray,
                       threshold: float = 0.5) -> Assignment:
     """STTran's ``assign_relations`` (IoU with the "+1 pixel" convention):
@@ -65,11 +73,8 @@ def sttran_assignment(det_boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np
     Ties in the IoU order go to the lower detection index (numpy's stable sort; STTran's
     ``np.argsort`` leaves them to the sort).
     """
-    det_boxes = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
-    gt_labels = np.asarray(gt_labels, dtype=np.int64)
-    n, g = len(det_boxes), len(gt_labels)
-    labels = np.zeros(n, dtype=np.int64)
-    found = np.full(g, -1, dtype=np.int64)
+    det_boxes, gt_labels, labels, found = _unassigned(det_boxes, gt_labels)
+    n, g = len(labels), len(found)
     if n == 0 or g == 0:
         return Assignment(labels, found)
     iou = box_iou_plus_one(det_boxes, gt_boxes)  # (N, G)
@@ -97,11 +102,8 @@ def strict_assignment(det_boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np
     """The stricter rule (``assignment: strict``): GT boxes in order each take the unused
     detection of highest continuous IoU when that IoU is > ``threshold``; only those detections
     take a class, every other one is background."""
-    det_boxes = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
-    gt_labels = np.asarray(gt_labels, dtype=np.int64)
-    n, g = len(det_boxes), len(gt_labels)
-    labels = np.zeros(n, dtype=np.int64)
-    found = np.full(g, -1, dtype=np.int64)
+    det_boxes, gt_labels, labels, found = _unassigned(det_boxes, gt_labels)
+    n, g = len(labels), len(found)
     if n == 0 or g == 0:
         return Assignment(labels, found)
     iou = box_iou(gt_boxes, det_boxes)

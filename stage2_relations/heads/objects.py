@@ -86,6 +86,12 @@ class ObjectClassifier(nn.Module):
         return self.decoder(torch.cat([batch.features, sem, box], 1))
 
 
+def object_classifier_for(mode: Mode | str, **kwargs) -> ObjectClassifier | None:
+    """STTran's object classifier for SGCLS and SGDET (keyword arguments of
+    :class:`ObjectClassifier`); None in PREDCLS, where the GT labels are given."""
+    return None if Mode(mode) is Mode.PREDCLS else ObjectClassifier(**kwargs)
+
+
 @dataclass(frozen=True)
 class ObjectPredictions:
     """The objects of a batch as a head uses them. N boxes.

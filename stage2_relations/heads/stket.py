@@ -61,7 +61,7 @@ from torch.nn import functional as F
 from stage2_relations.data import RelationBatch
 from stage2_relations.heads.base import HeadContext, PredicateLogits, RelationFeatures, RelationHead, register_head
 from stage2_relations.heads.layers import PairRepresentation, PosEncoderLayer, frame_windows, pad_groups
-from stage2_relations.heads.objects import ObjectClassifier
+from stage2_relations.heads.objects import object_classifier_for
 from store.vocabulary import Mode, PredicateGroup, Vocabulary
 
 BRANCHES = ("ensemble", "spatial", "temporal")
@@ -279,11 +279,9 @@ class STKET(PairRepresentation, RelationHead):
         self.spatial_heads = PredicateHeads(d, sizes)
         self.temporal_heads = PredicateHeads(d, sizes)
         self.ensemble_heads = PredicateHeads(d, sizes)
-        self.object_classifier = None
-        if self.mode is not Mode.PREDCLS:
-            self.object_classifier = ObjectClassifier(num_classes=num_classes, feature_dim=feature_dim,
-                                                      embed_dim=embed_dim, box_dim=box_dim, hidden=object_hidden,
-                                                      dropout=dropout, class_embeddings=class_embeddings)
+        self.object_classifier = object_classifier_for(
+            self.mode, num_classes=num_classes, feature_dim=feature_dim, embed_dim=embed_dim, box_dim=box_dim,
+            hidden=object_hidden, dropout=dropout, class_embeddings=class_embeddings)
 
     @classmethod
     def derive(cls, cfg: dict, dataset) -> dict[str, torch.Tensor]:

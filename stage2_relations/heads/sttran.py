@@ -32,7 +32,7 @@ from stage2_relations.data import RelationBatch
 from stage2_relations.heads.base import HeadContext, PredicateLogits, RelationFeatures, RelationHead, register_head
 from stage2_relations.heads.layers import PairRepresentation, PosEncoder, frame_windows, pad_groups
 from stage2_relations.heads.losses import multilabel_margin_loss
-from stage2_relations.heads.objects import ObjectClassifier
+from stage2_relations.heads.objects import object_classifier_for
 from store.vocabulary import Mode, PredicateGroup, Vocabulary
 
 
@@ -73,11 +73,9 @@ class STTran(PairRepresentation, RelationHead):
         self.spatial_head = nn.Linear(d, s)
         self.contacting_head = nn.Linear(d, c)
 
-        self.object_classifier = None
-        if self.mode is not Mode.PREDCLS:
-            self.object_classifier = ObjectClassifier(num_classes=num_classes, feature_dim=feature_dim,
-                                                      embed_dim=embed_dim, box_dim=box_dim, hidden=object_hidden,
-                                                      dropout=dropout, class_embeddings=class_embeddings)
+        self.object_classifier = object_classifier_for(
+            self.mode, num_classes=num_classes, feature_dim=feature_dim, embed_dim=embed_dim, box_dim=box_dim,
+            hidden=object_hidden, dropout=dropout, class_embeddings=class_embeddings)
 
     @classmethod
     def from_config(cls, cfg: dict, context: HeadContext) -> "STTran":
