@@ -36,29 +36,31 @@ MASK_SIZE = 27
 
 
 def spatial_masks(subj: np.ndarray, obj: np.ndarray, size: int = MASK_SIZE) -> np.ndarray:
-    """STTran's ``draw_union_boxes``: binary masks of the subject and the object inside their
-    union box on a ``size`` x ``size`` grid, minus 0.5.
+    """STTran's ``draw_union_boxes`` (``lib/draw_rectangles``): the subject's and the object's box
+    drawn inside their union box on a ``size`` x ``size`` grid, minus 0.5.
 
-    subj, obj: (M, 4) xyxy pixels. Returns (M, 2, size, size) float32 with values -0.5 / 0.5.
-    A cell (row y, column x) is set when it lies in ``[floor(s * (x1 - ux1) / uw), ceil(s * (x2 - ux1) / uw))``
-    (same along y), which is how STTran rasterises the boxes.
+    subj, obj: (M, 4) xyxy pixels. Returns (M, 2, size, size) float32 in [-0.5, 0.5]. With the
+    box mapped to grid units (x1' = size * (x1 - ux1) / uw, ...), cell (row j, column k) is
+    ``clip(k + 1 - x1', 0, 1) * clip(x2' - k, 0, 1) * clip(j + 1 - y1', 0, 1) * clip(y2' - j, 0, 1)``:
+    1 inside the box, the covered fraction in a cell that an edge cuts, 0 outside; in float32,
+    as STTran's Cython.
     """
-    subj = np.asarray(subj, dtype=np.float64).reshape(-1, 4)
-    obj = np.asarray(obj, dtype=np.float64).reshape(-1, 4)
+    subj = np.asarray(subj, dtype=np.float32).reshape(-1, 4)
+    obj = np.asarray(obj, dtype=np.float32).reshape(-1, 4)
     u = union_boxes(subj, obj)
-    w = np.maximum(u[:, 2] - u[:, 0], 1e-6)[:, None]
-    h = np.maximum(u[:, 3] - u[:, 1], 1e-6)[:, None]
-    grid = np.arange(size)
+    w = np.maximum(u[:, 2] - u[:, 0], np.float32(1e-6))[:, None]
+    h = np.maximum(u[:, 3] - u[:, 1], np.float32(1e-6))[:, None]
+    grid = np.arange(size, dtype=np.float32)[None]
     out = np.empty((len(u), 2, size, size), dtype=np.float32)
-    for k, b in enumerate((subj, obj)):
-        x0 = np.floor(size * (b[:, [0]] - u[:, [0]]) / w)
-        x1 = np.ceil(size * (b[:, [2]] - u[:, [0]]) / w)
-        y0 = np.floor(size * (b[:, [1]] - u[:, [1]]) / h)
-        y1 = np.ceil(size * (b[:, [3]] - u[:, [1]]) / h)
-        in_x = (grid[None] >= x0) & (grid[None] < x1)  # (M, size)
-        in_y = (grid[None] >= y0) & (grid[None] < y1)
-        out[:, k] = (in_y[:, :, None] & in_x[:, None, :]).astype(np.float32)
-    return out - 0.5
+    for i, b in enumerate((subj, obj)):
+        x1 = (b[:, [0]] - u[:, [0]]) * size / w
+        x2 = (b[:, [2]] - u[:, [0]]) * size / w
+        y1 = (b[:, [1]] - u[:, [1]]) * size / h
+        y2 = (b[:, [3]] - u[:, [1]]) * size / h
+        x = np.clip(grid + 1 - x1, 0, 1) * np.clip(x2 - grid, 0, 1)  # (M, size)
+        y = np.clip(grid + 1 - y1, 0, 1) * np.clip(y2 - grid, 0, 1)
+        out[:, i] = y[:, :, None] * x[:, None, :]
+    return out - np.float32(0.5)
 
 
 # --- negative sampling ------------------------------------------------------------------

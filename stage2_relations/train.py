@@ -173,13 +173,11 @@ def derive(cfg: TrainConfig, train_ds: VideoDataset) -> dict[str, Any]:
     """What the model takes from outside its recipe, computed once before training: class
     embeddings from ``cfg.glove``, and whatever the head derives from the training split
     (:meth:`~stage2_relations.heads.base.RelationHead.derive`). Saved in every checkpoint."""
+    head = head_class(cfg.head)
     derived: dict[str, Any] = {}
     if cfg.glove:
-        from stage2_relations.heads.embeddings import glove_embeddings
-
-        derived["class_embeddings"] = glove_embeddings(cfg.glove, train_ds.vocabulary,
-                                                       int(cfg.head_cfg.get("embed_dim", 200)))
-    derived.update(head_class(cfg.head).derive(dict(cfg.head_cfg), train_ds))
+        derived["class_embeddings"] = head.glove_class_embeddings(cfg.glove, dict(cfg.head_cfg), train_ds.vocabulary)
+    derived.update(head.derive(dict(cfg.head_cfg), train_ds))
     return derived
 
 

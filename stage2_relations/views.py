@@ -59,11 +59,12 @@ class ViewOptions:
                    baseline a learned relevance score (see docs/stage2.md).
     negatives:     add RS-Net's negatives to the training view.
     negative_labels: the class a box that only negative pairs use gets for the pairs' class
-                   embeddings and for the sampling rule, in SGDET training: ``detector`` (its
-                   best class other than the person, as the SGDET test view labels it) or
-                   ``assigned`` (the assignment's, background for most). With ``assigned`` the
-                   background label alone tells a negative apart, a cue the test view never
-                   gives: RS-Net's scorer learns it and then fails to separate test pairs.
+                   embeddings in SGDET training: ``detector`` (its best class other than the
+                   person, as the SGDET test view labels it) or ``assigned`` (the assignment's,
+                   background for most). With ``assigned`` the background label alone tells a
+                   negative apart, a cue the test view never gives: RS-Net's scorer learns it
+                   and then fails to separate test pairs. The sampling rule uses the
+                   assignment's classes either way.
     negative_ratio, negative_iou: RS-Net's sampling (paper 4.2).
     pair_pool:     the test view's batch also carries every union feature the store holds for
                    its frames (:mod:`stage2_relations.pool`), for a head that rebuilds boxes and
@@ -291,7 +292,8 @@ def frame_view(rec: VideoRecord, f: int, mode: Mode | str, *, train: bool, optio
             has_rel = fr.rel[objects] >= 0
             pos = np.stack([np.zeros(has_rel.sum(), np.int64), objects[has_rel]], 1)
             rel = fr.rel[objects[has_rel]]
-            neg = np.stack([np.zeros((~has_rel).sum(), np.int64), objects[~has_rel]], 1)
+            neg = (np.stack([np.zeros((~has_rel).sum(), np.int64), objects[~has_rel]], 1) if options.negatives
+                   else no_pairs)  # a baseline trains on positives alone
             if options.negatives and fr.num_det:
                 a = fr.assignment()
                 free = np.setdiff1d(np.flatnonzero(a.labels == 0), a.found[a.found >= 0])
@@ -319,7 +321,11 @@ def frame_view(rec: VideoRecord, f: int, mode: Mode | str, *, train: bool, optio
         parts = [fr.det_boxes(np.arange(fr.num_det), labels=a.labels), fr.gt_boxes(fr.sel[supplied])]
         view_of = np.where(a.found >= 0, a.found, 0)
         view_of[supplied] = fr.num_det + np.arange(len(supplied))
+        # STTran pairs the relations with the frame's first box, the detector's person box
+        # (``localhuman``), when a detection stands for the GT person; else with the added person
         human = view_of[0]
+        if a.found[0] >= 0:
+            human = legacy_subject(rec.det_labels[fr.d], rec.det_dists[fr.d])
         objects = np.arange(1, len(fr.sel))
         has_rel = fr.rel[objects] >= 0
         pos = np.stack([np.full(has_rel.sum(), human), view_of[objects[has_rel]]], 1).astype(np.int64)
@@ -351,7 +357,7 @@ def frame_view(rec: VideoRecord, f: int, mode: Mode | str, *, train: bool, optio
     else:
         neg_rows, neg_sub = np.zeros(0, np.int64), np.zeros(0, bool)
     if train and len(neg):
-        b, lab = boxes["boxes"], boxes["embed"]
+        b, lab = boxes["boxes"], boxes["labels"]  # the assignment's classes: its near-duplicates are dropped
         keep = sample_negatives(b[pos[:, 0]], b[pos[:, 1]], lab[pos], b[neg[:, 0]], b[neg[:, 1]], lab[neg], rng,
                                 iou_threshold=options.negative_iou, ratio=options.negative_ratio)
         neg, neg_rows, neg_sub = neg[keep], neg_rows[keep], neg_sub[keep]

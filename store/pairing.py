@@ -261,11 +261,11 @@ def training_subjects(det_boxes: np.ndarray, person_box: np.ndarray, threshold: 
     return out
 
 
-def _shared_person_detection(det_boxes: np.ndarray, gt_boxes: np.ndarray) -> int:
-    """The detection that :func:`sttran_assignment` gives both the GT person and another GT box
-    (its fallback shares a detection when every one is taken), -1 when it gives none twice."""
+def _given_to_an_object(det_boxes: np.ndarray, gt_boxes: np.ndarray, detection: int) -> bool:
+    """Whether :func:`sttran_assignment` gives ``detection`` to a GT box other than the person
+    (its fallback takes any untaken detection, and shares the best one when every one is taken)."""
     found = sttran_assignment(det_boxes, gt_boxes, np.zeros(len(gt_boxes), np.int64)).found
-    return int(found[0]) if len(found) > 1 and found[0] >= 0 and np.any(found[1:] == found[0]) else -1
+    return bool(np.any(found[1:] == detection))
 
 
 def pair_key(a: np.ndarray, b: np.ndarray, num_boxes: int) -> np.ndarray:
@@ -284,12 +284,13 @@ def stored_pairs(gt_boxes: np.ndarray, gt_small: np.ndarray, gt_dists: np.ndarra
        person-like: the GT box of highest detector person probability, among all and among
        those of the _filtersmall annotations, with every other GT box, when it is not the person;
     3. every detection that can be the subject (:func:`training_subjects`, the subject of
-       :func:`sttran_test_boxes`, :func:`legacy_subject`) with every other detection; the
-       training subjects also with every GT box but the person (GT boxes that no detection
-       stands for are added in training and paired with the subject); a detection with itself
-       when the test view pairs it with its own copy, or when :func:`sttran_assignment` (over
-       every GT box, or over those of the _filtersmall annotations) gives the person's
-       detection to another GT box too (its fallback when every detection is taken);
+       :func:`sttran_test_boxes`, :func:`legacy_subject`) with every other detection; when a
+       detection stands for the GT person, the training subjects and the person detection
+       (:func:`legacy_subject`, STTran's training subject) also with every GT box but the
+       person (GT boxes that no detection stands for are added in training and paired with the
+       subject); a detection with itself when the test view pairs it with its own copy, or when
+       :func:`sttran_assignment` (over every GT box, or over those of the _filtersmall
+       annotations) gives such a subject to a GT object too (its fallback);
     4. when a rule of :func:`assign` finds no detection for the GT person
        (:func:`person_detections`: the two IoU conventions disagree near 0.5), the GT person,
        which that rule adds to its training boxes, with every detection.
@@ -309,14 +310,15 @@ def stored_pairs(gt_boxes: np.ndarray, gt_small: np.ndarray, gt_dists: np.ndarra
     by_rule = person_detections(det_boxes, np.asarray(gt_boxes[:1])) if g and n else (-1, -1)
     train = list(dict.fromkeys(d for d in by_rule if d >= 0))  # training_subjects, without a second IoU pass
     test = sttran_test_boxes(det_boxes, det_dists, person=person) if n else None
-    subjects = list(train)
-    for s in ((int(test.source[test.subject]) if test is not None and test.subject >= 0 else -1),
-              legacy_subject(det_labels, det_dists, person)):
+    legacy = legacy_subject(det_labels, det_dists, person)
+    with_gt = train + ([legacy] if train and legacy not in train else [])  # the SGDET training subjects
+    subjects = list(with_gt)
+    for s in ((int(test.source[test.subject]) if test is not None and test.subject >= 0 else -1), legacy):
         if s >= 0 and s not in subjects:
             subjects.append(s)
     for s in subjects:
         rows.extend((g + s, g + d) for d in range(n) if d != s)
-        if s in train:
+        if s in with_gt:
             rows.extend((g + s, j) for j in range(1, g))
     if test is not None and test.subject >= 0:
         s = int(test.source[test.subject])
@@ -324,9 +326,9 @@ def stored_pairs(gt_boxes: np.ndarray, gt_small: np.ndarray, gt_dists: np.ndarra
             rows.append((g + s, g + s))
     if g and n:
         for cand in (np.arange(g), np.concatenate([[0], 1 + np.flatnonzero(~gt_small[1:])])):
-            s = _shared_person_detection(det_boxes, np.asarray(gt_boxes)[cand])
-            if s >= 0:
-                rows.append((g + s, g + s))
+            for s in with_gt:
+                if _given_to_an_object(det_boxes, np.asarray(gt_boxes)[cand], s):
+                    rows.append((g + s, g + s))
         if min(by_rule) < 0:
             rows.extend((0, g + d) for d in range(n))
     out = np.asarray(rows, dtype=np.int64).reshape(-1, 2)

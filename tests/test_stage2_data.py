@@ -27,13 +27,22 @@ def test_pairwise_iou_by_hand():
 
 
 def test_spatial_masks_by_hand():
-    # subject = left half of the union, object = the whole union: 27 columns split at 13.5
+    # subject = left half of the union, object = the whole union: the subject's right edge falls
+    # at 13.5 of 27 columns, so column 13 is half covered (STTran's draw_union_boxes)
     m = spatial_masks(np.array([box(0, 0, 50, 100)]), np.array([box(0, 0, 100, 100)]))
-    assert m.shape == (1, 2, 27, 27)
-    assert set(np.unique(m)) == {-0.5, 0.5}
+    assert m.shape == (1, 2, 27, 27) and m.dtype == np.float32
     np.testing.assert_array_equal(m[0, 1], np.full((27, 27), 0.5, np.float32))
-    # columns [floor(0), ceil(13.5)) = 0..13 are set
-    assert (m[0, 0][:, :14] == 0.5).all() and (m[0, 0][:, 14:] == -0.5).all()
+    assert (m[0, 0][:, :13] == 0.5).all() and (m[0, 0][:, 14:] == -0.5).all()
+    np.testing.assert_allclose(m[0, 0][:, 13], 0.0)  # half a cell: 0.5 - 0.5
+    # a box from 10% to 30% of the union in y: rows 2.7 .. 8.1 -> row 2 covered 0.3, rows 3-7 fully,
+    # row 8 covered 0.1 (x: the whole width)
+    m = spatial_masks(np.array([box(0, 10, 100, 30)]), np.array([box(0, 0, 100, 100)]))
+    col = m[0, 0][:, 5] + 0.5
+    np.testing.assert_allclose(col[:2], 0.0, atol=1e-6)
+    np.testing.assert_allclose(col[2], 0.3, atol=1e-5)
+    np.testing.assert_allclose(col[3:8], 1.0, atol=1e-6)
+    np.testing.assert_allclose(col[8], 0.1, atol=1e-5)
+    np.testing.assert_allclose(col[9:], 0.0, atol=1e-6)
 
 
 def _frame():
@@ -190,16 +199,63 @@ def test_sgdet_training_view_sttran_assignment():
     # the bystander only negatives use: its detector class (bag) in the class embeddings, not
     # the assignment's background, which the test view never shows
     assert v.embed_labels.tolist() == [1, 11, 11, 2]
-    # the strict rule labels the near-duplicate background; with those labels in the sampling
-    # rule it cannot be dropped (no cap here); with the detector's it is again
-    s = _view(rec, 0, Mode.SGDET, True, ViewOptions(negatives=True, assignment="strict", negative_ratio=10.0,
-                                                       negative_labels="assigned"))
-    assert s.labels.tolist() == [1, 11, 0, 0] and s.embed_labels.tolist() == [1, 11, 0, 0]
-    assert sorted(s.pairs[~s.positive].tolist()) == [[0, 2], [0, 3]]
-    s = _view(rec, 0, Mode.SGDET, True, ViewOptions(negatives=True, assignment="strict", negative_ratio=10.0))
-    assert s.pairs[~s.positive].tolist() == [[0, 3]]
+    # the strict rule labels the near-duplicate background, so the sampling rule (on the
+    # assignment's classes) cannot drop it (no cap here), whatever the embeddings see
+    for labels in ("detector", "assigned"):
+        s = _view(rec, 0, Mode.SGDET, True, ViewOptions(negatives=True, assignment="strict", negative_ratio=10.0,
+                                                           negative_labels=labels))
+        assert s.labels.tolist() == [1, 11, 0, 0]
+        assert sorted(s.pairs[~s.positive].tolist()) == [[0, 2], [0, 3]]
+    assert s.embed_labels.tolist() == [1, 11, 0, 0]
     # without RS-Net's negatives the view holds the positive alone
     assert _view(rec, 0, Mode.SGDET, True).pairs.tolist() == [[0, 1]]
+
+
+def test_sgdet_sampling_uses_the_assignments_classes():
+    """A near-duplicate of the cup that the detector calls a dish: STTran's assignment labels
+    it cup, so the sampling rule drops it, though its class embedding says dish."""
+    frame = _sgdet_frame()
+    frame["det"] = [frame["det"][0], frame["det"][1], ((152, 154, 200, 200), 12), frame["det"][3]]
+    rec = _record([frame] * 3)
+    v = _view(rec, 0, Mode.SGDET, True, ViewOptions(negatives=True, negative_ratio=10.0))
+    assert v.labels.tolist() == [1, 11, 11, 0] and v.embed_labels.tolist() == [1, 11, 12, 2]
+    assert v.pairs[~v.positive].tolist() == [[0, 3]]
+
+
+def test_sgdet_training_subject_is_the_person_detection():
+    """STTran pairs the relations with the detector's person box (its ``localhuman``, the
+    frame's first box), not with the detection that overlaps the GT person most: here a bag
+    box (d1) overlaps the person more than the person detection (d0) does."""
+    frame = dict(gt=[(PERSON_BOX, 1), (CUP_BOX, 11)], rel={1: [0, 5, 14]},
+                 det=[((0, 20, 100, 200), 1), ((0, 2, 100, 200), 2), ((150, 150, 198, 200), 11)])
+    rec = _record([frame] * 3)
+    v = _view(rec, 0, Mode.SGDET, True)
+    assert v.pairs.tolist() == [[0, 2]]
+    assert _union_pair(rec, 0, v) == [[2, 4]]  # (d0, d2) in the joint index
+
+
+def test_baselines_see_no_unannotated_gt_pair():
+    """A GT object without a relation is a negative for RS-Net only."""
+    frame = dict(gt=[(PERSON_BOX, 1), (CUP_BOX, 11), (FAR_BOX, 2)], rel={1: [0]})
+    rec = _record([frame] * 3)
+    assert _view(rec, 0, Mode.PREDCLS, True).pairs.tolist() == [[0, 1]]
+    v = _view(rec, 0, Mode.PREDCLS, True, ViewOptions(negatives=True, negative_ratio=10.0))
+    assert v.pairs.tolist() == [[0, 1], [0, 2]] and v.positive.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_sgdet_views_read_their_own_union_features(store_path, train):
+    """Every SGDET pair has its own stored union feature (no substitution), and no negative is
+    lost for want of one: the store holds every pair the views ask for."""
+    st = open_store(store_path)
+    for video in st.videos():
+        rec = st.read_video(video)
+        for f in range(rec.num_frames):
+            options = ViewOptions(negatives=True, negative_ratio=1e9)
+            v = frame_view(rec, f, Mode.SGDET, train=train, options=options, rng=negative_rng(0, 0, video))
+            assert not v.substituted.any() and (v.union_rows >= 0).all()
+            if train:  # every box but the subject is in a pair: no negative was dropped
+                assert len(np.unique(v.pairs[:, 1])) == len(v.boxes) - 1 or not len(v.pairs)
 
 
 def test_sgdet_training_view_supplies_unmatched_gt():

@@ -203,11 +203,15 @@ def test_glove_embeddings_initialise_every_table(tmp_path):
     from stage2_relations.heads.embeddings import glove_embeddings
 
     p = tmp_path / "glove.txt"
-    p.write_text("person 1 0 0 0\ncup 0 1 0 0\nlight 0 0 1 0\nnot_used 9 9 9 9\nbad 1 2\n")
+    p.write_text("person 1 0 0 0\ncup 0 1 0 0\nglass 5 5 5 5\nlight 0 0 1 0\nnot_used 9 9 9 9\nbad 1 2\n")
     emb = glove_embeddings(p, ACTION_GENOME, 4)
     assert emb.shape == (ACTION_GENOME.num_objects, 4)
     torch.testing.assert_close(emb[ACTION_GENOME.object_index("person")], torch.tensor([1.0, 0, 0, 0]))
+    # cup/glass/bottle takes the word before the first "/" (STTran's obj_edge_vectors), not a mean
     torch.testing.assert_close(emb[ACTION_GENOME.object_index("cup")], torch.tensor([0.0, 1, 0, 0]))
+    # classes the file lacks, the background among them, keep N(0, 1) draws
+    missing = [i for i, n in enumerate(ACTION_GENOME.objects) if n.split("/")[0] not in ("person", "cup", "light")]
+    assert 0.6 < emb[missing].std() < 1.4
     head = build_model("sttran", {**TINY_HEAD, "embed_dim": 4}, None, _context(Mode.SGCLS, class_embeddings=emb))
     for table in (head.subj_embed, head.obj_embed):
         torch.testing.assert_close(table.weight.detach(), emb)
@@ -244,6 +248,11 @@ def test_sttran_transformer_details():
     assert all(isinstance(layer.norm2, torch.nn.LayerNorm) for layer in head.spatial_encoder.layers)
     w = head.frame_embed.weight
     assert (w >= 0).all() and (w < 1).all() and w.mean() > 0.3
+    # the layers of a stack start as copies of one (STTran's _get_clones)
+    first = head.temporal_decoder.layers[0].state_dict()
+    for layer in head.temporal_decoder.layers[1:]:
+        for k, t in layer.state_dict().items():
+            torch.testing.assert_close(t, first[k])
     # the object classifier: BatchNorm on the box, BatchNorm in the decoder, as STTran's
     kinds = [type(m).__name__ for m in head.object_classifier.modules()]
     assert kinds.count("BatchNorm1d") == 2 and "Dropout" in kinds

@@ -213,8 +213,9 @@ def test_stored_pairs_by_hand():
         [2, 1],                  # SGCLS: the most person-like GT box with the others ((2, 0) is (0, 2))
         [3, 4], [3, 5],          # the training subject with every detection
         [3, 1], [3, 2],          # ... and every GT box but the person
-        [4, 5],                  # the test subject ((4, 3) is (3, 4)); the raw one adds nothing new
-        [4, 4],                  # the test subject with its own copy
+        [5, 4],                  # the person detection (STTran's training subject; (5, 3) is (3, 5))
+        [5, 1], [5, 2],          # ... also with every GT box but the person
+        [4, 4],                  # the test subject ((4, 3), (4, 5) stored already) with its own copy
     ]
     # Within the _filtersmall boxes the person is the most person-like: no second SGCLS subject.
     gt_d2 = gt_d.copy()

@@ -165,6 +165,15 @@ class RelationHead(nn.Module):
         return {}
 
     @classmethod
+    def glove_class_embeddings(cls, path: str, cfg: dict, vocabulary: Vocabulary) -> torch.Tensor:
+        """Class embeddings (C, E) from a GloVe file (the recipe's ``glove``), E = the head's
+        embedding width (``embed_dim`` of its recipe, 200 by default, as the baselines);
+        they reach the head as ``context.derived["class_embeddings"]``."""
+        from stage2_relations.heads.embeddings import glove_embeddings
+
+        return glove_embeddings(path, vocabulary, int(cfg.get("embed_dim", 200)))
+
+    @classmethod
     def placeholder_derived(cls, cfg: dict, context: HeadContext) -> dict[str, Any]:
         """Values of :meth:`derive`'s shapes for building the head without a training split
         (parameter counts, shape checks); never for training. Default: nothing."""

@@ -40,6 +40,7 @@ same weights, as in the code. Sinusoidal positions are computed for any length (
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -48,9 +49,9 @@ from torch import nn
 from stage2_relations.data import RelationBatch
 from stage2_relations.heads.base import (HeadContext, PredicateLogits, RelationFeatures, RelationHead, RelationOutput,
                                          register_head)
-from stage2_relations.heads.layers import UnionBranch, pad_groups
+from stage2_relations.heads.layers import PairRepresentation, pad_groups
 from stage2_relations.heads.objects import (ObjectClassifier, ObjectPredictions, center_size, foreground_distribution,
-                                            sgcls_test_objects)
+                                            objects_from_logits)
 from stage2_relations.heads.sttran import STTran
 from stage2_relations.heads.tracking import (ACCEPT_COST, COST_WEIGHTS, EXPIRY_FRAMES, frame_number, frame_ranks,
                                              group_by_class, group_by_label, track_objects)
@@ -156,7 +157,7 @@ class DSGObjectClassifier(nn.Module):
 
 
 @register_head("dsgdetr")
-class DSGDETR(RelationHead):
+class DSGDETR(PairRepresentation, RelationHead):
     """DSG-DETR. Keyword arguments (full-size defaults in brackets):
 
     vocabulary, mode, feature_dim (store), union_shape (store), class_embeddings ((C, embed_dim) or None);
@@ -191,17 +192,10 @@ class DSGDETR(RelationHead):
             num_classes=c, feature_dim=feature_dim, embed_dim=embed_dim, box_dim=box_dim, hidden=object_hidden,
             num_heads=num_heads, ffn_dim=object_ffn_dim, num_layers=object_layers, dropout=dropout,
             classify=self.mode is not Mode.PREDCLS, class_embeddings=class_embeddings)
-        obj_dim = self.object_classifier.dim
-        self.subj_fc = nn.Linear(obj_dim, hidden)
-        self.obj_fc = nn.Linear(obj_dim, hidden)
-        self.union = UnionBranch(self.union_shape, hidden, mask_channels)
-        self.subj_embed = nn.Embedding(c, embed_dim)
-        self.obj_embed = nn.Embedding(c, embed_dim)
-        if class_embeddings is not None:
-            with torch.no_grad():
-                self.subj_embed.weight.copy_(class_embeddings)
-                self.obj_embed.weight.copy_(class_embeddings)
-        d = self.relation_dim = self.pair_input_dim = 3 * hidden + 2 * embed_dim
+        # STTran's relation representation on the refined object features (subj/obj fc from their width)
+        d = self.relation_dim = self.pair_input_dim = self.build_pair_layers(
+            num_classes=c, feature_dim=self.object_classifier.dim, union_shape=self.union_shape, hidden=hidden,
+            embed_dim=embed_dim, mask_channels=mask_channels, class_embeddings=class_embeddings)
         self.spatial_encoder = encoder(d, num_heads, ffn_dim, spatial_layers, dropout)
         self.temporal_encoder = encoder(d, num_heads, ffn_dim, temporal_layers, dropout)
         self.temporal_drop = nn.Dropout(dropout)
@@ -250,21 +244,15 @@ class DSGDETR(RelationHead):
         """(objects, the batch the pairs refer to, each box's refined feature (N', d))."""
         clf = self.object_classifier
         refined = clf.refine(clf.tokens(batch), *self.object_sequences(batch))
-        given = batch.box_labels
-        if batch.mode is Mode.PREDCLS:
-            return ObjectPredictions(None, given, torch.ones_like(batch.box_scores), given), batch, refined
-        logits = clf.classify(refined)
-        if batch.train:
-            embed = (logits[:, 1:].argmax(1) + 1 if batch.mode is Mode.SGCLS
-                     else getattr(batch, "box_embed_labels", given))
-            return ObjectPredictions(logits, given, batch.box_scores, embed), batch, refined
-        if batch.object_scores == "classifier":
-            score, label = logits.softmax(-1)[:, 1:].max(-1)
-            return ObjectPredictions(logits, label + 1, score, label + 1), batch, refined
-        if batch.mode is Mode.SGCLS:
-            labels, scores, keep = sgcls_test_objects(logits[:, 1:].softmax(-1).detach(), batch)
-            return ObjectPredictions(logits, labels, scores, labels, keep), batch.select_pairs(keep), refined
-        return self._sgdet_test(batch, logits, refined)
+        logits = clf.classify(refined) if batch.mode is not Mode.PREDCLS else None
+        if batch.mode is Mode.SGDET and not batch.train and batch.object_scores == "sttran":
+            return self._sgdet_test(batch, logits, refined)
+        objects = objects_from_logits(logits, batch)
+        if batch.train and batch.mode is Mode.SGCLS:  # the code embeds the predicted labels (M:204)
+            objects = replace(objects, embed_labels=logits[:, 1:].argmax(1) + 1)
+        if objects.pair_index is not None:
+            batch = batch.select_pairs(objects.pair_index)
+        return objects, batch, refined
 
     def _sgdet_test(self, batch: RelationBatch, logits: torch.Tensor,
                     refined: torch.Tensor) -> tuple[ObjectPredictions, RelationBatch, torch.Tensor]:
@@ -332,9 +320,8 @@ class DSGDETR(RelationHead):
     def encode(self, batch: RelationBatch) -> RelationFeatures:
         objects, batch, feats = self._objects(batch)
         labels = objects.embed_labels
-        s, o = batch.pairs[:, 0], batch.pairs[:, 1]
-        x = torch.cat([self.subj_fc(feats[s]), self.obj_fc(feats[o]), self.union(batch.union, batch.masks),
-                       self.subj_embed(labels[s]), self.obj_embed(labels[o])], 1)
+        o = batch.pairs[:, 1]
+        x = self.pair_representation(batch, labels, feats)
         rel = x
         if x.shape[0]:
             padded, pad, group, position = pad_groups(x, batch.pair_offsets)

@@ -7,6 +7,8 @@ convs), which STKET and DSG-DETR share."""
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,14 +47,27 @@ class PosEncoderLayer(nn.Module):
         return self.norm2(x + self.drop(self.linear2(self.drop(F.relu(self.linear1(x))))))
 
 
+def cloned(layer: nn.Module, n: int) -> nn.ModuleList:
+    """``n`` deep copies of ``layer``: the layers start from the same weights, as STTran's and
+    STKET's ``_get_clones`` (and ``nn.TransformerEncoder``) build their stacks."""
+    return nn.ModuleList(copy.deepcopy(layer) for _ in range(n))
+
+
 class PosEncoder(nn.Module):
-    """A stack of :class:`PosEncoderLayer`; the same ``pos`` is added at every layer."""
+    """A stack of :class:`PosEncoderLayer`; the same ``pos`` is added at every layer.
+
+    ``clone_init``: the layers start as copies of one (the reference codes' ``_get_clones``);
+    otherwise each layer is initialised on its own.
+    """
 
     def __init__(self, d_model: int, num_heads: int, ffn_dim: int, num_layers: int, dropout: float = 0.1,
-                 ffn_norm: bool = True) -> None:
+                 ffn_norm: bool = True, clone_init: bool = False) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(PosEncoderLayer(d_model, num_heads, ffn_dim, dropout, ffn_norm)
-                                    for _ in range(num_layers))
+        if clone_init:
+            self.layers = cloned(PosEncoderLayer(d_model, num_heads, ffn_dim, dropout, ffn_norm), num_layers)
+        else:
+            self.layers = nn.ModuleList(PosEncoderLayer(d_model, num_heads, ffn_dim, dropout, ffn_norm)
+                                        for _ in range(num_layers))
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None, pad: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layers:
@@ -215,11 +230,14 @@ class PairRepresentation:
                 self.obj_embed.weight.copy_(class_embeddings)
         return 3 * hidden + 2 * embed_dim
 
-    def pair_representation(self, batch: "RelationBatch", labels: torch.Tensor) -> torch.Tensor:
+    def pair_representation(self, batch: "RelationBatch", labels: torch.Tensor,
+                            features: torch.Tensor | None = None) -> torch.Tensor:
         """(M, 3 * hidden + 2 * embed_dim) for the pairs of ``batch``; ``labels`` (N,) the boxes'
-        labels for the class embeddings."""
+        labels for the class embeddings; ``features`` (N, feature_dim) the boxes' features when
+        not ``batch.features`` (DSG-DETR's refined ones)."""
+        feats = batch.features if features is None else features
         s, o = batch.pairs[:, 0], batch.pairs[:, 1]
         return torch.cat([
-            self.subj_fc(batch.features[s]), self.obj_fc(batch.features[o]), self.union(batch.union, batch.masks),
+            self.subj_fc(feats[s]), self.obj_fc(feats[o]), self.union(batch.union, batch.masks),
             self.subj_embed(labels[s]), self.obj_embed(labels[o]),
         ], 1)

@@ -112,13 +112,21 @@ class ObjectPredictions:
 
 
 def predict_objects(classifier: ObjectClassifier | None, batch: RelationBatch) -> ObjectPredictions:
-    """Labels and scores of ``batch``'s boxes by the mode's rule (module docstring)."""
+    """Labels and scores of ``batch``'s boxes by the mode's rule (module docstring); the
+    classifier runs only where the rule uses it."""
+    if batch.mode is Mode.SGDET and not batch.train and batch.object_scores == "sttran":
+        return ObjectPredictions(None, batch.box_labels, batch.box_scores, batch.box_labels)
+    needed = batch.mode is not Mode.PREDCLS and classifier is not None
+    return objects_from_logits(classifier(batch) if needed else None, batch)
+
+
+def objects_from_logits(logits: torch.Tensor | None, batch: RelationBatch) -> ObjectPredictions:
+    """The rule of :func:`predict_objects` for given classifier logits (N, C) (None: a head
+    without classifier, or PREDCLS), for a head that computes them its own way; SGDET test under
+    STTran's rule takes the view's labels and never calls this."""
     given = batch.box_labels
     if batch.mode is Mode.PREDCLS:
         return ObjectPredictions(None, given, torch.ones_like(batch.box_scores), given)
-    if batch.mode is Mode.SGDET and not batch.train and batch.object_scores == "sttran":
-        return ObjectPredictions(None, given, batch.box_scores, given)
-    logits = classifier(batch) if classifier is not None else None
     if batch.train:
         return ObjectPredictions(logits, given, batch.box_scores, batch.box_embed_labels)
     if batch.object_scores == "classifier":

@@ -60,7 +60,7 @@ from torch.nn import functional as F
 
 from stage2_relations.data import RelationBatch
 from stage2_relations.heads.base import HeadContext, PredicateLogits, RelationFeatures, RelationHead, register_head
-from stage2_relations.heads.layers import PairRepresentation, PosEncoderLayer, frame_windows, pad_groups
+from stage2_relations.heads.layers import PairRepresentation, PosEncoderLayer, cloned, frame_windows, pad_groups
 from stage2_relations.heads.objects import object_classifier_for
 from store.vocabulary import Mode, PredicateGroup, Vocabulary
 
@@ -92,13 +92,13 @@ class KnowledgeLayer(PosEncoderLayer):
 
 
 class KnowledgeStack(nn.Module):
-    """Layers of :class:`KnowledgeLayer`; the same prior and pos at every layer."""
+    """Layers of :class:`KnowledgeLayer`, starting as copies of one (STKET's ``_get_clones``); the
+    same prior and pos at every layer."""
 
     def __init__(self, d_model: int, num_heads: int, ffn_dim: int, num_layers: int, dropout: float,
                  ffn_norm: bool) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(KnowledgeLayer(d_model, num_heads, ffn_dim, dropout, ffn_norm)
-                                    for _ in range(num_layers))
+        self.layers = cloned(KnowledgeLayer(d_model, num_heads, ffn_dim, dropout, ffn_norm), num_layers)
 
     def forward(self, x: torch.Tensor, prior: torch.Tensor | None = None, pos: torch.Tensor | None = None,
                 pad: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,7 +10,8 @@ Relation vector of a pair (Eq. 1 of RS-Net), 3 * hidden + 2 * embed_dim wide (19
   mode's rule gives (:mod:`.objects`: GT or assigned in training, predicted at test).
 
 Then a spatial encoder (1 layer, 8 heads, FFN 2048, dropout 0.1) over the pairs of each frame,
-a temporal decoder (3 layers, no LayerNorm after the FFN, as ``lib/transformer.py``) over
+a temporal decoder (3 layers, no LayerNorm after the FFN, as ``lib/transformer.py``; the layers
+of each stack start as copies of one, as its ``_get_clones``) over
 sliding windows of 2 consecutive frames of a video with a learned 2-slot frame embedding
 (initialised uniformly in [0, 1), as STTran) added to queries and keys (frame t > 0 takes its
 output from window (t-1, t), frame 0 from window (0, 1)), and linear heads to attention (3,
@@ -65,8 +66,9 @@ class STTran(PairRepresentation, RelationHead):
             num_classes=num_classes, feature_dim=feature_dim, union_shape=self.union_shape, hidden=hidden,
             embed_dim=embed_dim, mask_channels=mask_channels, class_embeddings=class_embeddings)
         d = self.relation_dim
-        self.spatial_encoder = PosEncoder(d, num_heads, ffn_dim, spatial_layers, dropout)
-        self.temporal_decoder = PosEncoder(d, num_heads, ffn_dim, temporal_layers, dropout, ffn_norm=False)
+        self.spatial_encoder = PosEncoder(d, num_heads, ffn_dim, spatial_layers, dropout, clone_init=True)
+        self.temporal_decoder = PosEncoder(d, num_heads, ffn_dim, temporal_layers, dropout, ffn_norm=False,
+                                           clone_init=True)
         self.frame_embed = nn.Embedding(2, d)
         nn.init.uniform_(self.frame_embed.weight)
         self.attention_head = nn.Linear(d, a)
