@@ -1,0 +1,226 @@
+"""Errors a user can fix, and the checks that raise them for recipes (config files).
+
+:class:`UserError` is the base of every error that describes bad input rather than a bug: a
+store that cannot be used (:class:`~store.records.StoreError`), a recipe with a wrong field
+(:class:`ConfigError`), a file that is not what a command expects (:class:`InputError`), a
+folder another process is writing (:class:`~store.files.LockedError`). Stage 1's
+``AnnotationError`` and ``FrameError`` derive from it too. The CLI prints such an error as one
+line and exits 1; ``-vv`` shows the traceback.
+
+A ``UserError`` raised inside a DataLoader worker reaches the main process as the same class
+built from torch's message (``"Caught StoreError in DataLoader worker process 0. Original
+Traceback ..."``); :class:`UserError` keeps only the original one-line message from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+_WORKER_PREFIX = "Caught "
+
+
+def _unwrap_worker_message(message: str) -> str:
+    """The original message of an exception that torch re-raises from a DataLoader worker."""
+    if not message.startswith(_WORKER_PREFIX) or "Original Traceback" not in message:
+        return message
+    lines = [ln for ln in message.rstrip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else message
+    # "store.records.StoreError: path: problem" -> "path: problem"
+    head, sep, rest = last.partition(": ")
+    return rest if sep and "." in head and " " not in head else last
+
+
+class UserError(Exception):
+    """An error the user can fix (bad input, a busy folder, a full disk): shown as one line."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(_unwrap_worker_message(str(message)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take other arguments (a file and a problem): rebuild without __init__.
+        return (_rebuild, (type(self), str(self), dict(self.__dict__)))
+
+
+def _rebuild(cls: type, message: str, state: dict[str, Any]) -> UserError:
+    obj = cls.__new__(cls)
+    Exception.__init__(obj, message)
+    obj.__dict__.update(state)
+    return obj
+
+
+def split_message(message: str) -> tuple[str, str]:
+    """``"file: problem"`` (a worker's re-raised message unwrapped first) as (file, problem)."""
+    file, _, problem = _unwrap_worker_message(str(message)).partition(": ")
+    return file, problem
+
+
+class ConfigError(UserError, ValueError):
+    """A recipe (YAML file, ``--set`` or an option) with a wrong field; names where and which."""
+
+
+class InputError(UserError, ValueError):
+    """An input file that is not what the command expects (garbage, truncated, another kind)."""
+
+
+# --- recipes: one-line checks of a dataclass's fields ----------------------------------------
+
+
+Rule = tuple[Callable[[Any], bool], str]
+"""(predicate, what it requires), e.g. ``(lambda v: v >= 1, ">= 1")``."""
+
+
+def at_least(lo: float) -> Rule:
+    return (lambda v: v >= lo, f">= {lo:g}")
+
+
+def positive() -> Rule:
+    return (lambda v: v > 0, "> 0")
+
+
+def between(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Rule:
+    def ok(v: float) -> bool:
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+
+    return (ok, f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+
+
+def one_of(*choices: Any) -> Rule:
+    return (lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def _type_ok(value: Any, hint: Any) -> tuple[bool, Any]:
+    """Whether ``value`` fits the annotation ``hint``; returns (ok, value as the field keeps it)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = typing.get_args(hint)
+        if value is None:
+            return type(None) in args, value
+        for a in args:
+            if a is type(None):
+                continue
+            ok, v = _type_ok(value, a)
+            if ok:
+                return True, v
+        return False, value
+    if hint is Any:
+        return True, value
+    base = origin or hint
+    if base is bool:
+        return isinstance(value, bool), value
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if base is str:
+        return isinstance(value, str), value
+    if base in (dict, Mapping):
+        return isinstance(value, dict), value
+    if base in (tuple, list):
+        ok = isinstance(value, (list, tuple))
+        return ok, (tuple(value) if base is tuple and ok else value)
+    return True, value
+
+
+def _type_name(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in args else "")
+    base = typing.get_origin(hint) or hint
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+            tuple: "a list", list: "a list"}.get(base, getattr(base, "__name__", str(base)))
+
+
+def check_fields(cls: type, data: Mapping[str, Any], *, where: Callable[[str], str] | str,
+                 rules: Mapping[str, Rule] | None = None) -> dict[str, Any]:
+    """Check ``data`` (a recipe as parsed) against the dataclass ``cls``: no unknown key, each
+    value of its field's type (an int is a number; ``1e-4`` in YAML is a string and is read as a
+    number), and each ``rules[field]`` satisfied. Returns the values as the fields keep them.
+
+    ``where`` names the origin of a field in the message: a string (the file) or a function of
+    the field name (``"--set lr"``, ``"--epochs"``). Raises :class:`ConfigError` with one line:
+    ``"<where>: <field>: must be <what>, got <value>"``.
+    """
+    origin = where if callable(where) else (lambda _k, _w=where: str(_w))
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{origin(key)}: unknown field {key!r}; known: {', '.join(sorted(known))}")
+        hint = hints.get(key, Any)
+        if isinstance(value, str) and _type_name(hint) in ("a number", "a number or null"):
+            try:  # YAML 1.1 reads 1e-4 (no dot) as a string
+                value = float(value)
+            except ValueError:
+                pass
+        ok, value = _type_ok(value, hint)
+        if not ok:
+            raise ConfigError(f"{origin(key)}: {key}: must be {_type_name(hint)}, got {value!r}")
+        rule = (rules or {}).get(key)
+        if rule is not None and value is not None and not rule[0](value):
+            raise ConfigError(f"{origin(key)}: {key}: must be {rule[1]}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def check_keywords(func: Callable[..., Any], cfg: Mapping[str, Any], *, skip: tuple[str, ...], what: str,
+                   where: Callable[[str], str] | str) -> None:
+    """Every key of ``cfg`` is a keyword argument of ``func`` (a constructor) other than ``skip``,
+    with a value of the annotated type where the annotation is a plain bool / int / float / str.
+    Raises :class:`ConfigError` naming ``where`` (the file or option, or a function of the key
+    giving it) and the key."""
+    import inspect
+
+    origin = where if callable(where) else (lambda _k, _w=where: str(_w))
+    sig = inspect.signature(func)
+    params = {n: p for n, p in sig.parameters.items()
+              if n not in skip and n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: check the names only
+        hints = {}
+    for key, value in cfg.items():
+        if key not in params:
+            raise ConfigError(f"{origin(key)}: {what}: unknown key {key!r}; known: {', '.join(sorted(params))}")
+        hint = hints.get(key)
+        if hint in (bool, int, float, str) or (typing.get_origin(hint) in (typing.Union,)
+                                                and set(typing.get_args(hint)) <= {bool, int, float, str, type(None)}):
+            ok, _ = _type_ok(value, hint)
+            if not ok:
+                raise ConfigError(f"{origin(key)}: {what}.{key}: must be {_type_name(hint)}, got {value!r}")
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file that holds a mapping (empty file: ``{}``); :class:`ConfigError` naming the
+    file for a missing file, a syntax error (with its line) or another top-level type."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the recipe ({e.strerror if isinstance(e, OSError) else e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of fields (key: value), not a {type(data).__name__}")
+    return data
+
+
+__all__ = ["ConfigError", "InputError", "UserError", "at_least", "between", "check_fields", "check_keywords",
+           "load_yaml_mapping", "one_of", "positive"]

@@ -1,0 +1,334 @@
+"""Files that are written whole or not at all, one writer per folder, and checked reads.
+
+* :func:`atomic_write` (and :func:`write_text`, :func:`write_json`, :func:`copy_file`): the
+  content goes to a temporary file in the same folder (``.NAME.tmp-PID``), is flushed and
+  fsynced, then renamed over ``NAME`` and the folder fsynced. A reader, or a process resumed
+  after a crash, sees the old file or the new one, never a part. :func:`remove_temps` removes
+  the temporaries a killed writer left, by their exact names.
+* :class:`WriterLock`: an exclusive ``fcntl.flock`` on a lock file. The OS releases it when the
+  process dies (even by SIGKILL), so a stale lock never blocks; a second writer fails at once
+  with :class:`LockedError` naming the folder and the holder's pid. The holder records the
+  temporary files it creates in the lock file, so the next holder removes exactly those a
+  crash left (and nothing that merely looks like one).
+* :func:`load_torch`: ``torch.load`` with one-line errors for an empty, truncated, text or
+  foreign file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from store.errors import InputError, UserError
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+
+
+def fsync_dir(path: Path | str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_path(path: Path | str) -> Path:
+    """The temporary name :func:`atomic_write` uses for ``path`` in this process."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def describe_os_error(e: BaseException) -> str:
+    """``"No space left on device (errno 28)"``: the reason of an OSError without the path (also
+    for h5py's, which put the errno inside a long message)."""
+    code = getattr(e, "errno", None)
+    if not code:
+        m = re.search(r"errno = (\d+)", str(e))
+        code = int(m.group(1)) if m else None
+    if code:
+        return f"{os.strerror(code)} (errno {code})"
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` for writing; on a clean exit, fsync it and rename it
+    over ``path``. On an exception the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def write_text(path: Path | str, text: str) -> None:
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+
+
+def write_json(path: Path | str, payload: Any, **kwargs: Any) -> None:
+    write_text(path, json.dumps(payload, **kwargs))
+
+
+def copy_file(src: Path | str, dst: Path | str) -> None:
+    """Copy ``src`` to ``dst`` whole or not at all."""
+    with open(src, "rb") as fin, atomic_write(dst) as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
+def remove_temps(folder: Path | str, names: set[str] | frozenset[str]) -> list[Path]:
+    """Remove the temporaries of :func:`atomic_write` for the files ``names`` in ``folder``
+    (``.NAME.tmp-PID``) whose process is gone; returns what was removed."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TEMP.match(p.name)
+        if m and m["name"] in names and not _alive(int(m["pid"])):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- one writer per folder ----------------------------------------------------------------
+
+
+class LockedError(UserError):
+    """Another process holds the lock of a folder (or of a part of a store)."""
+
+
+class WriterLock:
+    """An exclusive lock that dies with its process, held while writing ``folder``.
+
+    ``lock_file`` holds JSON: the holder's pid, host, start time and the temporary files it
+    has created and not yet renamed (:meth:`record` / :meth:`forget`). :attr:`previous` is what
+    the previous holder left there: after a crash, its unfinished temporaries.
+    """
+
+    def __init__(self, lock_file: Path | str, *, folder: Path | str, what: str,
+                 remove_on_release: bool = False) -> None:
+        self.lock_file = Path(lock_file)
+        self.folder = Path(folder)
+        self.what = what
+        self.remove_on_release = remove_on_release
+        self.previous: dict[str, Any] = {}
+        self._fd: int | None = None
+        self._state: dict[str, Any] = {}
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> "WriterLock":
+        while True:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = _read_state(fd)
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                pid = holder.get("pid", "?")
+                host = holder.get("host")
+                since = holder.get("since")
+                raise LockedError(
+                    f"{self.folder}: {self.what} by another process (pid {pid}"
+                    f"{' on ' + host if host and host != socket.gethostname() else ''}"
+                    f"{', since ' + since if since else ''}); wait for it to finish or stop it") from None
+            # The file may have been removed (remove_on_release) between open and flock.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.lock_file).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self._fd = fd
+        self.previous = _read_state(fd)
+        self._state = {"pid": os.getpid(), "host": socket.gethostname(),
+                       "since": _dt.datetime.now().isoformat(timespec="seconds"), "temps": []}
+        self._save()
+        return self
+
+    def record(self, name: str) -> None:
+        """Note that ``name`` (in :attr:`folder`) is a temporary this process is about to create."""
+        self._state["temps"].append(name)
+        self._save()
+
+    def forget(self, name: str) -> None:
+        """``name`` was renamed into place or removed."""
+        if name in self._state["temps"]:
+            self._state["temps"].remove(name)
+            self._save()
+
+    def previous_temps(self) -> list[str]:
+        """The temporaries the previous holder recorded and did not finish (plain names)."""
+        temps = self.previous.get("temps", [])
+        return [t for t in temps if isinstance(t, str) and "/" not in t and t not in ("", ".", "..")]
+
+    def _save(self) -> None:
+        if self._fd is None:
+            return
+        data = json.dumps(self._state).encode()
+        os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            if self.remove_on_release:
+                with contextlib.suppress(OSError):
+                    self.lock_file.unlink()
+            else:
+                self._state["temps"] = []
+                self._state["pid"] = None
+                with contextlib.suppress(OSError):
+                    self._save()
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:  # an unreleased lock (an exception before its owner took it) dies with it
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+    def __enter__(self) -> "WriterLock":
+        return self.acquire() if not self.held else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def __getstate__(self) -> dict[str, Any]:  # a DataLoader worker does not hold the lock
+        d = dict(self.__dict__)
+        d["_fd"] = None
+        return d
+
+
+def _read_state(fd: int) -> dict[str, Any]:
+    try:
+        data = os.pread(fd, 1 << 16, 0)
+        state = json.loads(data.decode()) if data else {}
+        return state if isinstance(state, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+# --- checked reads --------------------------------------------------------------------------
+
+
+def _kind_of(path: Path) -> str:
+    """What a file that torch cannot load looks like, for the message."""
+    import zipfile
+
+    with path.open("rb") as fh:
+        head = fh.read(512)
+    if head.startswith(b"PK\x03\x04"):
+        return "a PyTorch file" if zipfile.is_zipfile(path) else "a truncated or damaged PyTorch zip file"
+    if head[:1] == b"\x80":
+        return "a legacy PyTorch (pickle) file"
+    try:
+        text = head.decode("utf-8")
+        if text and all(c.isprintable() or c in "\r\n\t" for c in text):
+            return "a text file"
+    except UnicodeDecodeError:
+        pass
+    return "not a PyTorch file"
+
+
+def _checkpoint_kind(path: Path) -> str | None:
+    """Which of this project's checkpoints a PyTorch zip file is, from the key names in its
+    pickle (without unpickling it), or None."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+            data = z.read(name) if name else b""
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if b"best_r20" in data and b"history" in data:
+        return "a relation-head checkpoint (stage 2, `train`)"
+    if b"arch" in data and b"settings" in data:
+        return "a detector checkpoint (stage 1)"
+    return None
+
+
+def load_torch(path: Path | str, *, what: str = "checkpoint", weights_only: bool = True,
+               map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load`` of ``path`` with an :class:`~store.errors.InputError` naming the file and
+    what is wrong for a missing, empty (an interrupted write), truncated, text or foreign file."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a {what}")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: is empty (0 bytes), not a {what}: an interrupted write?")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only,
+                          mmap=mmap and _is_zip(path))
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError,
+            AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
+        kind = _kind_of(path)
+        if kind.startswith("a truncated"):
+            raise InputError(f"{path}: not a readable {what}: {kind} (an interrupted write or copy?)") from None
+        if kind != "a PyTorch file" and not kind.startswith("a legacy"):
+            raise InputError(f"{path}: not a {what}: {kind}") from None
+        if weights_only and "Weights only load failed" in str(e):
+            found = _checkpoint_kind(path)
+            raise InputError(f"{path}: not a {what}: " + (
+                f"it is {found}" if found else "it holds Python objects beyond tensors and plain values, which a "
+                                               "weights-only load refuses")) from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: not a readable {what} ({kind}: {first[:100]})") from None
+
+
+def _is_zip(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
+__all__ = ["LockedError", "WriterLock", "atomic_write", "copy_file", "describe_os_error", "fsync_dir",
+           "load_torch", "remove_temps", "temp_path", "write_json", "write_text"]
