@@ -1,19 +1,16 @@
 """The Action Genome detector checkpoint (``faster_rcnn_ag.pth``) in our r101-c4 detector.
 
 Every AG baseline (STTran, STKET, DSG-DETR, TEMPURA) loads the same Faster R-CNN, trained
-with jwyang/faster-rcnn.pytorch and shipped with yrcong/STTran. Two things are needed to
-use it here:
+with jwyang/faster-rcnn.pytorch and shipped with yrcong/STTran.
+:func:`convert_ag_checkpoint` renames its parameters onto torchvision's Faster R-CNN
+(:func:`stage1_detect.detectors.build_r101_c4`) and turns the RPN's two-way softmax into
+torchvision's one sigmoid logit per anchor; it writes a :func:`save_detector` checkpoint whose
+settings say ``legacy_rcnn=True``, so that ``load_detector`` (and ``detect --weights``)
+rebuild the detector with jwyang's geometry (anchors, "+1" boxes, clipping, NMS, proposal
+filtering, resize: :mod:`stage1_detect.legacy_rcnn`).
 
-* :func:`convert_ag_checkpoint` renames its parameters onto torchvision's Faster R-CNN
-  (:func:`stage1_detect.detectors.build_r101_c4`) and turns the RPN's two-way softmax into
-  torchvision's one sigmoid logit per anchor; it writes a :func:`save_detector` checkpoint
-  whose settings say ``legacy_rcnn=True``, so that ``load_detector`` (and ``detect
-  --weights``) rebuild the detector with the conventions below.
-* :func:`apply_legacy_conventions` (called by ``build_r101_c4`` when ``legacy_rcnn`` is set)
-  swaps the parts of the torchvision model whose geometry differs from jwyang's code.
-
-Conventions reconciled, with the public file each comes from (jwyang/faster-rcnn.pytorch,
-identical in STTran's copy under ``fasterRCNN/``):
+Conventions of the checkpoint and of the settings it runs with, with the public file each
+comes from (jwyang/faster-rcnn.pytorch, identical in STTran's copy under ``fasterRCNN/``):
 
 1. **Parameter names** (``lib/model/faster_rcnn/resnet.py``, ``faster_rcnn.py``,
    ``lib/model/rpn/rpn.py``): ``RCNN_base`` is ``Sequential(conv1, bn1, relu, maxpool,
@@ -22,50 +19,21 @@ identical in STTran's copy under ``fasterRCNN/``):
 2. **Batch norm**: ``nn.BatchNorm2d`` (eps 1e-5) always in eval mode (``set_bn_eval``), i.e.
    a fixed affine map as torchvision's ``FrozenBatchNorm2d`` (eps 1e-5, buffers weight,
    bias, running_mean, running_var); ``num_batches_tracked`` is dropped.
-3. **Caffe stem** (``resnet.py``): ``MaxPool2d(3, stride=2, padding=0, ceil_mode=True)``;
-   torchvision's has ``padding=1``, which shifts and enlarges every feature map.
-4. **RPN objectness** (``rpn.py``, ``proposal_layer.py``): ``RPN_cls_score`` gives 2A
+3. **RPN objectness** (``rpn.py``, ``proposal_layer.py``): ``RPN_cls_score`` gives 2A
    channels; ``reshape(x, 2)`` views them as (2, A*H, W), so channels 0..A-1 are the
    background scores and A..2A-1 the foreground scores of anchors 0..A-1, and
    ``proposal_layer`` keeps ``[:, A:]`` after the softmax. softmax([bg, fg])[fg] =
    sigmoid(fg - bg), so the sigmoid logit of anchor a is ``W[A + a] - W[a]``, same for the
-   bias. The RPN's 3x3 conv has 512 output channels (torchvision's ``RPNHead`` keeps the
-   input's 1024), so a 512-channel head replaces it.
-5. **Anchors** (``generate_anchors.py``, ``proposal_layer.py``): base window (0, 0, 15, 15),
-   centre 7.5, widths and heights ``round(sqrt(256 / r))`` and ``round(that * r)`` (numpy's
-   round, half to even) then multiplied by the scale, corners at centre +- (w - 1) / 2;
-   ratio-major then scale, as torchvision's ``AnchorGenerator`` orders them. Scales
-   [4, 8, 16, 32] (STTran's ``fasterRCNN/lib/model/utils/config.py``) at feature stride 16,
-   i.e. ``anchor_sizes`` (64, 128, 256, 512); anchor index = (y * W + x) * A + a in both.
-   Shifts are always 16 pixels per cell (torchvision infers the stride from the padded
-   image size, which is only right when the image is padded to a multiple of 16).
-6. **Box deltas** (``bbox_transform.py``): widths with "+1" (w = x2 - x1 + 1), centre
-   x1 + 0.5 w, decoded corners centre -+ 0.5 w (no "- 1" on x2: this is py-faster-rcnn's
-   ``bbox_transform_inv``, not Detectron's). The RCNN deltas are scaled by
-   ``BBOX_NORMALIZE_STDS`` (0.1, 0.1, 0.2, 0.2) (``config.py``; STTran's
-   ``lib/object_detector.py`` multiplies them in) = torchvision's ``bbox_reg_weights``
-   (10, 10, 5, 5); the RPN deltas are not scaled (weights 1).
-7. **Clipping** (``bbox_transform.py: clip_boxes``): to [0, W - 1] x [0, H - 1] of the
-   resized image, for proposals and detections (torchvision: [0, W] x [0, H]).
-8. **NMS** (STTran's ``fasterRCNN/lib/model/csrc/*/nms*``, maskrcnn-benchmark's kernels):
-   IoU with "+1" areas; equal to torchvision's NMS on boxes grown by one pixel to the right
-   and bottom (:func:`legacy_nms`).
-9. **Proposal filtering** (``proposal_layer.py``): sort by foreground probability, keep
-   ``RPN_PRE_NMS_TOP_N``, NMS 0.7, keep ``RPN_POST_NMS_TOP_N``; the minimum-size filter is
-   commented out there, so nothing is removed for being small (torchvision drops boxes
-   under 1e-3 pixels in the RPN and 1e-2 in the box head).
-10. **RoIAlign** (STTran's ``faster_rcnn.py``, ``config.py``): ``ROIAlign((7, 7), 1/16,
-    sampling_ratio=0)`` from maskrcnn-benchmark, i.e. torchvision's ``roi_align`` with
-    ``aligned=False`` at 7x7 (``POOLING_SIZE = 7``, ``POOLING_MODE = 'align'``); layer4's
-    stride 2 then gives 4x4 before the mean. The converted checkpoint's settings say
-    ``roi_size=7``.
-11. **Input size** (STTran's ``dataloader/action_genome.py``, ``fasterRCNN/lib/model/utils/
-    blob.py``): BGR minus the caffe means, short side scaled to 600 by cv2; the long-side cap
-    (``MAX_SIZE`` 1000) is commented out, so the converted settings set ``max_size`` to
-    :data:`NO_LONG_SIDE_CAP`.
-12. **Unpadded input**: one image (or a video's same-size frames) is not padded
-    (``size_divisible=1``); padding would add feature cells, and anchors, that jwyang's
-    network never sees.
+   bias.
+4. **RoIAlign** (STTran's ``faster_rcnn.py``, ``config.py``): ``ROIAlign((7, 7), 1/16,
+   sampling_ratio=0)`` from maskrcnn-benchmark, i.e. torchvision's ``roi_align`` with
+   ``aligned=False`` at 7x7 (``POOLING_SIZE = 7``, ``POOLING_MODE = 'align'``); layer4's
+   stride 2 then gives 4x4 before the mean. The converted checkpoint's settings say
+   ``roi_size=7``.
+5. **Input size** (STTran's ``dataloader/action_genome.py``, ``fasterRCNN/lib/model/utils/
+   blob.py``): BGR minus the caffe means, short side scaled to 600 by cv2; the long-side cap
+   (``MAX_SIZE`` 1000) is commented out, so the converted settings set ``max_size`` to
+   :data:`NO_LONG_SIDE_CAP`.
 
 What this cannot make identical is listed in ``docs/ag_detector.md``.
 """
@@ -76,31 +44,17 @@ import logging
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torchvision.models.detection._utils import BoxCoder
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
-from torchvision.ops import boxes as box_ops
-from torchvision.ops.misc import Conv2dNormActivation
+from torch import Tensor
 
-from stage1_detect.detectors import Detector, build_r101_c4, save_detector, sha256_of
+from stage1_detect.detectors import build_r101_c4, save_detector, sha256_of
 
 log = logging.getLogger(__name__)
 
 AG_NUM_CLASSES = 37
 """Background plus Action Genome's 36 object classes."""
-JWYANG_BASE_SIZE = 16
-"""``generate_anchors(base_size=16)``: the reference window is (0, 0, 15, 15)."""
-JWYANG_FEAT_STRIDE = 16
-"""``cfg.FEAT_STRIDE = [16]``: anchors shift by 16 pixels per feature cell."""
-JWYANG_RPN_CHANNELS = 512
-"""``RPN_Conv = Conv2d(1024, 512, 3, 1, 1)``."""
 NO_LONG_SIDE_CAP = 100_000
 """``max_size`` that never binds: STTran's (and jwyang's) ``prep_im_for_blob`` scales the short
 side to 600 with the MAX_SIZE test commented out, so a 480x270 AG frame becomes 1067x600."""
@@ -156,246 +110,6 @@ class ConversionReport:
         return (f"converted {self.src.name} ({meta or 'no metadata'}; sha256 {self.source_sha256[:12]}) -> "
                 f"{self.dst}: {self.tensors} tensors, {self.num_classes} classes, {self.num_anchors} anchors "
                 f"per cell, {len(self.dropped)} dropped{warn}")
-
-
-# --- geometry ------------------------------------------------------------------------------
-
-
-def jwyang_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float],
-                   base_size: int = JWYANG_BASE_SIZE) -> Tensor:
-    """The cell anchors of ``generate_anchors.py``: float32 (len(ratios) * len(sizes), 4) xyxy.
-
-    ``sizes`` are in pixels (scale * base_size, e.g. 128 for scale 8); ratio = h / w. Rows are
-    ratio-major then size. For ratio 1, size 128: [-56, -56, 71, 71].
-    """
-    ratios = torch.as_tensor(aspect_ratios, dtype=torch.float64)
-    scales = torch.as_tensor(sizes, dtype=torch.float64) / base_size
-    centre = (base_size - 1) / 2.0
-    # _ratio_enum: keep the base area, round w, then round h from the rounded w
-    # (torch.round rounds half to even, as numpy's round does).
-    ws = torch.round(torch.sqrt(base_size * base_size / ratios))
-    hs = torch.round(ws * ratios)
-    ws = (ws[:, None] * scales[None, :]).reshape(-1)
-    hs = (hs[:, None] * scales[None, :]).reshape(-1)
-    half_w, half_h = 0.5 * (ws - 1), 0.5 * (hs - 1)
-    return torch.stack([centre - half_w, centre - half_h, centre + half_w, centre + half_h], dim=1).float()
-
-
-class LegacyAnchorGenerator(AnchorGenerator):
-    """torchvision's ``AnchorGenerator`` with jwyang's cell anchors and a fixed stride.
-
-    Same anchor order as torchvision (location-major, then ratio, then size), so the RPN
-    head's channels need no permutation.
-    """
-
-    def __init__(self, sizes: Sequence[float], aspect_ratios: Sequence[float],
-                 stride: int = JWYANG_FEAT_STRIDE, base_size: int = JWYANG_BASE_SIZE):
-        super().__init__(sizes=(tuple(sizes),), aspect_ratios=(tuple(aspect_ratios),))
-        self.stride = stride
-        self.cell_anchors = [jwyang_anchors(sizes, aspect_ratios, base_size)]
-
-    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
-        grid_sizes = [fm.shape[-2:] for fm in feature_maps]
-        dtype, device = feature_maps[0].dtype, feature_maps[0].device
-        stride = torch.tensor(self.stride, dtype=torch.int64, device=device)
-        self.set_cell_anchors(dtype, device)
-        per_map = self.grid_anchors(grid_sizes, [[stride, stride]] * len(grid_sizes))
-        return [torch.cat(per_map) for _ in image_list.image_sizes]
-
-
-class LegacyBoxCoder(BoxCoder):
-    """Box deltas with the "+1" width convention of jwyang's ``bbox_transform.py``.
-
-    Encode: w = x2 - x1 + 1, cx = x1 + 0.5 w; (dx, dy, dw, dh) = weights *
-    ((gx - cx) / w, (gy - cy) / h, log(gw / w), log(gh / h)).
-    Decode: cx' = cx + w dx / wx, w' = w exp(dw / ww); x1' = cx' - 0.5 w', x2' = cx' + 0.5 w'.
-    dw, dh are clamped at ``bbox_xform_clip`` (log(1000 / 16)) as torchvision does; jwyang
-    does not clamp, which only matters for boxes 62 times wider than their anchor.
-    """
-
-    def encode_single(self, reference_boxes: Tensor, proposals: Tensor) -> Tensor:
-        wx, wy, ww, wh = self.weights
-        pw, ph, pcx, pcy = _widths_centres(proposals)
-        gw, gh, gcx, gcy = _widths_centres(reference_boxes)
-        return torch.stack([wx * (gcx - pcx) / pw, wy * (gcy - pcy) / ph,
-                            ww * torch.log(gw / pw), wh * torch.log(gh / ph)], dim=1)
-
-    def decode_single(self, rel_codes: Tensor, boxes: Tensor) -> Tensor:
-        boxes = boxes.to(rel_codes.dtype)
-        w, h, cx, cy = (t[:, None] for t in _widths_centres(boxes))
-        wx, wy, ww, wh = self.weights
-        dx, dy = rel_codes[:, 0::4] / wx, rel_codes[:, 1::4] / wy
-        dw = torch.clamp(rel_codes[:, 2::4] / ww, max=self.bbox_xform_clip)
-        dh = torch.clamp(rel_codes[:, 3::4] / wh, max=self.bbox_xform_clip)
-        pcx, pcy = dx * w + cx, dy * h + cy
-        pw, ph = torch.exp(dw) * w, torch.exp(dh) * h
-        return torch.stack([pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw, pcy + 0.5 * ph], dim=2).flatten(1)
-
-
-def _widths_centres(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    w = boxes[:, 2] - boxes[:, 0] + 1.0
-    h = boxes[:, 3] - boxes[:, 1] + 1.0
-    return w, h, boxes[:, 0] + 0.5 * w, boxes[:, 1] + 0.5 * h
-
-
-def legacy_clip(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
-    """Clip xyxy boxes (..., 4) to [0, W - 1] x [0, H - 1] (jwyang's ``clip_boxes``)."""
-    h, w = image_size
-    x = boxes[..., 0::2].clamp(0, w - 1)
-    y = boxes[..., 1::2].clamp(0, h - 1)
-    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
-
-
-_GROW = (0.0, 0.0, 1.0, 1.0)
-
-
-def legacy_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """NMS whose IoU counts pixels ("+1" widths and areas), as the AG detector's kernels.
-
-    Growing x2, y2 by one makes torchvision's IoU equal that one exactly.
-    Returns int64 indices, highest score first.
-    """
-    return box_ops.nms(boxes + boxes.new_tensor(_GROW), scores, iou_threshold)
-
-
-def legacy_batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
-    """:func:`legacy_nms` independently per value of ``idxs`` (per class)."""
-    return box_ops.batched_nms(boxes + boxes.new_tensor(_GROW), scores, idxs, iou_threshold)
-
-
-class LegacyRegionProposalNetwork(RegionProposalNetwork):
-    """torchvision's RPN with jwyang's proposal layer: top ``pre_nms_top_n`` by foreground
-    probability, clip to W - 1 / H - 1, "+1" NMS, top ``post_nms_top_n``; no size filter."""
-
-    @classmethod
-    def like(cls, rpn: RegionProposalNetwork, *, anchor_generator: AnchorGenerator, head: nn.Module,
-             box_coder: BoxCoder) -> "LegacyRegionProposalNetwork":
-        new = cls(anchor_generator, head,
-                  fg_iou_thresh=rpn.proposal_matcher.high_threshold,
-                  bg_iou_thresh=rpn.proposal_matcher.low_threshold,
-                  batch_size_per_image=rpn.fg_bg_sampler.batch_size_per_image,
-                  positive_fraction=rpn.fg_bg_sampler.positive_fraction,
-                  pre_nms_top_n=dict(rpn._pre_nms_top_n), post_nms_top_n=dict(rpn._post_nms_top_n),
-                  nms_thresh=rpn.nms_thresh, score_thresh=rpn.score_thresh)
-        new.box_coder = box_coder
-        return new
-
-    def filter_proposals(self, proposals: Tensor, objectness: Tensor, image_shapes: list[tuple[int, int]],
-                         num_anchors_per_level: list[int]) -> tuple[list[Tensor], list[Tensor]]:
-        num_images = proposals.shape[0]
-        probs = torch.sigmoid(objectness.detach().reshape(num_images, -1))
-        final_boxes, final_scores = [], []
-        for boxes, scores, shape in zip(proposals, probs, image_shapes):
-            order = scores.argsort(descending=True)[: self.pre_nms_top_n()]
-            boxes, scores = legacy_clip(boxes[order], shape), scores[order]
-            keep = legacy_nms(boxes, scores, self.nms_thresh)[: self.post_nms_top_n()]
-            final_boxes.append(boxes[keep])
-            final_scores.append(scores[keep])
-        return final_boxes, final_scores
-
-
-class LegacyRoIHeads(RoIHeads):
-    """torchvision's box head post-processing with STTran's: class-specific boxes clipped to
-    W - 1 / H - 1, score > ``score_thresh``, "+1" NMS per class, no size filter; at most
-    ``detections_per_img`` kept, best first."""
-
-    @classmethod
-    def like(cls, heads: RoIHeads, *, box_coder: BoxCoder) -> "LegacyRoIHeads":
-        new = cls(heads.box_roi_pool, heads.box_head, heads.box_predictor,
-                  fg_iou_thresh=heads.proposal_matcher.high_threshold,
-                  bg_iou_thresh=heads.proposal_matcher.low_threshold,
-                  batch_size_per_image=heads.fg_bg_sampler.batch_size_per_image,
-                  positive_fraction=heads.fg_bg_sampler.positive_fraction,
-                  bbox_reg_weights=box_coder.weights, score_thresh=heads.score_thresh,
-                  nms_thresh=heads.nms_thresh, detections_per_img=heads.detections_per_img)
-        new.box_coder = box_coder
-        return new
-
-    def postprocess_detections(self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor],
-                               image_shapes: list[tuple[int, int]]):
-        num_classes = class_logits.shape[-1]
-        counts = [len(p) for p in proposals]
-        pred_boxes = self.box_coder.decode(box_regression, proposals).split(counts, 0)
-        pred_scores = torch.softmax(class_logits, -1).split(counts, 0)
-        all_boxes, all_scores, all_labels = [], [], []
-        for boxes, scores, shape in zip(pred_boxes, pred_scores, image_shapes):
-            boxes = legacy_clip(boxes, shape)[:, 1:].reshape(-1, 4)
-            labels = torch.arange(1, num_classes, device=scores.device).expand(len(scores), -1).reshape(-1)
-            scores = scores[:, 1:].reshape(-1)
-            inds = torch.where(scores > self.score_thresh)[0]
-            boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
-            keep = legacy_batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-            all_boxes.append(boxes[keep])
-            all_scores.append(scores[keep])
-            all_labels.append(labels[keep])
-        return all_boxes, all_scores, all_labels
-
-
-class LegacyTransform(GeneralizedRCNNTransform):
-    """torchvision's transform with STTran's resize (``prep_im_for_blob``: ``cv2.resize(im,
-    fx=s, fy=s, INTER_LINEAR)``) and no padding to a multiple of 32.
-
-    s = min_size / short side (or max_size / long side if smaller); output size
-    round(side * s) (cv2's dsize, half to even) where torchvision floors it, and bilinear
-    samples at (dst + 0.5) / s - 0.5, clamped at the borders, as cv2 does (torchvision samples
-    at out / in instead of s). For 480x270 at 600: 1067x600 (torchvision: 1066x600).
-    """
-
-    @classmethod
-    def like(cls, transform: GeneralizedRCNNTransform) -> "LegacyTransform":
-        return cls(transform.min_size, transform.max_size, transform.image_mean, transform.image_std,
-                   size_divisible=1, fixed_size=transform.fixed_size, _skip_resize=transform._skip_resize)
-
-    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
-        h, w = image.shape[-2:]
-        if self.training:
-            if self._skip_resize:
-                return image, target
-            size = self.torch_choice(self.min_size)
-        else:
-            size = self.min_size[-1]
-        scale = min(float(size) / min(h, w), float(self.max_size) / max(h, w))
-        out = [round(h * scale), round(w * scale)]
-        image = torch.ops.aten.upsample_bilinear2d(image[None], out, False, scale, scale)[0]
-        if target is not None:
-            target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
-        return image, target
-
-
-def legacy_rpn_head(in_channels: int, num_anchors: int, mid_channels: int = JWYANG_RPN_CHANNELS) -> RPNHead:
-    """torchvision's ``RPNHead`` (same parameter names) with jwyang's 512-channel 3x3 conv."""
-    head = RPNHead(in_channels, num_anchors)
-    head.conv = nn.Sequential(Conv2dNormActivation(in_channels, mid_channels, kernel_size=3, norm_layer=None))
-    head.cls_logits = nn.Conv2d(mid_channels, num_anchors, kernel_size=1)
-    head.bbox_pred = nn.Conv2d(mid_channels, num_anchors * 4, kernel_size=1)
-    for layer in head.modules():
-        if isinstance(layer, nn.Conv2d):
-            nn.init.normal_(layer.weight, std=0.01)
-            nn.init.zeros_(layer.bias)
-    return head
-
-
-def apply_legacy_conventions(detector: Detector) -> Detector:
-    """Make an r101-c4 detector compute what jwyang/faster-rcnn.pytorch computes (in place).
-
-    Replaces the stem's max-pool padding, the RPN (anchors, 512-channel head, "+1" box coder,
-    proposal filtering), the box head's coder and post-processing, and the transform's resize
-    (cv2's sizes and sampling, no padding to a multiple of 32). Parameter names are
-    unchanged; the RPN head's shapes change (512 channels). The module docstring gives each
-    convention and its source.
-    """
-    if detector.arch != "r101-c4":
-        raise ValueError(f"legacy (jwyang) conventions exist for r101-c4 only, not {detector.arch!r}")
-    s, m = detector.settings, detector.model
-    stem_pool = m.backbone.stem[3]
-    stem_pool.padding, stem_pool.ceil_mode = 0, True
-    anchors = LegacyAnchorGenerator(s.anchor_sizes, s.aspect_ratios)
-    head = legacy_rpn_head(m.backbone.out_channels, anchors.num_anchors_per_location()[0])
-    m.rpn = LegacyRegionProposalNetwork.like(m.rpn, anchor_generator=anchors, head=head,
-                                             box_coder=LegacyBoxCoder(m.rpn.box_coder.weights))
-    m.roi_heads = LegacyRoIHeads.like(m.roi_heads, box_coder=LegacyBoxCoder(m.roi_heads.box_coder.weights))
-    m.transform = LegacyTransform.like(m.transform)
-    return detector
 
 
 # --- conversion ----------------------------------------------------------------------------

@@ -1,13 +1,15 @@
-"""Detectors for stage 1, built from torchvision's Faster R-CNN parts (no custom CUDA).
+"""The torchvision backend of stage 1: detectors built from torchvision's Faster R-CNN parts.
 
-One interface, :class:`Detector`, whatever the architecture:
+:class:`Detector` implements :class:`~stage1_detect.frame_detector.FrameDetector` (the
+interface extraction uses) for every architecture of the registry below:
 
 * ``encode(images)`` runs the backbone once and returns :class:`FeatureMaps`;
 * ``detect(maps)`` gives :class:`FrameDetections` per image: boxes (xyxy, pixels of the
   original frame), scores, labels, the full class distribution and one feature per box;
 * ``pool(maps, boxes)`` gives the feature and class distribution of any boxes (GT boxes,
   union boxes) from the same feature maps;
-* ``pool_map(maps, boxes)`` gives STTran's RoIAlign 7x7 map of boxes (union features).
+* ``pool_map(maps, boxes)`` gives STTran's RoIAlign 7x7 map of boxes (union features);
+* ``describe()`` gives the architecture, sizes and :class:`DetectorSettings` for the store.
 
 A detection's score is its class probability from the proposal it was regressed from
 (torchvision's post-processing). Its feature and class distribution are, by default, that
@@ -21,6 +23,8 @@ Architectures (the registry :data:`ARCHITECTURES`):
   layer3 (1024 channels, stride 16), RoIAlign 14x14, layer4, mean pool, 2048-d features;
   BGR input minus the caffe pixel means; short side 600, long side at most 1000; 100 RPN
   proposals at test; per-class score threshold 0.1 and NMS 0.4; one person box kept.
+  With ``legacy_rcnn`` (the converted AG checkpoint), jwyang's geometry
+  (:mod:`stage1_detect.legacy_rcnn`).
 * ``r50-fpn``: torchvision's ``fasterrcnn_resnet50_fpn`` (1024-d features), for COCO weights.
 * ``small``: a small C4-style network (stride 8 on 3/4-resolution input, 256-d features)
   that trains from scratch in a few CPU minutes, for the synthetic data.
@@ -29,9 +33,8 @@ Architectures (the registry :data:`ARCHITECTURES`):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -43,8 +46,20 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import MultiScaleRoIAlign, boxes as box_ops
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+from stage1_detect.frame_detector import (
+    DetectorDescription,
+    EncodedFrames,
+    FrameDetections,
+    FrameDetector,
+    keep_one_person,
+    sha256_of,
+)
+from stage1_detect.legacy_rcnn import apply_legacy_conventions
+from store.errors import InputError
+from store.files import load_torch
 
 # Caffe's BGR pixel means, on 0..255 pixels (jwyang/faster-rcnn.pytorch cfg.PIXEL_MEANS).
 CAFFE_BGR_MEANS = (102.9801, 115.9465, 122.7717)
@@ -87,34 +102,15 @@ class DetectorSettings:
     stride_in_1x1: bool = True
     """ResNet bottlenecks with the stride on the 1x1 conv (caffe, as the AG checkpoint)."""
     legacy_rcnn: bool = False
-    """jwyang/faster-rcnn.pytorch's anchors and '+1' box decoding, for the converted AG
-    checkpoint (see :mod:`stage1_detect.ag_checkpoint`)."""
+    """jwyang/faster-rcnn.pytorch's anchors and '+1' box decoding (:mod:`stage1_detect.legacy_rcnn`),
+    for the converted AG checkpoint (see :mod:`stage1_detect.ag_checkpoint`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-@dataclass(frozen=True)
-class FrameDetections:
-    """Detections of one frame.
-
-    boxes: float32 (n, 4) xyxy, pixels of the original frame; scores: float32 (n,);
-    labels: int64 (n,), 1..C-1; class_dists: float32 (n, C) softmax including background;
-    features: float32 (n, D).
-    """
-
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
-    class_dists: Tensor
-    features: Tensor
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-
 @dataclass
-class FeatureMaps:
+class FeatureMaps(EncodedFrames):
     """The backbone's output for a batch of frames.
 
     features: name -> float (B, C, H, W) maps of the resized, padded batch;
@@ -126,7 +122,6 @@ class FeatureMaps:
     features: "OrderedDict[str, Tensor]"
     batch: Tensor
     image_sizes: list[tuple[int, int]]
-    original_sizes: list[tuple[int, int]]
 
     def scale_boxes(self, boxes: Sequence[Tensor], to_original: bool) -> list[Tensor]:
         """Map boxes between original-frame pixels and resized-image pixels."""
@@ -137,7 +132,7 @@ class FeatureMaps:
         return out
 
 
-class Detector(nn.Module):
+class Detector(FrameDetector):
     """A torchvision ``FasterRCNN`` plus the feature and distribution outputs stage 2 needs.
 
     ``model`` is a plain torchvision ``FasterRCNN``; its ``state_dict`` is the
@@ -203,7 +198,7 @@ class Detector(nn.Module):
         counts = [len(p) for p in proposals]
         sources = [_source_proposals(l, s, p) for l, s, p in
                    zip(labels, scores, F.softmax(logits, dim=-1).split(counts))]
-        kept = [_keep_one_person(l, s, self.settings.person_label) if self.settings.single_person
+        kept = [keep_one_person(l, s, self.settings.person_label) if self.settings.single_person
                 else torch.arange(len(l), device=l.device) for l, s in zip(labels, scores)]
         # Post-processing returns detections best first, so the cap keeps the best.
         kept = [k[: self.settings.detections_per_img] for k in kept]
@@ -250,6 +245,11 @@ class Detector(nn.Module):
         out = self.map_pool(maps.features, resized, maps.image_sizes)
         return list(out.float().split(counts))
 
+    def describe(self) -> DetectorDescription:
+        s = self.settings.map_size
+        return DetectorDescription(arch=self.arch, feature_dim=self.feature_dim, num_classes=self.num_classes,
+                                   map_shape=(self.map_channels, s, s), settings=self.settings.to_dict())
+
     def info(self) -> dict[str, Any]:
         return {"arch": self.arch, "settings": self.settings.to_dict(), "feature_dim": self.feature_dim}
 
@@ -265,16 +265,6 @@ def _source_proposals(labels: Tensor, scores: Tensor, probs: Tensor) -> Tensor:
         return torch.zeros(0, dtype=torch.long, device=probs.device)
     cells = probs[:, labels].T  # (n_det, n_proposals)
     return (cells - scores[:, None]).abs().argmin(dim=1)
-
-
-def _keep_one_person(labels: Tensor, scores: Tensor, person: int) -> Tensor:
-    """Indices to keep: every non-person detection and the best-scoring person box."""
-    is_person = labels == person
-    keep = ~is_person
-    if is_person.any():
-        best = torch.where(is_person, scores, torch.full_like(scores, -1.0)).argmax()
-        keep[best] = True
-    return keep.nonzero().flatten()
 
 
 # --- architectures -----------------------------------------------------------------------
@@ -350,12 +340,9 @@ def build_r101_c4(settings: DetectorSettings | None = None, **overrides) -> Dete
         resnet.maxpool.padding = 0
     body, head = ResNetC4Body(resnet), ResNetC4Head(resnet)
     model = _faster_rcnn(body, head, 2048, s, ["0"])
-    detector = Detector(model=model, arch="r101-c4", settings=s, feature_dim=2048, map_channels=1024)
     if s.legacy_rcnn:
-        from stage1_detect.ag_checkpoint import apply_legacy_conventions
-
-        apply_legacy_conventions(detector)
-    return detector
+        apply_legacy_conventions(model, anchor_sizes=s.anchor_sizes, aspect_ratios=s.aspect_ratios)
+    return Detector(model=model, arch="r101-c4", settings=s, feature_dim=2048, map_channels=1024)
 
 
 R50_FPN_SETTINGS = DetectorSettings(
@@ -453,19 +440,11 @@ def build_detector(arch: str, settings: dict[str, Any] | None = None) -> Detecto
 # --- weights -----------------------------------------------------------------------------
 
 
-def sha256_of(path: Path | str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _state_dict_from(checkpoint: Any, path: Path) -> dict[str, Tensor]:
     if isinstance(checkpoint, dict) and "model" in checkpoint and isinstance(checkpoint["model"], dict):
         checkpoint = checkpoint["model"]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, Tensor) for v in checkpoint.values()):
-        raise ValueError(f"{path}: not a torchvision-format state dict (or a dict with one under 'model')")
+        raise InputError(f"{path}: not a torchvision-format state dict (or a dict with one under 'model')")
     return checkpoint
 
 
@@ -530,15 +509,17 @@ def load_detector(path: Path | str, arch: str | None = None, settings: dict[str,
     dict needs ``arch``. ``settings`` override the checkpoint's.
     """
     path = Path(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_torch(path, what="detector checkpoint")  # one-line errors: empty, truncated, text
+    if isinstance(checkpoint, dict) and {"optimizer", "history", "config"} <= set(checkpoint):
+        raise InputError(f"{path}: a relation-head checkpoint (stage 2, `train`), not a detector's")
     saved = checkpoint if isinstance(checkpoint, dict) and "arch" in checkpoint else {}
     arch = arch or saved.get("arch")
     if arch is None:
-        raise ValueError(f"{path}: the checkpoint does not name its architecture; pass one of {sorted(ARCHITECTURES)}")
+        raise InputError(f"{path}: the checkpoint does not name its architecture; pass one of {sorted(ARCHITECTURES)}")
     merged = {**saved.get("settings", {}), **(settings or {})}
     detector = build_detector(arch, merged)
     state = _state_dict_from(checkpoint, path)
     missing, unexpected = detector.model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: does not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise InputError(f"{path}: does not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return detector, sha256_of(path)

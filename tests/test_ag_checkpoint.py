@@ -17,19 +17,18 @@ from torch.testing import assert_close
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import nms
 
-from stage1_detect.ag_checkpoint import (
-    CheckpointError,
+from stage1_detect.ag_checkpoint import CheckpointError, convert_ag_checkpoint
+from stage1_detect.detectors import load_detector
+from stage1_detect.legacy_rcnn import (
     LegacyAnchorGenerator,
     LegacyBoxCoder,
     LegacyRegionProposalNetwork,
     LegacyRoIHeads,
     LegacyTransform,
-    convert_ag_checkpoint,
     jwyang_anchors,
     legacy_clip,
     legacy_nms,
 )
-from stage1_detect.detectors import load_detector
 
 A = 12  # ANCHOR_SCALES [4, 8, 16, 32] x ANCHOR_RATIOS [0.5, 1, 2]
 C = 37

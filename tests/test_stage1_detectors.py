@@ -20,13 +20,13 @@ from torch.testing import assert_close
 from torchvision.ops import roi_align
 
 from stage1_detect.detectors import (
-    _keep_one_person,
     build_detector,
     load_backbone_weights,
     load_detector,
     load_weights,
     save_detector,
 )
+from stage1_detect.frame_detector import keep_one_person as _keep_one_person
 from stage1_detect.frames import PngFrames
 from stage1_detect.synth import SynthConfig, generate_synthetic_ag
 
