@@ -15,16 +15,26 @@ from store.vocabulary import Mode
 
 
 def _user_error(e: Exception) -> bool:
-    """Errors that describe bad input (and name the file): shown as one line, not a traceback."""
-    from stage1_detect.action_genome import AnnotationError
-    from stage1_detect.frames import FrameError
-    from store import StoreError
+    """Errors that describe bad input or a problem of the machine (a full disk), and name the
+    file: shown as one line, not a traceback (store.errors.UserError and its subclasses:
+    StoreError, AnnotationError, FrameError, ConfigError, InputError, LockedError)."""
+    from store.errors import UserError
 
-    if isinstance(e, (AnnotationError, FrameError, StoreError, FileExistsError, FileNotFoundError)):
+    if isinstance(e, (UserError, OSError, EOFError)):
         return True
     if "stage1_detect.ag_checkpoint" in sys.modules:
         return isinstance(e, sys.modules["stage1_detect.ag_checkpoint"].CheckpointError)
     return False
+
+
+def _one_line(e: Exception) -> str:
+    if isinstance(e, EOFError):  # not the user's Ctrl-D: a file that ends too early
+        return f"unexpected end of a file ({e or 'EOFError'}): a truncated or empty input?"
+    if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, FileExistsError)):
+        from store.files import describe_os_error
+
+        return f"{e.filename + ': ' if e.filename else ''}{describe_os_error(e)}"
+    return str(e)
 
 
 class Cli(click.Group):
@@ -33,7 +43,9 @@ class Cli(click.Group):
             return super().invoke(ctx)
         except Exception as e:
             if _user_error(e) and logging.getLogger().level > logging.DEBUG:
-                raise click.ClickException(str(e)) from e
+                raise click.ClickException(_one_line(e)) from e
+            if isinstance(e, EOFError):  # click would print "Aborted!" and hide it
+                raise RuntimeError(_one_line(e)) from e
             raise
 
 
@@ -236,8 +248,16 @@ def train_detector_command(root: Path, out: Path, config_path: Path | None, devi
 @click.option("--store", "store_path", required=True, type=click.Path(path_type=Path),
               help="Store folder to write (suffix .h5 or .zarr picks the backend). Rerun to resume.")
 @click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Detector checkpoint (from train-detector or convert-ag-detector, or a torchvision state dict with --arch).")
+              help="Detector checkpoint (from train-detector or convert-ag-detector, or a torchvision state dict with "
+                   "--arch; with --backend detectron2, a detectron2 .pkl or .pth).")
 @click.option("--arch", help="Architecture of a bare torchvision state dict (small, r50-fpn, r101-c4).")
+@click.option("--backend", type=click.Choice(["torchvision", "detectron2"]), default="torchvision", show_default=True,
+              help="Detector library. detectron2 is optional, built from source (docs/detectron2.md).")
+@click.option("--config", "d2_config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="detectron2 config (yacs YAML, e.g. a model zoo faster_rcnn_*.yaml); --backend detectron2 only.")
+@click.option("--class-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML: detectron2 model class (name or index) -> AG object or null, for a model whose classes "
+                   "are not AG's 36; --backend detectron2 only.")
 @click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]),
               help="Splits to extract (repeatable; default all).")
 @click.option("--union", "union_mode", type=click.Choice(["pooled", "map"]), default="pooled", show_default=True,
@@ -254,8 +274,9 @@ def train_detector_command(root: Path, out: Path, config_path: Path | None, devi
 @click.option("--max-videos", type=click.IntRange(min=0), default=0, help="At most this many videos per split (trials).")
 @extraction_reader_options
 @DEVICE_OPTION
-def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None, splits, union_mode, frame_source,
-                   batch_size, num_workers, segment_mb, compress, max_videos, device, **options) -> None:
+def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None, backend: str, d2_config: Path | None,
+                   class_map: Path | None, splits, union_mode, frame_source, batch_size, num_workers, segment_mb,
+                   compress, max_videos, device, **options) -> None:
     """Run the detector once over every annotated frame of ROOT into a feature store.
 
     One store serves every mode (PREDCLS, SGCLS, SGDET): it holds the objects of the full
@@ -265,12 +286,30 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
     a time. A rerun skips committed videos. Under torchrun each rank extracts its share of
     the videos into its own part of the same store. Videos whose frames cannot be read are
     skipped and listed at the end and in STORE.extraction_log.jsonl.
+
+    --backend detectron2 --config CFG.yaml --weights W.pkl reads a detectron2 Faster R-CNN
+    (C4 or FPN) instead, into the same store (docs/detectron2.md).
     """
-    from stage1_detect.detectors import load_detector
     from stage1_detect.extract import ExtractConfig, distributed_rank, extract
 
+    if backend == "detectron2":
+        from stage1_detect.frame_detector import require_detectron2
+
+        require_detectron2()  # before anything is read: one line saying how to get it
+        if d2_config is None or arch is not None:
+            raise click.UsageError("--backend detectron2 takes --config CFG.yaml (and no --arch)")
+        from stage1_detect.action_genome import read_vocabulary
+        from stage1_detect.detectron2_backend import load_detectron2_detector
+
+        detector, sha = load_detectron2_detector(d2_config, weights, vocabulary=read_vocabulary(root),
+                                                 class_map=class_map)
+    else:
+        if d2_config is not None or class_map is not None:
+            raise click.UsageError("--config and --class-map are options of --backend detectron2")
+        from stage1_detect.detectors import load_detector
+
+        detector, sha = load_detector(weights, arch=arch)
     rank, world = distributed_rank()
-    detector, sha = load_detector(weights, arch=arch)
     config = ExtractConfig(splits=tuple(splits) or ("train", "val", "test"), batch_size=batch_size,
                            num_workers=num_workers, frame_source=frame_source, union_mode=union_mode,
                            segment_mb=segment_mb, compression={t: "zstd" for t in compress}, max_videos=max_videos)
@@ -488,26 +527,36 @@ def store_stats(path: Path, out: Path | None, fmt: str) -> None:
 @click.option("--max-videos", type=click.IntRange(min=0), help="Train on at most this many videos (trials).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any other recipe field, YAML value; dotted keys reach into dicts (head_cfg.hidden=64).")
-@click.option("--resume", is_flag=True, help="Continue from OUT/last.pth exactly where it stopped.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in OUT exactly where it stopped (its settings; more --epochs allowed).")
+@click.option("--overwrite", is_flag=True, help="Replace the run in OUT (its files only) by a new one.")
 @click.option("--no-progress", is_flag=True, help="No tqdm bars (logs still get one line per epoch).")
 @click.option("--device", default=None, help="'cpu', 'cuda', 'cuda:1' or 'auto' (default: the recipe's).")
 def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos_per_batch, num_workers, seed,
-                  max_videos, sets, resume, no_progress, device) -> None:
+                  max_videos, sets, resume, overwrite, no_progress, device) -> None:
     """Train a relation head (optionally with RS-Net) from the feature store.
 
-    Runs under torchrun too (DDP, videos sharded by rank, rank 0 logs and checkpoints).
+    OUT must be new or empty, or hold a run to --resume (same settings) or --overwrite; one
+    process trains into OUT at a time. Runs under torchrun too (DDP, videos sharded by rank,
+    rank 0 logs and checkpoints).
     """
     import dataclasses
 
     from stage2_relations.train import load_config, parse_override, train
 
+    if resume and overwrite:
+        raise click.UsageError("give --resume or --overwrite, not both")
     overrides = dict(store=store, mode=mode, head=head, epochs=epochs, lr=lr, videos_per_batch=videos_per_batch,
                      num_workers=num_workers, seed=seed, max_videos=max_videos, device=device)
+    labels = {k: "--" + {"num_workers": "workers"}.get(k, k).replace("_", "-") for k in overrides}
     try:
-        overrides.update(parse_override(s) for s in sets)
+        for text in sets:
+            key, value = parse_override(text)
+            overrides[key] = value
+            labels[key] = f"--set {text}"
         if resume and config_path is None and (out / "config.yaml").exists():
             config_path = out / "config.yaml"
-        cfg = load_config(config_path, overrides)
+        cfg = load_config(config_path, overrides, labels)
         if rsnet is True and cfg.rsnet is None:
             cfg = dataclasses.replace(cfg, rsnet={})
         elif rsnet is False:
@@ -518,7 +567,7 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
         raise click.ClickException(str(e)) from e
     if cfg.device != "auto":
         _device(cfg.device)
-    result = train(cfg, out, resume=resume, progress=not no_progress, echo=click.echo)
+    result = train(cfg, out, resume=resume, overwrite=overwrite, progress=not no_progress, echo=click.echo)
     last = result["history"][-1] if result["history"] else {}
     click.echo(f"train: {cfg.head}{' + RS-Net' if cfg.rsnet is not None else ''} {cfg.mode}, "
                f"{result['parameters'] / 1e6:.2f} M parameters, {len(result['history'])} epochs, "
@@ -558,7 +607,7 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
               "gives the baseline a learned relevance score). Default: the recipe's (sttran).")
 @click.option("--constraint", "constraints", type=click.Choice(["with", "semi", "no"]), multiple=True,
               help="Graph constraint(s) to score (repeatable). Default: all three.")
-@click.option("--semi-threshold", type=float, default=0.9, show_default=True,
+@click.option("--semi-threshold", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True,
               help="Semi constraint: keep spatial / contacting predicates with probability above this.")
 @click.option("--mean-recall", type=click.Choice(["dataset", "all_frames", "frames_with_predicate"]),
               default="dataset", show_default=True,
@@ -570,7 +619,7 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
               "be ranked (no constraint) or chosen (with / semi); ignore: the corrected protocol.")
 @click.option("--precision-denominator", type=click.Choice(["k", "returned"]), default="k", show_default=True,
               help="P@K divides a frame's hits by K, or by min(K, triplets the frame returned).")
-@click.option("--iou-threshold", type=float, default=0.5, show_default=True,
+@click.option("--iou-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="Both boxes of a match need IoU >= this ('+1 pixel' convention).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write metrics.json, metrics.csv, predicate_recall.csv/.png and table.txt here.")

@@ -49,6 +49,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from store.errors import UserError
 from store.vocabulary import ACTION_GENOME, PredicateGroup, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ _GROUP_KEYS = {
 }
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """Malformed Action Genome input; the message names the file and the frame."""
 
     def __init__(self, path: Path | str, problem: str, frame: str | None = None):

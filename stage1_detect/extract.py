@@ -50,13 +50,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from stage1_detect.action_genome import ReaderOptions, VideoAnnotation, load_action_genome
-from stage1_detect.detectors import Detector
+from stage1_detect.frame_detector import FrameDetector
 from stage1_detect.frames import FrameError, FrameSource, open_frame_source
 from store import DetectorInfo, StoreMeta, StoreWriter, UnionMode, VideoRecord
 from store.boxes import union_boxes
 from store.pairing import stored_pairs
 from store.schema import ROW_ARRAYS, TABLE_PREFIX, arrays_of, resolve_trailing
 from store.vocabulary import Vocabulary
+from store.writer import lock_part
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def _first(batch):
     return batch[0]
 
 
-def video_record(video: VideoAnnotation, images: Sequence[np.ndarray], detector: Detector, meta: StoreMeta,
+def video_record(video: VideoAnnotation, images: Sequence[np.ndarray], detector: FrameDetector, meta: StoreMeta,
                  *, batch_size: int = 8, device: str = "cpu") -> VideoRecord:
     """Run the detector over one video's frames and assemble its :class:`VideoRecord`."""
     vocab = meta.vocabulary
@@ -209,13 +210,16 @@ def video_record(video: VideoAnnotation, images: Sequence[np.ndarray], detector:
     )
 
 
-def store_meta(detector: Detector, vocabulary: Vocabulary, weights_sha256: str, union_mode: str,
+def store_meta(detector: FrameDetector, vocabulary: Vocabulary, weights_sha256: str, union_mode: str,
                source: dict[str, Any]) -> StoreMeta:
     mode = UnionMode(union_mode)
-    s = detector.settings.map_size
-    union_shape = (detector.feature_dim,) if mode is UnionMode.POOLED else (detector.map_channels, s, s)
-    return StoreMeta(vocabulary=vocabulary, feature_dim=detector.feature_dim,
-                     detector=DetectorInfo(arch=detector.arch, settings=detector.settings.to_dict(),
+    d = detector.describe()
+    if d.num_classes != vocabulary.num_objects:
+        raise ValueError(f"the {d.arch} detector gives distributions over {d.num_classes} classes; the dataset's "
+                         f"vocabulary has {vocabulary.num_objects} (background included)")
+    union_shape = (d.feature_dim,) if mode is UnionMode.POOLED else d.map_shape
+    return StoreMeta(vocabulary=vocabulary, feature_dim=d.feature_dim,
+                     detector=DetectorInfo(arch=d.arch, settings=d.settings,
                                            weights_sha256=weights_sha256),
                      union_mode=mode, union_shape=union_shape, source=source, code_revision=code_revision())
 
@@ -246,7 +250,8 @@ class _BackgroundWriter:
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join()
-        if self.error is not None:
+        if self.error is not None:  # e.g. a full disk: what was committed stays, nothing more is
+            self.writer.abandon()
             raise self.error
         self.writer.close()
 
@@ -256,7 +261,7 @@ def distributed_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def extract(root: Path | str, store_path: Path | str, detector: Detector, *, weights_sha256: str,
+def extract(root: Path | str, store_path: Path | str, detector: FrameDetector, *, weights_sha256: str,
             reader_options: ReaderOptions, config: ExtractConfig = ExtractConfig(), device: str = "cpu",
             rank: int = 0, world_size: int = 1, progress: bool = True) -> ExtractSummary:
     """Extract every video of ``config.splits`` (this rank's share) into ``store_path``.
@@ -275,6 +280,8 @@ def extract(root: Path | str, store_path: Path | str, detector: Detector, *, wei
         raise ValueError("extraction needs require_visible_object=True: the SGCLS / SGDET frames are derived from "
                          "the stored objects, which assumes every stored frame has one")
     reader_options = replace(reader_options, mark_small=True)
+    # One writer per part of the store: fail at once, before reading the annotations.
+    lock = lock_part(store_path, f"rank{rank}")
     ag = load_action_genome(root, reader_options)
     source = open_frame_source(root, config.frame_source)
     detector = detector.eval().to(device)
@@ -293,7 +300,7 @@ def extract(root: Path | str, store_path: Path | str, detector: Detector, *, wei
     videos = [v for i, v in enumerate(videos) if i % world_size == rank]
 
     writer = StoreWriter(store_path, meta, part=f"rank{rank}", backend=config.backend,
-                         segment_bytes=config.segment_mb << 20, compression=config.compression)
+                         segment_bytes=config.segment_mb << 20, compression=config.compression, lock=lock)
     committed = writer.committed_videos()
     todo = [v for v in videos if v.name not in committed]
     summary = ExtractSummary(store=store_path, videos_skipped_committed=len(videos) - len(todo))
@@ -303,8 +310,9 @@ def extract(root: Path | str, store_path: Path | str, detector: Detector, *, wei
                         collate_fn=_first, prefetch_factor=2 if config.num_workers else None)
     bar = tqdm(total=sum(len(v.frames) for v in todo), unit="frame", desc=f"detect rank {rank}",
                disable=not progress)
+    batches = iter(loader)
     try:
-        for index, images in loader:
+        for index, images in batches:
             video = todo[index]
             if isinstance(images, str):
                 summary.failed.append(images)
@@ -318,6 +326,9 @@ def extract(root: Path | str, store_path: Path | str, detector: Detector, *, wei
             bar.set_postfix(videos_per_s=f"{summary.videos_written / (time.time() - start):.2f}")
     finally:
         bar.close()
+        shutdown = getattr(batches, "_shutdown_workers", None)  # stop the decoding workers now
+        if shutdown is not None:
+            shutdown()
         background.close()
     summary.seconds = time.time() - start
     _log_event(log_path, {"rank": rank, "summary": summary.line()})

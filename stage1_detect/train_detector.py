@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import math
 import random
@@ -28,13 +27,17 @@ from tqdm.auto import tqdm
 from stage1_detect.action_genome import FrameAnnotation, ReaderOptions, load_action_genome
 from stage1_detect.detection_metrics import DetectionMAP, detection_map
 from stage1_detect.detectors import (
+    ARCHITECTURES,
     Detector,
+    DetectorSettings,
     build_detector,
     load_backbone_weights,
     load_weights,
     save_detector,
 )
 from stage1_detect.frames import FrameSource, open_frame_source
+from store.errors import ConfigError, InputError, at_least, between, check_fields, load_yaml_mapping, one_of, positive
+from store.files import WriterLock, atomic_write, load_torch, write_json
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +72,47 @@ class DetectorTrainConfig:
 
     @classmethod
     def from_yaml(cls, path: Path | str | None, **overrides: Any) -> "DetectorTrainConfig":
-        import yaml
-
-        data = {}
-        if path is not None:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-            unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-            if unknown:
-                raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        """The recipe at ``path`` with ``overrides`` (the command's options) applied, every field
+        checked; a wrong one raises :class:`~store.errors.ConfigError` naming the file or the
+        option (``--lr``) and the field."""
+        data = load_yaml_mapping(path) if path is not None else {}
+        origin = {k: str(path) for k in data}
+        for k, v in overrides.items():
+            if v is not None:
+                data[k] = v
+                origin[k] = "--" + k.replace("_", "-")
+        where = lambda k: origin.get(k, str(path or "the recipe"))  # noqa: E731
+        values = check_fields(cls, data, where=where, rules=DETECTOR_RULES)
+        arch = values.get("arch", cls.arch)
+        if arch not in ARCHITECTURES:
+            raise ConfigError(f"{where('arch')}: arch: unknown architecture {arch!r}; known: "
+                              f"{', '.join(sorted(ARCHITECTURES))}")
+        known = {f.name for f in dataclasses.fields(DetectorSettings)}
+        unknown = sorted(set(values.get("settings") or {}) - known)
+        if unknown:
+            raise ConfigError(f"{where('settings')}: settings: unknown key {unknown[0]!r}; known: "
+                              f"{', '.join(sorted(known))}")
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+DETECTOR_RULES = {
+    "epochs": at_least(1),
+    "batch_size": at_least(1),
+    "lr": positive(),
+    "weight_decay": at_least(0),
+    "warmup_steps": at_least(0),
+    "min_lr_ratio": between(0, 1),
+    "grad_clip": positive(),
+    "hflip": between(0, 1),
+    "seed": at_least(0),
+    "num_workers": at_least(0),
+    "frame_source": one_of("auto", "png", "mp4"),
+    "val_fraction": between(0, 1, hi_open=True),
+    "max_val_frames": at_least(0),
+}
 
 
 class DetectionFrames(Dataset):
@@ -145,12 +176,19 @@ def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, 
                    resume: bool = False, progress: bool = True) -> TrainResult:
     """Train ``cfg.arch`` on the train split of the AG root; write ``out/detector.pth``.
 
-    ``out/last.pth`` holds everything needed to resume (model, optimizer, epoch, step);
-    ``out/log.csv`` a row per epoch; ``out/config.json`` the resolved recipe.
+    ``out/last.pth`` holds everything needed to resume (model, optimizer, epoch, step, log
+    rows); ``out/log.csv`` a row per epoch; ``out/config.json`` the resolved recipe. Every file
+    is written whole or not at all; one process trains into ``out`` at a time (its lock).
     """
-    start = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with WriterLock(out / ".lock", folder=out, what="a detector is being trained there"):
+        return _train_detector(root, out, cfg, device=device, resume=resume, progress=progress)
+
+
+def _train_detector(root: Path | str, out: Path, cfg: DetectorTrainConfig, *, device: str, resume: bool,
+                    progress: bool) -> TrainResult:
+    start = time.time()
     ag = load_action_genome(root, ReaderOptions(filter_small=cfg.filter_small, val_fraction=cfg.val_fraction,
                                                 val_seed=cfg.val_seed))
     source = open_frame_source(root, cfg.frame_source)
@@ -164,8 +202,13 @@ def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, 
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    detector = build_detector(cfg.arch, {"num_classes": ag.vocabulary.num_objects, "person_label": person,
-                                         **cfg.settings})
+    try:
+        detector = build_detector(cfg.arch, {"num_classes": ag.vocabulary.num_objects, "person_label": person,
+                                             **cfg.settings})
+    except KeyError as e:
+        raise ConfigError(f"arch: {e.args[0] if e.args else e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"settings: the {cfg.arch} detector cannot be built with them: {e}") from None
     provenance: dict[str, Any] = {}
     if cfg.backbone_weights:
         sha, missing = load_backbone_weights(detector, cfg.backbone_weights)
@@ -182,8 +225,13 @@ def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, 
     total_steps = steps_per_epoch * cfg.epochs
     first_epoch, step = 0, 0
     last = out / "last.pth"
+    log_rows: list[list[str]] = []
     if resume and last.is_file():
-        state = torch.load(last, map_location=device, weights_only=False)
+        state = load_torch(last, what="detector training checkpoint (last.pth)", weights_only=False,
+                           map_location=device)
+        if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step"} <= set(state):
+            raise InputError(f"{last}: not a train-detector checkpoint (no model, optimizer, epoch and step)")
+        log_rows = list(state.get("log_rows", []))
         detector.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         first_epoch, step = state["epoch"] + 1, state["step"]
@@ -193,12 +241,10 @@ def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, 
                         "on, so the result differs from a %d-epoch run from scratch", saved_epochs, cfg.epochs,
                         cfg.epochs)
         log.info("resuming %s at epoch %d (step %d)", last, first_epoch, step)
-    (out / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "detector": detector.info(),
-                                                 "root": str(root), **provenance}, indent=2))
+    write_json(out / "config.json", {"config": cfg.to_dict(), "detector": detector.info(), "root": str(root),
+                                     **provenance}, indent=2)
 
     log_path = out / "log.csv"
-    if first_epoch == 0 and log_path.exists():
-        log_path.unlink()
     loss_value = float("nan")
     for epoch in range(first_epoch, cfg.epochs):
         detector.train()
@@ -232,16 +278,16 @@ def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, 
             seen += len(images)
             bar.set_postfix(loss=f"{running / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         loss_value = running / max(seen, 1)
-        torch.save({"model": detector.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                    "step": step, "arch": detector.arch, "settings": detector.settings.to_dict(),
-                    "config": cfg.to_dict()}, last.with_suffix(".tmp"))
-        last.with_suffix(".tmp").replace(last)
-        with log_path.open("a", newline="") as f:
+        log_rows = log_rows[:epoch] + [[str(epoch + 1), f"{loss_value:.5f}", f"{optimizer.param_groups[0]['lr']:.3e}",
+                                        f"{time.time() - start:.1f}"]]
+        # last.pth holds the log rows too: log.csv is rebuilt from it, whole, every epoch
+        with atomic_write(last) as fh:
+            torch.save({"model": detector.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                        "step": step, "arch": detector.arch, "settings": detector.settings.to_dict(),
+                        "config": cfg.to_dict(), "log_rows": log_rows}, fh)
+        with atomic_write(log_path, "w") as f:
             writer = csv.writer(f)
-            if epoch == 0:
-                writer.writerow(["epoch", "loss", "lr", "seconds"])
-            writer.writerow([epoch + 1, f"{loss_value:.5f}", f"{optimizer.param_groups[0]['lr']:.3e}",
-                             f"{time.time() - start:.1f}"])
+            writer.writerows([["epoch", "loss", "lr", "seconds"], *log_rows])
         log.info("epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, loss_value)
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss_value:.4f}")
@@ -252,8 +298,8 @@ def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, 
     val = evaluate_detector(detector, val_frames, source, person, device=device,
                             batch_size=cfg.batch_size, progress=progress) if val_frames else None
     if val is not None:
-        (out / "val_map.json").write_text(json.dumps({"map50": val.map, "ap": val.ap, "num_gt": val.num_gt,
-                                                      "frames": len(val_frames)}, indent=2))
+        write_json(out / "val_map.json", {"map50": val.map, "ap": val.ap, "num_gt": val.num_gt,
+                                          "frames": len(val_frames)}, indent=2)
     return TrainResult(checkpoint=checkpoint, epochs=cfg.epochs, final_loss=loss_value, val=val,
                        seconds=time.time() - start)
 

@@ -35,7 +35,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -51,8 +50,10 @@ from stage2_relations.evaluation import MeanRecall
 from stage2_relations.evaluation.seeds import (EVAL_METRICS, MEAN_RECALL, Aggregate, Difference, Summary,  # noqa: F401
                                                TableRow, aggregate, format_cell, format_table2, paired_difference,
                                                parse_seeds, summarize, table_row)
-from stage2_relations.train import TrainConfig, load_checkpoint, load_config, resolve_device, run_checkpoint, train
+from stage2_relations.train import (TrainConfig, load_checkpoint, load_config, read_checkpoint, resolve_device,
+                                     run_checkpoint, train)
 from stage2_relations.views import OBJECT_SCORES, ViewOptions
+from store.files import atomic_write, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def run_state(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     saved, ckpt = None, None
     last = run_dir / "last.pth"
     if last.exists():
-        ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = read_checkpoint(last)
         saved = ckpt["config"]
     if (run_dir / "config.yaml").exists():
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -220,9 +221,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    write_json(path, payload, indent=2)
 
 
 def evaluation_view(cfg: TrainConfig, rule: str) -> ViewOptions:
@@ -343,7 +342,9 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
             if done:
                 echo(f"{tag} resuming from last.pth at epoch {done + 1} of {cfg.epochs}")
             t0 = time.perf_counter()
-            result = train(cfg, run_dir, resume=done > 0, progress=progress, echo=lambda s: echo(f"{tag} {s}"))
+            # resume also restarts a run killed before its first epoch ended (a folder without last.pth)
+            result = train(cfg, run_dir, resume=done > 0 or run_dir.exists(), progress=progress,
+                           echo=lambda s: echo(f"{tag} {s}"))
             state = {"epochs": len(result["history"]), "best_r20": result["best_r20"], "history": result["history"]}
             last = state["history"][-1] if state["history"] else {}
             val = f"val R@20 {100 * last['val_R@20']:.1f}" if "val_R@20" in last else "no val split"
@@ -521,7 +522,8 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
         ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format="png")
     return path
 
 
@@ -532,12 +534,12 @@ def write_outputs(comparison: Comparison, out_dir: str | Path, report: str | Non
     paths = {name: out / f"compare.{name}" for name in ("json", "csv", "png", "txt")}
     _write_json(paths["json"], to_json(comparison))
     rows = csv_rows(comparison)
-    with open(paths["csv"], "w", newline="") as f:
+    with atomic_write(paths["csv"], "w") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     plot_comparison(comparison, paths["png"])
-    paths["txt"].write_text((report if report is not None else format_report(comparison)) + "\n")
+    write_text(paths["txt"], (report if report is not None else format_report(comparison)) + "\n")
     return paths
 
 

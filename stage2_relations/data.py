@@ -306,14 +306,17 @@ class VideoDataset(Dataset):
              only the frames with an object of the _filtersmall annotations); default: the
              reader's ``min_frames`` recorded in the store.
     preload: read every video of the split into memory on first use.
+    verify:  check what is read against the store's per-video checksums (:class:`~store.Store`);
+             applies when ``store`` is a path.
     seed / epoch: negative sampling draws from ``negative_rng(seed, epoch, video)``; call
     :meth:`set_epoch` before each epoch (the DataLoader workers see it at iteration start).
     """
 
     def __init__(self, store: str | Store, split: str, mode: Mode | str, *, train: bool = True, seed: int = 0,
                  options: ViewOptions = ViewOptions(), preload: bool = False, max_videos: int = 0,
-                 videos: Sequence[str] | None = None, min_frames: int | None = None) -> None:
+                 videos: Sequence[str] | None = None, min_frames: int | None = None, verify: bool = True) -> None:
         self._store_path = store if not isinstance(store, Store) else None
+        self.verify = verify
         self._store = store if isinstance(store, Store) else None
         self.split = split
         self.mode = Mode(mode)
@@ -337,7 +340,7 @@ class VideoDataset(Dataset):
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = open_store(self._store_path)
+            self._store = open_store(self._store_path, verify=self.verify)
         return self._store
 
     def _load_all(self) -> None:

@@ -11,6 +11,13 @@ at the start of each epoch, so an epoch depends only on the weights, optimiser a
 state at its start, which ``last.pth`` holds. ``--resume`` therefore gives the same result as an
 uninterrupted run (bit-for-bit on CPU with the same thread count).
 
+Run folder (one writer: the OS lock ``OUT/.lock``; every file written whole or not at all):
+``last.pth`` is the source of truth. ``train`` refuses a folder that holds a run unless told to
+continue it (``resume``, which refuses settings that differ from the run's, naming them) or to
+replace it (``overwrite``). A resume first repairs what a kill between two writes can leave:
+``log.csv`` / ``log.json`` are rebuilt from ``last.pth``'s history, and ``best.pth`` from
+``last.pth`` when the last epoch was the best and best.pth is older, missing or unreadable.
+
 DDP: under ``torchrun`` (``WORLD_SIZE`` > 1) each rank takes every world_size-th video of the
 epoch's order (padded to equal length), gradients are averaged by DistributedDataParallel,
 rank 0 evaluates, logs and writes checkpoints, and the validation R@20 is broadcast so every
@@ -38,9 +45,31 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from stage2_relations.data import Collator, VideoDataset, epoch_order
-from stage2_relations.heads import HeadContext, build_model, count_parameters, head_class
-from stage2_relations.views import ViewOptions
-from store import open_store
+from stage2_relations.heads import HEADS, HeadContext, RSNet, build_model, count_parameters, head_class
+from stage2_relations.views import ASSIGNMENTS, NEGATIVE_LABELS, OBJECT_SCORES, SGDET_BOXES, ViewOptions
+from store import StoreError, open_store
+from store.errors import (
+    ConfigError,
+    InputError,
+    UserError,
+    at_least,
+    between,
+    check_fields,
+    check_keywords,
+    load_yaml_mapping,
+    one_of,
+    positive,
+)
+from store.files import (
+    WriterLock,
+    atomic_write,
+    copy_file,
+    describe_os_error,
+    load_torch,
+    remove_temps,
+    write_json,
+    write_text,
+)
 from store.vocabulary import Mode
 
 log = logging.getLogger(__name__)
@@ -91,6 +120,8 @@ class TrainConfig:
     """Train on at most this many videos (0: all), for trials."""
     val_max_videos: int = 0
     device: str = "auto"
+    verify_checksums: bool = True
+    """Check every video read from the store against its checksums (once per video per process)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,37 +142,97 @@ class TrainConfig:
         return dataclasses.replace(options, **required)
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+# Ranges and choices of the recipe's fields (types come from the annotations).
+RULES = {
+    "mode": one_of(*(m.value for m in Mode)),
+    "assignment": one_of(*ASSIGNMENTS),
+    "sgdet_boxes": one_of(*SGDET_BOXES),
+    "object_scores": one_of(*OBJECT_SCORES),
+    "negative_labels": one_of(*NEGATIVE_LABELS),
+    "epochs": at_least(1),
+    "lr": positive(),
+    "weight_decay": at_least(0),
+    "grad_clip": at_least(0),
+    "videos_per_batch": at_least(1),
+    "num_workers": at_least(0),
+    "seed": at_least(0),
+    "negative_ratio": at_least(0),
+    "negative_iou": between(0, 1),
+    "plateau_factor": between(0, 1, lo_open=True, hi_open=True),
+    "plateau_patience": at_least(0),
+    "plateau_threshold": at_least(0),
+    "min_lr": at_least(0),
+    "max_videos": at_least(0),
+    "val_max_videos": at_least(0),
+}
+
+# Fields that do not change what a run computes: ``resume`` may change them (and ``epochs``,
+# to train a run longer: the schedule does not depend on it).
+RESUME_MAY_CHANGE = ("device", "num_workers", "preload", "verify_checksums", "epochs")
+
+
+def check_config(data: dict[str, Any], where: Callable[[str], str] | str) -> TrainConfig:
+    """A :class:`TrainConfig` from ``data`` after checking every field: known keys, types,
+    ranges and choices, a registered head, ``head_cfg`` keys that the head's constructor
+    takes and ``rsnet`` keys that RS-Net's takes. ``where`` names a field's origin (the
+    file, ``--set KEY``, ``--lr``) in the one-line :class:`ConfigError`."""
+    origin = where if callable(where) else (lambda _k, _w=where: str(_w))
+    values = check_fields(TrainConfig, data, where=origin, rules=RULES)
+    head = values.get("head", TrainConfig.head)
+    if head not in HEADS:
+        raise ConfigError(f"{origin('head')}: head: unknown head {head!r}; registered: {', '.join(sorted(HEADS))}")
+    cls = HEADS[head]
+    check_keywords(cls.__init__, values.get("head_cfg") or {}, skip=cls.context_arguments, what="head_cfg",
+                   where=lambda k: origin(f"head_cfg.{k}"))
+    if values.get("rsnet") is not None:
+        check_keywords(RSNet.__init__, values["rsnet"], skip=("head",), what="rsnet",
+                       where=lambda k: origin(f"rsnet.{k}"))
+    return TrainConfig(**values)
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None,
+                labels: dict[str, str] | None = None) -> TrainConfig:
     """The recipe at ``path`` (YAML) with ``overrides`` applied; dotted keys reach into dicts
-    (``head_cfg.hidden=64``, ``rsnet.temporal_token=mean``). Unknown keys raise ValueError."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+    (``head_cfg.hidden=64``, ``rsnet.temporal_token=mean``). Every field is checked
+    (:func:`check_config`); a wrong one raises :class:`ConfigError` with one line naming the
+    file, or the override's label (``labels[key]``, e.g. ``"--lr"``; default ``"override KEY"``),
+    and the field."""
+    data: dict[str, Any] = load_yaml_mapping(path) if path is not None else {}
+    origin = {k: str(path) for k in data}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     for key, value in (overrides or {}).items():
         if value is None:
             continue
+        label = (labels or {}).get(key, f"override {key}")
         top, _, rest = key.partition(".")
         if top not in known:
-            raise ValueError(f"unknown config key {top!r}; known: {sorted(known)}")
+            raise ConfigError(f"{label}: unknown field {top!r}; known: {', '.join(sorted(known))}")
         if rest:
-            sub = dict(data.get(top) or {})
-            sub[rest] = value
-            data[top] = sub
+            sub = data.get(top) or {}
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{label}: {top} is {sub!r}, not a mapping with keys")
+            data[top] = {**sub, rest: value}
+            origin[key] = label
+            origin.setdefault(top, label)
         else:
             data[top] = value
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"unknown config key(s) {sorted(unknown)} in {path}")
-    return TrainConfig(**data)
+            origin[top] = label
+
+    def where(field_name: str) -> str:
+        return origin.get(field_name) or origin.get(field_name.partition(".")[0]) or str(path or "the recipe")
+
+    return check_config(data, where)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``"key=value"`` with the value parsed as YAML (``lr=1e-4``, ``rsnet=null``)."""
     if "=" not in text:
-        raise ValueError(f"override {text!r} is not KEY=VALUE")
+        raise ConfigError(f"--set {text!r}: not KEY=VALUE")
     k, v = text.split("=", 1)
-    return k.strip(), yaml.safe_load(v)
+    try:
+        return k.strip(), yaml.safe_load(v)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
 
 
 def provenance() -> dict[str, Any]:
@@ -199,29 +290,42 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: Callable, loader, optimizer
     model.train()
     sums: dict[str, float] = {}
     steps, frames, t0 = 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    for batch in bar:
-        batch = batch.to(device)
-        out = model(batch)
-        losses = loss_fn(out, batch)
-        total = sum(losses.values())
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"non-finite loss in {batch.video_names}: "
-                                     f"{ {k: float(v) for k, v in losses.items()} }")
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        sums["total"] = sums.get("total", 0.0) + float(total.detach())
-        steps += 1
-        frames += batch.num_frames
-        bar.set_postfix(loss=f"{sums['total'] / steps:.3f}")
+    batches = iter(loader)
+    bar = tqdm(batches, total=len(loader), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    try:
+        for batch in bar:
+            _step(model, loss_fn, batch, optimizer, device=device, grad_clip=grad_clip, sums=sums)
+            steps += 1
+            frames += batch.num_frames
+            bar.set_postfix(loss=f"{sums['total'] / steps:.3f}")
+    finally:  # an error mid-epoch: stop the DataLoader workers now, not when the traceback is freed
+        bar.close()
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
     out = {k: v / max(steps, 1) for k, v in sums.items()}
     out["train_fps"] = frames / max(time.perf_counter() - t0, 1e-9)
     return out
+
+
+def _step(model: torch.nn.Module, loss_fn: Callable, batch, optimizer, *, device: torch.device, grad_clip: float,
+          sums: dict[str, float]) -> None:
+    """Loss dict -> sum -> finite check -> backward -> clip -> step; adds the losses to ``sums``."""
+    batch = batch.to(device)
+    out = model(batch)
+    losses = loss_fn(out, batch)
+    total = sum(losses.values())
+    if not torch.isfinite(total):
+        raise FloatingPointError(f"non-finite loss in {batch.video_names}: "
+                                 f"{ {k: float(v) for k, v in losses.items()} }")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    for k, v in losses.items():
+        sums[k] = sums.get(k, 0.0) + float(v.detach())
+    sums["total"] = sums.get("total", 0.0) + float(total.detach())
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -237,18 +341,147 @@ def make_loader(dataset: VideoDataset, order: list[int], cfg: TrainConfig, train
                       persistent_workers=False)
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+RUN_FILES = ("config.yaml", "run.json", "derived.pt", "log.csv", "log.json", "last.pth", "best.pth")
+"""What ``train`` writes into a run folder (``eval`` adds its own subfolders)."""
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "history", "best_r20", "config")
+
+
+def epoch_score(row: dict[str, Any]) -> float:
+    """What selects the learning rate and best.pth: validation R@20, or minus the training loss
+    without a validation split."""
+    return float(row["val_R@20"]) if "val_R@20" in row else -float(row["loss_total"])
+
+
+def best_epoch(history: list[dict[str, Any]]) -> int | None:
+    """The epoch (1-based) whose checkpoint best.pth holds: the last strict improvement of
+    :func:`epoch_score` over the running best (None: no epoch yet)."""
+    best, epoch = float("-inf"), None
+    for row in history:
+        if epoch_score(row) > best:
+            best, epoch = epoch_score(row), int(row["epoch"])
+    return epoch
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """A relation-head checkpoint (``last.pth`` / ``best.pth``), or :class:`InputError` naming the
+    file: empty, truncated, not a PyTorch file, or another kind of checkpoint (a detector's)."""
+    ckpt = load_torch(path, what="relation-head checkpoint", weights_only=False, map_location=map_location)
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        kind = ("a detector checkpoint (stage 1)" if isinstance(ckpt, dict) and "arch" in ckpt
+                else f"missing {', '.join(missing)}")
+        raise InputError(f"{path}: not a relation-head checkpoint of `train` ({kind})")
+    return ckpt
+
+
+def config_differences(saved: dict[str, Any], cfg: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``"lr: run 0.001, now 0.01"`` for each field where ``cfg`` differs from a run's ``saved``
+    config (fields absent from ``saved`` count as their defaults)."""
+    defaults = TrainConfig().to_dict()
+    now = cfg.to_dict()
+    out = []
+    for k in now:
+        if k in ignore:
+            continue
+        before = saved.get(k, defaults[k])
+        if before != now[k]:
+            out.append(f"{k}: run {before!r}, now {now[k]!r}")
+    return out
+
+
+def prepare_run_folder(out_dir: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """Check ``out_dir`` (held under its lock) for a run; returns the checkpoint to resume from.
+
+    Removes temporaries of killed writes. Without ``resume`` or ``overwrite`` a folder holding
+    a run is an error; ``overwrite`` removes the run's files (nothing else); ``resume`` loads
+    ``last.pth`` (None when the run has none yet: it starts from epoch 1) and refuses a config
+    that differs from the run's in a field other than :data:`RESUME_MAY_CHANGE`.
+    """
+    remove_temps(out_dir, set(RUN_FILES))
+    present = [n for n in RUN_FILES if (out_dir / n).exists()]
+    if overwrite:
+        for n in present:
+            (out_dir / n).unlink()
+        return None
+    if not resume:
+        if present:
+            raise UserError(f"{out_dir}: holds a run ({', '.join(present)}): continue it with --resume, start it "
+                            f"again with --overwrite, or choose another --out")
+        return None
+    ckpt, saved = None, None
+    if (out_dir / "last.pth").exists():
+        ckpt = read_checkpoint(out_dir / "last.pth")
+        saved = ckpt["config"]
+    elif (out_dir / "config.yaml").exists():
+        saved = load_yaml_mapping(out_dir / "config.yaml")
+    if saved is not None:
+        diffs = config_differences(saved, cfg, ignore=RESUME_MAY_CHANGE)
+        if diffs:
+            raise ConfigError(f"{out_dir}: --resume with settings other than the run's ({'; '.join(diffs)}): resume "
+                              f"with the run's settings, or start a new run (--overwrite or another --out)")
+    if ckpt is not None and cfg.epochs < int(ckpt["epoch"]):
+        raise ConfigError(f"{out_dir}: the run has completed {int(ckpt['epoch'])} epochs; --resume with epochs "
+                          f"{cfg.epochs} would not continue it")
+    return ckpt
+
+
+def repair_run_folder(out_dir: Path, ckpt: dict[str, Any], echo: Callable[[str], None]) -> None:
+    """Make the logs and best.pth agree with ``last.pth`` (``ckpt``), the source of truth: a kill
+    between the writes of one epoch leaves them behind it."""
+    history = list(ckpt["history"])
+    _write_logs(out_dir, history)
+    want = best_epoch(history)
+    if want is None:
+        return
+    best_path, have = out_dir / "best.pth", None
+    if best_path.exists():
+        try:
+            have = int(load_torch(best_path, weights_only=False, mmap=True)["epoch"])
+        except (UserError, KeyError, TypeError):
+            have = None
+    if have == want:
+        return
+    if want == int(ckpt["epoch"]):
+        copy_file(out_dir / "last.pth", best_path)
+        echo(f"repaired best.pth from last.pth (epoch {want}; it held {'epoch ' + str(have) if have else 'nothing usable'})")
+    else:
+        log.warning("%s holds %s, not epoch %d, the best; it cannot be rebuilt from last.pth (epoch %d)", best_path,
+                    f"epoch {have}" if have else "nothing usable", want, int(ckpt["epoch"]))
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train per ``cfg`` into ``out_dir``; returns {'history': [...], 'best_r20', 'params'}.
 
     Run folder: config.yaml (resolved), run.json (provenance, parameter count), derived.pt
     (what :func:`derive` computed from the training split), log.csv, log.json, last.pth
     (model, optimizer, scheduler, epoch, history, config, provenance, derived) and best.pth
-    (the best validation R@20 so far).
+    (the best validation R@20 so far), each written whole or not at all. One process trains
+    into a folder at a time (its lock ``.lock``). A folder that holds a run is an error unless
+    ``resume`` (continue it: same settings, see :func:`prepare_run_folder`; without last.pth it
+    starts from epoch 1) or ``overwrite`` (replace it).
     """
+    cfg = check_config(cfg.to_dict(), "the training config")
+    if resume and overwrite:
+        raise ConfigError("give --resume or --overwrite, not both")
+    out_dir = Path(out_dir)
+    rank = _dist_info()[0]
+    lock = None
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = WriterLock(out_dir / ".lock", folder=out_dir, what="a run is being trained there").acquire()
+    try:
+        return _train(cfg, out_dir, resume=resume, overwrite=overwrite, progress=progress,
+                      echo=echo or (lambda s: tqdm.write(s)))
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, progress: bool,
+           echo: Callable[[str], None]) -> dict[str, Any]:
     from stage2_relations.evaluation.predict import evaluate_model
 
-    echo = echo or (lambda s: tqdm.write(s))
     rank, world, local_rank = _dist_info()
     distributed = world > 1
     device = resolve_device(cfg.device)
@@ -260,43 +493,51 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progre
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
-    out_dir = Path(out_dir)
     is_main = rank == 0
+    ckpt = None
     if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = prepare_run_folder(out_dir, cfg, resume=resume, overwrite=overwrite)
+    elif resume and (out_dir / "last.pth").exists():
+        ckpt = read_checkpoint(out_dir / "last.pth")
 
     torch.manual_seed(cfg.seed)
-    store = open_store(cfg.store)
+    store = open_store(cfg.store, verify=cfg.verify_checksums)
     meta = store.meta
     options = cfg.view_options()
     train_ds = VideoDataset(cfg.store, cfg.train_split, cfg.mode, train=True, seed=cfg.seed, options=options,
-                            preload=cfg.preload, max_videos=cfg.max_videos)
+                            preload=cfg.preload, max_videos=cfg.max_videos, verify=cfg.verify_checksums)
     val_ds = VideoDataset(cfg.store, cfg.val_split, cfg.mode, train=False, options=options, preload=cfg.preload,
-                          max_videos=cfg.val_max_videos) if store.videos(cfg.val_split) else None
+                          max_videos=cfg.val_max_videos, verify=cfg.verify_checksums) if store.videos(cfg.val_split) else None
     if val_ds is not None and not len(val_ds):
         val_ds = None
     if not len(train_ds):
-        raise ValueError(f"{cfg.store}: no videos in split {cfg.train_split!r} for {cfg.mode}")
+        n = len(store.videos(cfg.train_split))
+        why = (f"none of its {n} {cfg.train_split!r} videos keeps {train_ds.min_frames}+ frames in {cfg.mode} "
+               f"(SGCLS and SGDET see only the objects of the _filtersmall annotations)" if n
+               else f"it has no {cfg.train_split!r} videos (splits: "
+                    f"{', '.join(sorted({store.split_of(v) for v in store.videos()})) or 'none'})")
+        raise StoreError(cfg.store, f"cannot train {cfg.mode}: {why}")
 
-    ckpt = None
-    if resume:
-        ckpt_path = out_dir / "last.pth"
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
     derived = ckpt.get("derived", {}) if ckpt is not None else derive(cfg, train_ds)
-    model = build_from_config(cfg, meta, derived).to(device)
+    try:
+        model = build_from_config(cfg, meta, derived).to(device)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ConfigError(f"the recipe's head_cfg / rsnet: the model cannot be built: {str(e).splitlines()[0]}") from e
     n_params = count_parameters(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
         threshold=cfg.plateau_threshold, threshold_mode="abs", min_lr=cfg.min_lr)
-    start_epoch, history, best = 0, [], -1.0
+    start_epoch, history, best = 0, [], float("-inf")
     prov = provenance()
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise InputError(f"{out_dir / 'last.pth'}: does not fit the model of its own config: "
+                             f"{str(e).splitlines()[0]}") from None
         start_epoch, history, best = int(ckpt["epoch"]), list(ckpt["history"]), float(ckpt["best_r20"])
     net: torch.nn.Module = model
     if distributed:
@@ -305,12 +546,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progre
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=True)
     if is_main:
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        torch.save(derived, out_dir / "derived.pt")
-        (out_dir / "run.json").write_text(json.dumps({**prov, "parameters": n_params, "world_size": world,
-                                                      "device": str(device)}, indent=2))
+        write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        with atomic_write(out_dir / "derived.pt") as fh:
+            torch.save(derived, fh)
+        write_json(out_dir / "run.json", {**prov, "parameters": n_params, "world_size": world, "device": str(device)},
+                   indent=2)
+        if ckpt is not None:
+            repair_run_folder(out_dir, ckpt, echo)
         echo(f"{cfg.head}{' + RS-Net' if cfg.rsnet is not None else ''} {cfg.mode}: {n_params / 1e6:.2f} M parameters, "
-             f"{len(train_ds)} train / {len(val_ds) if val_ds else 0} val videos, world size {world}, {device}")
+             f"{len(train_ds)} train / {len(val_ds) if val_ds else 0} val videos, world size {world}, {device}"
+             + (f"; resuming at epoch {start_epoch + 1} of {cfg.epochs}" if ckpt is not None else ""))
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -327,7 +572,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progre
             r = results["with"] if "with" in results else next(iter(results.values()))
             val = {f"val_R@{k}": float(r.recall[k]) for k in (10, 20, 50)}
             val["val_fps"] = speed["fps"]
-        r20 = val.get("val_R@20", -stats["total"])
+        r20 = epoch_score({"loss_total": stats["total"], **val})
         if distributed:
             import torch.distributed as dist
 
@@ -345,11 +590,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progre
             ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best_r20": best,
                     "config": cfg.to_dict(), "provenance": prov, "parameters": n_params, "derived": derived}
-            torch.save(ckpt, out_dir / "last.pth.tmp")
-            os.replace(out_dir / "last.pth.tmp", out_dir / "last.pth")
-            if improved:
-                torch.save(ckpt, out_dir / "best.pth")
-            _write_logs(out_dir, history)
+            _save_epoch(out_dir, ckpt, history, improved)
             vtxt = (f"val R@10/20/50 {100 * val['val_R@10']:.1f}/{100 * val['val_R@20']:.1f}/{100 * val['val_R@50']:.1f}"
                     if val else "no val split")
             echo(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['total']:.4f}  {vtxt}  lr {row['lr']:.2e}  "
@@ -361,12 +602,27 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progre
     return {"history": history, "best_r20": best, "parameters": n_params}
 
 
+def _save_epoch(out_dir: Path, ckpt: dict[str, Any], history: list[dict], improved: bool) -> None:
+    """last.pth first (the source of truth a resume rebuilds the rest from), then best.pth and
+    the logs; an OS error (a full disk) is one line that says what is intact."""
+    try:
+        with atomic_write(out_dir / "last.pth") as fh:
+            torch.save(ckpt, fh)
+        if improved:
+            copy_file(out_dir / "last.pth", out_dir / "best.pth")
+        _write_logs(out_dir, history)
+    except OSError as e:
+        done = int(ckpt["epoch"]) - 1
+        raise UserError(f"{out_dir}: cannot write the checkpoint of epoch {ckpt['epoch']}: {describe_os_error(e)}; "
+                        f"the run is intact up to epoch {done} (last.pth): fix that and --resume") from e
+
+
 def _write_logs(out_dir: Path, history: list[dict]) -> None:
-    (out_dir / "log.json").write_text(json.dumps(history, indent=2))
+    write_text(out_dir / "log.json", json.dumps(history, indent=2))
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys]
-    with open(out_dir / "log.csv", "w", newline="") as f:
+    with atomic_write(out_dir / "log.csv", "w") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         for row in history:
@@ -376,13 +632,17 @@ def _write_logs(out_dir: Path, history: list[dict]) -> None:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", store_path: str | None = None):
     """(model in eval mode, TrainConfig, checkpoint dict) from a ``last.pth`` / ``best.pth``;
     the model is built for the store named by the config (or ``store_path``)."""
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    cfg = TrainConfig(**ckpt["config"])
+    ckpt = read_checkpoint(path, map_location=device)
+    cfg = check_config(dict(ckpt["config"]), f"{path} (its config)")
     if store_path:
         cfg = dataclasses.replace(cfg, store=str(store_path))
     meta = open_store(cfg.store).meta
     model = build_from_config(cfg, meta, ckpt.get("derived", {})).to(device)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise InputError(f"{path}: its weights do not fit the model of its config and the store {cfg.store}: "
+                         f"{str(e).splitlines()[0]}") from None
     model.eval()
     return model, cfg, ckpt
 
@@ -393,8 +653,8 @@ def run_checkpoint(run_dir: str | Path) -> Path:
     for name in ("best.pth", "last.pth"):
         if (run_dir / name).exists():
             return run_dir / name
-    raise FileNotFoundError(f"{run_dir}: no best.pth or last.pth")
+    raise InputError(f"{run_dir}: no best.pth or last.pth (not a `train` run folder, or no epoch finished yet)")
 
 
-__all__ = ["TrainConfig", "load_config", "parse_override", "provenance", "train", "train_one_epoch",
+__all__ = ["TrainConfig", "check_config", "load_config", "parse_override", "provenance", "train", "train_one_epoch",
            "load_checkpoint", "run_checkpoint", "build_from_config"]

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from store.backends import READERS, WRITERS, backend_of_suffix
-from store.reader import Layout, find_layout, index_segments, open_store, scan_segment
+from store.backends import WRITERS, backend_of_suffix
+from store.files import WriterLock, describe_os_error
+from store.reader import (
+    MANIFEST,
+    Layout,
+    SegmentIndex,
+    find_layout,
+    index_segments,
+    manifest_checksum,
+    open_store,
+    scan_segment,
+)
 from store.records import StoreError, StoreMeta
-from store.schema import ROW_ARRAYS, ROW_TABLES
+from store.schema import ROW_ARRAYS, ROW_TABLES, SCHEMA_VERSION, resolve_trailing
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +39,12 @@ def check_store(path: str | Path, *, deep: bool = True, backend: str | None = No
     Per segment: it opens (not truncated or corrupted), its ``schema_version`` is this code's,
     its meta agrees with the other segments' (vocabulary, feature sizes, union mode, detector),
     every array has its dtype and shape, and the video and frame ranges add up. Across
-    segments: no video twice. With ``deep``: each array's crc32 matches the one recorded at
-    write time, and every stored index points inside its frame (relation subject/object among
-    the GT objects, pair subject/object among the joint GT + detection boxes) and the small
-    flags are 0/1, 0 for the person (:meth:`VideoRecord.validate`'s index checks).
+    segments: no video twice. With ``deep``: every video's rows of every array match the
+    CRC-32C recorded at write time, every stored index points inside its frame (relation
+    subject/object among the GT objects, pair subject/object among the joint GT + detection
+    boxes), the small flags are 0/1, 0 for the person (:meth:`VideoRecord.validate`'s index
+    checks), and ``manifest.json``, rebuilt from the segments, equals the one on disk (for
+    every segment it lists as current).
     """
     try:
         layout = find_layout(path, backend)
@@ -56,34 +72,32 @@ def check_store(path: str | Path, *, deep: bool = True, backend: str | None = No
         problems.append(StoreError(layout.path, "store has no committed segments"))
     if not problems:
         try:
-            index_segments(Layout(layout.path, layout.backend, layout.folder, tuple(good)), trust_manifest=False)
+            fresh, _, _ = index_segments(Layout(layout.path, layout.backend, layout.folder, tuple(good)),
+                                         trust_manifest=False)
         except StoreError as e:  # duplicates across segments
             problems.append(e)
+        else:
+            if deep and layout.folder is not None:
+                problems.extend(_manifest_problems(layout.folder, fresh, metas[0][1] if metas else None))
     for p in layout.leftovers:
         log.info("%s: unfinished segment (ignored by readers, removed by its part's next writer)", p)
     return problems
 
 
 def _deep_segment(path: Path, backend: str, meta: StoreMeta) -> list[StoreError]:
-    problems = []
-    with READERS[backend](path) as seg:
-        recorded = seg.checksums()
-        for s in ROW_ARRAYS:
+    problems: list[StoreError] = []
+    store = open_store(path, backend, verify=False)
+    try:
+        for v in store.videos():
             try:
-                crc = seg.crc32(s.key)
+                bad = store.checksum_mismatches(v)
             except StoreError as e:
                 problems.append(e)
                 continue
-            if s.key not in recorded:
-                problems.append(StoreError(path, f"no checksum recorded for {s.key!r}"))
-            elif crc != recorded[s.key]:
-                problems.append(StoreError(path, f"checksum mismatch in {s.key!r}: the data is corrupted"))
-    if problems:
-        return problems
-    layout = Layout(path, backend, None, (path,))
-    store = open_store(layout.path, backend)
-    try:
-        for v in store.videos():
+            problems.extend(StoreError(path, f"checksum mismatch in {k!r} of video {v!r}: the data is corrupted")
+                            for k in bad)
+            if bad:
+                continue
             rec = store.read_video(v, fields=_INDEX_FIELDS)
             try:
                 rec._validate_indices(f"video {v!r}")
@@ -94,36 +108,128 @@ def _deep_segment(path: Path, backend: str, meta: StoreMeta) -> list[StoreError]
     return problems
 
 
+def _manifest_problems(folder: Path, fresh: list[SegmentIndex], meta: StoreMeta | None) -> list[StoreError]:
+    """Differences between ``manifest.json`` and the index rebuilt from the segments: an entry
+    whose size and mtime are current must hold the segment's own video table."""
+    path = folder / MANIFEST
+    if not path.exists():
+        return []
+    fix = f"delete {MANIFEST}, readers rebuild it"
+    try:
+        doc = json.loads(path.read_text())
+        entries = {e["file"]: SegmentIndex.from_json(e) for e in doc["segments"]}
+        version = doc.get("schema_version")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [StoreError(path, f"unreadable ({type(e).__name__}: {e}): {fix}")]
+    if version != SCHEMA_VERSION:
+        return [StoreError(path, f"schema_version {version!r}, not {SCHEMA_VERSION}: {fix}")]
+    problems = []
+    if doc.get("checksum") != manifest_checksum(doc["segments"]):
+        problems.append(StoreError(path, f"its checksum does not match its content: edited by hand or damaged "
+                                         f"(readers ignore it); {fix}"))
+    try:
+        listed = StoreMeta.from_dict(doc["meta"])
+    except (KeyError, TypeError, ValueError) as e:
+        return [StoreError(path, f"unreadable meta ({type(e).__name__}: {e}): {fix}")]
+    if meta is not None and listed.incompatibility(meta):
+        problems.append(StoreError(path, f"its meta is not the segments' ({listed.incompatibility(meta)}): {fix}"))
+    by_file = {s.file: s for s in fresh}
+    for name, entry in entries.items():
+        seg = by_file.get(name)
+        if seg is None:
+            problems.append(StoreError(path, f"lists segment {name}, which is not in the folder: {fix}"))
+            continue
+        if (entry.size, entry.mtime_ns) != (seg.size, seg.mtime_ns):
+            continue  # out of date: readers rescan that segment
+        diffs = [what for what, same in (
+            ("videos", entry.videos == seg.videos), ("splits", entry.splits == seg.splits),
+            ("ranges", set(entry.ranges) == set(seg.ranges)
+             and all(np.array_equal(entry.ranges[t], seg.ranges[t]) for t in seg.ranges)),
+            ("meta", entry.compat == seg.compat)) if not same]
+        if diffs:
+            problems.append(StoreError(path, f"disagrees with segment {name} ({', '.join(diffs)} differ): "
+                                             f"edited by hand or damaged; {fix}"))
+    return problems
+
+
+def _check_free_space(dst: Path, store) -> None:
+    """Fail before writing when the destination's file system lacks room for the merged arrays."""
+    need = _array_bytes(store)
+    free = shutil.disk_usage(dst.parent).free
+    if free < need * 1.02 + (16 << 20):
+        raise StoreError(dst, f"needs about {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free on its file system: "
+                              f"{describe_os_error(OSError(28, ''))}")
+
+
+def _array_bytes(store) -> int:
+    """Bytes of every per-row array of ``store`` (uncompressed)."""
+    dims = store.meta.dims()
+    rows = {t: sum(store.num_rows(v, t) for v in store.videos()) for t in ROW_TABLES}
+    return sum(rows[s.table] * int(np.prod(resolve_trailing(s, dims), dtype=np.int64)) * np.dtype(s.dtype).itemsize
+               for s in ROW_ARRAYS)
+
+
 def merge(src: str | Path, dst: str | Path, *, backend: str | None = None,
           compression: dict[str, str] | None = None, progress: bool = True) -> Path:
     """Consolidate every segment of ``src`` into the single-segment store ``dst``.
 
-    ``dst`` (``X.h5`` file or ``X.zarr`` group) must not exist; its backend comes from its
-    suffix or ``backend``. Videos are written in name order, so merging the parts of a
-    parallel extraction gives the same file whatever the split into parts. The result is
-    written under a temporary name and renamed when complete.
+    ``dst`` (``X.h5`` file or ``X.zarr`` group) must not exist and must not lie inside ``src``;
+    its backend comes from its suffix or ``backend``. Videos are written in name order, so
+    merging the parts of a parallel extraction gives the same file whatever the split into
+    parts. The result is written under a temporary name and renamed when complete; a failed
+    merge removes it, and a killed one leaves it to the next merge into ``dst``, which removes it
+    (the lock file ``.X.h5.merge.lock`` beside ``dst`` records it; one merge into ``dst`` at a
+    time).
     """
-    dst = Path(dst)
+    src, dst = Path(src), Path(dst)
     backend = backend or backend_of_suffix(dst)
     if backend is None:
-        raise ValueError(f"cannot tell the backend of {dst}: name it *.h5 or *.zarr or pass backend=")
+        raise StoreError(dst, "cannot tell the backend: name the merged store *.h5 or *.zarr")
+    layout = find_layout(src)
+    if layout.folder is not None:
+        inside, root = dst.resolve(), layout.folder.resolve()
+        if inside == root or root in inside.parents:
+            raise StoreError(dst, f"is inside the source store {src}: merge writes a new store outside it")
     if dst.exists():
-        raise FileExistsError(f"{dst} exists; merge writes a new store")
+        raise StoreError(dst, "exists; merge writes a new store (remove it or choose another name)")
     store = open_store(src)
     names = sorted(store.videos())
     totals = {t: sum(store.num_rows(v, t) for v in names) for t in ("frames",) + ROW_TABLES}
     totals["videos"] = len(names)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    w = WRITERS[backend](dst, store.meta, totals, compression=compression, attrs={"merged_from": str(src)})
+    lock = WriterLock(dst.parent / f".{dst.name}.merge.lock", folder=dst, what="a merge into it is being written",
+                      remove_on_release=True).acquire()
     try:
-        for v in tqdm(names, desc=f"merge -> {dst.name}", disable=not progress):
-            w.append(store.read_video(v))
-        w.commit()
-    except BaseException:
-        w.abort()
-        raise
+        for name in lock.previous_temps():
+            if name.startswith(f"{dst.name}.tmp-") and (dst.parent / name).exists():
+                log.info("removing %s, left by a killed merge", dst.parent / name)
+                p = dst.parent / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if dst.exists():
+            raise StoreError(dst, "exists; merge writes a new store (remove it or choose another name)")
+        tmp = f"{dst.name}.tmp-{os.getpid()}"  # the SegmentWriter's temporary name
+        lock.record(tmp)
+        w = None
+        try:
+            _check_free_space(dst, store)
+            extra = {"in_memory": False} if backend == "hdf5" else {}  # one segment of the whole store
+            w = WRITERS[backend](dst, store.meta, totals, compression=compression, attrs={"merged_from": str(src)},
+                                 **extra)
+            for v in tqdm(names, desc=f"merge -> {dst.name}", disable=not progress):
+                w.append(store.read_video(v))
+            w.commit()
+        except BaseException as e:
+            if w is not None:
+                w.abort()
+            else:
+                (dst.parent / tmp).unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise StoreError(dst, f"cannot write the merged store: {describe_os_error(e)} (nothing was "
+                                      f"written; the source is untouched)") from e
+            raise
+        lock.forget(tmp)
     finally:
         store.close()
+        lock.release()
     log.info("merged %d videos of %s into %s", len(names), src, dst)
     return dst
-

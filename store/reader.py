@@ -26,14 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from store.backends import BACKENDS, READERS, SUFFIX, SegmentReader, backend_of_suffix, check_schema_arrays
+from store.backends import BACKENDS, READERS, SUFFIX, SegmentReader, backend_of_suffix, check_schema_arrays, checksum_of
 from store.records import StoreError, StoreMeta, VideoRecord
-from store.schema import ROW_TABLES, SCHEMA_VERSION, TABLE_PREFIX, arrays_of
+from store.schema import ROW_ARRAYS, ROW_TABLES, SCHEMA_VERSION, TABLE_PREFIX, arrays_of
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 _TMP = re.compile(r"\.tmp-\d+$")
+_ARRAY_INDEX = {s.key: k for k, s in enumerate(ROW_ARRAYS)}
 
 
 @dataclass
@@ -141,6 +142,9 @@ def check_tables(seg: SegmentReader, index: SegmentIndex) -> None:
     sizes = seg.dtype_shape("frames/size")[1]
     if tuple(sizes) != (n_frames, 2):
         raise StoreError(seg.path, f"frames/size has shape {sizes}, expected ({n_frames}, 2)")
+    crc = seg.dtype_shape("videos/crc32c")[1]
+    if tuple(crc) != (n_videos, len(ROW_ARRAYS)):
+        raise StoreError(seg.path, f"videos/crc32c has shape {crc}, expected ({n_videos}, {len(ROW_ARRAYS)})")
 
 
 def _check_ranges(path: Path, key: str, r: np.ndarray, total: int) -> None:
@@ -181,26 +185,54 @@ def compat_hash(meta: StoreMeta) -> str:
     return hashlib.sha256(json.dumps(meta.compatibility(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def manifest_checksum(segments: list[dict[str, Any]]) -> int:
+    """CRC-32C of the manifest's segment list (canonical JSON): an edit by hand that does not
+    recompute it makes readers ignore the manifest."""
+    import google_crc32c
+
+    return int(google_crc32c.value(json.dumps(segments, sort_keys=True).encode()))
+
+
 def read_manifest(folder: Path) -> dict[str, SegmentIndex]:
+    """The manifest's entries by file; {} when it is absent, unreadable, of another schema, or
+    edited (its checksum does not match): readers then scan the segments."""
     p = folder / MANIFEST
     try:
         d = json.loads(p.read_text())
         if d.get("schema_version") != SCHEMA_VERSION:
             return {}
+        if d.get("checksum") != manifest_checksum(d["segments"]):
+            log.warning("%s: its checksum does not match its content (edited?): ignored, the segments are scanned",
+                        p)
+            return {}
         return {s["file"]: SegmentIndex.from_json(s) for s in d["segments"]}
-    except (OSError, ValueError, KeyError, TypeError):
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("%s: unreadable: ignored, the segments are scanned", p)
+        return {}
+
+
+def manifest_temp_name(tag: str = "") -> str:
+    """The temporary name :func:`write_manifest` writes under, in this process."""
+    return f"{MANIFEST}.{tag or 'w'}.tmp-{os.getpid()}"
 
 
 def write_manifest(folder: Path, meta: StoreMeta, segments: Iterable[SegmentIndex], tag: str = "") -> None:
     """Write ``manifest.json`` atomically (temporary name, fsync, rename)."""
-    d = {"schema_version": SCHEMA_VERSION, "meta": meta.to_dict(), "segments": [s.to_json() for s in segments]}
-    tmp = folder / f"{MANIFEST}.{tag or 'w'}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(d, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / MANIFEST)
+    listed = [s.to_json() for s in segments]
+    d = {"schema_version": SCHEMA_VERSION, "meta": meta.to_dict(), "segments": listed,
+         "checksum": manifest_checksum(listed)}
+    tmp = folder / manifest_temp_name(tag)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(d, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / MANIFEST)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def index_segments(layout: Layout, trust_manifest: bool = True) -> tuple[list[SegmentIndex], StoreMeta | None, bool]:
@@ -245,9 +277,13 @@ class Store:
     fork, so a Store can be built in the main process and used in DataLoader workers. For
     zarr, use a ``spawn`` or ``forkserver`` worker context (:attr:`mp_context`): zarr-python
     3 may deadlock in forked workers.
+
+    ``verify`` (default): :meth:`read_video` checks each array it reads against the video's
+    CRC-32C in ``videos/crc32c`` the first time this process reads that video's array, and raises
+    :class:`StoreError` on a mismatch (flipped bytes on disk never reach a model).
     """
 
-    def __init__(self, layout: Layout, meta: StoreMeta, segments: list[SegmentIndex]) -> None:
+    def __init__(self, layout: Layout, meta: StoreMeta, segments: list[SegmentIndex], *, verify: bool = True) -> None:
         self.path = layout.path
         self.layout = layout
         self.backend = layout.backend
@@ -260,6 +296,8 @@ class Store:
         self._readers: list[SegmentReader | None] = [None] * len(segments)
         self._cache: dict[str, VideoRecord] = {}
         self._frame_tables: dict[int, dict[str, Any]] = {}
+        self.verify = verify
+        self._verified: set[tuple[str, int]] = set()  # (video, index in ROW_ARRAYS) checked in this process
 
     @property
     def mp_context(self) -> str | None:
@@ -302,9 +340,13 @@ class Store:
             raise KeyError(f"video {name!r} is not in store {self.path}") from None
 
     def read_video(self, name: str, fields: Collection[str] | None = None) -> VideoRecord:
-        """One video, one contiguous read per array. Fields not in ``fields`` are None."""
+        """One video, one contiguous read per array. Fields not in ``fields`` are None.
+        With :attr:`verify`, the arrays read are checked against the video's checksums."""
         if name in self._cache and fields is None:
             return self._cache[name]
+        return self._read(name, fields, verify=self.verify)
+
+    def _read(self, name: str, fields: Collection[str] | None, *, verify: bool) -> VideoRecord:
         i, j = self._locate(name)
         seg, idx = self._reader(i), self.segments[i]
         frames = self._frames(i)
@@ -327,17 +369,54 @@ class Store:
                     values[s.field] = None
         for (s, _, _), arr in zip(requests, seg.read_many([(s.key, a, b) for s, a, b in requests])):
             values[s.field] = arr
+        if verify:
+            self._verify(i, j, name, [(s, values[s.field]) for s, _, _ in requests])
         return VideoRecord(**values)
+
+    def _check_index(self, i: int, seg: SegmentReader) -> None:
+        """The video table this store was opened with (perhaps from the manifest) is segment
+        ``i``'s own: same names, splits and ranges."""
+        idx = self.segments[i]
+        same = seg.read_str("videos/name") == idx.videos and seg.read_str("videos/split") == idx.splits
+        for t in ("frames",) + ROW_TABLES:
+            same = same and np.array_equal(seg.read(f"videos/{t}").reshape(-1, 2), idx.ranges[t])
+        if not same:
+            where = self.layout.folder / MANIFEST if self.layout.folder else self.segment_path(i)
+            raise StoreError(where, f"its video table disagrees with segment {idx.file} (edited or out of date): "
+                                    f"delete {MANIFEST}, readers rebuild it")
+
+    def _verify(self, i: int, j: int, name: str, arrays: list[tuple[Any, np.ndarray]]) -> None:
+        """Check ``arrays`` (spec, rows of video ``name``) against the segment's ``videos/crc32c``."""
+        recorded = self._frames(i)["crc32c"][j]
+        for s, arr in arrays:
+            k = _ARRAY_INDEX[s.key]
+            if (name, k) in self._verified:
+                continue
+            if checksum_of(arr) != int(recorded[k]):
+                raise StoreError(self.segment_path(i), f"checksum mismatch in {s.key!r} of video {name!r}: the data "
+                                                       f"is corrupted (`cli.py store check` lists every damaged "
+                                                       f"video; re-extract them)")
+            self._verified.add((name, k))
 
     def _frames(self, i: int) -> dict[str, Any]:
         """Segment ``i``'s frame table, read whole once (small: names, sizes and ranges)."""
         f = self._frame_tables.get(i)
         if f is None:
             seg = self._reader(i)
-            f = {"name": seg.read_str("frames/name"), "size": seg.read("frames/size").astype(np.int32, copy=False)}
+            f = {"name": seg.read_str("frames/name"), "size": seg.read("frames/size").astype(np.int32, copy=False),
+                 "crc32c": seg.read("videos/crc32c")}
             f.update({t: seg.read(f"frames/{t}").astype(np.int64, copy=False) for t in ROW_TABLES})
+            if self.verify:
+                self._check_index(i, seg)
             self._frame_tables[i] = f
         return f
+
+    def checksum_mismatches(self, name: str) -> list[str]:
+        """The arrays (keys) of video ``name`` whose rows do not match their recorded CRC-32C."""
+        i, j = self._locate(name)
+        rec = self._read(name, None, verify=False)
+        recorded = self._frames(i)["crc32c"][j]
+        return [s.key for k, s in enumerate(ROW_ARRAYS) if checksum_of(getattr(rec, s.field)) != int(recorded[k])]
 
     def iter_videos(self, split: str | None = None, fields: Collection[str] | None = None) -> Iterable[VideoRecord]:
         for v in self.videos(split):
@@ -372,13 +451,14 @@ class Store:
         return f"Store({str(self.path)!r}, backend={self.backend}, videos={len(self)}, segments={len(self.segments)})"
 
 
-def open_store(path: str | Path, backend: str | None = None) -> Store:
+def open_store(path: str | Path, backend: str | None = None, *, verify: bool = True) -> Store:
     """Open a store read-only; raise :class:`StoreError` naming the file and the problem.
 
     Checks on open: schema version, meta agreement between segments (vocabulary, feature and
     union sizes, detector), presence, dtype and shape of every array, and that the video and
-    frame ranges add up. Row-level checks and checksums are in :func:`store.check.check_store`.
-    No file handle stays open after this returns.
+    frame ranges add up. ``verify``: check every array read against the video's checksums
+    (:class:`Store`). Every video's checksums and row-level checks are in
+    :func:`store.check.check_store`. No file handle stays open after this returns.
     """
     layout = find_layout(path, backend)
     segments, meta, _ = index_segments(layout)
@@ -387,5 +467,5 @@ def open_store(path: str | Path, backend: str | None = None) -> Store:
     if layout.leftovers:
         log.info("%s: ignoring %d unfinished segment(s) (%s)", layout.path, len(layout.leftovers),
                  ", ".join(p.name for p in layout.leftovers[:3]))
-    return Store(layout, meta, segments)
+    return Store(layout, meta, segments, verify=verify)
 

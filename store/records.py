@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from store.errors import UserError, split_message
 from store.schema import (
     ROW_ARRAYS,
     ROW_TABLES,
@@ -22,10 +23,12 @@ from store.schema import (
 from store.vocabulary import Vocabulary
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """A store that cannot be used as it is: names the file and the problem."""
 
-    def __init__(self, file: str | Path, problem: str) -> None:
+    def __init__(self, file: str | Path, problem: str | None = None) -> None:
+        if problem is None:  # one message, e.g. re-raised from a DataLoader worker
+            file, problem = split_message(str(file))
         self.file = str(file)
         self.problem = problem
         super().__init__(f"{self.file}: {problem}")

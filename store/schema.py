@@ -34,16 +34,23 @@ the GT person with every GT object, the detections that can be the SGDET subject
 other box, ...). Relation labels are not stored per pair: a view labels its pairs from
 ``gt_relations`` and its own assignment, and negative sampling is a choice among its pairs.
 
+Checksums: ``videos/crc32c`` holds, per video, the CRC-32C (Castagnoli, hardware-accelerated by
+``google-crc32c``, about 4x zlib's crc32 here) of each per-row array's rows of that video (the
+bytes of the rows in order, columns in :data:`ROW_ARRAYS` order). Readers verify the arrays
+they read against it (once per video and array per process); ``store check`` verifies every
+video.
+
 Version history: 1 (GT boxes of one annotation file, ``pairs/source`` and ``pairs/relation``,
-``detections/matched_gt``: one extraction per mode); 2 (this one: one extraction for every
-mode, ``gt_objects/small``, pairs over the joint box index, assignment at load time).
+``detections/matched_gt``: one extraction per mode); 2 (one extraction for every mode,
+``gt_objects/small``, pairs over the joint box index, assignment at load time); 3 (this one:
+per-video checksums ``videos/crc32c``, verified on read, instead of one crc32 per array).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Per-row tables, in the order in which they are written and checked.
 ROW_TABLES: tuple[str, ...] = ("gt_objects", "gt_relations", "detections", "pairs")
@@ -105,6 +112,7 @@ VIDEO_COLUMNS: dict[str, tuple[str, str, str]] = {
     "split": ("str", "()", "'train', 'val' or 'test'"),
     "frames": ("int64", "(2,)", "range of the video's rows in frames"),
     **{t: ("int64", "(2,)", f"range of the video's rows in {t}") for t in ROW_TABLES},
+    "crc32c": ("uint32", "(A,)", "CRC-32C of the video's rows of each per-row array (A of them, in ROW_ARRAYS order)"),
 }
 FRAME_COLUMNS: dict[str, tuple[str, str, str]] = {
     "name": ("str", "()", "frame name, e.g. '001YG.mp4/000089.png'"),

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from store.files import atomic_write
 from store.reader import open_store
 from store.boxes import box_iou_plus_one
 from store.schema import ROW_ARRAYS, ROW_TABLES
@@ -156,7 +157,8 @@ def write_tables(tables: dict[str, pd.DataFrame], out: str | Path, fmt: str = "c
     for name, df in tables.items():
         p = out / f"{name}.{fmt}"
         if fmt == "csv":
-            df.to_csv(p)
+            with atomic_write(p, "w") as fh:
+                df.to_csv(fh)
         elif fmt == "parquet":
             try:
                 df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(p)

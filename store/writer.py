@@ -5,8 +5,14 @@
 A segment is written under a temporary name, fsynced, then renamed: a video is *committed*
 when the rename of its segment returns. A crash (even SIGKILL) loses only the videos not yet
 committed; the next writer on the same folder lists the committed ones
-(:meth:`StoreWriter.committed_videos`) and continues. No locks: each writer owns its ``part``
-(e.g. the torchrun rank) and only ever creates files named ``PART-SEQ.h5`` / ``.zarr``.
+(:meth:`StoreWriter.committed_videos`) and continues.
+
+One writer per part: each writer owns its ``part`` (e.g. the torchrun rank), only ever creates
+files named ``PART-SEQ.h5`` / ``.zarr``, and holds the OS lock ``.PART.lock`` in the folder
+(:func:`lock_part`) while it writes, so a second writer of the same part fails at once naming
+the holder's pid. The lock file lists the temporary files its holder has in flight; the next
+writer of the part removes exactly those (a crash's leftovers) and nothing else. A writer only
+writes into a new (or empty) folder or into a store folder: any other file there is an error.
 """
 
 from __future__ import annotations
@@ -19,13 +25,74 @@ from pathlib import Path
 from types import TracebackType
 
 from store.backends import BACKENDS, SUFFIX, WRITERS, backend_of_suffix
-from store.reader import Layout, SegmentIndex, find_layout, index_segments, scan_segment, write_manifest
+from store.files import WriterLock, describe_os_error
+from store.reader import (
+    MANIFEST,
+    Layout,
+    SegmentIndex,
+    find_layout,
+    index_segments,
+    manifest_temp_name,
+    scan_segment,
+    write_manifest,
+)
 from store.records import StoreError, StoreMeta, UnionMode, VideoRecord
 from store.schema import ROW_TABLES
 
 log = logging.getLogger(__name__)
 
 _PART = re.compile(r"^[A-Za-z0-9_.]+$")
+# What a store folder may hold: segments, their temporaries, the manifest (and its
+# temporaries) and the parts' lock files.
+_SEGMENT = re.compile(r"^[A-Za-z0-9_.]+-\d{6,}\.(h5|zarr)$")
+_SEGMENT_TEMP = re.compile(r"^[A-Za-z0-9_.]+-\d{6,}\.(h5|zarr)\.tmp-\d+$")
+_MANIFEST_TEMP = re.compile(r"^manifest\.json\.[A-Za-z0-9_.]+\.tmp-\d+$")
+_LOCK = re.compile(r"^\.[A-Za-z0-9_.]+\.lock$")
+
+
+def _is_manifest(path: Path) -> bool:
+    import json
+
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and "schema_version" in d and isinstance(d.get("segments"), list)
+
+
+def check_store_folder(path: Path) -> None:
+    """Raise StoreError unless ``path`` (an existing folder) is empty or a store folder: only
+    segments, temporaries, lock files and a store's ``manifest.json``, and at least one
+    segment or lock file."""
+    entries = sorted(path.iterdir())
+    if not entries:
+        return
+    foreign = [p.name for p in entries
+               if not (_SEGMENT.match(p.name) or _SEGMENT_TEMP.match(p.name) or _MANIFEST_TEMP.match(p.name)
+                       or _LOCK.match(p.name) or (p.name == MANIFEST and _is_manifest(p)))]
+    if not foreign and not any(_SEGMENT.match(p.name) or _LOCK.match(p.name) for p in entries):
+        foreign = [p.name for p in entries]
+    if foreign:
+        shown = ", ".join(repr(n) for n in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise StoreError(path, f"is not a feature store: it holds {shown}; a store is written only into a new "
+                               f"(or empty) folder or an existing store, so choose another path")
+
+
+def lock_part(path: str | Path, part: str) -> WriterLock:
+    """Take the lock of part ``part`` of the store folder ``path`` (created if missing), after
+    checking that the folder is new, empty or a store. Raises StoreError (not a store folder)
+    or :class:`~store.files.LockedError` (another process writes that part)."""
+    path = Path(path)
+    if not _PART.match(part):
+        raise ValueError(f"part {part!r} must be letters, digits, '_' or '.'")
+    if path.exists() and not path.is_dir():
+        raise StoreError(path, "exists and is not a store folder (a merged store is read-only)")
+    if path.is_dir() and (path / "zarr.json").exists():
+        raise StoreError(path, "is a single-segment (merged) store, which is read-only")
+    if path.is_dir():
+        check_store_folder(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return WriterLock(path / f".{part}.lock", folder=path, what=f"part {part!r} is being written").acquire()
 
 
 def segment_totals(records: list[VideoRecord]) -> dict[str, int]:
@@ -46,21 +113,30 @@ class StoreWriter:
         segment_bytes: buffered array bytes that trigger writing a segment. 0 commits every
             video on its own.
         compression: per table, ``"none"`` (default) or ``"zstd"``, e.g. ``{"pairs": "zstd"}``.
+        lock: the part's lock, taken earlier with :func:`lock_part` (default: taken here).
+            The writer releases it when it closes.
+
+    A write that fails with an OS error (a full disk) raises StoreError naming the segment and
+    the reason; the videos committed before are intact, and the writer commits nothing more.
     """
 
     def __init__(self, path: str | Path, meta: StoreMeta, *, part: str = "0", backend: str | None = None,
-                 segment_bytes: int = 256 << 20, compression: dict[str, str] | None = None) -> None:
+                 segment_bytes: int = 256 << 20, compression: dict[str, str] | None = None,
+                 lock: WriterLock | None = None) -> None:
         self.path = Path(path)
         self.backend = backend or backend_of_suffix(self.path)
         if self.backend not in BACKENDS:
-            raise ValueError(f"cannot tell the backend of {self.path}: name it *.h5 or *.zarr or pass backend=")
-        if not _PART.match(part):
-            raise ValueError(f"part {part!r} must be letters, digits, '_' or '.'")
-        if self.path.exists() and not self.path.is_dir():
-            raise StoreError(self.path, "exists and is not a store folder (a merged store is read-only)")
-        if self.path.is_dir() and (self.path / "zarr.json").exists():
-            raise StoreError(self.path, "is a single-segment (merged) store, which is read-only")
-        self.path.mkdir(parents=True, exist_ok=True)
+            raise StoreError(self.path, "cannot tell the backend: name the store folder *.h5 or *.zarr (or pass "
+                                        "backend=)")
+        self.closed = True  # until the lock is held and the folder indexed
+        self._lock = lock if lock is not None else lock_part(self.path, part)
+        try:
+            self._open(meta, part, segment_bytes, compression)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, meta: StoreMeta, part: str, segment_bytes: int, compression: dict[str, str] | None) -> None:
         self.meta = meta
         self.part = part
         self.segment_bytes = segment_bytes
@@ -79,6 +155,7 @@ class StoreWriter:
         self._seq = 1 + max((self._seq_of(s.file) for s in self._segments), default=0)
         self._buffer: list[VideoRecord] = []
         self._buffer_bytes = 0
+        self._failed = False
         self.closed = False
 
     def _seq_of(self, name: str) -> int:
@@ -94,11 +171,16 @@ class StoreWriter:
         return segments, meta
 
     def _remove_own_leftovers(self) -> None:
+        """Remove the temporaries that the previous writer of this part recorded in the lock
+        file and did not finish (it was killed): exactly those, nothing that looks alike."""
         import shutil
 
-        for p in self._layout().leftovers:
-            if p.name.startswith((f"{self.part}-", f"manifest.json.{self.part}.")):
-                log.info("removing unfinished segment %s", p)
+        for name in self._lock.previous_temps():
+            p = self.path / name
+            if not (_SEGMENT_TEMP.match(name) or _MANIFEST_TEMP.match(name)) or not p.exists():
+                continue
+            if name.startswith((f"{self.part}-", f"{MANIFEST}.{self.part}.")):
+                log.info("removing unfinished segment %s (left by a killed writer of part %s)", p, self.part)
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
     def committed_videos(self, refresh: bool = False) -> set[str]:
@@ -113,6 +195,8 @@ class StoreWriter:
         """Validate and buffer one whole video; write a segment when the buffer is full."""
         if self.closed:
             raise ValueError("writer is closed")
+        if self._failed:
+            raise StoreError(self.path, "an earlier write failed; this writer commits nothing more")
         if record.name in self._committed or any(r.name == record.name for r in self._buffer):
             raise StoreError(self.path, f"video {record.name!r} is already in the store")
         record.validate(self.meta)
@@ -125,18 +209,35 @@ class StoreWriter:
         """Commit every buffered video as one segment (no-op if none)."""
         if not self._buffer:
             return
+        if self._failed:
+            raise StoreError(self.path, "an earlier write failed; this writer commits nothing more")
         name = f"{self.part}-{self._seq:06d}{SUFFIX[self.backend]}"
         final = self.path / name
+        tmp = f"{name}.tmp-{os.getpid()}"  # the SegmentWriter's temporary name
         t0 = time.perf_counter()
-        w = WRITERS[self.backend](final, self.meta, segment_totals(self._buffer), compression=self.compression,
-                                  attrs={"part": self.part, "seq": self._seq, "pid": os.getpid()})
+        self._lock.record(tmp)
+        w = None
         try:
+            w = WRITERS[self.backend](final, self.meta, segment_totals(self._buffer), compression=self.compression,
+                                      attrs={"part": self.part, "seq": self._seq, "pid": os.getpid()})
             for r in self._buffer:
                 w.append(r)
             w.commit()
-        except BaseException:
-            w.abort()
+        except BaseException as e:
+            if w is not None:
+                w.abort()
+            else:
+                (self.path / tmp).unlink(missing_ok=True)
+            self._lock.forget(tmp)
+            self._failed = True
+            if isinstance(e, OSError):
+                done, lost = len(self._committed), len(self._buffer)
+                raise StoreError(self.path, f"cannot write segment {name}: {describe_os_error(e)}; committed "
+                                            f"before: {done} video{'s' * (done != 1)}, intact; in this segment: "
+                                            f"{lost} video{'s' * (lost != 1)}, not written: fix that and rerun to "
+                                            f"continue") from e
             raise
+        self._lock.forget(tmp)
         index, _ = scan_segment(final, self.backend)
         self._segments.append(index)
         self._committed.update(index.videos)
@@ -148,28 +249,43 @@ class StoreWriter:
 
     def _write_manifest(self) -> None:
         # Other parts may have committed meanwhile: list the folder, reuse what is indexed.
+        tmp = manifest_temp_name(self.part)
+        self._lock.record(tmp)
         try:
             segments, meta, _ = index_segments(self._layout())
             write_manifest(self.path, meta or self.meta, segments, tag=self.part)
-        except StoreError as e:  # the manifest is only a cache; readers rescan
+        except (StoreError, OSError) as e:  # the manifest is only a cache; readers rescan
             log.warning("manifest not updated: %s", e)
+        finally:
+            self._lock.forget(tmp)
 
     def close(self) -> None:
-        """Commit what is buffered and write the manifest."""
-        if not self.closed:
+        """Commit what is buffered and write the manifest, then release the part's lock."""
+        if self.closed:
+            return
+        try:
             self.flush()
+        finally:
             self.closed = True
+            self._lock.release()
+
+    def abandon(self) -> None:
+        """Release the part's lock without committing what is buffered (after a failure)."""
+        self.closed = True
+        self._lock.release()
 
     def __enter__(self) -> "StoreWriter":
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        # Buffered records are whole videos: commit them even when the caller failed.
+        # Buffered records are whole videos: commit them even when the caller failed, unless
+        # writing itself failed (a full disk would fail again).
         if exc_type is None:
             self.close()
-        elif issubclass(exc_type, Exception):
+        elif issubclass(exc_type, Exception) and not self._failed:
             try:
                 self.close()
-            except Exception:  # noqa: BLE001 - the caller's exception is the one to see
-                log.exception("could not commit the buffered videos of %s", self.path)
+            except Exception as e:  # noqa: BLE001 - the caller's exception is the one to see
+                log.warning("could not commit the buffered videos of %s: %s", self.path, e)
+        self.abandon()

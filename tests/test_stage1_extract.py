@@ -212,7 +212,7 @@ class _PerfectDetector:
         return self.detector.pool_map(maps, boxes)
 
     def detect(self, maps):
-        from stage1_detect.detectors import FrameDetections
+        from stage1_detect.frame_detector import FrameDetections
 
         out = []
         for _ in maps.original_sizes:

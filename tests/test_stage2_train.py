@@ -77,7 +77,7 @@ def test_config_overrides(tmp_path):
     cfg = load_config(p, {"head_cfg.embed_dim": 4, "rsnet.temporal_token": "mean", "lr": 0.1, "seed": None})
     assert cfg.mode == "sgdet" and cfg.head_cfg == {"hidden": 8, "embed_dim": 4}
     assert cfg.rsnet == {"temporal_token": "mean"} and cfg.lr == 0.1 and cfg.seed == 0
-    with pytest.raises(ValueError, match="unknown config key"):
+    with pytest.raises(ValueError, match="unknown field .learning_rate."):
         load_config(p, {"learning_rate": 1})
 
 

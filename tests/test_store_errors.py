@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import zlib
 from pathlib import Path
 
+import google_crc32c
 import h5py
 import numpy as np
 import pytest
 
 from store import StoreError, StoreWriter, check_store, open_store
+from store.schema import ROW_ARRAYS
 from store.testing import synthetic_meta
 from store.vocabulary import ACTION_GENOME, Vocabulary
 from store_fixtures import small_meta, small_videos, write_store
@@ -83,10 +84,16 @@ def test_corrupted_bytes_fail_checksum(tmp_path):
         b = fh.read(1)
         fh.seek(offset + 3)
         fh.write(bytes([b[0] ^ 0xFF]))
-    open_store(path).close()  # structure is intact: opening is fine, the deep check is not
+    store = open_store(path)  # structure is intact: opening is fine, reading the video is not
+    with pytest.raises(StoreError, match="checksum mismatch in 'pairs/union' of video 'vid0000.mp4'") as e:
+        store.read_video("vid0000.mp4")
+    assert e.value.file == str(segs[0])
+    store.read_video("vid0000.mp4", fields=("gt_boxes",))  # the arrays that are intact read fine
+    store.read_video("vid0001.mp4")
+    assert open_store(path, verify=False).read_video("vid0000.mp4").pair_union.shape[0] > 0  # the option to skip
     problems = check_store(path)
     assert [(p.file, p.problem) for p in problems] == [
-        (str(segs[0]), "checksum mismatch in 'pairs/union': the data is corrupted")]
+        (str(segs[0]), "checksum mismatch in 'pairs/union' of video 'vid0000.mp4': the data is corrupted")]
     assert check_store(path, deep=False) == []
 
 
@@ -158,7 +165,15 @@ def test_schema_version_1_asks_for_a_new_extraction(tmp_path):
     with h5py.File(segs[0], "r+") as f:
         f.attrs["schema_version"] = 1
     _raises(path, segs[0], r"schema_version 1 \(one extraction per mode, before one store served every mode\) is "
-                           r"not supported by this code, which reads schema_version 2: re-extract it with `cli.py detect`")
+                           r"not supported by this code, which reads schema_version 3: re-extract it with `cli.py detect`")
+
+
+def test_schema_version_2_asks_for_a_new_extraction(tmp_path):
+    path, segs = _h5_store(tmp_path)
+    with h5py.File(segs[0], "r+") as f:
+        f.attrs["schema_version"] = 2
+    _raises(path, segs[0], r"schema_version 2 \(without per-video checksums\) is not supported by this code, which "
+                           r"reads schema_version 3: re-extract it with `cli.py detect`")
 
 
 @pytest.mark.parametrize("key, row, value, problem", [
@@ -176,9 +191,11 @@ def test_index_out_of_range_found_by_deep_check(tmp_path, key, row, value, probl
         a = f[key][...]
         a[row] = value
         f[key][...] = a
-        sums = json.loads(f.attrs["checksums"])
-        sums[key] = zlib.crc32(a.tobytes())
-        f.attrs["checksums"] = json.dumps(sums)
+        # a consistent edit: the video's checksum of that array follows the data
+        lo, hi = f[f"videos/{key.split('/')[0]}"][0]
+        crc = f["videos/crc32c"][...]
+        crc[0, [s.key for s in ROW_ARRAYS].index(key)] = google_crc32c.value(np.ascontiguousarray(a[lo:hi]).tobytes())
+        f["videos/crc32c"][...] = crc
     problems = check_store(path)
     assert len(problems) == 1 and problems[0].file == str(segs[0])
     assert problems[0].problem == f"bad index: video 'vid0000.mp4': {problem}"

@@ -119,7 +119,7 @@ def test_parallel_parts_read_as_one_and_merge(tmp_path, suffix):
             assert len(m.segments) == 1
             assert m.videos() == sorted(v.name for v in videos)
         assert check_store(dst) == []
-    with pytest.raises(FileExistsError):
+    with pytest.raises(StoreError, match="exists; merge writes a new store"):
         merge(path, tmp_path / "merged.h5", progress=False)
 
 

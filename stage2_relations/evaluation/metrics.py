@@ -192,6 +192,10 @@ def evaluate(
     """
     constraint, mode = Constraint(constraint), Mode(mode)
     padded_cells, precision_denominator = PaddedCells(padded_cells), PrecisionDenominator(precision_denominator)
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    if not 0 <= semi_threshold < 1:
+        raise ValueError(f"semi_threshold must be in [0, 1), got {semi_threshold}")
     ks = _check_ks(ks, min(100, no_constraint_top) if constraint == Constraint.NO else 100)
     if predictions.num_frames != ground_truth.num_frames:
         raise ValueError(f"{predictions.num_frames} frames of predictions for {ground_truth.num_frames} frames of ground truth")

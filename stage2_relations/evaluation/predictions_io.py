@@ -36,11 +36,14 @@ them to float64, as STTran's evaluation does.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from store.files import atomic_write
 from store.vocabulary import ACTION_GENOME, Mode, Vocabulary
 
 from .structures import GroundTruthSet, PredictionSet
@@ -126,7 +129,7 @@ def write_predictions(
             gt_relations=ground_truth.gt_relations,
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz"
+    with atomic_write(path) as f:  # a file object keeps numpy from appending ".npz"
         (np.savez_compressed if compress else np.savez)(f, **arrays)
     return path
 
@@ -138,7 +141,28 @@ def read_predictions(path: str | Path) -> PredictionsFile:
     version this code does not know, or misses arrays.
     """
     path = Path(path)
-    with np.load(path, allow_pickle=False) as z:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        with path.open("rb") as fh:
+            head = fh.read(4)
+        kind = ("it is empty" if not head else "a truncated or damaged .npz" if head == b"PK\x03\x04"
+                else "not a numpy file")
+        raise ValueError(f"{path}: not a {PREDICTIONS_FORMAT} file (an .npz of arrays): {kind}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: not a {PREDICTIONS_FORMAT} file: one .npy array, not an .npz of arrays")
+    try:
+        return _read_npz(path, loaded)
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: a truncated or damaged .npz ({type(e).__name__}: {e})") from None
+    except ValueError as e:  # the arrays' own checks (shapes, boxes, frame names): say which file
+        if str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _read_npz(path: Path, loaded: Any) -> PredictionsFile:
+    with loaded as z:
         keys = set(z.files)
         if "header" not in keys:
             raise ValueError(f"{path}: not a {PREDICTIONS_FORMAT} file (no 'header' array)")

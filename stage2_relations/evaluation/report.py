@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from store.files import atomic_write, write_text
 from store.vocabulary import ACTION_GENOME, Vocabulary
 
 from .metrics import EvaluationResult, evaluate_all
@@ -94,7 +95,7 @@ def predicate_rows(results: Mapping[Constraint, EvaluationResult], vocabulary: V
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w") as f:
         if not rows:
             return
         w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
@@ -137,7 +138,8 @@ def plot_predicate_recall(
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format="png")
     return path
 
 
@@ -161,11 +163,11 @@ def write_report(
         "results": {Constraint(c).value: r.to_dict(vocabulary) for c, r in results.items()},
         **(extra or {}),
     }
-    paths["metrics.json"].write_text(json.dumps(payload, indent=2))
+    write_text(paths["metrics.json"], json.dumps(payload, indent=2))
     _write_csv(paths["metrics.csv"], summary_rows(results))
     _write_csv(paths["predicate_recall.csv"], predicate_rows(results, vocabulary))
     plot_predicate_recall(results, paths["predicate_recall.png"], vocabulary=vocabulary, mean_recall=mean_recall, k=plot_k)
-    paths["table.txt"].write_text(format_table(results, mean_recall=mean_recall) + "\n")
+    write_text(paths["table.txt"], format_table(results, mean_recall=mean_recall) + "\n")
     return paths
 
 

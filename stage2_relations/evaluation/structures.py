@@ -106,6 +106,32 @@ def _as(a, dtype, shape_tail: tuple[int, ...], name: str) -> np.ndarray:
     return arr
 
 
+def _check_boxes(boxes: np.ndarray, name: str, offsets: np.ndarray | None = None,
+                 frame_names: Sequence[str] | None = None) -> None:
+    """Every row is a finite xyxy box with x1 <= x2 and y1 <= y2; ValueError naming the first
+    row that is not (and its frame, given the offsets)."""
+    if not len(boxes):
+        return
+    finite = np.isfinite(boxes).all(1)
+    ordered = (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])
+    bad = ~(finite & ordered)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        where = ""
+        if offsets is not None:
+            f = int(np.searchsorted(offsets, row, side="right") - 1)
+            where = f" (frame {frame_names[f]!r})" if frame_names is not None else f" (frame {f})"
+        what = "is not finite" if not finite[row] else "has x1 > x2 or y1 > y2 (boxes are xyxy)"
+        raise ValueError(f"{name}: row {row}{where} {what}: {boxes[row].tolist()}")
+
+
+def _check_unique(names: Sequence[str], what: str) -> None:
+    if len(set(names)) != len(names):
+        seen: set[str] = set()
+        dup = next(n for n in names if n in seen or seen.add(n))
+        raise ValueError(f"{what} name frame {dup!r} twice: each frame must appear once")
+
+
 @dataclass(frozen=True)
 class FrameGroundTruth:
     """Ground truth of one frame.
@@ -127,6 +153,7 @@ class FrameGroundTruth:
         object.__setattr__(self, "gt_relations", _as(self.gt_relations, np.int64, (3,), "gt_relations"))
         if len(self.gt_labels) != len(self.gt_boxes):
             raise ValueError(f"gt_labels has {len(self.gt_labels)} rows, gt_boxes {len(self.gt_boxes)}")
+        _check_boxes(self.gt_boxes, "gt_boxes")
 
 
 @dataclass(frozen=True)
@@ -157,6 +184,7 @@ class FramePredictions:
 
     def __post_init__(self) -> None:
         _coerce_predictions(self)
+        _check_boxes(self.pred_boxes, "pred_boxes")
 
 
 def _coerce_predictions(obj) -> None:
@@ -240,7 +268,9 @@ class GroundTruthSet:
             set_("frame_names", tuple(str(n) for n in self.frame_names))
             if len(self.frame_names) != self.num_frames:
                 raise ValueError(f"{len(self.frame_names)} frame names for {self.num_frames} frames")
+            _check_unique(self.frame_names, "the ground truth's frame_names")
         _check_local_indices(self.gt_relations[:, :2], self.relation_offsets, self.box_offsets, "gt_relations")
+        _check_boxes(self.gt_boxes, "gt_boxes", self.box_offsets, self.frame_names)
 
     @property
     def num_frames(self) -> int:
@@ -303,7 +333,9 @@ class PredictionSet:
             set_("frame_names", tuple(str(x) for x in self.frame_names))
             if len(self.frame_names) != self.num_frames:
                 raise ValueError(f"{len(self.frame_names)} frame names for {self.num_frames} frames")
+            _check_unique(self.frame_names, "the predictions' frame_names")
         _check_local_indices(self.pred_pairs, self.pair_offsets, self.box_offsets, "pred_pairs")
+        _check_boxes(self.pred_boxes, "pred_boxes", self.box_offsets, self.frame_names)
 
     @property
     def num_frames(self) -> int:

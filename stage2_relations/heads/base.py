@@ -147,6 +147,9 @@ class RelationHead(nn.Module):
     (``ViewOptions.pair_pool``; DSG-DETR at SGDET test)."""
     sgdet_test_boxes: str | None = None
     """The SGDET test boxes the head needs (``ViewOptions.sgdet_boxes``), None for either."""
+    context_arguments: tuple[str, ...] = ("vocabulary", "mode", "feature_dim", "union_shape", "class_embeddings")
+    """Constructor arguments that :meth:`from_config` takes from the :class:`HeadContext`; every
+    other keyword argument of ``__init__`` is a recipe key (``head_cfg``)."""
 
     @classmethod
     def required_view_options(cls) -> dict[str, Any]:

@@ -220,6 +220,8 @@ class STKET(PairRepresentation, RelationHead):
     parameter counts), class_embeddings (C, embed_dim) or None.
     """
 
+    context_arguments = RelationHead.context_arguments + ("initial_prior", "specific_prior")
+
     def __init__(self, *, vocabulary: Vocabulary, mode: Mode | str, feature_dim: int, union_shape: tuple[int, ...],
                  hidden: int = 512, embed_dim: int = 200, mask_channels: int = 256, box_dim: int = 128,
                  object_hidden: int = 1024, num_heads: int = 8, ffn_dim: int = 2048, spatial_layers: int = 2,

@@ -1,0 +1,360 @@
+"""Every bad input tried, and what the user sees: the table of docs/robustness.md.
+
+Each probe builds a bad input (a broken recipe, a foreign file, a busy folder, a full disk, ...)
+in a scratch folder, runs the command through the CLI (in this process, as ``click`` runs it,
+or in a subprocess where another process or a real full disk is part of the probe) and records
+the exit code and the last line the user sees. Paths are shown relative to the scratch folder.
+
+    python bench/bad_inputs.py                 # about 2 minutes on 2 cores
+    python bench/bad_inputs.py --markdown      # the table only
+
+Writes ``bench/results/bad_inputs.md`` and ``bench/results/bad_inputs.json``. A tiny tmpfs for
+the full-disk probe needs root; without it that probe says "skipped".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from cli import main  # noqa: E402
+
+
+class Probes:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.rows: list[dict] = []
+
+    def rel(self, text: str) -> str:
+        return text.replace(str(self.base) + "/", "").replace(str(self.base), ".")
+
+    def record(self, area: str, what: str, command: str, code: int, seen: str, pick: str = "") -> None:
+        lines = [ln.split("it/s]")[-1] for ln in seen.replace("\r", "\n").splitlines()]  # text after tqdm bars
+        lines = [ln for ln in lines if ln.strip() and "%|" not in ln and not ln.startswith("WARNING")]
+        chosen = [ln for ln in lines if pick and pick in ln]
+        seen = chosen[0] if chosen else lines[-1] if lines else "(nothing)"
+        row = {"area": area, "input": what, "command": self.rel(command), "exit": code, "seen": self.rel(seen)}
+        self.rows.append(row)
+        print(f"[{code}] {area}: {what}\n    {row['seen']}", flush=True)
+
+    def cli(self, area: str, what: str, *args, pick: str = "") -> None:
+        args = [str(a) for a in args]
+        r = CliRunner().invoke(main, args)
+        seen = r.output
+        if r.exception is not None and not isinstance(r.exception, SystemExit):
+            seen += f"\nTraceback: {type(r.exception).__name__}: {r.exception}"
+        self.record(area, what, "cli.py " + " ".join(args), r.exit_code, seen, pick)
+
+    def subprocess(self, area: str, what: str, *args, env: dict | None = None) -> None:
+        args = [str(a) for a in args]
+        p = subprocess.run([sys.executable, str(REPO / "cli.py"), *args], capture_output=True, text=True,
+                           timeout=600, env=env)
+        lines = [ln for ln in (p.stdout + "\n" + p.stderr).splitlines() if ln.strip() and "detect rank" not in ln]
+        traceback = any(ln.startswith("Traceback") for ln in lines)
+        seen = "\n".join(lines) + (f"\nTraceback ... {lines[-1]}" if traceback else "")
+        self.record(area, what, "cli.py " + " ".join(args), p.returncode, seen)
+
+
+def holder(code: str, *args: str) -> subprocess.Popen:
+    prelude = f"import sys, time; sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\n"
+    proc = subprocess.Popen([sys.executable, "-c", prelude + textwrap.dedent(code) +
+                             "\nprint('READY', flush=True)\ntime.sleep(300)\n", *args],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "READY"
+    return proc
+
+
+def flip_byte(segment: Path, key: str) -> None:
+    with h5py.File(segment, "r") as f:
+        start = f[key].id.get_offset()
+    with open(segment, "r+b") as fh:
+        fh.seek(start + 3)
+        b = fh.read(1)
+        fh.seek(start + 3)
+        fh.write(bytes([b[0] ^ 0x10]))
+
+
+def predictions(path: Path, tamper: dict | None = None) -> Path:
+    from stage2_relations.evaluation import (FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet,
+                                             write_predictions)
+    from store.vocabulary import ACTION_GENOME as VOC, Mode
+
+    boxes = np.array([[0, 0, 99, 199], [10, 10, 29, 29]], float)
+    gt = FrameGroundTruth(boxes, [1, VOC.object_index("cup")], [[0, 1, 0]])
+    p = FramePredictions(boxes, [1, VOC.object_index("cup")], np.ones(2), [[0, 1]], [[0.7, 0.2, 0.1]],
+                         np.full((1, 6), 0.5), np.full((1, 17), 0.5))
+    names = ["A.mp4/000001.png", "A.mp4/000002.png"]
+    write_predictions(path, PredictionSet.from_frames([p, p], names), mode=Mode.PREDCLS,
+                      ground_truth=GroundTruthSet.from_frames([gt, gt], names))
+    if tamper:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        for k, f in tamper.items():
+            arrays[k] = f(arrays[k].copy())
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+    return path
+
+
+def run(base: Path) -> Probes:
+    from stage1_detect.detectors import build_detector, save_detector
+    from stage1_detect.synth import SynthConfig, generate_synthetic_ag
+    from stage2_fixtures import TINY_HEAD, write_learnable_store
+    from store import StoreWriter
+    from store.testing import synthetic_video
+    from stage2_fixtures import tiny_meta
+
+    P = Probes(base)
+    torch.set_num_threads(1)
+    ag = base / "ag"
+    generate_synthetic_ag(ag, SynthConfig(videos=4, frames_per_video=4, width=160, height=120, seed=0), progress=False)
+    torch.manual_seed(0)
+    det = base / "detector.pth"
+    save_detector(build_detector("small", {"min_size": 120, "max_size": 160}), det)
+    store = write_learnable_store(base / "store.h5", n_train=4, n_val=2)
+    recipe = base / "recipe.yaml"
+    good = dict(store=str(store), mode="predcls", head="sttran", head_cfg=TINY_HEAD, epochs=2, lr=3e-3,
+                videos_per_batch=2, preload=True, device="cpu")
+    recipe.write_text(yaml.safe_dump(good))
+    run_dir = base / "run"
+    CliRunner().invoke(main, ["train", "--config", str(recipe), "--out", str(run_dir), "--no-progress"])
+    (base / "garbage.pth").write_bytes(bytes(range(7, 256)) * 20)
+    (base / "text.pth").write_text("these are not weights\n")
+    (base / "empty.pth").write_bytes(b"")
+    (base / "truncated.pth").write_bytes(det.read_bytes()[:20000])
+
+    # --- detect and the store -----------------------------------------------------------------
+    A = "detect / store"
+    notstore = base / "notes_folder"
+    notstore.mkdir()
+    (notstore / "notes.txt").write_text("mine")
+    (notstore / "manifest.json").write_text('{"mine": true}')
+    P.cli(A, "--store: a folder with other files (notes.txt, one's own manifest.json)", "detect", ag, "--store",
+          notstore, "--weights", det)
+    busy = base / "busy.h5"
+    h = holder("""
+        from store.writer import lock_part
+        lock = lock_part(sys.argv[1], "rank0")
+    """, str(busy))
+    try:
+        P.cli(A, "a second `detect` on the same part of a store (one `--split train`, one `--split test`)",
+              "detect", ag, "--store", busy, "--weights", det, "--split", "test")
+    finally:
+        h.kill()
+        h.wait()
+    for name, what in (("garbage", "random bytes"), ("text", "a text file"), ("empty", "an empty file"),
+                       ("truncated", "a truncated checkpoint")):
+        P.cli(A, f"--weights: {what}", "detect", ag, "--store", base / "x.h5", "--weights", base / f"{name}.pth")
+    P.cli(A, "--weights: a relation-head checkpoint (last.pth of `train`)", "detect", ag, "--store", base / "x.h5",
+          "--weights", run_dir / "last.pth")
+    P.cli(A, "--mode sgdet (one store serves every mode)", "detect", ag, "--store", base / "x.h5", "--weights", det,
+          "--mode", "sgdet")
+    tiny = base / "tiny"
+    tiny.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(tiny)],
+                                                   capture_output=True).returncode == 0
+    if mounted:
+        try:
+            P.subprocess(A, "a full disk during `detect` (a 48 KB tmpfs)", "detect", ag, "--store", tiny / "s.h5",
+                         "--weights", det, "--segment-mb", "0", "--workers", "2")
+        finally:
+            subprocess.run(["umount", str(tiny)], capture_output=True)
+    else:
+        P.record(A, "a full disk during `detect`", "(needs root for a tmpfs)", -1, "skipped")
+    flipped = write_learnable_store(base / "flipped.h5", n_train=3, n_val=1)
+    flip_byte(next(flipped.glob("*.h5")), "gt_objects/features")
+    P.cli(A, "one flipped byte in a segment's features: `store check`", "store", "check", flipped, pick="PROBLEM")
+    P.cli(A, "one flipped byte: `store check --quick` (structure only)", "store", "check", "--quick", flipped)
+    frecipe = base / "flipped.yaml"
+    frecipe.write_text(yaml.safe_dump({**good, "store": str(flipped)}))
+    P.cli(A, "one flipped byte: `train` on that store", "train", "--config", frecipe, "--out", base / "frun",
+          "--no-progress")
+    edited = write_learnable_store(base / "edited.h5", n_train=3, n_val=1)
+    with StoreWriter(edited, tiny_meta()) as w:  # a second segment
+        w.write_video(synthetic_video(tiny_meta(), "extra.mp4", seed=5))
+    doc = json.loads((edited / "manifest.json").read_text())
+    doc["segments"][1]["splits"] = ["test"] * len(doc["segments"][1]["splits"])
+    (edited / "manifest.json").write_text(json.dumps(doc))
+    P.cli(A, "a manifest.json edited by hand: `store check`", "store", "check", edited, pick="PROBLEM")
+    P.cli(A, "`store merge` into a folder inside the source", "store", "merge", store, store / "merged.h5")
+    P.cli(A, "`store merge` onto an existing file", "store", "merge", store, det)
+    v2 = write_learnable_store(base / "v2.h5", n_train=2, n_val=0)
+    with h5py.File(next(v2.glob("*.h5")), "r+") as f:
+        f.attrs["schema_version"] = 2
+    P.cli(A, "a store of schema 2 (before per-video checksums)", "stats", v2)
+    P.cli(A, "--store: no store at the path", "train", "--config", recipe, "--store", base / "nothing.h5", "--out",
+          base / "r0", "--no-progress")
+
+    # --- train -----------------------------------------------------------------------------------
+    T = "train"
+    P.cli(T, "rerun on a finished run's folder, without --resume", "train", "--config", recipe, "--out", run_dir,
+          "--no-progress")
+    P.cli(T, "--resume with another --lr, --seed and --store", "train", "--out", run_dir, "--resume", "--lr", "0.01",
+          "--seed", "3", "--store", flipped, "--no-progress")
+    P.cli(T, "--resume and --overwrite together", "train", "--out", run_dir, "--resume", "--overwrite")
+    slow = base / "slow.yaml"
+    slow.write_text(yaml.safe_dump({**good, "epochs": 500, "preload": True}))
+    busy_run = base / "busy_run"
+    first = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "train", "--config", str(slow), "--out",
+                              str(busy_run), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        for line in first.stdout:
+            if line.startswith("epoch 1/"):
+                break
+        P.cli(T, "a second `train` on the same --out while the first runs", "train", "--config", slow, "--out",
+              busy_run, "--resume", "--no-progress")
+    finally:
+        first.kill()
+        first.wait()
+    bad = base / "bad.yaml"
+    for what, content in (
+            ("`epochs: 0`", {**good, "epochs": 0}),
+            ("`lr: fast`", {**good, "lr": "fast"}),
+            ("`videos_per_batch: 1.5`", {**good, "videos_per_batch": 1.5}),
+            ("`mode: sgdett`", {**good, "mode": "sgdett"}),
+            ("`head: sttrann`", {**good, "head": "sttrann"}),
+            ("`head_cfg` with an unknown key (`hiden`)", {**good, "head_cfg": {**TINY_HEAD, "hiden": 4}}),
+            ("`rsnet` with an unknown key (`dmodel`)", {**good, "rsnet": {"dmodel": 64}}),
+            ("`learning_rate: 1e-3` (unknown field)", {**good, "learning_rate": 1e-3}),
+            ("`negative_iou: 2`", {**good, "negative_iou": 2}),
+    ):
+        bad.write_text(yaml.safe_dump(content))
+        P.cli(T, f"recipe: {what}", "train", "--config", bad, "--out", base / "rb", "--no-progress")
+    bad.write_text(f"store: {store}\nhead_cfg: {{hidden: 16\nepochs: 2\n")
+    P.cli(T, "recipe: a YAML syntax error", "train", "--config", bad, "--out", base / "rb")
+    bad.write_text("- store: x\n- epochs: 2\n")
+    P.cli(T, "recipe: a YAML list, not a mapping", "train", "--config", bad, "--out", base / "rb")
+    for args, what in ((["--set", "weight_decay=-1"], "`--set weight_decay=-1`"),
+                       (["--set", "head_cfg.hidden=big"], "`--set head_cfg.hidden=big`"),
+                       (["--set", "head_cfg.hidden=-8"], "`--set head_cfg.hidden=-8` (a negative width)"),
+                       (["--set", "plateau_factor=1.5"], "`--set plateau_factor=1.5`"),
+                       (["--set", "lr"], "`--set lr` (no value)"),
+                       (["--lr", "-1"], "`--lr -1`"),
+                       (["--epochs", "0"], "`--epochs 0`")):
+        P.cli(T, what, "train", "--config", recipe, "--out", base / "rb", "--no-progress", *args)
+    meta = tiny_meta()
+    allsmall = base / "allsmall.h5"
+    with StoreWriter(allsmall, meta) as w:
+        for i in range(3):
+            w.write_video(synthetic_video(meta, f"v{i}.mp4", seed=i, split="train", small_fraction=1.0))
+    P.cli(T, "--mode sgcls on a store with no object of _filtersmall", "train", "--config", recipe, "--store",
+          allsmall, "--mode", "sgcls", "--out", base / "rs", "--no-progress")
+    broken = base / "broken_run"
+    shutil.copytree(run_dir, broken)
+    data = (broken / "last.pth").read_bytes()
+    (broken / "last.pth").write_bytes(data[: len(data) // 2])
+    P.cli(T, "--resume with a truncated last.pth", "train", "--out", broken, "--resume", "--no-progress")
+    (broken / "last.pth").write_bytes(b"")
+    P.cli(T, "--resume with an empty last.pth", "train", "--out", broken, "--resume", "--no-progress")
+    shutil.rmtree(broken)
+    shutil.copytree(run_dir, broken)
+    (broken / "best.pth").write_bytes(b"")
+    (broken / "log.csv").write_text("epoch\n")
+    P.cli(T, "--resume of a finished run with an empty best.pth and a log row missing (a kill between writes)",
+          "train", "--out", broken, "--resume", "--no-progress", pick="repaired")
+    wrong_ds = write_learnable_store(base / "val_only.h5", n_train=0, n_val=2)
+    P.cli(T, "--store with no train split", "train", "--config", recipe, "--store", wrong_ds, "--out", base / "rv",
+          "--no-progress")
+
+    # --- eval --------------------------------------------------------------------------------------
+    E = "eval"
+    P.cli(E, "--checkpoint: a detector checkpoint", "eval", "--checkpoint", det)
+    P.cli(E, "--checkpoint: an empty file", "eval", "--checkpoint", base / "empty.pth")
+    P.cli(E, "--checkpoint: a text file", "eval", "--checkpoint", base / "text.pth")
+    nothing = base / "empty_run"
+    nothing.mkdir()
+    P.cli(E, "--run: a folder without best.pth or last.pth", "eval", "--run", nothing)
+    (base / "p.npz").write_text("frame,box\n")
+    P.cli(E, "--predictions: a CSV named .npz", "eval", "--predictions", base / "p.npz")
+    np.save(base / "one.npy", np.zeros(3))
+    P.cli(E, "--predictions: one .npy array", "eval", "--predictions", base / "one.npy")
+    good_preds = predictions(base / "good.npz")
+    (base / "cut.npz").write_bytes(good_preds.read_bytes()[:300])
+    P.cli(E, "--predictions: a truncated .npz", "eval", "--predictions", base / "cut.npz")
+
+    def swap(b):
+        b[1, [0, 2]] = b[1, [2, 0]]
+        return b
+
+    def inf(b):
+        b[1, 2] = np.inf
+        return b
+
+    P.cli(E, "--predictions: a box with x1 > x2", "eval", "--predictions", predictions(base / "swap.npz",
+                                                                                         {"pred_boxes": swap}))
+    P.cli(E, "--predictions: an infinite GT box", "eval", "--predictions", predictions(base / "inf.npz",
+                                                                                        {"gt_boxes": inf}))
+    P.cli(E, "--predictions: a frame name twice", "eval", "--predictions",
+          predictions(base / "dup.npz", {"frame_names": lambda n: np.array([n[0], n[0]])}))
+    P.cli(E, "--iou-threshold 7", "eval", "--predictions", good_preds, "--iou-threshold", "7")
+    P.cli(E, "--semi-threshold -3", "eval", "--predictions", good_preds, "--semi-threshold", "-3")
+
+    # --- train-detector -----------------------------------------------------------------------------
+    D = "train-detector"
+    dr = base / "det.yaml"
+    for what, content in (("`epochs: 0`", {"epochs": 0}), ("`lr: -0.1`", {"lr": -0.1}),
+                          ("`hflip: yes`", {"hflip": "yes"}), ("`frame_source: jpg`", {"frame_source": "jpg"}),
+                          ("`settings: {min_sise: 3}`", {"settings": {"min_sise": 3}}),
+                          ("`arch: r18`", {"arch": "r18"})):
+        dr.write_text(yaml.safe_dump({"arch": "small", **content}))
+        P.cli(D, f"recipe: {what}", "train-detector", ag, "--out", base / "dr", "--config", dr)
+    P.cli(D, "`--lr 0`", "train-detector", ag, "--out", base / "dr", "--lr", "0")
+    dres = base / "det_run"
+    dres.mkdir()
+    (dres / "last.pth").write_bytes(b"PK\x03\x04broken")
+    P.cli(D, "--resume with a damaged last.pth", "train-detector", ag, "--out", dres, "--resume", "--epochs", "1")
+    return P
+
+
+def markdown(rows: list[dict]) -> str:
+    out = []
+    for area in dict.fromkeys(r["area"] for r in rows):
+        out += [f"### {area}", "", "| bad input | exit | what the user sees |", "|---|---|---|"]
+        for r in rows:
+            if r["area"] == area:
+                seen = r["seen"].replace("|", "\\|")
+                out.append(f"| {r['input']} | {r['exit']} | `{seen}` |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main_() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--markdown", action="store_true", help="print only the table")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        probes = run(Path(tmp))
+    table = markdown(probes.rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bad_inputs.md").write_text(table)
+    (args.out / "bad_inputs.json").write_text(json.dumps(probes.rows, indent=2))
+    if args.markdown:
+        print(table)
+    tracebacks = [r for r in probes.rows if "Traceback" in r["seen"]]
+    print(f"{len(probes.rows)} bad inputs, {len(tracebacks)} ending in a traceback, "
+          f"{sum(r['exit'] == 0 for r in probes.rows)} exiting 0, in {time.perf_counter() - t0:.0f} s; "
+          f"wrote {args.out / 'bad_inputs.md'}")
+
+
+if __name__ == "__main__":
+    main_()
