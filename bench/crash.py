@@ -6,7 +6,9 @@ DataLoader workers) with SIGKILL at a random moment of one of three kinds (each 
 of the trials, in random order):
 
 * ``time``: after a delay drawn uniformly over the reference run's working time (from a second
-  before its first write to its end; the seconds before are imports and reading inputs);
+  before its first write to its end; the seconds before are imports and reading inputs); a run
+  that ends before its kill (a shared machine runs faster or slower than the reference) is
+  started again with a delay drawn over its own length, up to 3 attempts;
 * ``fsync``: inside a file write, when the n-th ``os.fsync`` is called (the data is in the
   temporary file, not yet renamed into place: a segment, the manifest, last.pth, best.pth, a
   log, the config), n drawn over the count of the reference run;
@@ -45,6 +47,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -87,7 +90,8 @@ def _child(kind: str, n: int, count_file: str, args: list[str]) -> None:
     os.fsync = fsync
     os.replace = after_rename(real_replace)
     os.rename = after_rename(real_rename)
-    if n == 0:
+    counting = n == 0 and count_file != "-"  # "-": a plain run, nothing to record
+    if counting:
         atexit.register(lambda: Path(count_file).write_text(json.dumps(counts)))
     import torch
 
@@ -98,7 +102,7 @@ def _child(kind: str, n: int, count_file: str, args: list[str]) -> None:
     try:
         main(standalone_mode=False)
     finally:
-        if n == 0:
+        if counting:
             Path(count_file).write_text(json.dumps(counts))
 
 
@@ -114,15 +118,17 @@ def _cli(args: list[str], *, kind: str = "none", n: int = 0, count_file: str = "
     return proc.returncode
 
 
-def _killed_after(args: list[str], delay: float) -> int:
+def _killed_after(args: list[str], delay: float) -> tuple[int, float]:
+    """Exit code of the command killed after ``delay`` seconds, and its seconds alive."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "_child", "none", "0", "-", *args]
+    t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-    return proc.wait()
+    return proc.wait(), time.perf_counter() - t0
 
 
 def _counted(args: list[str], work: Path) -> tuple[float, dict[str, int]]:
@@ -143,11 +149,19 @@ def _kinds(rng: random.Random, n: int) -> list[str]:
     return kinds
 
 
-def _trial(rng: random.Random, kind: str, args: list[str], duration: float, counts: dict[str, int]) -> dict:
+def _trial(rng: random.Random, kind: str, args: list[str], duration: float, counts: dict[str, int],
+           reset: Callable[[], None]) -> dict:
     if kind == "time":
-        delay = rng.uniform(counts["start"], duration)
-        rc = _killed_after(args, delay)
-        return {"kind": kind, "at": round(delay, 2), "killed": rc == -signal.SIGKILL}
+        # The reference's duration is one sample of a shared machine's speed: a run that ends
+        # before its kill is started again (``reset``), its delay drawn over that run's own length.
+        for attempt in range(1, 4):
+            delay = rng.uniform(counts["start"], duration)
+            rc, alive = _killed_after(args, delay)
+            if rc == -signal.SIGKILL:
+                break
+            reset()
+            duration = min(duration, alive)
+        return {"kind": kind, "at": round(delay, 2), "attempts": attempt, "killed": rc == -signal.SIGKILL}
     n = rng.randint(1, max(1, counts[kind]))
     rc = _cli(args, kind=kind, n=n)
     return {"kind": kind, "at": n, "of": counts[kind], "killed": rc == -signal.SIGKILL}
@@ -252,7 +266,8 @@ def main() -> None:
         for k, kind in enumerate(_kinds(rng, args.kills)):
             store = work / "trial.h5"
             shutil.rmtree(store, ignore_errors=True)
-            trial = _trial(rng, kind, detect_args(store), duration, counts)
+            trial = _trial(rng, kind, detect_args(store), duration, counts,
+                           reset=lambda: shutil.rmtree(store, ignore_errors=True))
             _cli(detect_args(store))  # the rerun continues what was committed
             trial["problem"] = _same_store(store, reference)
             trial["ok"] = not trial["problem"]
@@ -274,7 +289,8 @@ def main() -> None:
         for k, kind in enumerate(_kinds(rng, args.kills)):
             run = work / "trial_run"
             shutil.rmtree(run, ignore_errors=True)
-            trial = _trial(rng, kind, train_args(run), duration, counts)
+            trial = _trial(rng, kind, train_args(run), duration, counts,
+                           reset=lambda: shutil.rmtree(run, ignore_errors=True))
             _cli(train_args(run))  # --resume: continue (or start, without last.pth) and repair
             trial["problem"] = _same_run(run, ref_run)
             trial["ok"] = not trial["problem"]
