@@ -6,6 +6,7 @@ Thin by design: every command parses its options and calls an importable functio
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -206,7 +207,7 @@ def _device(device: str) -> str:
 DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
                              help="'cpu', 'cuda', 'cuda:1', or 'auto' (CUDA when present).")
 THREADS_OPTION = click.option("--threads", type=click.IntRange(min=0), default=None,
-                              help="torch threads (default: the cores this process may use, less one per "
+                              help="torch threads (default: the idle cores this process may use, less one per "
                                    "DataLoader worker; store/threads.py). Results differ slightly with it: "
                                    "it is printed and recorded.")
 
@@ -320,10 +321,13 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
                            segment_mb=segment_mb, compression={t: "zstd" for t in compress}, max_videos=max_videos)
     from store.threads import torch_threads
 
+    device = _device(device)
+    if device == "cuda" and world > 1:  # torchrun: each rank on its own GPU
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     with torch_threads(threads, num_workers) as n_threads:
-        click.echo(f"detect: {n_threads} torch threads, {num_workers} decode workers")
+        click.echo(f"detect: {n_threads} torch threads, {num_workers} decode workers, {device}")
         summary = extract(root, store_path, detector, weights_sha256=sha,
-                          reader_options=_extraction_reader_options(**options), config=config, device=_device(device),
+                          reader_options=_extraction_reader_options(**options), config=config, device=device,
                           rank=rank, world_size=world)
     click.echo(summary.line())
     if summary.failed:

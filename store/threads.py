@@ -8,10 +8,12 @@ slightly with the thread count (float sums in another order), so a command recor
 it ran with (``run.json``, metrics.json, the summary line).
 
 The default (:func:`default_threads`): the cores this process may run on (its CPU affinity,
-``os.sched_getaffinity``, and a cgroup CPU quota, ``/sys/fs/cgroup/cpu.max``), shared among
-the processes of this node (``LOCAL_WORLD_SIZE`` under torchrun), less one core per DataLoader
-worker, at least 1, and never more than torch's current setting (which ``OMP_NUM_THREADS`` or an
-earlier ``torch.set_num_threads`` fixes).
+``os.sched_getaffinity``, and a cgroup CPU quota, ``/sys/fs/cgroup/cpu.max``), less the share
+that other work keeps busy when the command starts (the machine's 1-minute load average over
+its CPU count), shared among the processes of this node (``LOCAL_WORLD_SIZE`` under torchrun),
+less one core per DataLoader worker; at least 1, and never more than torch's current setting
+(which ``OMP_NUM_THREADS`` or an earlier ``torch.set_num_threads`` fixes). The load makes the
+default depend on the moment; ``--threads N`` pins it.
 """
 
 from __future__ import annotations
@@ -40,17 +42,29 @@ def available_cores() -> int:
     return max(1, cores)
 
 
-def default_threads(num_workers: int = 0, *, cores: int | None = None, local_processes: int | None = None,
-                    current: int | None = None) -> int:
-    """torch intra-op threads for one process: ``cores // local_processes - num_workers``, at
-    least 1, at most ``current`` (torch's setting now). Arguments left None are read from the
-    machine (:func:`available_cores`, ``LOCAL_WORLD_SIZE``, ``torch.get_num_threads()``)."""
+def busy_fraction() -> float:
+    """The share of the machine's CPUs that other work keeps busy: the 1-minute load average
+    over the CPU count, in [0, 1] (0 where the OS gives no load average)."""
+    try:
+        return min(1.0, max(0.0, os.getloadavg()[0] / (os.cpu_count() or 1)))
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def default_threads(num_workers: int = 0, *, cores: int | None = None, busy: float | None = None,
+                    local_processes: int | None = None, current: int | None = None) -> int:
+    """torch intra-op threads for one process: ``round(cores * (1 - busy)) // local_processes -
+    num_workers``, at least 1, at most ``current`` (torch's setting now). Arguments left None are
+    read from the machine (:func:`available_cores`, :func:`busy_fraction`, ``LOCAL_WORLD_SIZE``,
+    ``torch.get_num_threads()``)."""
     import torch
 
     cores = available_cores() if cores is None else cores
+    busy = busy_fraction() if busy is None else busy
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if local_processes is None else local_processes
     current = torch.get_num_threads() if current is None else current
-    return max(1, min(current, cores // max(local, 1) - max(num_workers, 0)))
+    free = int(cores * (1.0 - busy) + 0.5)
+    return max(1, min(current, free // max(local, 1) - max(num_workers, 0)))
 
 
 def resolve_threads(threads: int | None, num_workers: int = 0) -> int:

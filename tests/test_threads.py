@@ -15,14 +15,25 @@ from tests.stage2_fixtures import TINY_HEAD, one_thread, write_learnable_store
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
-@pytest.mark.parametrize("cores, local, workers, current, want", [
-    (8, 1, 0, 8, 8),     # a whole machine, no workers: every core
-    (8, 2, 1, 8, 3),     # two ranks share 8 cores, each gives one core to its worker
-    (2, 1, 4, 2, 1),     # more workers than cores: still one thread
-    (16, 1, 0, 4, 4),    # never more than torch's setting (OMP_NUM_THREADS)
+@pytest.mark.parametrize("cores, busy, local, workers, current, want", [
+    (8, 0.0, 1, 0, 8, 8),     # a whole, quiet machine, no workers: every core
+    (8, 0.0, 2, 1, 8, 3),     # two ranks share 8 cores, each gives one core to its worker
+    (2, 0.0, 1, 4, 2, 1),     # more workers than cores: still one thread
+    (16, 0.0, 1, 0, 4, 4),    # never more than torch's setting (OMP_NUM_THREADS)
+    (2, 0.5, 1, 0, 2, 1),     # a 2-core machine with one other busy process: one thread
+    (2, 1.0, 1, 0, 2, 1),     # a loaded machine: one thread, not two spinning against the load
+    (8, 0.25, 1, 0, 8, 6),
 ])
-def test_default_threads_by_hand(cores, local, workers, current, want):
-    assert default_threads(workers, cores=cores, local_processes=local, current=current) == want
+def test_default_threads_by_hand(cores, busy, local, workers, current, want):
+    assert default_threads(workers, cores=cores, busy=busy, local_processes=local, current=current) == want
+
+
+def test_busy_fraction_is_the_load_over_the_cpus(monkeypatch):
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (3.0, 0.0, 0.0))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    assert threads.busy_fraction() == 0.75
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert threads.busy_fraction() == 1.0
 
 
 def test_available_cores_reads_affinity_and_cgroup_quota(monkeypatch, tmp_path):
@@ -39,7 +50,7 @@ def test_available_cores_reads_affinity_and_cgroup_quota(monkeypatch, tmp_path):
 
 def test_local_world_size_shares_the_cores(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert default_threads(0, cores=8, current=64) == 2
+    assert default_threads(0, cores=8, busy=0.0, current=64) == 2
     assert resolve_threads(3) == 3  # an explicit count is taken as it is
 
 
