@@ -265,7 +265,7 @@ def main() -> None:
         if args.setting in ("small", "both"):
             rows += small(args, Path(tmp), device)
     payload = {"rows": rows, "torch_threads": torch.get_num_threads(), "device": str(device),
-               "cores": len(os.sched_getaffinity(0)), "machine": platform.platform(),
+               "cores": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(), "machine": platform.platform(),
                "command": "python bench/train_speed.py " + " ".join(sys.argv[1:])}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
