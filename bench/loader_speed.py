@@ -174,7 +174,7 @@ def main() -> None:
         overhead = training_overhead(path, args.config, args.workers, max(2, args.repeats - 1))
     payload = {"records": sizes, "loader": loader, "overhead": overhead, "torch_threads": args.threads,
                "cores": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(), "machine": platform.platform(),
-               "command": "python bench/loader_speed.py " + " ".join(sys.argv[1:])}
+               "command": " ".join(["python bench/loader_speed.py"] + sys.argv[1:])}
     print(f"AG-sized records: {sizes['frames']} frames, {sizes['gt_objects_per_frame']:.1f} GT objects, "
           f"{sizes['detections_per_frame']:.1f} detections, {sizes['pairs_per_frame']:.1f} stored pairs a frame, "
           f"2048-d f16 features; SGDET training view with negatives: {loader['view_pairs_per_frame']:.1f} pairs a frame")

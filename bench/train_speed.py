@@ -266,7 +266,7 @@ def main() -> None:
             rows += small(args, Path(tmp), device)
     payload = {"rows": rows, "torch_threads": torch.get_num_threads(), "device": str(device),
                "cores": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(), "machine": platform.platform(),
-               "command": "python bench/train_speed.py " + " ".join(sys.argv[1:])}
+               "command": " ".join(["python bench/train_speed.py"] + sys.argv[1:])}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2))
