@@ -325,11 +325,10 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
     if device == "cuda" and world > 1:  # torchrun: each rank on its own GPU
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     with torch_threads(threads, num_workers) as n_threads:
-        click.echo(f"detect: {n_threads} torch threads, {num_workers} decode workers, {device}")
         summary = extract(root, store_path, detector, weights_sha256=sha,
                           reader_options=_extraction_reader_options(**options), config=config, device=device,
                           rank=rank, world_size=world)
-    click.echo(summary.line())
+    click.echo(f"{summary.line()} ({device}, {n_threads} torch threads, {num_workers} decode workers)")
     if summary.failed:
         sys.exit(3)
 
@@ -638,8 +637,8 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
               help="Both boxes of a match need IoU >= this ('+1 pixel' convention).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write metrics.json, metrics.csv, predicate_recall.csv/.png and table.txt here.")
-def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_predictions, max_videos, device, threads,
-                 ground_truth_path, mode, sgdet_boxes, object_scores, constraints, semi_threshold, mean_recall,
+def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_predictions, max_videos, device,
+                 threads, ground_truth_path, mode, sgdet_boxes, object_scores, constraints, semi_threshold, mean_recall,
                  padded_cells, precision_denominator, iou_threshold, out_dir) -> None:
     """Score a predictions file with STTran's Action Genome protocol (R@K, mR@K, P@K).
 
