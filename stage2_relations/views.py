@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from store import VideoRecord
-from store.boxes import box_iou
 from store.pairing import ASSIGNMENTS, SGDET_BOXES, PairIndex, assign, legacy_subject, sttran_test_boxes
 from store.vocabulary import Mode
 
