@@ -325,10 +325,11 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
     if device == "cuda" and world > 1:  # torchrun: each rank on its own GPU
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     with torch_threads(threads, num_workers) as n_threads:
+        click.echo(f"detect: {device}, {n_threads} torch threads, {num_workers} decode workers", err=True)
         summary = extract(root, store_path, detector, weights_sha256=sha,
                           reader_options=_extraction_reader_options(**options), config=config, device=device,
                           rank=rank, world_size=world)
-    click.echo(f"{summary.line()} ({device}, {n_threads} torch threads, {num_workers} decode workers)")
+    click.echo(summary.line())
     if summary.failed:
         sys.exit(3)
 

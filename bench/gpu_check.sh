@@ -40,7 +40,7 @@ step "synthetic AG: 24 videos"
 "$PY" cli.py detect "$WORK/ag" --store "$WORK/store.h5" --weights "$WORK/det/detector.pth" --device cuda | tail -1
 "$PY" cli.py store check "$WORK/store.h5" | tail -1
 "${TORCHRUN[@]}" cli.py detect "$WORK/ag" --store "$WORK/store_ddp.h5" --weights "$WORK/det/detector.pth" \
-    --device cuda 2>&1 | grep "^detect:" | tail -"$NGPU"
+    --device cuda 2>&1 | grep "^detect:" | tail -$(( 2 * NGPU ))
 "$PY" cli.py store check "$WORK/store_ddp.h5" | tail -1
 TRAIN=(cli.py train --config configs/demo_sttran_rsnet.yaml --store "$WORK/store.h5" --no-progress --device cuda)
 "$PY" "${TRAIN[@]}" --out "$WORK/run" --epochs 2 | tail -1
