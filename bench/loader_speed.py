@@ -10,13 +10,14 @@ the assignment, the negatives and their sampling, the spatial masks, collation).
    reading from the store (nothing preloaded): frames per second of CPU time (what one core
    does) and of wall time (what this, possibly shared, machine gave), best of ``--repeats``.
 2. ``overhead``: one training epoch of ``--config``'s head from the store through a DataLoader
-   with ``--workers`` workers and prefetch, against the same batches collated beforehand and
-   kept in memory; the ratio store / memory is the loader's cost to training.
+   with each of ``--workers`` (0: loading in the training process; else workers with prefetch
+   2), against the same batches collated beforehand and kept in memory; the ratio store /
+   memory is the loader's cost to training.
 
 Figures go to stdout and ``bench/results/loader_speed.json``.
 
     python bench/loader_speed.py                  # about 2 minutes on 2 cores
-    python bench/loader_speed.py --videos 200 --workers 2
+    python bench/loader_speed.py --videos 200 --workers 0,1,2
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=100, help="AG-sized videos of 16 frames")
     ap.add_argument("--repeats", type=int, default=3, help="passes of each measurement (the fastest is kept)")
     ap.add_argument("--config", default="configs/demo_sttran_rsnet.yaml", help="the head of the overhead epoch")
-    ap.add_argument("--workers", type=int, default=1, help="DataLoader workers of the overhead epoch")
+    ap.add_argument("--workers", default="0,1", help="DataLoader workers of the overhead epoch, comma-separated")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the training step")
     ap.add_argument("--dir", default=None, help="where the temporary store goes (default: the system's)")
     ap.add_argument("--out", default="bench/results/loader_speed.json")
@@ -171,7 +172,8 @@ def main() -> None:
         torch.set_num_threads(1)
         loader = loader_throughput(path, args.repeats)
         torch.set_num_threads(args.threads)
-        overhead = training_overhead(path, args.config, args.workers, max(2, args.repeats - 1))
+        overhead = [training_overhead(path, args.config, int(w), max(2, args.repeats - 1))
+                    for w in args.workers.split(",")]
     payload = {"records": sizes, "loader": loader, "overhead": overhead, "torch_threads": args.threads,
                "cores": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(), "machine": platform.platform(),
                "command": " ".join(["python bench/loader_speed.py"] + sys.argv[1:])}
@@ -180,11 +182,11 @@ def main() -> None:
           f"2048-d f16 features; SGDET training view with negatives: {loader['view_pairs_per_frame']:.1f} pairs a frame")
     print(f"loader, one process, 1 thread: {loader['frames_per_cpu_s']:,.0f} frames per CPU second "
           f"({loader['frames_per_wall_s']:,.0f} per wall second on this machine); goal >= 3,000")
-    print(f"training epoch, {overhead['head']}{' + RS-Net' if overhead['rsnet'] else ''} ({args.config}), "
-          f"{overhead['frames']} frames, {args.workers} worker(s), prefetch 2, {args.threads} thread(s): "
-          f"from the store {overhead['store_seconds']:.2f} s, in memory {overhead['memory_seconds']:.2f} s, "
-          f"ratio {overhead['ratio']:.3f} (goal <= 1.05); {overhead['startup_seconds']:.2f} s of it before the first "
-          f"batch (the workers' start, once an epoch), {overhead['ratio_after_startup']:.3f} after it")
+    for o in overhead:
+        print(f"training epoch, {o['head']}{' + RS-Net' if o['rsnet'] else ''} ({args.config}), {o['frames']} frames, "
+              f"{o['workers']} worker(s), prefetch {o['prefetch_factor']}, {args.threads} thread(s): from the store "
+              f"{o['store_seconds']:.2f} s, in memory {o['memory_seconds']:.2f} s, ratio {o['ratio']:.3f} (goal <= "
+              f"1.05); {o['startup_seconds']:.2f} s of it before the first batch, {o['ratio_after_startup']:.3f} after")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2))

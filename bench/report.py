@@ -62,11 +62,13 @@ def table_rows() -> list[tuple[str, str, str]]:
                      f"stored pairs a frame, 2048-d), SGDET training view with negatives: "
                      f"{lo['frames_per_cpu_s']:,.0f} frames per CPU second ({lo['frames_per_wall_s']:,.0f} per wall "
                      f"second); goal >= 3,000"))
+        o = ov[0]
+        ratios = ", ".join(f"{x['ratio']:.2f} with {x['workers']} worker{'s' if x['workers'] != 1 else ''}"
+                           for x in ov)
         rows.append(("loader overhead", f"`{r['command']}`",
-                     f"epoch from the store / in memory: {ov['ratio']:.2f} ({ov['head']}"
-                     f"{' + RS-Net' if ov['rsnet'] else ''} of `{ov['config']}`, {ov['frames']} frames, "
-                     f"{ov['workers']} worker, prefetch {ov['prefetch_factor']}, {r['torch_threads']} thread); "
-                     f"goal <= 1.05"))
+                     f"epoch from the store / in memory: {ratios} ({o['head']}{' + RS-Net' if o['rsnet'] else ''} "
+                     f"of `{o['config']}`, {o['frames']} frames, prefetch 2 with workers, {r['torch_threads']} "
+                     f"thread); goal <= 1.05"))
     r = _load("train_speed")
     if r:
         for row in r["rows"]:
@@ -130,8 +132,12 @@ def main() -> None:
     rows = table_rows()
     lines = ["| benchmark | command | figure |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    machine = next((d.get("machine") for d in map(_load, ("loader_speed", "train_speed", "store_read")) if d), None)
-    lines += ["", f"Machine: {machine or 'unknown'}; every figure from one `make bench` run.", ""]
+    info = next((d for d in map(_load, ("train_speed", "loader_speed")) if d), {})
+    load = info.get("load_average")
+    lines += ["", f"Machine: {info.get('machine', 'unknown')}, {info.get('cores', '?')} cores"
+              + (f", shared (load average {load[0]:.1f} during the run)" if load else "")
+              + f", torch threads {info.get('torch_threads', '?')} (training) and 1 (loader); every figure from "
+              "one `make bench` run.", ""]
     lines += projection()
     text = "\n".join(lines) + "\n"
     print(text)
