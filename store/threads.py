@@ -8,12 +8,13 @@ slightly with the thread count (float sums in another order), so a command recor
 it ran with (``run.json``, metrics.json, the summary line).
 
 The default (:func:`default_threads`): the cores this process may run on (its CPU affinity,
-``os.sched_getaffinity``, and a cgroup CPU quota, ``/sys/fs/cgroup/cpu.max``), less the share
-that other work keeps busy when the command starts (the machine's 1-minute load average over
-its CPU count), shared among the processes of this node (``LOCAL_WORLD_SIZE`` under torchrun),
-less one core per DataLoader worker; at least 1, and never more than torch's current setting
-(which ``OMP_NUM_THREADS`` or an earlier ``torch.set_num_threads`` fixes). The load makes the
-default depend on the moment; ``--threads N`` pins it.
+``os.sched_getaffinity``, and a cgroup CPU quota, ``/sys/fs/cgroup/cpu.max``), shared among
+the processes of this node (``LOCAL_WORLD_SIZE`` under torchrun), less one core per DataLoader
+worker; at least 1, and never more than torch's current setting (which ``OMP_NUM_THREADS`` or
+an earlier ``torch.set_num_threads`` fixes). The machine's load is not subtracted by default:
+the default must not depend on the moment a command starts, since results differ in the last
+bits with the thread count. On a machine shared with other jobs, pass ``--threads N`` (or
+``busy=busy_fraction()`` from Python).
 """
 
 from __future__ import annotations
@@ -55,12 +56,13 @@ def default_threads(num_workers: int = 0, *, cores: int | None = None, busy: flo
                     local_processes: int | None = None, current: int | None = None) -> int:
     """torch intra-op threads for one process: ``round(cores * (1 - busy)) // local_processes -
     num_workers``, at least 1, at most ``current`` (torch's setting now). Arguments left None are
-    read from the machine (:func:`available_cores`, :func:`busy_fraction`, ``LOCAL_WORLD_SIZE``,
-    ``torch.get_num_threads()``)."""
+    read from the machine (:func:`available_cores`, ``LOCAL_WORLD_SIZE``, ``torch.get_num_threads()``);
+    ``busy`` (the share of the CPUs other work keeps busy, e.g. :func:`busy_fraction`) is 0 unless
+    given, so the default does not depend on the machine's load at the moment."""
     import torch
 
     cores = available_cores() if cores is None else cores
-    busy = busy_fraction() if busy is None else busy
+    busy = 0.0 if busy is None else busy
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if local_processes is None else local_processes
     current = torch.get_num_threads() if current is None else current
     free = int(cores * (1.0 - busy) + 0.5)

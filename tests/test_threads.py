@@ -36,6 +36,17 @@ def test_busy_fraction_is_the_load_over_the_cpus(monkeypatch):
     assert threads.busy_fraction() == 1.0
 
 
+def test_the_default_does_not_follow_the_load(monkeypatch):
+    """The same command on the same machine picks the same count, loaded or not (results
+    differ in the last bits with it): the load counts only when given."""
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (8.0, 0.0, 0.0))
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_threads(0, current=64) == 4
+    assert default_threads(1, current=64) == 3
+    assert default_threads(0, busy=threads.busy_fraction(), current=64) == 1
+
+
 def test_available_cores_reads_affinity_and_cgroup_quota(monkeypatch, tmp_path):
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setattr(threads, "CPU_MAX", tmp_path / "absent")
