@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= data/demo
 
-.PHONY: demo test install clean
+.PHONY: demo test bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Every benchmark, sized to run in under 15 minutes on 2 CPU cores; JSON in bench/results/,
+# and bench/results/README_table.md, the table the README's benchmark section is copied from.
+bench: $(STAMP)
+	$(PY) bench/store_read.py --gb 0.3
+	$(PY) bench/detect_speed.py --rounds 2
+	$(PY) bench/loader_speed.py
+	$(PY) bench/train_speed.py
+	$(PY) bench/eval_speed.py
+	$(PY) bench/checksum_cost.py --rounds 3
+	$(PY) bench/report.py
 
 clean:
 	rm -rf $(VENV) data runs .pytest_cache

@@ -6,6 +6,7 @@ Thin by design: every command parses its options and calls an importable functio
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -205,6 +206,10 @@ def _device(device: str) -> str:
 
 DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
                              help="'cpu', 'cuda', 'cuda:1', or 'auto' (CUDA when present).")
+THREADS_OPTION = click.option("--threads", type=click.IntRange(min=0), default=None,
+                              help="torch threads (default: the idle cores this process may use, less one per "
+                                   "DataLoader worker; store/threads.py). Results differ slightly with it: "
+                                   "it is printed and recorded.")
 
 
 @main.command("train-detector")
@@ -274,9 +279,10 @@ def train_detector_command(root: Path, out: Path, config_path: Path | None, devi
 @click.option("--max-videos", type=click.IntRange(min=0), default=0, help="At most this many videos per split (trials).")
 @extraction_reader_options
 @DEVICE_OPTION
+@THREADS_OPTION
 def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None, backend: str, d2_config: Path | None,
                    class_map: Path | None, splits, union_mode, frame_source, batch_size, num_workers, segment_mb,
-                   compress, max_videos, device, **options) -> None:
+                   compress, max_videos, device, threads, **options) -> None:
     """Run the detector once over every annotated frame of ROOT into a feature store.
 
     One store serves every mode (PREDCLS, SGCLS, SGDET): it holds the objects of the full
@@ -313,9 +319,16 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
     config = ExtractConfig(splits=tuple(splits) or ("train", "val", "test"), batch_size=batch_size,
                            num_workers=num_workers, frame_source=frame_source, union_mode=union_mode,
                            segment_mb=segment_mb, compression={t: "zstd" for t in compress}, max_videos=max_videos)
-    summary = extract(root, store_path, detector, weights_sha256=sha,
-                      reader_options=_extraction_reader_options(**options), config=config, device=_device(device),
-                      rank=rank, world_size=world)
+    from store.threads import torch_threads
+
+    device = _device(device)
+    if device == "cuda" and world > 1:  # torchrun: each rank on its own GPU
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    with torch_threads(threads, num_workers) as n_threads:
+        click.echo(f"detect: {device}, {n_threads} torch threads, {num_workers} decode workers", err=True)
+        summary = extract(root, store_path, detector, weights_sha256=sha,
+                          reader_options=_extraction_reader_options(**options), config=config, device=device,
+                          rank=rank, world_size=world)
     click.echo(summary.line())
     if summary.failed:
         sys.exit(3)
@@ -523,6 +536,7 @@ def store_stats(path: Path, out: Path | None, fmt: str) -> None:
 @click.option("--lr", type=float)
 @click.option("--videos-per-batch", type=click.IntRange(min=1))
 @click.option("--workers", "num_workers", type=click.IntRange(min=0))
+@THREADS_OPTION
 @click.option("--seed", type=int)
 @click.option("--max-videos", type=click.IntRange(min=0), help="Train on at most this many videos (trials).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -532,7 +546,7 @@ def store_stats(path: Path, out: Path | None, fmt: str) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace the run in OUT (its files only) by a new one.")
 @click.option("--no-progress", is_flag=True, help="No tqdm bars (logs still get one line per epoch).")
 @click.option("--device", default=None, help="'cpu', 'cuda', 'cuda:1' or 'auto' (default: the recipe's).")
-def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos_per_batch, num_workers, seed,
+def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos_per_batch, num_workers, threads, seed,
                   max_videos, sets, resume, overwrite, no_progress, device) -> None:
     """Train a relation head (optionally with RS-Net) from the feature store.
 
@@ -547,7 +561,7 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
     if resume and overwrite:
         raise click.UsageError("give --resume or --overwrite, not both")
     overrides = dict(store=store, mode=mode, head=head, epochs=epochs, lr=lr, videos_per_batch=videos_per_batch,
-                     num_workers=num_workers, seed=seed, max_videos=max_videos, device=device)
+                     num_workers=num_workers, threads=threads, seed=seed, max_videos=max_videos, device=device)
     labels = {k: "--" + {"num_workers": "workers"}.get(k, k).replace("_", "-") for k in overrides}
     try:
         for text in sets:
@@ -590,6 +604,7 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
               help="With --run/--checkpoint: write the predictions and GT (.npz, docs/evaluation.md).")
 @click.option("--max-videos", type=click.IntRange(min=0), default=0, help="With --run/--checkpoint: at most this many videos.")
 @click.option("--device", default="cpu", show_default=True, help="With --run/--checkpoint: 'cpu', 'cuda', 'auto'.")
+@THREADS_OPTION
 @click.option("--ground-truth", "ground_truth_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="File with the gt_ arrays, when the predictions file has none. "
               "Frames are matched by name; a GT frame without predictions counts 0.")
@@ -624,7 +639,7 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write metrics.json, metrics.csv, predicate_recall.csv/.png and table.txt here.")
 def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_predictions, max_videos, device,
-                 ground_truth_path, mode, sgdet_boxes, object_scores, constraints, semi_threshold, mean_recall,
+                 threads, ground_truth_path, mode, sgdet_boxes, object_scores, constraints, semi_threshold, mean_recall,
                  padded_cells, precision_denominator, iou_threshold, out_dir) -> None:
     """Score a predictions file with STTran's Action Genome protocol (R@K, mR@K, P@K).
 
@@ -640,8 +655,12 @@ def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_
     if sources != 1:
         raise click.UsageError("give exactly one of --predictions, --run, --checkpoint")
     if predictions_path is None:
-        from stage2_relations.evaluate_model import evaluate_checkpoint
+        import torch
 
+        from stage2_relations.evaluate_model import evaluate_checkpoint
+        from store.threads import resolve_threads
+
+        torch.set_num_threads(resolve_threads(threads))
         try:
             evaluate_checkpoint(
                 run_dir=run_dir, checkpoint=checkpoint, store_path=store_path, split=split, mode=mode,
@@ -691,8 +710,7 @@ def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_
               help="Comma-separated object-scores rules to evaluate each run with (sttran: the protocol; "
               "classifier: the alternative rule, reported beside it). One pair of tables per rule.")
 @click.option("--device", default=None, help="'cpu', 'cuda', 'cuda:1' or 'auto' (default: the recipes').")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch intra-op threads (default: torch's); frames/s depend on it, so the header states it.")
+@THREADS_OPTION
 @click.option("--no-progress", is_flag=True, help="No tqdm bars.")
 def compare_command(recipes, names, seeds, store, mode, out, epochs, sets, rules, device, threads,
                     no_progress) -> None:
@@ -732,8 +750,9 @@ def compare_command(recipes, names, seeds, store, mode, out, epochs, sets, rules
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--seeds") from e
     rule_list = [r.strip() for r in rules.split(",") if r.strip()]
-    if threads:
-        torch.set_num_threads(threads)
+    from store.threads import resolve_threads
+
+    torch.set_num_threads(resolve_threads(threads))
     overrides = dict(store=store, mode=mode, epochs=epochs, device=device)
     try:
         overrides.update(parse_override(s) for s in sets)

@@ -179,7 +179,7 @@ def check_store(variants: Sequence[Variant]) -> int:
 
 
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k != "device"}
+    return {k: v for k, v in config.items() if k not in ("device", "threads")}
 
 
 def run_state(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:

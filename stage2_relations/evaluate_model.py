@@ -13,6 +13,8 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
+
 from stage2_relations.data import VideoDataset
 from stage2_relations.evaluation import MeanRecall, format_table, write_predictions, write_report
 from stage2_relations.evaluation.predict import as_sets, evaluate_model, plot_frames
@@ -52,8 +54,9 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
     results = {Constraint(c): r for c, r in results.items()}
     n_params = count_parameters(model)
     echo(format_table(results, mean_recall=mean_recall))
+    speed["threads"] = torch.get_num_threads()
     echo(f"{cfg.head}{' + RS-Net' if cfg.rsnet is not None else ''}: {n_params / 1e6:.2f} M parameters, "
-         f"{speed['fps']:.1f} frames/s from the store ({speed['frames']} frames, {device})")
+         f"{speed['fps']:.1f} frames/s from the store ({speed['frames']} frames, {device}, {speed['threads']} threads)")
     if speed["pairs_substituted"]:
         echo(f"note: {speed['pairs_substituted']} of {speed['pairs']} scored pairs took another pair's union "
              f"feature (the store holds no feature for their own: docs/stage2.md)")

@@ -70,6 +70,7 @@ from store.files import (
     write_json,
     write_text,
 )
+from store.threads import torch_threads
 from store.vocabulary import Mode
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ class TrainConfig:
     """Train on at most this many videos (0: all), for trials."""
     val_max_videos: int = 0
     device: str = "auto"
+    threads: int = 0
+    """torch intra-op threads; 0: from the cores available and ``num_workers`` (store.threads)."""
     verify_checksums: bool = True
     """Check every video read from the store against its checksums (once per video per process)."""
 
@@ -155,6 +158,7 @@ RULES = {
     "grad_clip": at_least(0),
     "videos_per_batch": at_least(1),
     "num_workers": at_least(0),
+    "threads": at_least(0),
     "seed": at_least(0),
     "negative_ratio": at_least(0),
     "negative_iou": between(0, 1),
@@ -168,7 +172,7 @@ RULES = {
 
 # Fields that do not change what a run computes: ``resume`` may change them (and ``epochs``,
 # to train a run longer: the schedule does not depend on it).
-RESUME_MAY_CHANGE = ("device", "num_workers", "preload", "verify_checksums", "epochs")
+RESUME_MAY_CHANGE = ("device", "num_workers", "threads", "preload", "verify_checksums", "epochs")
 
 
 def check_config(data: dict[str, Any], where: Callable[[str], str] | str) -> TrainConfig:
@@ -471,15 +475,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = WriterLock(out_dir / ".lock", folder=out_dir, what="a run is being trained there").acquire()
     try:
-        return _train(cfg, out_dir, resume=resume, overwrite=overwrite, progress=progress,
-                      echo=echo or (lambda s: tqdm.write(s)))
+        with torch_threads(cfg.threads, cfg.num_workers) as threads:
+            return _train(cfg, out_dir, resume=resume, overwrite=overwrite, progress=progress,
+                          echo=echo or (lambda s: tqdm.write(s)), threads=threads)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, progress: bool,
-           echo: Callable[[str], None]) -> dict[str, Any]:
+           echo: Callable[[str], None], threads: int) -> dict[str, Any]:
     from stage2_relations.evaluation.predict import evaluate_model
 
     rank, world, local_rank = _dist_info()
@@ -549,12 +554,14 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
         write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         with atomic_write(out_dir / "derived.pt") as fh:
             torch.save(derived, fh)
-        write_json(out_dir / "run.json", {**prov, "parameters": n_params, "world_size": world, "device": str(device)},
+        write_json(out_dir / "run.json", {**prov, "parameters": n_params, "world_size": world, "device": str(device),
+                                        "threads": threads},
                    indent=2)
         if ckpt is not None:
             repair_run_folder(out_dir, ckpt, echo)
         echo(f"{cfg.head}{' + RS-Net' if cfg.rsnet is not None else ''} {cfg.mode}: {n_params / 1e6:.2f} M parameters, "
-             f"{len(train_ds)} train / {len(val_ds) if val_ds else 0} val videos, world size {world}, {device}"
+             f"{len(train_ds)} train / {len(val_ds) if val_ds else 0} val videos, world size {world}, {device}, "
+             f"{threads} threads"
              + (f"; resuming at epoch {start_epoch + 1} of {cfg.epochs}" if ckpt is not None else ""))
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -582,7 +589,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
         scheduler.step(r20)
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **{f"loss_{k}": v for k, v in stats.items()
                                                                             if k != "train_fps"},
-               "train_fps": stats["train_fps"], **val, "time_s": time.perf_counter() - t0}
+               "train_fps": stats["train_fps"], **val, "time_s": time.perf_counter() - t0, "threads": threads}
         history.append(row)
         improved = r20 > best
         best = max(best, r20)

@@ -78,8 +78,14 @@ def _assert_same_content(path: Path, reference: dict, only: set[str] | None = No
             assert s.read_video(v).differences(reference[v]) == [], v
 
 
+def _threads() -> list[str]:
+    """The reference store was computed in this process: the CLI runs with its thread count
+    (features differ in the last bits with another)."""
+    return ["--threads", str(torch.get_num_threads())]
+
+
 def _detect(args, **kwargs):
-    return subprocess.run(CLI + ["detect", *map(str, args)], capture_output=True, text=True, cwd=REPO,
+    return subprocess.run(CLI + ["detect", *map(str, args), *_threads()], capture_output=True, text=True, cwd=REPO,
                           timeout=300, **kwargs)
 
 
@@ -280,7 +286,7 @@ def test_detect_killed_with_sigkill_then_rerun_gives_the_same_store(data, tmp_pa
     store = tmp_path / "killed.h5"
     args = [data["root"], "--store", store, "--weights", data["weights"], "--device", "cpu",
             "--batch-size", "3", "--segment-mb", "0", "--frames", "png"]
-    proc = subprocess.Popen(CLI + ["detect", *map(str, args), "--workers", "0"], cwd=REPO,
+    proc = subprocess.Popen(CLI + ["detect", *map(str, args), "--workers", "0", *_threads()], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
