@@ -150,7 +150,7 @@ def synth(out: Path, videos: int, frames: int, seed: int, size: str, no_png: boo
     frame_list.txt, with the edge cases the reader's filters exist for. Deterministic
     for a seed.
     """
-    from stage1_detect.synth import SynthConfig, generate_synthetic_ag
+    from synth import SynthConfig, generate_synthetic_ag
 
     width, height = _parse_size(size)
     try:
@@ -346,7 +346,7 @@ def demo(out: Path, videos: int, seed: int, detector_epochs: int | None, device:
     from stage1_detect.action_genome import ReaderOptions, describe, load_action_genome
     from stage1_detect.detectors import load_detector
     from stage1_detect.extract import ExtractConfig, extract
-    from stage1_detect.synth import SynthConfig, generate_synthetic_ag
+    from synth import SynthConfig, generate_synthetic_ag
     from stage1_detect.train_detector import DetectorTrainConfig, train_detector
     from store import check_store
     from store.stats import stats, summary

@@ -115,7 +115,7 @@ def predictions(path: Path, tamper: dict | None = None) -> Path:
 
 def run(base: Path) -> Probes:
     from stage1_detect.detectors import build_detector, save_detector
-    from stage1_detect.synth import SynthConfig, generate_synthetic_ag
+    from synth import SynthConfig, generate_synthetic_ag
     from stage2_fixtures import TINY_HEAD, write_learnable_store
     from store import StoreWriter
     from store.testing import synthetic_video

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from cli import main
 from stage1_detect.detectors import build_detector, save_detector
-from stage1_detect.synth import SynthConfig, generate_synthetic_ag
+from synth import SynthConfig, generate_synthetic_ag
 from stage2_relations.evaluation import FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet
 from stage2_relations.evaluation import write_predictions
 from stage2_relations.train import TrainConfig, train

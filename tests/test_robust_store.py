@@ -26,7 +26,7 @@ import torch
 from click.testing import CliRunner
 
 from stage1_detect.detectors import build_detector, save_detector
-from stage1_detect.synth import SynthConfig, generate_synthetic_ag
+from synth import SynthConfig, generate_synthetic_ag
 from store import StoreError, StoreWriter, backends, check_store, merge, open_store
 from store_fixtures import assert_store_holds, small_meta, small_videos, write_store
 

@@ -28,7 +28,7 @@ from stage1_detect.detectors import (
 )
 from stage1_detect.frame_detector import keep_one_person as _keep_one_person
 from stage1_detect.frames import PngFrames
-from stage1_detect.synth import SynthConfig, generate_synthetic_ag
+from synth import SynthConfig, generate_synthetic_ag
 
 PERSON = 1
 # 160x120 frames processed at their own size (scale 1); stride 8 maps of 20x16 (padded).

@@ -41,7 +41,7 @@ from stage1_detect.detectors import build_detector, save_detector  # noqa: E402
 from stage1_detect.detectron2_backend import load_detectron2_detector  # noqa: E402
 from stage1_detect.frame_detector import DetectorLoadError, keep_one_person  # noqa: E402
 from stage1_detect.frames import PngFrames  # noqa: E402
-from stage1_detect.synth import SynthConfig, generate_synthetic_ag  # noqa: E402
+from synth import SynthConfig, generate_synthetic_ag  # noqa: E402
 from store import check_store, open_store  # noqa: E402
 from store.boxes import union_boxes  # noqa: E402
 from store.vocabulary import ACTION_GENOME  # noqa: E402

@@ -28,7 +28,7 @@ from stage1_detect.action_genome import ReaderOptions, load_action_genome
 from stage1_detect.detectors import build_detector, load_detector, save_detector
 from stage1_detect.extract import ExtractConfig, extract, video_record
 from stage1_detect.frames import PngFrames
-from stage1_detect.synth import SynthConfig, generate_synthetic_ag
+from synth import SynthConfig, generate_synthetic_ag
 from store import check_store, open_store
 from store.boxes import union_boxes
 from store.pairing import PairIndex, sttran_assignment, stored_pairs

@@ -40,7 +40,7 @@ from stage1_detect.frame_detector import (
     require_detectron2,
 )
 from stage1_detect.frames import PngFrames
-from stage1_detect.synth import SynthConfig, generate_synthetic_ag
+from synth import SynthConfig, generate_synthetic_ag
 from store import check_store, open_store
 from store.vocabulary import ACTION_GENOME
 

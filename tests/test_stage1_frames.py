@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stage1_detect.frames import FrameError, Mp4Frames, PngFrames, open_frame_source
-from stage1_detect.synth import SynthConfig, generate_synthetic_ag
+from synth import SynthConfig, generate_synthetic_ag
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 
 import stage1_detect.train_detector as td
 from stage1_detect.detectors import build_detector
-from stage1_detect.synth import SynthConfig, generate_synthetic_ag
+from synth import SynthConfig, generate_synthetic_ag
 from stage1_detect.train_detector import DetectorTrainConfig, lr_at, train_detector
 
 # Tiny and fast: frames processed at 64x48, 3 frames a step, the cosine part of the

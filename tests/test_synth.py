@@ -19,7 +19,7 @@ from click.testing import CliRunner
 import cli
 from ag_fixtures import filtersmall_view, view_of
 from stage1_detect.action_genome import ReaderOptions, load_action_genome
-from stage1_detect.synth import (
+from synth import (
     ACTIVITY_BY_NAME,
     META_FILE,
     RAW_OBJECT_CLASSES,
@@ -423,7 +423,7 @@ def test_bad_config_is_refused():
 
 
 def test_every_edge_case_reaches_both_splits():
-    from stage1_detect.synth import edge_case_plan, is_test_video
+    from synth import edge_case_plan, is_test_video
 
     plans = [(is_test_video(i, 0.25), edge_case_plan(i, 16)) for i in range(40)]
     for case in ("short", "no_person", "invisible", "no_visible", "tiny", "bbox_none"):

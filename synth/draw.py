@@ -1,4 +1,4 @@
-"""Raster drawing for the synthetic Action Genome generator (:mod:`stage1_detect.synth`).
+"""Raster drawing for the synthetic Action Genome generator (:mod:`synth`).
 
 Everything here is pure numpy on ``uint8`` RGB images of shape ``(H, W, 3)``; boxes are
 integer pixel edges ``(x1, y1, x2, y2)`` (``x2``/``y2`` exclusive) in frame coordinates and
