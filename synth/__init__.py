@@ -54,6 +54,7 @@ from synth.rules import ContactState, attention_label, contact_labels, spatial_l
 from synth.world import (
     ACTIVITIES,
     ACTIVITY_BY_NAME,
+    PICKLE_CLASS_NAME,
     RAW_OBJECT_CLASSES,
     RAW_PREDICATE_CLASSES,
     SMALL_EDGE,
@@ -63,7 +64,7 @@ from synth.world import (
 from synth.write import META_FILE, generate_synthetic_ag
 
 __all__ = [
-    "ACTIVITIES", "ACTIVITY_BY_NAME", "META_FILE", "RAW_OBJECT_CLASSES", "RAW_PREDICATE_CLASSES", "SMALL_EDGE",
+    "ACTIVITIES", "ACTIVITY_BY_NAME", "META_FILE", "PICKLE_CLASS_NAME", "RAW_OBJECT_CLASSES", "RAW_PREDICATE_CLASSES", "SMALL_EDGE",
     "Activity", "ContactState", "Role", "SynthConfig", "SynthSummary", "attention_label", "contact_labels",
     "edge_case_plan", "generate_synthetic_ag", "is_test_video", "spatial_labels",
 ]

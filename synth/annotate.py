@@ -9,6 +9,7 @@ from synth import draw
 from synth.plan import Video
 from synth.rules import ContactState, attention_label, contact_labels, spatial_labels
 from synth.simulate import int_box
+from synth.world import PICKLE_CLASS_NAME
 
 def hidden_at(video: Video, k: int) -> set[int]:
     """Relevant objects not drawn at annotated frame k (edge cases)."""
@@ -46,7 +47,7 @@ def annotate_frame(video: Video, k: int, W: int, H: int, sc: float) -> tuple[lis
                 bystanders.append({"class": o.cls, "box": list(box)})
             continue
         if j in hidden or box is None:
-            entries.append({"class": o.cls, "bbox": None, "attention_relationship": None,
+            entries.append({"class": PICKLE_CLASS_NAME[o.cls], "bbox": None, "attention_relationship": None,
                             "spatial_relationship": None, "contacting_relationship": None,
                             "metadata": {"tag": tag, "set": video.split}, "visible": False})
             continue
@@ -62,7 +63,7 @@ def annotate_frame(video: Video, k: int, W: int, H: int, sc: float) -> tuple[lis
         contacting = contact_labels(state)
         supports = "sitting_on" in contacting or "lying_on" in contacting
         entries.append({
-            "class": o.cls,
+            "class": PICKLE_CLASS_NAME[o.cls],
             "bbox": bbox,
             "attention_relationship": [attention_label(st.parts["head_c"], st.facing, box, W)],
             "spatial_relationship": spatial_labels(st.person_box, box, st.front[j], supports),

@@ -19,6 +19,10 @@ RAW_OBJECT_CLASSES: tuple[str, ...] = (
     "picture", "pillow", "refrigerator", "sandwich", "shelf", "shoe", "sofa/couch", "table",
     "television", "towel", "vacuum", "window",
 )
+PICKLE_CLASS_NAME: dict[str, str] = {raw.split("/")[0]: raw for raw in RAW_OBJECT_CLASSES}
+"""The class names the world uses (``cup``) -> the names AG's pickles hold (``cup/glass/bottle``).
+
+STTran's loader looks every pickle name up in its class list, which holds the compounds."""
 RAW_PREDICATE_CLASSES: tuple[str, ...] = tuple(p.replace("_", "") for p in ACTION_GENOME.predicates)
 
 SMALL_EDGE = 16

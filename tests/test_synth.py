@@ -22,6 +22,7 @@ from stage1_detect.action_genome import ReaderOptions, load_action_genome
 from synth import (
     ACTIVITY_BY_NAME,
     META_FILE,
+    PICKLE_CLASS_NAME,
     RAW_OBJECT_CLASSES,
     RAW_PREDICATE_CLASSES,
     SMALL_EDGE,
@@ -41,6 +42,7 @@ CONFIG = SynthConfig(videos=4, frames_per_video=8, seed=0)
 ANN = "annotations"
 PICKLES = ("person_bbox.pkl", "object_bbox_and_relationship.pkl", "object_bbox_and_relationship_filtersmall.pkl")
 TEXT_FILES = ("object_classes.txt", "relationship_classes.txt", "frame_list.txt")
+WORLD_NAME = {raw: name for name, raw in PICKLE_CLASS_NAME.items()}  # cup/glass/bottle -> cup
 OBJECT_KEYS = {"class", "bbox", "attention_relationship", "spatial_relationship", "contacting_relationship",
                "visible", "metadata"}
 
@@ -105,7 +107,7 @@ def test_pickle_entries_have_the_real_structure(data):
     persons, objects, _, meta = data
     predicates = set(ACTION_GENOME.predicates)
     groups = {g: set(ACTION_GENOME.predicates[slice(*ACTION_GENOME.group_range(g))]) for g in PredicateGroup}
-    classes = set(ACTION_GENOME.objects[2:])
+    classes = set(RAW_OBJECT_CLASSES[1:])  # AG's spelling: cup/glass/bottle, never cup
     for key, entry in persons.items():
         assert set(entry) == {"bbox", "bbox_size"}
         assert entry["bbox"].dtype == np.float32 and entry["bbox"].shape in ((1, 4), (0, 4))
@@ -224,8 +226,11 @@ def test_edge_cases_are_present(data):
         assert any(not o["visible"] and o["bbox"] is None for o in objects[key(i, 1)])
     # a frame with no visible object (last frame of video 2)
     assert objects[key(2, 7)] and not any(o["visible"] for o in objects[key(2, 7)])
-    # a visible object with bbox None (video 3, frame 0)
-    assert [o["visible"] for o in objects[key(3, 0)] if o["bbox"] is None] == [True]
+    # a visible object with bbox None (video 3, frame 1), only in a frame without a person box
+    assert [o["visible"] for o in objects[key(3, 1)] if o["bbox"] is None] == [True, False]
+    for k, objs in objects.items():
+        if any(o["visible"] and o["bbox"] is None for o in objs):
+            assert persons[k]["bbox"].shape == (0, 4), k
     # a tiny box in video 2: short edge < 16 in the full pickle, absent from _filtersmall
     tiny = [o for k, objs in objects.items() if k.startswith(by_index[2][0]) for o in objs
             if o["bbox"] is not None and min(o["bbox"][2:]) < SMALL_EDGE]
@@ -293,7 +298,7 @@ def test_generated_relations_follow_the_rules(data):
         for n in v["frame_numbers"]:
             key = f"{name}/{n:06d}.png"
             truth = v["frames"][key]
-            annotated = {o["class"] for o in objects[key]}
+            annotated = {WORLD_NAME[o["class"]] for o in objects[key]}
             # Bystanders are drawn (listed in the truth with their boxes) but never annotated.
             assert not annotated & set(v["bystanders"])
             assert annotated <= set(v["relevant"])
@@ -303,7 +308,7 @@ def test_generated_relations_follow_the_rules(data):
                 counts.update(o["contacting_relationship"])
                 x1, y1, x2, y2 = _xyxy(o["bbox"])
                 if truth["held_entry"] == n_entry:
-                    assert truth["held"] == o["class"]
+                    assert truth["held"] == WORLD_NAME[o["class"]]
                     # A held object is centred on the hand (it moves with the hand).
                     hx, hy = truth["hand"]
                     assert abs((x1 + x2) / 2 - hx) <= 1 and abs((y1 + y2) / 2 - hy) <= 1
@@ -314,7 +319,7 @@ def test_generated_relations_follow_the_rules(data):
                     assert "holding" not in o["contacting_relationship"]
                     free_centres.append((n_entry, ((x1 + x2) / 2, (y1 + y2) / 2)))
                 if "sitting_on" in o["contacting_relationship"]:
-                    assert truth["posture"] == "sit" and o["class"] in ("chair", "sofa")
+                    assert truth["posture"] == "sit" and o["class"] in ("chair", "sofa/couch")
                     assert "beneath" in o["spatial_relationship"]
                 if truth["facing"] == 0:
                     assert o["attention_relationship"] == ["unsure"]
@@ -357,7 +362,7 @@ def test_round_trip_through_the_reader(root, data):
             raw = [o for o in objects[frame.name] if o["visible"] and o["bbox"] is not None]
             assert len(frame.objects) == len(raw)
             for got, want in zip(frame.objects, raw):
-                assert ACTION_GENOME.objects[got.label] == want["class"]
+                assert ACTION_GENOME.objects[got.label] == WORLD_NAME[want["class"]]
                 np.testing.assert_allclose(got.box, _xyxy(want["bbox"]))
                 assert got.attention == tuple(predicate[p] for p in want["attention_relationship"])
                 assert set(got.spatial) == {predicate[p] for p in want["spatial_relationship"]}
@@ -366,7 +371,10 @@ def test_round_trip_through_the_reader(root, data):
     assert n_frames == len(objects) - 2 - 1 - 2
     bad = sum(o["visible"] and o["bbox"] is None for objs in objects.values() for o in objs)
     assert bad == 1
-    assert sum(ag.report.objects_without_box.values()) == bad
+    # The malformed object is in a frame without a person box: counted once that frame is kept.
+    assert sum(ag.report.objects_without_box.values()) == 0
+    with_missed = load_action_genome(root, ReaderOptions(val_fraction=0.0, require_person_box=False))
+    assert sum(with_missed.report.objects_without_box.values()) == bad
 
 
 def _shrink_objects(root: Path) -> None:
