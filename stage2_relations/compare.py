@@ -53,6 +53,7 @@ from stage2_relations.evaluation.seeds import (EVAL_METRICS, MEAN_RECALL, Aggreg
 from stage2_relations.train import (TrainConfig, load_checkpoint, load_config, read_checkpoint, resolve_device,
                                      run_checkpoint, train)
 from stage2_relations.views import OBJECT_SCORES, ViewOptions
+from store.errors import ConfigError, UserError
 from store.files import atomic_write, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class Variant:
         return self.config.rsnet is not None
 
 
-class RunMismatch(ValueError):
+class RunMismatch(UserError, ValueError):
     """A run folder holds another config than the one requested."""
 
 
@@ -136,31 +137,31 @@ def load_variants(recipes: Sequence[str | Path], names: Sequence[str] | None = N
     (set them with overrides when the recipes differ), no ``seed`` override (seeds are the
     comparison's)."""
     if not recipes:
-        raise ValueError("give at least one recipe (--config)")
+        raise ConfigError("give at least one recipe (--config)")
     overrides = dict(overrides or {})
     if overrides.get("seed") is not None:
-        raise ValueError("seed is set per run by --seeds; do not override it")
+        raise ConfigError("seed is set per run by --seeds; do not override it")
     for path in recipes:
         if not Path(path).is_file():
             raise FileNotFoundError(f"recipe not found: {path}")
     if names:
         if len(names) != len(recipes):
-            raise ValueError(f"{len(names)} --name for {len(recipes)} --config: give one name per recipe or none")
+            raise ConfigError(f"{len(names)} --name for {len(recipes)} --config: give one name per recipe or none")
     else:
         names = [Path(p).stem for p in recipes]
     if len(set(names)) != len(names):
-        raise ValueError(f"variant names repeat ({', '.join(names)}): name each recipe with --name")
+        raise ConfigError(f"variant names repeat ({', '.join(names)}): name each recipe with --name")
     for n in names:
         if not n or n in (".", "..") or not re.fullmatch(r"[\w.+=@-]+", n):
-            raise ValueError(f"variant name {n!r} is not a plain folder name (letters, digits, . _ - + = @)")
+            raise ConfigError(f"variant name {n!r} is not a plain folder name (letters, digits, . _ - + = @)")
     variants = [Variant(n, load_config(p, overrides), str(p)) for n, p in zip(names, recipes)]
     for key in ("store", "mode"):
         values = {getattr(v.config, key) for v in variants}
         if len(values) != 1:
-            raise ValueError(f"the recipes name different {key}s ({', '.join(sorted(map(str, values)))}): "
-                             f"compare runs every variant on one; set --{key}")
+            raise ConfigError(f"the recipes name different {key}s ({', '.join(sorted(map(str, values)))}): "
+                              f"compare runs every variant on one; set --{key}")
     if not variants[0].config.store:
-        raise ValueError("no store: give --store or recipes that name one")
+        raise ConfigError("no store: give --store or recipes that name one")
     return variants
 
 
@@ -173,8 +174,8 @@ def check_store(variants: Sequence[Variant]) -> int:
     test = st.videos(SPLIT)
     if not test:
         splits = sorted({st.split_of(v) for v in st.videos()})
-        raise ValueError(f"{path}: no {SPLIT!r} split (it has {', '.join(splits) or 'no videos'}); "
-                         f"compare evaluates on the test split")
+        raise ConfigError(f"{path}: no {SPLIT!r} split (it has {', '.join(splits) or 'no videos'}); "
+                          f"compare evaluates on the test split")
     return len(test)
 
 
@@ -324,10 +325,10 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
     :class:`RunMismatch` for a run folder of another config, before anything is trained."""
     variants, seeds, rules = list(variants), list(seeds), list(dict.fromkeys(rules))
     if not seeds:
-        raise ValueError("no seeds")
+        raise ConfigError("no seeds")
     for rule in rules:
         if rule not in OBJECT_SCORES:
-            raise ValueError(f"unknown object-scores rule {rule!r}; known: {', '.join(OBJECT_SCORES)}")
+            raise ConfigError(f"unknown object-scores rule {rule!r}; known: {', '.join(OBJECT_SCORES)}")
     test_videos = check_store(variants)
     out_dir = Path(out_dir)
     plan = [(v, s, dataclasses.replace(v.config, seed=s), out_dir / v.name / f"seed{s}")

@@ -19,6 +19,7 @@ from stage2_relations.evaluation.predict import as_sets, evaluate_model, plot_fr
 from stage2_relations.evaluation.structures import Constraint
 from stage2_relations.heads import count_parameters, head_class
 from stage2_relations.train import load_checkpoint, run_checkpoint
+from store.errors import ConfigError, InputError
 from store.vocabulary import Mode
 
 
@@ -42,11 +43,11 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
     options = dataclasses.replace(cfg.view_options(), negatives=False, **changes)
     required = head_class(cfg.head).required_view_options()  # DSG-DETR: the pair pool, raw SGDET boxes
     if mode is Mode.SGDET and required.get("sgdet_boxes", options.sgdet_boxes) != options.sgdet_boxes:
-        raise ValueError(f"head {cfg.head!r} rebuilds the SGDET test boxes from the stored detections: "
-                         f"it needs sgdet_boxes {required['sgdet_boxes']!r}, not {options.sgdet_boxes!r}")
+        raise ConfigError(f"head {cfg.head!r} rebuilds the SGDET test boxes from the stored detections: "
+                          f"it needs sgdet_boxes {required['sgdet_boxes']!r}, not {options.sgdet_boxes!r}")
     ds = VideoDataset(cfg.store, split, mode, train=False, options=options, max_videos=max_videos)
     if not len(ds):
-        raise ValueError(f"{cfg.store}: no videos in split {split!r}")
+        raise InputError(f"{cfg.store}: no videos in split {split!r}")
     results, names, (gts, preds), speed = evaluate_model(model, ds, device=device, constraints=constraints,
                                                          videos_per_batch=1, progress=True, **eval_kwargs)
     results = {Constraint(c): r for c, r in results.items()}

@@ -133,8 +133,8 @@ class TrainConfig:
         negatives = self.rsnet is not None if self.negatives is None else bool(self.negatives)
         required = head_class(self.head).required_view_options()
         if Mode(self.mode) is Mode.SGDET and required.get("sgdet_boxes", self.sgdet_boxes) != self.sgdet_boxes:
-            raise ValueError(f"head {self.head!r} needs sgdet_boxes: {required['sgdet_boxes']} (it rebuilds the SGDET "
-                             f"test boxes itself); the recipe says {self.sgdet_boxes!r}")
+            raise ConfigError(f"head {self.head!r} needs sgdet_boxes: {required['sgdet_boxes']} (it rebuilds the SGDET "
+                              f"test boxes itself); the recipe says {self.sgdet_boxes!r}")
         options = ViewOptions(assignment=self.assignment, sgdet_boxes=self.sgdet_boxes,
                               object_scores=self.object_scores, negatives=negatives,
                               negative_labels=self.negative_labels,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from store.errors import ConfigError
+
 @dataclass(frozen=True)
 class SynthConfig:
     """What to generate. Sizes are pixels; the defaults are the project's demo dataset."""
@@ -31,17 +33,17 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.videos < 1:
-            raise ValueError(f"videos must be >= 1, got {self.videos}")
+            raise ConfigError(f"videos must be >= 1, got {self.videos}")
         if self.frames_per_video < 3:
-            raise ValueError(f"frames_per_video must be >= 3, got {self.frames_per_video}")
+            raise ConfigError(f"frames_per_video must be >= 3, got {self.frames_per_video}")
         if self.width < 160 or self.height < 120 or self.width % 2 or self.height % 2:
-            raise ValueError(f"frame size must be even and at least 160x120, got {self.width}x{self.height}")
+            raise ConfigError(f"frame size must be even and at least 160x120, got {self.width}x{self.height}")
         if not 0.0 <= self.test_fraction <= 1.0:
-            raise ValueError(f"test_fraction must be in [0, 1], got {self.test_fraction}")
+            raise ConfigError(f"test_fraction must be in [0, 1], got {self.test_fraction}")
         if self.frame_stride < 1:
-            raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
+            raise ConfigError(f"frame_stride must be >= 1, got {self.frame_stride}")
         if not 0 <= self.bystanders[0] <= self.bystanders[1]:
-            raise ValueError(f"bystanders must be a (low, high) range, got {self.bystanders}")
+            raise ConfigError(f"bystanders must be a (low, high) range, got {self.bystanders}")
 
 
 @dataclass(frozen=True)

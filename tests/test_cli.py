@@ -54,6 +54,30 @@ def test_synth_refuses_a_folder_that_is_not_synthetic(tmp_path):
     assert (root / "annotations" / "person_bbox.pkl").exists()
 
 
+def test_every_error_a_user_can_fix_takes_the_one_error_path():
+    """The group prints these as one line: each is a UserError (no per-command except blocks)."""
+    from cli import _user_error
+    from stage1_detect.action_genome import AnnotationError
+    from stage1_detect.ag_checkpoint import CheckpointError
+    from stage2_relations.compare import RunMismatch
+    from store.errors import ConfigError, InputError
+
+    for error in (AnnotationError("f.pkl", "bad"), CheckpointError("f.pth: bad"), RunMismatch("run: other"),
+                  ConfigError("recipe: bad"), InputError("file: bad"), FileNotFoundError("gone")):
+        assert _user_error(error), type(error).__name__
+    assert not _user_error(ValueError("a bug")) and not _user_error(KeyError("a bug"))
+
+
+def test_mode_choices_come_from_mode():
+    from cli import MODE_CHOICE
+    from store.vocabulary import Mode
+
+    assert list(MODE_CHOICE.choices) == [m.value for m in Mode]
+    for command in ("dataset", "train", "eval", "compare"):
+        (option,) = [p for p in main.commands[command].params if p.name == "mode"]
+        assert option.type is MODE_CHOICE, command
+
+
 @pytest.mark.slow
 def test_demo_runs_the_pipeline(tmp_path):
     out = run("demo", "--out", tmp_path / "demo", "--videos", "6", "--detector-epochs", "1", "--device", "cpu")
