@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from store import VideoRecord
-from store.boxes import box_iou
+from store.boxes import box_iou_continuous
 from store.pairing import ASSIGNMENTS, SGDET_BOXES, PairIndex, assign, legacy_subject, sttran_test_boxes
 from store.vocabulary import Mode
 
@@ -149,8 +149,8 @@ def sample_negatives(
     keep = np.ones(q, dtype=bool)
     if q and len(pos_classes):
         same = (neg_classes[:, None, 0] == pos_classes[None, :, 0]) & (neg_classes[:, None, 1] == pos_classes[None, :, 1])
-        overlap = (box_iou(neg_subj_boxes, pos_subj_boxes) > iou_threshold) & (
-            box_iou(neg_obj_boxes, pos_obj_boxes) > iou_threshold)
+        overlap = (box_iou_continuous(neg_subj_boxes, pos_subj_boxes) > iou_threshold) & (
+            box_iou_continuous(neg_obj_boxes, pos_obj_boxes) > iou_threshold)
         keep = ~np.any(same & overlap, axis=1)
     idx = np.flatnonzero(keep)
     cap = int(math.floor(ratio * len(pos_classes) + 1e-9))

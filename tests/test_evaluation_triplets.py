@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from store.boxes import paired_box_iou_plus_one
 from store.vocabulary import ACTION_GENOME as VOC, Mode
 from stage2_relations.evaluation import (
-    Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet, PaddedCells, PredictionSet, box_iou,
+    Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet, PaddedCells, PredictionSet,
     ground_truth_triplets, rank_triplets,
 )
 
@@ -37,13 +38,13 @@ def test_box_iou_plus_one_convention():
     a = np.array([[0, 0, 9, 9]] * 4, float)
     b = np.array([[0, 0, 9, 9], [5, 0, 14, 9], [10, 0, 19, 9], [9, 0, 18, 9]], float)
     # 10x10 pixel boxes: half overlap 50 / (100 + 100 - 50); touching at x=9 shares one column.
-    np.testing.assert_allclose(box_iou(a, b), [1.0, 1 / 3, 0.0, 10 / 190])
+    np.testing.assert_allclose(paired_box_iou_plus_one(a, b), [1.0, 1 / 3, 0.0, 10 / 190])
 
 
 def test_box_iou_049_and_050():
     gt = np.array([[0, 0, 99, 99]] * 2, float)
     pred = np.array([[0, 0, 99, 48], [0, 0, 99, 49]], float)  # 49 and 50 rows of 100
-    np.testing.assert_allclose(box_iou(gt, pred), [0.49, 0.50])
+    np.testing.assert_allclose(paired_box_iou_plus_one(gt, pred), [0.49, 0.50])
 
 
 def test_ground_truth_spatial_reversed():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stage1_detect.detection_metrics import average_precision, detection_map
-from store.boxes import box_iou
+from store.boxes import box_iou_continuous
 
 
 def test_box_iou_unit_cases():
@@ -23,19 +23,19 @@ def test_box_iou_unit_cases():
         [2 / 4, 1 / 3, 0.0, 0.0, 0.0],     # a1&b0: inter 2, union 4; a1&b1: 1 / (2+2-1)
         [4 / 16, 2 / 16, 4 / 16, 4 / 16, 0.0],
     ])
-    iou = box_iou(a, b)
+    iou = box_iou_continuous(a, b)
     assert iou.shape == (3, 5) and iou.dtype == np.float64
     np.testing.assert_allclose(iou, expected, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(box_iou(b, a), expected.T, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(box_iou_continuous(b, a), expected.T, rtol=0, atol=1e-12)
 
 
 def test_box_iou_degenerate_and_empty():
     point = np.array([[1, 1, 1, 1]])
-    assert box_iou(point, point).tolist() == [[0.0]]  # zero union: 0, not NaN
-    assert box_iou(np.zeros((0, 4)), np.ones((3, 4))).shape == (0, 3)
-    assert box_iou(np.ones((2, 4)), np.zeros((0, 4))).shape == (2, 0)
+    assert box_iou_continuous(point, point).tolist() == [[0.0]]  # zero union: 0, not NaN
+    assert box_iou_continuous(np.zeros((0, 4)), np.ones((3, 4))).shape == (0, 3)
+    assert box_iou_continuous(np.ones((2, 4)), np.zeros((0, 4))).shape == (2, 0)
     # Continuous coordinates, no '+1': [0,0,10,10] and [0,0,10,5] overlap by exactly one half.
-    assert box_iou([[0, 0, 10, 10]], [[0, 0, 10, 5]])[0, 0] == 0.5
+    assert box_iou_continuous([[0, 0, 10, 10]], [[0, 0, 10, 5]])[0, 0] == 0.5
 
 
 def test_average_precision_envelope():

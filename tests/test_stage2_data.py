@@ -9,7 +9,7 @@ import torch
 from stage2_relations.data import Collator, VideoDataset, collate, epoch_order, negative_rng, spatial_masks
 from stage2_relations.views import ViewOptions, frame_view, mode_frames, sample_negatives
 from store import StoreWriter, open_store
-from store.boxes import box_iou
+from store.boxes import box_iou_continuous
 from store.vocabulary import Mode
 from tests.stage2_fixtures import handmade_video, one_thread, tiny_meta, write_random_store
 
@@ -23,7 +23,7 @@ def box(x1, y1, x2, y2):
 def test_pairwise_iou_by_hand():
     a = np.array([box(0, 0, 10, 10)])
     b = np.array([box(0, 0, 10, 10), box(5, 0, 15, 10), box(20, 20, 30, 30)])
-    np.testing.assert_allclose(box_iou(a, b), [[1.0, 50 / 150, 0.0]])
+    np.testing.assert_allclose(box_iou_continuous(a, b), [[1.0, 50 / 150, 0.0]])
 
 
 def test_spatial_masks_by_hand():
@@ -66,7 +66,7 @@ def _frame():
 
 
 def test_negative_exclusion_is_exactly_the_rule():
-    np.testing.assert_allclose(box_iou([box(210, 210, 300, 300)], [box(200, 200, 300, 300)]), [[0.81]])
+    np.testing.assert_allclose(box_iou_continuous([box(210, 210, 300, 300)], [box(200, 200, 300, 300)]), [[0.81]])
     kept = sample_negatives(*_frame(), np.random.default_rng(0), ratio=10.0)
     np.testing.assert_array_equal(kept, [1, 2, 3])
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from store.boxes import box_iou, box_iou_plus_one, nms_plus_one
+from store.boxes import box_iou_continuous, box_iou_plus_one, nms_plus_one
 from store.pairing import (
     PairIndex,
     person_detections,
@@ -39,11 +39,11 @@ def dists(*rows: dict[int, float]) -> np.ndarray:
 def test_plus_one_iou_at_the_half_boundary():
     # [0,0,7,7] inside [0,0,10,10]: continuous 7*7 / 10*10 = 0.49; "+1": 8*8 / 11*11 = 64/121.
     a, b = np.array([[0, 0, 7, 7]], float), np.array([[0, 0, 10, 10]], float)
-    assert box_iou(a, b)[0, 0] == pytest.approx(0.49)
+    assert box_iou_continuous(a, b)[0, 0] == pytest.approx(0.49)
     assert box_iou_plus_one(a, b)[0, 0] == pytest.approx(64 / 121)  # 0.529 > 0.5
     # Touching edges: no continuous overlap, but a one-pixel column in "+1" pixels.
     c = np.array([[7, 0, 9, 7]], float)
-    assert box_iou(a, c)[0, 0] == 0.0
+    assert box_iou_continuous(a, c)[0, 0] == 0.0
     assert box_iou_plus_one(a, c)[0, 0] == pytest.approx(8 / (64 + 24 - 8))
 
 
@@ -59,7 +59,7 @@ def test_nms_plus_one_suppresses_only_above_the_threshold():
     # The convention decides: [0,0,4,4] and [1,0,5,4] overlap 3*4 / 20 = 0.6 continuously (kept
     # by a '>' NMS) but 4*5 / 30 = 0.667 in "+1" pixels: suppressed.
     near = np.array([[0, 0, 4, 4], [1, 0, 5, 4]], float)
-    assert box_iou(near[:1], near[1:])[0, 0] == pytest.approx(0.6)
+    assert box_iou_continuous(near[:1], near[1:])[0, 0] == pytest.approx(0.6)
     assert nms_plus_one(near, np.array([0.9, 0.8]), 0.6).tolist() == [0]
     # A suppressed box suppresses nothing: 2 overlaps 1 by more than 0.6, but 1 goes under 0.
     chain = np.array([[0, 0, 19, 19], [3, 0, 22, 19], [7, 0, 26, 19]], float)
