@@ -566,7 +566,7 @@ def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_
     if sources != 1:
         raise click.UsageError("give exactly one of --predictions, --run, --checkpoint")
     if predictions_path is None:
-        from stage2_relations.evaluate_model import evaluate_checkpoint
+        from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
 
         evaluate_checkpoint(
             run_dir=run_dir, checkpoint=checkpoint, store_path=store_path, split=split, mode=mode,

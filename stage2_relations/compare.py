@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import yaml
 
-from stage2_relations.evaluate_model import evaluate_checkpoint
+from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
 from stage2_relations.evaluation import MeanRecall
 from stage2_relations.evaluation.seeds import (EVAL_METRICS, MEAN_RECALL, Aggregate, Difference, Summary,  # noqa: F401
                                                TableRow, aggregate, format_cell, format_table2, paired_difference,

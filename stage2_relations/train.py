@@ -1,6 +1,6 @@
 """Stage-2 training: a relation head (optionally inside RS-Net) from the feature store.
 
-A plain loop (:func:`train_one_epoch` / :func:`~stage2_relations.evaluation.predict.evaluate_model`):
+A plain loop (:func:`train_one_epoch` / :func:`~stage2_relations.evaluation.predict.score_model`):
 loss dict -> sum -> finite check -> backward -> clip -> AdamW step. The learning rate follows
 ReduceLROnPlateau on the **validation** split's R@20 (with constraint). Every epoch writes
 ``log.csv`` / ``log.json`` and ``last.pth``; the best validation R@20 also ``best.pth``.
@@ -480,7 +480,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
 
 def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, progress: bool,
            echo: Callable[[str], None]) -> dict[str, Any]:
-    from stage2_relations.evaluation.predict import evaluate_model
+    from stage2_relations.evaluation.predict import score_model
 
     rank, world, local_rank = _dist_info()
     distributed = world > 1
@@ -567,8 +567,8 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
                                 progress=progress and is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}")
         val: dict[str, float] = {}
         if is_main and val_ds is not None:
-            results, _, _, speed = evaluate_model(model, val_ds, device=device, constraints=("with",),
-                                                  videos_per_batch=cfg.videos_per_batch)
+            results, _, _, speed = score_model(model, val_ds, device=device, constraints=("with",),
+                                                videos_per_batch=cfg.videos_per_batch)
             r = results["with"] if "with" in results else next(iter(results.values()))
             val = {f"val_R@{k}": float(r.recall[k]) for k in (10, 20, 50)}
             val["val_fps"] = speed["fps"]

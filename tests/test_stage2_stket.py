@@ -361,7 +361,7 @@ def _copy_without_train(src, dst):
 
 
 def test_run_carries_priors_and_evaluates_without_the_training_split(tmp_path):
-    from stage2_relations.evaluate_model import evaluate_checkpoint
+    from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
     from stage2_relations.train import TrainConfig, train
 
     store = write_learnable_store(tmp_path / "learn.h5", n_train=6, n_val=3)
@@ -473,7 +473,7 @@ def test_recipes(recipe, tmp_path):
 
 
 def test_training_beats_untrained(tmp_path):
-    from stage2_relations.evaluation.predict import evaluate_model
+    from stage2_relations.evaluation.predict import score_model
     from stage2_relations.train import TrainConfig, build_from_config, derive, train
 
     store = write_learnable_store(tmp_path / "learn.h5")
@@ -483,7 +483,7 @@ def test_training_beats_untrained(tmp_path):
     derived = derive(cfg, VideoDataset(str(store), "train", "predcls"))
     untrained = build_from_config(cfg, open_store(store).meta, derived)
     val = VideoDataset(str(store), "val", "predcls", train=False)
-    r20 = evaluate_model(untrained, val, constraints=("with",))[0]["with"].recall[20]
+    r20 = score_model(untrained, val, constraints=("with",))[0]["with"].recall[20]
     h = train(cfg, tmp_path / "run", progress=False, echo=lambda s: None)["history"]
     assert h[-1]["loss_total"] < h[0]["loss_total"]
     assert h[-1]["val_R@20"] > r20 + 0.1, (r20, h)

@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from stage2_relations.data import VideoDataset
-from stage2_relations.evaluation.predict import evaluate_model
+from stage2_relations.evaluation.predict import score_model
 from stage2_relations.train import TrainConfig, build_from_config, load_config, train
 from stage2_relations.views import ViewOptions
 from store import open_store
@@ -45,7 +45,7 @@ def test_training_lowers_loss_and_beats_untrained(store_path, tmp_path, rsnet):
     torch.manual_seed(0)
     untrained = build_from_config(cfg, open_store(store_path).meta)
     val = VideoDataset(str(store_path), "val", "predcls", train=False)
-    r20_untrained = evaluate_model(untrained, val, constraints=("with",))[0]["with"].recall[20]
+    r20_untrained = score_model(untrained, val, constraints=("with",))[0]["with"].recall[20]
     result = train(cfg, tmp_path / "run", progress=False, echo=lambda s: None)
     h = result["history"]
     assert h[-1]["loss_total"] < h[0]["loss_total"]
@@ -126,7 +126,7 @@ def test_ddp_two_processes_gloo(store_path, tmp_path):
 
 @pytest.mark.parametrize("mode", ["sgcls", "sgdet"])
 def test_train_and_evaluate_other_modes(store_path, tmp_path, mode):
-    from stage2_relations.evaluate_model import evaluate_checkpoint
+    from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
 
     cfg = _cfg(store_path, TINY_RSNET, epochs=1, mode=mode)
     result = train(cfg, tmp_path / "run", progress=False, echo=lambda s: None)

@@ -110,9 +110,9 @@ def predict(model: torch.nn.Module, dataset, *, device: str | torch.device = "cp
                                "model_seconds": compute, "pairs": pairs, "pairs_substituted": substituted}
 
 
-def evaluate_model(model: torch.nn.Module, dataset, *, device: str | torch.device = "cpu",
-                   constraints: Sequence[Constraint | str] = tuple(Constraint), videos_per_batch: int = 1,
-                   progress: bool = False, **kwargs):
+def score_model(model: torch.nn.Module, dataset, *, device: str | torch.device = "cpu",
+                constraints: Sequence[Constraint | str] = tuple(Constraint), videos_per_batch: int = 1,
+                progress: bool = False, **kwargs):
     """Score ``model`` on ``dataset`` under each constraint.
 
     Returns ({constraint value: EvaluationResult}, frame names, (gts, preds), speed).

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from stage2_relations.data import VideoDataset
 from stage2_relations.evaluation import MeanRecall, format_table, write_predictions, write_report
-from stage2_relations.evaluation.predict import as_sets, evaluate_model, plot_frames
+from stage2_relations.evaluation.predict import as_sets, plot_frames, score_model
 from stage2_relations.evaluation.structures import Constraint
 from stage2_relations.heads import count_parameters, head_class
 from stage2_relations.train import load_checkpoint, run_checkpoint
@@ -48,8 +48,8 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
     ds = VideoDataset(cfg.store, split, mode, train=False, options=options, max_videos=max_videos)
     if not len(ds):
         raise InputError(f"{cfg.store}: no videos in split {split!r}")
-    results, names, (gts, preds), speed = evaluate_model(model, ds, device=device, constraints=constraints,
-                                                         videos_per_batch=1, progress=True, **eval_kwargs)
+    results, names, (gts, preds), speed = score_model(model, ds, device=device, constraints=constraints,
+                                                       videos_per_batch=1, progress=True, **eval_kwargs)
     results = {Constraint(c): r for c, r in results.items()}
     n_params = count_parameters(model)
     echo(format_table(results, mean_recall=mean_recall))
