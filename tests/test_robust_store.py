@@ -165,7 +165,7 @@ def test_hand_edited_manifest_is_caught(tmp_path):
     assert [store.split_of(v) for v in ("vid0000.mp4", "vid0001.mp4", "vid0002.mp4")] == ["train", "train", "test"]
     assert_store_holds(path, small_videos(meta, 3))
     # an edit that also recomputes the checksum still never reads the wrong rows
-    from store.reader import manifest_checksum
+    from store.manifest import manifest_checksum
 
     doc["checksum"] = manifest_checksum(doc["segments"])
     (path / "manifest.json").write_text(json.dumps(doc))
