@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from store.vocabulary import Mode
+from store.modes import Mode
 
 MODE_CHOICE = click.Choice([m.value for m in Mode])
 """The task modes, as ``--mode`` takes them."""

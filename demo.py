@@ -25,7 +25,7 @@ from stage2_relations.train import load_config, train
 from store import check_store
 from store.errors import UserError
 from store.stats import stats, summary
-from store.vocabulary import Mode
+from store.modes import Mode
 from synth import SynthConfig, generate_synthetic_ag
 
 

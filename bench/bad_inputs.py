@@ -94,7 +94,8 @@ def flip_byte(segment: Path, key: str) -> None:
 def predictions(path: Path, tamper: dict | None = None) -> Path:
     from stage2_relations.evaluation import (FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet,
                                              write_predictions)
-    from store.vocabulary import ACTION_GENOME as VOC, Mode
+    from store.modes import Mode
+    from store.vocabulary import ACTION_GENOME as VOC
 
     boxes = np.array([[0, 0, 99, 199], [10, 10, 29, 29]], float)
     gt = FrameGroundTruth(boxes, [1, VOC.object_index("cup")], [[0, 1, 0]])

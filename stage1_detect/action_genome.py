@@ -198,8 +198,8 @@ class ReaderOptions:
 
     @classmethod
     def for_mode(cls, mode, **overrides) -> "ReaderOptions":
-        """The options the baselines use for a task mode (a :class:`store.vocabulary.Mode`)."""
-        from store.vocabulary import Mode
+        """The options the baselines use for a task mode (a :class:`store.modes.Mode`)."""
+        from store.modes import Mode
 
         return cls(**{"filter_small": Mode(mode) is not Mode.PREDCLS, **overrides})
 

@@ -20,7 +20,7 @@ from stage2_relations.evaluation.structures import Constraint
 from stage2_relations.heads import count_parameters, head_class
 from stage2_relations.train import load_checkpoint, run_checkpoint
 from store.errors import ConfigError, InputError
-from store.vocabulary import Mode
+from store.modes import Mode
 
 
 def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | Path | None = None,

@@ -70,7 +70,7 @@ from store.files import (
     write_json,
     write_text,
 )
-from store.vocabulary import Mode
+from store.modes import Mode
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import numpy as np
 from store import VideoRecord
 from store.boxes import box_iou_continuous
 from store.pairing import ASSIGNMENTS, SGDET_BOXES, PairIndex, assign, legacy_subject, sttran_test_boxes
-from store.vocabulary import Mode
+from store.modes import Mode
 
 OBJECT_SCORES = ("sttran", "classifier")
 NEGATIVE_LABELS = ("detector", "assigned")

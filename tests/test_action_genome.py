@@ -18,7 +18,8 @@ from stage1_detect.action_genome import (
     load_action_genome,
     validation_videos,
 )
-from store.vocabulary import ACTION_GENOME as V, Mode
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME as V
 
 from ag_fixtures import NO_PERSON, filtersmall_view, fixture_annotations, obj, view_of, write_root
 

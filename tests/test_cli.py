@@ -70,7 +70,7 @@ def test_every_error_a_user_can_fix_takes_the_one_error_path():
 
 def test_mode_choices_come_from_mode():
     from cli import MODE_CHOICE
-    from store.vocabulary import Mode
+    from store.modes import Mode
 
     assert list(MODE_CHOICE.choices) == [m.value for m in Mode]
     for command in ("dataset", "train", "eval", "compare"):

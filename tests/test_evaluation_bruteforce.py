@@ -8,7 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from store.vocabulary import ACTION_GENOME, Mode
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME
 from stage2_relations.evaluation import (
     Constraint, GroundTruthSet, MeanRecall, PaddedCells, PrecisionDenominator, PredictionSet, evaluate,
 )

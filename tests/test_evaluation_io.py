@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from store.vocabulary import ACTION_GENOME as VOC, Mode
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME as VOC
 from stage2_relations.evaluation import (
     FrameGroundTruth, FramePredictions, GroundTruthSet, MeanRecall, PredictionSet, evaluate, evaluate_all,
     read_predictions, write_predictions,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from store.vocabulary import ACTION_GENOME as VOC, Mode
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME as VOC
 from stage2_relations.evaluation import (
     Constraint, FrameGroundTruth, FramePredictions, MeanRecall, PaddedCells, PrecisionDenominator, evaluate_frames,
 )

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from store.boxes import paired_box_iou_plus_one
-from store.vocabulary import ACTION_GENOME as VOC, Mode
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME as VOC
 from stage2_relations.evaluation import (
     Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet, PaddedCells, PredictionSet,
     ground_truth_triplets, rank_triplets,

@@ -22,7 +22,8 @@ from synth import SynthConfig, generate_synthetic_ag
 from stage2_relations.evaluation import FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet
 from stage2_relations.evaluation import write_predictions
 from stage2_relations.train import TrainConfig, train
-from store.vocabulary import ACTION_GENOME as VOC, Mode
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME as VOC
 from tests.stage2_fixtures import TINY_HEAD, write_learnable_store
 
 PERSON, CUP = VOC.person_index, VOC.object_index("cup")

@@ -10,7 +10,7 @@ from stage2_relations.data import Collator, VideoDataset, collate, epoch_order, 
 from stage2_relations.views import ViewOptions, frame_view, mode_frames, sample_negatives
 from store import StoreWriter, open_store
 from store.boxes import box_iou_continuous
-from store.vocabulary import Mode
+from store.modes import Mode
 from tests.stage2_fixtures import handmade_video, one_thread, tiny_meta, write_random_store
 
 PERSON, CUP, BOOK = 1, 11, 5

@@ -18,7 +18,8 @@ from stage2_relations.train import TrainConfig, train
 from stage2_relations.views import ViewOptions
 from store import StoreWriter, open_store
 from store.pairing import PairIndex, select_test_boxes, sttran_test_boxes
-from store.vocabulary import ACTION_GENOME, Mode
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME
 from tests.stage2_fixtures import TINY_HEADS, TINY_RSNET, handmade_video, one_thread, tiny_meta, write_learnable_store
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)

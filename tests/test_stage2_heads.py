@@ -13,7 +13,8 @@ from stage2_relations.heads.losses import focal_loss, multilabel_margin_loss
 from stage2_relations.heads.objects import object_loss, predict_objects, sgcls_test_objects
 from stage2_relations.views import ViewOptions
 from store import StoreWriter
-from store.vocabulary import ACTION_GENOME, Mode
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME
 from tests.stage2_fixtures import one_thread, TINY_HEAD, TINY_HEADS, TINY_RSNET, tiny_meta, write_random_store
 
 

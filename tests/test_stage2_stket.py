@@ -26,7 +26,8 @@ from stage2_relations.heads.stket import (
 from stage2_relations.heads.stket_priors import INITIAL_KEY, SPECIFIC_KEY, count_priors, priors_json
 from stage2_relations.views import ViewOptions
 from store import StoreWriter, open_store
-from store.vocabulary import ACTION_GENOME as V, Mode
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME as V
 from tests.stage2_fixtures import (
     TINY_HEADS,
     handmade_video,

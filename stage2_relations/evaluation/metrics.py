@@ -26,7 +26,8 @@ from typing import Sequence
 import numpy as np
 
 from store.boxes import paired_box_iou_plus_one
-from store.vocabulary import ACTION_GENOME, Mode, Vocabulary
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME, Vocabulary
 
 from .structures import (
     Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet, MeanRecall, PaddedCells,

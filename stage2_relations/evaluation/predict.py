@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from store import VideoRecord
-from store.vocabulary import Mode, Vocabulary
+from store.modes import Mode
+from store.vocabulary import Vocabulary
 
 from .metrics import EvaluationResult, evaluate_frames
 from .structures import Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet

@@ -45,7 +45,8 @@ import numpy as np
 
 from store.errors import InputError
 from store.files import atomic_write
-from store.vocabulary import ACTION_GENOME, Mode, Vocabulary
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME, Vocabulary
 
 from .structures import GroundTruthSet, PredictionSet
 

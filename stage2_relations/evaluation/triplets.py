@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from store.vocabulary import ACTION_GENOME, Mode, PredicateGroup, Vocabulary
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME, PredicateGroup, Vocabulary
 
 from .structures import Constraint, GroundTruthSet, PaddedCells, PredictionSet
 

@@ -62,7 +62,8 @@ from stage2_relations.data import RelationBatch
 from stage2_relations.heads.base import HeadContext, PredicateLogits, RelationFeatures, RelationHead, register_head
 from stage2_relations.heads.layers import PairRepresentation, PosEncoderLayer, cloned, frame_windows, pad_groups
 from stage2_relations.heads.objects import object_classifier_for
-from store.vocabulary import Mode, PredicateGroup, Vocabulary
+from store.modes import Mode
+from store.vocabulary import PredicateGroup, Vocabulary
 
 BRANCHES = ("ensemble", "spatial", "temporal")
 LOSS_BRANCHES = ("spatial", "temporal", "ensemble", "spatial_prior", "temporal_prior")
