@@ -190,13 +190,11 @@ def dataset(root: Path, **options) -> None:
 
 
 def _device(device: str) -> str:
-    import torch
+    from store.runtime import cuda_missing, resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if cuda_missing(device):
         raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
-    return device
+    return device if device != "auto" else str(resolve_device(device))
 
 
 DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
@@ -286,7 +284,8 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
     --backend detectron2 --config CFG.yaml --weights W.pkl reads a detectron2 Faster R-CNN
     (C4 or FPN) instead, into the same store (docs/detectron2.md).
     """
-    from stage1_detect.extract import ExtractConfig, distributed_rank, extract
+    from stage1_detect.extract import ExtractConfig, extract
+    from store.runtime import distributed_rank
 
     if backend == "detectron2":
         from stage1_detect.frame_detector import require_detectron2
@@ -305,7 +304,7 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
         from stage1_detect.detectors import load_detector
 
         detector, sha = load_detector(weights, arch=arch)
-    rank, world = distributed_rank()
+    rank, world, _ = distributed_rank()
     config = ExtractConfig(splits=tuple(splits) or ("train", "val", "test"), batch_size=batch_size,
                            num_workers=num_workers, frame_source=frame_source, union_mode=union_mode,
                            segment_mb=segment_mb, compression={t: "zstd" for t in compress}, max_videos=max_videos)

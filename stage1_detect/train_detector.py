@@ -37,7 +37,7 @@ from stage1_detect.detectors import (
 )
 from stage1_detect.frames import FrameSource, open_frame_source
 from store.errors import ConfigError, InputError, at_least, between, check_fields, load_yaml_mapping, one_of, positive
-from store.files import WriterLock, atomic_write, load_torch, write_json
+from store.files import WriterLock, atomic_write, load_torch, save_torch, write_json
 
 log = logging.getLogger(__name__)
 
@@ -281,10 +281,9 @@ def _train_detector(root: Path | str, out: Path, cfg: DetectorTrainConfig, *, de
         log_rows = log_rows[:epoch] + [[str(epoch + 1), f"{loss_value:.5f}", f"{optimizer.param_groups[0]['lr']:.3e}",
                                         f"{time.time() - start:.1f}"]]
         # last.pth holds the log rows too: log.csv is rebuilt from it, whole, every epoch
-        with atomic_write(last) as fh:
-            torch.save({"model": detector.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                        "step": step, "arch": detector.arch, "settings": detector.settings.to_dict(),
-                        "config": cfg.to_dict(), "log_rows": log_rows}, fh)
+        save_torch({"model": detector.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                    "step": step, "arch": detector.arch, "settings": detector.settings.to_dict(),
+                    "config": cfg.to_dict(), "log_rows": log_rows}, last)
         with atomic_write(log_path, "w") as f:
             writer = csv.writer(f)
             writer.writerows([["epoch", "loss", "lr", "seconds"], *log_rows])

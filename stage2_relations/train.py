@@ -30,15 +30,11 @@ import csv
 import dataclasses
 import json
 import logging
-import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader
@@ -67,10 +63,12 @@ from store.files import (
     describe_os_error,
     load_torch,
     remove_temps,
+    save_torch,
     write_json,
     write_text,
 )
 from store.modes import Mode
+from store.runtime import distributed_rank, provenance, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -235,31 +233,6 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
 
 
-def provenance() -> dict[str, Any]:
-    """Git revision (with a '+dirty' mark) and package versions, for run folders and checkpoints."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        rev = rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        rev = "unknown"
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    for name in ("h5py", "zarr", "yaml"):
-        try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001 - optional packages
-            pass
-    return {"git_revision": rev, "versions": versions}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def derive(cfg: TrainConfig, train_ds: VideoDataset) -> dict[str, Any]:
     """What the model takes from outside its recipe, computed once before training: class
     embeddings from ``cfg.glove``, and whatever the head derives from the training split
@@ -326,11 +299,6 @@ def _step(model: torch.nn.Module, loss_fn: Callable, batch, optimizer, *, device
     for k, v in losses.items():
         sums[k] = sums.get(k, 0.0) + float(v.detach())
     sums["total"] = sums.get("total", 0.0) + float(total.detach())
-
-
-def _dist_info() -> tuple[int, int, int]:
-    ws = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), ws, int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def make_loader(dataset: VideoDataset, order: list[int], cfg: TrainConfig, train: bool, device: torch.device) -> DataLoader:
@@ -465,7 +433,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
     if resume and overwrite:
         raise ConfigError("give --resume or --overwrite, not both")
     out_dir = Path(out_dir)
-    rank = _dist_info()[0]
+    rank = distributed_rank()[0]
     lock = None
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -482,7 +450,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
            echo: Callable[[str], None]) -> dict[str, Any]:
     from stage2_relations.evaluation.predict import score_model
 
-    rank, world, local_rank = _dist_info()
+    rank, world, local_rank = distributed_rank()
     distributed = world > 1
     device = resolve_device(cfg.device)
     if distributed:
@@ -547,8 +515,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
                                       find_unused_parameters=True)
     if is_main:
         write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        with atomic_write(out_dir / "derived.pt") as fh:
-            torch.save(derived, fh)
+        save_torch(derived, out_dir / "derived.pt")
         write_json(out_dir / "run.json", {**prov, "parameters": n_params, "world_size": world, "device": str(device)},
                    indent=2)
         if ckpt is not None:
@@ -606,8 +573,7 @@ def _save_epoch(out_dir: Path, ckpt: dict[str, Any], history: list[dict], improv
     """last.pth first (the source of truth a resume rebuilds the rest from), then best.pth and
     the logs; an OS error (a full disk) is one line that says what is intact."""
     try:
-        with atomic_write(out_dir / "last.pth") as fh:
-            torch.save(ckpt, fh)
+        save_torch(ckpt, out_dir / "last.pth")
         if improved:
             copy_file(out_dir / "last.pth", out_dir / "best.pth")
         _write_logs(out_dir, history)
@@ -656,5 +622,5 @@ def run_checkpoint(run_dir: str | Path) -> Path:
     raise InputError(f"{run_dir}: no best.pth or last.pth (not a `train` run folder, or no epoch finished yet)")
 
 
-__all__ = ["TrainConfig", "check_config", "load_config", "parse_override", "provenance", "train", "train_one_epoch",
+__all__ = ["TrainConfig", "check_config", "load_config", "parse_override", "train", "train_one_epoch",
            "load_checkpoint", "run_checkpoint", "build_from_config"]

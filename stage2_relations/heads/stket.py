@@ -62,6 +62,7 @@ from stage2_relations.data import RelationBatch
 from stage2_relations.heads.base import HeadContext, PredicateLogits, RelationFeatures, RelationHead, register_head
 from stage2_relations.heads.layers import PairRepresentation, PosEncoderLayer, cloned, frame_windows, pad_groups
 from stage2_relations.heads.objects import object_classifier_for
+from store.files import save_torch
 from store.modes import Mode
 from store.vocabulary import PredicateGroup, Vocabulary
 
@@ -450,7 +451,7 @@ def with_output_branch(checkpoint: str | Path, branch: str, out: str | Path) -> 
         raise ValueError(f"{checkpoint}: head {ckpt['config']['head']!r}, not stket")
     ckpt["config"]["head_cfg"] = {**ckpt["config"]["head_cfg"], "output_branch": branch}
     out = Path(out)
-    torch.save(ckpt, out)
+    save_torch(ckpt, out)
     return out
 
 
