@@ -204,7 +204,7 @@ DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
 @main.command("train-detector")
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: detector.pth, last.pth (for --resume), log.csv, config.json, val_map.json.")
+              help="Run folder: detector.pth, last.pth (for --resume), log.csv, config.yaml, run.json, val_map.json.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML recipe (configs/detector_*.yaml); options below override it.")
 @click.option("--arch", help="Architecture: small, r50-fpn or r101-c4 (default: the recipe's, else small).")

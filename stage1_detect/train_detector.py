@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -37,7 +38,7 @@ from stage1_detect.detectors import (
 )
 from stage1_detect.frames import FrameSource, open_frame_source
 from store.errors import ConfigError, InputError, at_least, between, check_fields, load_yaml_mapping, one_of, positive
-from store.files import WriterLock, atomic_write, load_torch, save_torch, write_json
+from store.files import WriterLock, atomic_write, load_torch, save_torch, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,9 @@ def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, 
     """Train ``cfg.arch`` on the train split of the AG root; write ``out/detector.pth``.
 
     ``out/last.pth`` holds everything needed to resume (model, optimizer, epoch, step, log
-    rows); ``out/log.csv`` a row per epoch; ``out/config.json`` the resolved recipe. Every file
+    rows); ``out/log.csv`` a row per epoch; ``out/config.yaml`` the resolved recipe (a recipe
+    ``--config`` takes again) and ``out/run.json`` the detector, the data and the weights it
+    started from, as ``train`` writes them. Every file
     is written whole or not at all; one process trains into ``out`` at a time (its lock).
     """
     out = Path(out)
@@ -241,8 +244,8 @@ def _train_detector(root: Path | str, out: Path, cfg: DetectorTrainConfig, *, de
                         "on, so the result differs from a %d-epoch run from scratch", saved_epochs, cfg.epochs,
                         cfg.epochs)
         log.info("resuming %s at epoch %d (step %d)", last, first_epoch, step)
-    write_json(out / "config.json", {"config": cfg.to_dict(), "detector": detector.info(), "root": str(root),
-                                     **provenance}, indent=2)
+    write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_json(out / "run.json", {"detector": detector.info(), "root": str(root), **provenance}, indent=2)
 
     log_path = out / "log.csv"
     loss_value = float("nan")

@@ -43,7 +43,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-import yaml
 
 from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
 from stage2_relations.evaluation import MeanRecall
@@ -52,7 +51,7 @@ from stage2_relations.evaluation.seeds import (EVAL_METRICS, MEAN_RECALL, Aggreg
                                                parse_seeds, summarize, table_row)
 from stage2_relations.train import TrainConfig, load_checkpoint, load_config, read_checkpoint, run_checkpoint, train
 from stage2_relations.views import OBJECT_SCORES, ViewOptions
-from store.errors import ConfigError, UserError
+from store.errors import ConfigError, UserError, load_yaml_mapping
 from store.files import atomic_write, write_json, write_text
 from store.runtime import resolve_device
 
@@ -193,7 +192,7 @@ def run_state(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         ckpt = read_checkpoint(last)
         saved = ckpt["config"]
     if (run_dir / "config.yaml").exists():
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        saved = load_yaml_mapping(run_dir / "config.yaml")
     if saved is not None:
         want, have = _comparable(cfg.to_dict()), _comparable(saved)
         if want != have:
