@@ -1,6 +1,6 @@
 """Recipes state only what differs from the recipe they extend (``base:``), and every recipe
 in configs/ resolves to exactly the config it resolved to when each one spelled out every
-field (tests/recipes_resolved.json, written from those files)."""
+field (tests/data/recipes_resolved.json, written from those files)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from stage1_detect.train_detector import DetectorTrainConfig
 from stage2_relations.train import load_config
 from store.errors import ConfigError, load_yaml_mapping
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-RESOLVED = json.loads((REPO / "tests" / "recipes_resolved.json").read_text())
+RESOLVED = json.loads((REPO / "tests" / "data" / "recipes_resolved.json").read_text())
 
 
 def resolve(path: Path) -> dict:
@@ -25,7 +25,7 @@ def resolve(path: Path) -> dict:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_every_recipe_resolves_as_before(name):
-    assert name in RESOLVED, f"new recipe {name}: add its resolved config to tests/recipes_resolved.json"
+    assert name in RESOLVED, f"new recipe {name}: add its resolved config to tests/data/recipes_resolved.json"
     assert resolve(REPO / "configs" / name) == RESOLVED[name]
 
 

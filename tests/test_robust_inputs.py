@@ -24,7 +24,7 @@ from stage2_relations.evaluation import write_predictions
 from stage2_relations.train import TrainConfig, train
 from store.modes import Mode
 from store.vocabulary import ACTION_GENOME as VOC
-from tests.stage2_fixtures import TINY_HEAD, write_learnable_store
+from tests.helpers.stage2 import TINY_HEAD, write_learnable_store
 
 PERSON, CUP = VOC.person_index, VOC.object_index("cup")
 

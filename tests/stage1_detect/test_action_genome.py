@@ -1,4 +1,4 @@
-"""The Action Genome reader on a hand-written root (tests/ag_fixtures.py)."""
+"""The Action Genome reader on a hand-written root (tests/helpers/ag.py)."""
 
 from __future__ import annotations
 
@@ -21,14 +21,14 @@ from stage1_detect.action_genome import (
 from store.modes import Mode
 from store.vocabulary import ACTION_GENOME as V
 
-from ag_fixtures import NO_PERSON, filtersmall_view, fixture_annotations, obj, view_of, write_root
+from tests.helpers.ag import NO_PERSON, filtersmall_view, fixture_annotations, obj, view_of, write_root
 
 NO_VAL = ReaderOptions(val_fraction=0.0)
 
 
 @pytest.fixture
-def root(tmp_path):
-    return write_root(tmp_path / "ag", *fixture_annotations())
+def root(ag_root):
+    return ag_root
 
 
 def test_frames_boxes_and_labels(root):

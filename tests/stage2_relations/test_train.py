@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +18,9 @@ from stage2_relations.evaluation.predict import score_model
 from stage2_relations.train import TrainConfig, build_from_config, load_config, train
 from stage2_relations.views import ViewOptions
 from store import open_store
-from tests.stage2_fixtures import one_thread, TINY_HEAD, TINY_RSNET, write_learnable_store
+from tests.helpers.stage2 import one_thread, TINY_HEAD, TINY_RSNET, write_learnable_store
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
@@ -114,10 +113,10 @@ def test_cli_train_and_eval_run(store_path, tmp_path):
 def test_ddp_two_processes_gloo(store_path, tmp_path):
     recipe = tmp_path / "ddp.yaml"
     recipe.write_text(yaml.safe_dump(dataclasses.asdict(_cfg(store_path, TINY_RSNET, epochs=1, videos_per_batch=1))))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "cli.py"), "train", "--config", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+           str(REPO / "cli.py"), "train", "--config", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "world size 2" in p.stdout and p.stdout.count("epoch 1/1") == 1  # rank 0 alone reports
     ckpt = torch.load(tmp_path / "run" / "last.pth", weights_only=False)

@@ -28,7 +28,7 @@ from stage2_relations.views import ViewOptions
 from store import StoreWriter, open_store
 from store.modes import Mode
 from store.vocabulary import ACTION_GENOME as V
-from tests.stage2_fixtures import (
+from tests.helpers.stage2 import (
     TINY_HEADS,
     handmade_video,
     one_thread,
@@ -36,6 +36,7 @@ from tests.stage2_fixtures import (
     write_learnable_store,
     write_random_store,
 )
+from tests.helpers import REPO
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
@@ -457,11 +458,9 @@ def test_sgdet_test_reads_the_best_scored_same_class_pair(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("recipe", ["stket_sgdet", "stket_rsnet_sgdet", "demo_stket", "demo_stket_rsnet"])
 def test_recipes(recipe, tmp_path):
-    from pathlib import Path
-
     from stage2_relations.train import load_config, train
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{recipe}.yaml")
+    cfg = load_config(REPO / "configs" / f"{recipe}.yaml")
     assert cfg.head == "stket" and cfg.plateau_patience == 0 and cfg.plateau_threshold == 1e-3
     assert (cfg.rsnet is not None) == ("rsnet" in recipe)
     if not recipe.startswith("demo"):

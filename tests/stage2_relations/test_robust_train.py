@@ -23,9 +23,9 @@ from cli import main
 from stage2_relations.train import TrainConfig, train
 from store import StoreWriter
 from store.testing import synthetic_video
-from tests.stage2_fixtures import TINY_HEAD, one_thread, tiny_meta, write_learnable_store
+from tests.helpers.stage2 import TINY_HEAD, one_thread, tiny_meta, write_learnable_store
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 

@@ -15,7 +15,7 @@ from stage2_relations.views import ViewOptions
 from store import StoreWriter
 from store.modes import Mode
 from store.vocabulary import ACTION_GENOME
-from tests.stage2_fixtures import one_thread, TINY_HEAD, TINY_HEADS, TINY_RSNET, tiny_meta, write_random_store
+from tests.helpers.stage2 import one_thread, TINY_HEAD, TINY_HEADS, TINY_RSNET, tiny_meta, write_random_store
 
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
@@ -35,7 +35,7 @@ def _context(mode, **derived):
 def _model(name, mode, rsnet, head_cfg=None, store_path=None, **rs):
     """A tiny head (``TINY_HEADS``), with what it derives from the training split of ``store_path``."""
     if head_cfg is None:
-        assert name in TINY_HEADS, f"add tiny keyword arguments for head {name!r} to TINY_HEADS (tests/stage2_fixtures.py)"
+        assert name in TINY_HEADS, f"add tiny keyword arguments for head {name!r} to TINY_HEADS (tests/helpers/stage2.py)"
         head_cfg = TINY_HEADS[name]
     derived = {}
     if store_path is not None:

@@ -22,7 +22,7 @@ from stage2_relations.compare import (Difference, Summary, TableRow, aggregate, 
 from stage2_relations.data import Collator, VideoDataset
 from stage2_relations.views import ViewOptions
 from store import StoreWriter
-from tests.stage2_fixtures import TINY_HEAD, TINY_RSNET, learnable_video, one_thread, tiny_meta, write_learnable_store
+from tests.helpers.stage2 import TINY_HEAD, TINY_RSNET, learnable_video, one_thread, tiny_meta, write_learnable_store
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 

@@ -1,6 +1,6 @@
 """Subprocess of the crash test: commits ``commit`` videos, then hangs while writing the next.
 
-Usage: python tests/store_crash_writer.py STORE N_VIDEOS COMMIT. It prints ``COMMITTED k``
+Usage: python tests/store/crash_writer.py STORE N_VIDEOS COMMIT. It prints ``COMMITTED k``
 after each commit and ``HANGING`` once the next segment's temporary file holds part of it
 (HDF5: half of the segment's bytes; zarr: part of a video's arrays), then sleeps until killed.
 """
@@ -9,11 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: store/ and tests/
 
 from store import StoreWriter, backends  # noqa: E402
-from store_fixtures import small_meta, small_videos  # noqa: E402
+from tests.helpers.store import small_meta, small_videos  # noqa: E402
 
 
 def _hang() -> None:

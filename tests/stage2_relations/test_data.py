@@ -11,7 +11,7 @@ from stage2_relations.views import ViewOptions, frame_view, mode_frames, sample_
 from store import StoreWriter, open_store
 from store.boxes import box_iou_continuous
 from store.modes import Mode
-from tests.stage2_fixtures import handmade_video, one_thread, tiny_meta, write_random_store
+from tests.helpers.stage2 import handmade_video, one_thread, tiny_meta, write_random_store
 
 PERSON, CUP, BOOK = 1, 11, 5
 

@@ -28,15 +28,14 @@ from click.testing import CliRunner
 from stage1_detect.detectors import build_detector, save_detector
 from synth import SynthConfig, generate_synthetic_ag
 from store import StoreError, StoreWriter, backends, check_store, merge, open_store
-from store_fixtures import assert_store_holds, small_meta, small_videos, write_store
+from tests.helpers.store import assert_store_holds, small_meta, small_videos, write_store
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 
 
 def _holder(code: str, *args: str) -> subprocess.Popen:
     """A subprocess that runs ``code`` (with ``args`` as sys.argv[1:]), prints READY and waits."""
-    prelude = f"import sys, time; sys.path[:0] = [{str(REPO)!r}, {str(TESTS)!r}]\n"
+    prelude = f"import sys, time; sys.path[:0] = [{str(REPO)!r}]\n"
     proc = subprocess.Popen([sys.executable, "-c", prelude + textwrap.dedent(code) +
                              "\nprint('READY', flush=True)\ntime.sleep(120)\n", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -59,7 +58,7 @@ def test_second_writer_of_a_part_fails_at_once_naming_the_holder(tmp_path):
     path = tmp_path / "s.h5"
     holder = _holder("""
         from store import StoreWriter
-        from store_fixtures import small_meta, small_videos
+        from tests.helpers.store import small_meta, small_videos
         meta = small_meta()
         w = StoreWriter(sys.argv[1], meta, part="rank0", segment_bytes=0)
         w.write_video(small_videos(meta, 1)[0])
@@ -127,7 +126,7 @@ def _flip_byte(segment: Path, key: str, offset: int = 5) -> None:
 
 
 def test_flipped_bytes_in_features_never_reach_training(tmp_path):
-    from tests.stage2_fixtures import write_learnable_store
+    from tests.helpers.stage2 import write_learnable_store
 
     path = write_learnable_store(tmp_path / "s.h5", n_train=3, n_val=1)
     (segment,) = sorted(path.glob("*.h5"))

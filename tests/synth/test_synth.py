@@ -17,7 +17,7 @@ from PIL import Image
 from click.testing import CliRunner
 
 import cli
-from ag_fixtures import filtersmall_view, view_of
+from tests.helpers.ag import filtersmall_view, view_of
 from stage1_detect.action_genome import ReaderOptions, load_action_genome
 from synth import (
     ACTIVITY_BY_NAME,

@@ -32,8 +32,8 @@ from synth import SynthConfig, generate_synthetic_ag
 from store import check_store, open_store
 from store.boxes import union_boxes
 from store.pairing import PairIndex, sttran_assignment, stored_pairs
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(REPO / "cli.py")]
 PERSON = 1
 # 10 proposals x 36 classes, at most 16 detections, of which one person box (the raised

@@ -11,7 +11,7 @@ import cli
 from store import VideoRecord, stats
 from store.stats import summary
 from store.vocabulary import ACTION_GENOME
-from store_fixtures import small_meta, small_videos, write_store
+from tests.helpers.store import small_meta, small_videos, write_store
 
 
 def _hand_video(meta) -> VideoRecord:

@@ -20,7 +20,8 @@ from store import StoreWriter, open_store
 from store.pairing import PairIndex, select_test_boxes, sttran_test_boxes
 from store.modes import Mode
 from store.vocabulary import ACTION_GENOME
-from tests.stage2_fixtures import TINY_HEADS, TINY_RSNET, handmade_video, one_thread, tiny_meta, write_learnable_store
+from tests.helpers.stage2 import TINY_HEADS, TINY_RSNET, handmade_video, one_thread, tiny_meta, write_learnable_store
+from tests.helpers import REPO
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
@@ -317,11 +318,9 @@ def test_train_and_validate_sgdet_with_rsnet(tmp_path):
 
 @pytest.mark.parametrize("recipe", ["dsgdetr_sgdet", "dsgdetr_rsnet_sgdet", "demo_dsgdetr", "demo_dsgdetr_rsnet"])
 def test_recipes(recipe):
-    from pathlib import Path
-
     from stage2_relations.train import build_from_config, load_config
 
-    cfg = load_config(Path(__file__).parents[1] / "configs" / f"{recipe}.yaml")
+    cfg = load_config(REPO / "configs" / f"{recipe}.yaml")
     assert cfg.head == "dsgdetr" and cfg.mode == "sgdet" and (cfg.rsnet is not None) == ("rsnet" in recipe)
     options = cfg.view_options()
     assert options.sgdet_boxes == "raw" and options.pair_pool

@@ -15,7 +15,7 @@ from store import StoreError, StoreWriter, check_store, open_store
 from store.schema import ROW_ARRAYS
 from store.testing import synthetic_meta
 from store.vocabulary import ACTION_GENOME, Vocabulary
-from store_fixtures import small_meta, small_videos, write_store
+from tests.helpers.store import small_meta, small_videos, write_store
 
 
 def _h5_store(tmp_path: Path, n: int = 3) -> tuple[Path, list[Path]]:

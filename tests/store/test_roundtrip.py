@@ -11,7 +11,7 @@ import torch
 
 from store import StoreError, StoreMeta, StoreWriter, UnionMode, check_store, merge, open_store
 from store.testing import synthetic_meta, synthetic_video, synthetic_videos
-from store_fixtures import BACKEND_SUFFIXES, assert_store_holds, small_meta, small_videos, write_store
+from tests.helpers.store import BACKEND_SUFFIXES, assert_store_holds, small_meta, small_videos, write_store
 
 
 @pytest.mark.parametrize("suffix", BACKEND_SUFFIXES)

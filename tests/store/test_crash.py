@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from store import StoreWriter, check_store, open_store
-from store_fixtures import BACKEND_SUFFIXES, assert_store_holds, small_meta, small_videos, write_store
+from tests.helpers.store import BACKEND_SUFFIXES, assert_store_holds, small_meta, small_videos, write_store
 
-HELPER = Path(__file__).with_name("store_crash_writer.py")
+HELPER = Path(__file__).with_name("crash_writer.py")
 N_VIDEOS, N_COMMIT = 5, 3
 
 

@@ -43,8 +43,8 @@ from stage1_detect.frames import PngFrames
 from synth import SynthConfig, generate_synthetic_ag
 from store import check_store, open_store
 from store.vocabulary import ACTION_GENOME
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(REPO / "cli.py")]
 
 

@@ -22,7 +22,7 @@ import yaml
 from torch.testing import assert_close
 
 pytest.importorskip("detectron2", reason="detectron2 is not installed (optional, built from source: see "
-                                         "docs/detectron2.md); the seam tests in test_stage1_frame_detector.py run "
+                                         "docs/detectron2.md); the seam tests in tests/stage1_detect/test_frame_detector.py run "
                                          "without it")
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
@@ -45,8 +45,8 @@ from synth import SynthConfig, generate_synthetic_ag  # noqa: E402
 from store import check_store, open_store  # noqa: E402
 from store.boxes import union_boxes  # noqa: E402
 from store.vocabulary import ACTION_GENOME  # noqa: E402
+from tests.helpers import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(REPO / "cli.py")]
 AG_OBJECTS = list(ACTION_GENOME.objects[1:])
 # The checkpoint names its classes in reverse AG order, so that only mapping by name puts
