@@ -371,7 +371,7 @@ class VideoDataset(Dataset):
 
     def ground_truth(self, rec: VideoRecord) -> list:
         """The GT of every frame of ``rec`` in this mode, as the evaluation takes it."""
-        from stage2_relations.evaluation.predict import frame_ground_truth
+        from stage2_relations.ground_truth import frame_ground_truth
 
         return [frame_ground_truth(rec, int(f), self.mode) for f in self.frames_of(rec)]
 

@@ -163,7 +163,7 @@ class RSNet(nn.Module):
 
 
 if __name__ == "__main__":  # the full-size parameter count of STTran and STTran + RS-Net
-    from stage2_relations.heads import build_head
+    from stage2_relations.heads.base import build_head
     from store.modes import Mode
     from store.vocabulary import ACTION_GENOME
 

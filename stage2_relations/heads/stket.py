@@ -458,7 +458,8 @@ def with_output_branch(checkpoint: str | Path, branch: str, out: str | Path) -> 
 def parameter_counts() -> dict[str, int]:
     """Full-size parameter counts (AG vocabulary, feature 2048) of STKET and STKET + RS-Net, per
     mode and union feature."""
-    from stage2_relations.heads import RSNet, count_parameters
+    from stage2_relations.heads.base import count_parameters
+    from stage2_relations.heads.rsnet import RSNet
     from store.vocabulary import ACTION_GENOME
 
     out = {}

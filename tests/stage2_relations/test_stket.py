@@ -1,6 +1,6 @@
 """STKET: priors counted by hand, knowledge-embedded attention, the class-keyed history, the
 contact sets, the loss terms, the full-size parameter count, and a run whose checkpoint is
-evaluated on a store without its training split. (The registry tests in test_stage2_heads.py
+evaluated on a store without its training split. (The registry tests in test_heads.py
 cover STKET x RS-Net x every mode.)"""
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ def sets():
 
 
 def hand_frame():
-    """The 3-GT frame of test_evaluation_metrics: WITH recalls 2 of 3, SEMI 3 of 3."""
+    """The 3-GT frame of evaluation/test_metrics.py: WITH recalls 2 of 3, SEMI 3 of 3."""
     gt = FrameGroundTruth(BOXES, [PERSON, CUP, TABLE], [[0, 1, 0], [0, 1, 14], [0, 2, 5]])
     con = np.full((2, 17), 0.01)
     con[0, 5], con[1, 8] = 0.92, 0.85
