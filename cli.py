@@ -469,7 +469,8 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
     """
     import dataclasses
 
-    from stage2_relations.train import load_config, parse_override, train
+    from stage2_relations.recipe import load_config, parse_override
+    from stage2_relations.train import train
     from store.errors import ConfigError
 
     if resume and overwrite:
@@ -653,7 +654,7 @@ def compare_command(recipes, names, seeds, store, mode, out, epochs, sets, rules
     import torch
 
     from stage2_relations.compare import format_report, load_variants, run_comparison, write_outputs
-    from stage2_relations.train import parse_override
+    from stage2_relations.recipe import parse_override
 
     seed_list = seeds
     rule_list = [r.strip() for r in rules.split(",") if r.strip()]

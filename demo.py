@@ -21,7 +21,8 @@ from stage1_detect.extract import ExtractConfig, extract
 from stage1_detect.train_detector import DetectorTrainConfig, train_detector
 from stage2_relations.compare import format_table2, table_row
 from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
-from stage2_relations.train import load_config, train
+from stage2_relations.recipe import load_config
+from stage2_relations.train import train
 from store import check_store
 from store.errors import UserError
 from store.stats import stats, summary

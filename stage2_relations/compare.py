@@ -49,7 +49,8 @@ from stage2_relations.evaluation import MeanRecall
 from stage2_relations.evaluation.seeds import (EVAL_METRICS, MEAN_RECALL, Aggregate, Difference, Summary,  # noqa: F401
                                                TableRow, aggregate, format_cell, format_table2, paired_difference,
                                                parse_seeds, summarize, table_row)
-from stage2_relations.train import TrainConfig, load_checkpoint, load_config, read_checkpoint, run_checkpoint, train
+from stage2_relations.recipe import TrainConfig, load_config
+from stage2_relations.train import load_checkpoint, read_checkpoint, run_checkpoint, train
 from stage2_relations.views import OBJECT_SCORES, ViewOptions
 from store.errors import ConfigError, UserError, load_yaml_mapping
 from store.files import atomic_write, write_json, write_text

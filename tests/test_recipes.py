@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stage1_detect.train_detector import DetectorTrainConfig
-from stage2_relations.train import load_config
+from stage2_relations.recipe import load_config
 from store.errors import ConfigError, load_yaml_mapping
 from tests.helpers import REPO
 

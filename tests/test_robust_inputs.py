@@ -21,7 +21,8 @@ from stage1_detect.detectors import build_detector, save_detector
 from synth import SynthConfig, generate_synthetic_ag
 from stage2_relations.evaluation import FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet
 from stage2_relations.evaluation import write_predictions
-from stage2_relations.train import TrainConfig, train
+from stage2_relations.recipe import TrainConfig
+from stage2_relations.train import train
 from store.modes import Mode
 from store.vocabulary import ACTION_GENOME as VOC
 from tests.helpers.stage2 import TINY_HEAD, write_learnable_store

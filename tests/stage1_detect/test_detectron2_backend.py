@@ -284,7 +284,8 @@ def _first_frames(store_path: Path, n: int = 3) -> tuple[str, list[int]]:
 def test_same_stage2_training_on_either_backend(d2, root, tmp_path):
     """configs/demo_sttran.yaml (SGDET, tiny STTran), one epoch, on this store and on a
     torchvision store of the same frames: both train and evaluate."""
-    from stage2_relations.train import load_config, train
+    from stage2_relations.recipe import load_config
+    from stage2_relations.train import train
 
     tv_store = tmp_path / "tv.h5"
     torch.manual_seed(0)

@@ -14,7 +14,8 @@ from stage2_relations.heads import HeadContext, build_model, count_parameters
 from stage2_relations.heads import dsgdetr as dsg
 from stage2_relations.heads.tracking import (frame_number, frame_ranks, generalized_iou, group_by_class,
                                              group_by_label, track_objects)
-from stage2_relations.train import TrainConfig, train
+from stage2_relations.recipe import TrainConfig
+from stage2_relations.train import train
 from stage2_relations.views import ViewOptions
 from store import StoreWriter, open_store
 from store.pairing import PairIndex, select_test_boxes, sttran_test_boxes
@@ -318,7 +319,8 @@ def test_train_and_validate_sgdet_with_rsnet(tmp_path):
 
 @pytest.mark.parametrize("recipe", ["dsgdetr_sgdet", "dsgdetr_rsnet_sgdet", "demo_dsgdetr", "demo_dsgdetr_rsnet"])
 def test_recipes(recipe):
-    from stage2_relations.train import build_from_config, load_config
+    from stage2_relations.recipe import load_config
+    from stage2_relations.train import build_from_config
 
     cfg = load_config(REPO / "configs" / f"{recipe}.yaml")
     assert cfg.head == "dsgdetr" and cfg.mode == "sgdet" and (cfg.rsnet is not None) == ("rsnet" in recipe)

@@ -20,7 +20,8 @@ import yaml
 from click.testing import CliRunner
 
 from cli import main
-from stage2_relations.train import TrainConfig, train
+from stage2_relations.recipe import TrainConfig
+from stage2_relations.train import train
 from store import StoreWriter
 from store.testing import synthetic_video
 from tests.helpers.stage2 import TINY_HEAD, one_thread, tiny_meta, write_learnable_store

@@ -364,7 +364,8 @@ def _copy_without_train(src, dst):
 
 def test_run_carries_priors_and_evaluates_without_the_training_split(tmp_path):
     from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
-    from stage2_relations.train import TrainConfig, train
+    from stage2_relations.recipe import TrainConfig
+    from stage2_relations.train import train
 
     store = write_learnable_store(tmp_path / "learn.h5", n_train=6, n_val=3)
     cfg = TrainConfig(store=str(store), mode="predcls", head="stket", head_cfg={**TINY, "base_heads": True},
@@ -458,7 +459,8 @@ def test_sgdet_test_reads_the_best_scored_same_class_pair(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("recipe", ["stket_sgdet", "stket_rsnet_sgdet", "demo_stket", "demo_stket_rsnet"])
 def test_recipes(recipe, tmp_path):
-    from stage2_relations.train import load_config, train
+    from stage2_relations.recipe import load_config
+    from stage2_relations.train import train
 
     cfg = load_config(REPO / "configs" / f"{recipe}.yaml")
     assert cfg.head == "stket" and cfg.plateau_patience == 0 and cfg.plateau_threshold == 1e-3
@@ -474,7 +476,8 @@ def test_recipes(recipe, tmp_path):
 
 def test_training_beats_untrained(tmp_path):
     from stage2_relations.evaluation.predict import score_model
-    from stage2_relations.train import TrainConfig, build_from_config, derive, train
+    from stage2_relations.recipe import TrainConfig
+    from stage2_relations.train import build_from_config, derive, train
 
     store = write_learnable_store(tmp_path / "learn.h5")
     cfg = TrainConfig(store=str(store), mode="predcls", head="stket", head_cfg=TINY, epochs=3, lr=3e-3,

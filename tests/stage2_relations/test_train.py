@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from stage2_relations.data import VideoDataset
 from stage2_relations.evaluation.predict import score_model
-from stage2_relations.train import TrainConfig, build_from_config, load_config, train
+from stage2_relations.recipe import TrainConfig, load_config
+from stage2_relations.train import build_from_config, train
 from stage2_relations.views import ViewOptions
 from store import open_store
 from tests.helpers.stage2 import one_thread, TINY_HEAD, TINY_RSNET, write_learnable_store
