@@ -653,7 +653,8 @@ def compare_command(recipes, names, seeds, store, mode, out, epochs, sets, rules
     """
     import torch
 
-    from stage2_relations.compare import format_report, load_variants, run_comparison, write_outputs
+    from stage2_relations.compare import load_variants, run_comparison
+    from stage2_relations.compare_report import format_report, write_outputs
     from stage2_relations.recipe import parse_override
 
     seed_list = seeds
