@@ -28,6 +28,9 @@ Architectures (the registry :data:`ARCHITECTURES`):
 * ``r50-fpn``: torchvision's ``fasterrcnn_resnet50_fpn`` (1024-d features), for COCO weights.
 * ``small``: a small C4-style network (stride 8 on 3/4-resolution input, 256-d features)
   that trains from scratch in a few CPU minutes, for the synthetic data.
+
+Over 500 lines on purpose: :class:`Detector` and the architectures it is built from are one
+unit (each builder sets the :class:`DetectorSettings` that the forward passes rely on).
 """
 
 from __future__ import annotations
