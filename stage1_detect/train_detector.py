@@ -39,6 +39,7 @@ from stage1_detect.detectors import (
 from stage1_detect.frames import FrameSource, open_frame_source
 from store.errors import ConfigError, InputError, at_least, between, check_fields, load_yaml_mapping, one_of, positive
 from store.files import WriterLock, atomic_write, load_torch, save_torch, write_json, write_text
+from store.runtime import provenance as code_provenance
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,8 @@ def _train_detector(root: Path | str, out: Path, cfg: DetectorTrainConfig, *, de
                         cfg.epochs)
         log.info("resuming %s at epoch %d (step %d)", last, first_epoch, step)
     write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    write_json(out / "run.json", {"detector": detector.info(), "root": str(root), **provenance}, indent=2)
+    write_json(out / "run.json", {"detector": detector.info(), "root": str(root), **provenance, **code_provenance()},
+               indent=2)
 
     log_path = out / "log.csv"
     loss_value = float("nan")

@@ -84,7 +84,8 @@ def test_resume_gives_the_same_weights(ag, tmp_path, monkeypatch, caplog):
     assert torch.equal(_weights(tmp_path / "full" / "last.pth")["backbone.body.0.weight"], a["backbone.body.0.weight"])
     # The run folder's recipe is a recipe: --config takes it back, same config (as `train`'s).
     assert DetectorTrainConfig.from_yaml(tmp_path / "full" / "config.yaml") == CFG
-    assert json.loads((tmp_path / "full" / "run.json").read_text())["root"] == str(ag)
+    run = json.loads((tmp_path / "full" / "run.json").read_text())
+    assert run["root"] == str(ag) and "git_revision" in run and "torch" in run["versions"]
     rows = list(csv.reader((tmp_path / "resumed" / "log.csv").open()))
     assert [r[:2] for r in rows] == [r[:2] for r in csv.reader((tmp_path / "full" / "log.csv").open())]
     assert [r[0] for r in rows] == ["epoch", "1", "2"]
