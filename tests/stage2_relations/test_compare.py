@@ -28,7 +28,7 @@ _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 def write_store_with_test(path: Path, n_train: int = 8, n_val: int = 2, n_test: int = 3, seed: int = 0) -> Path:
-    """The learnable store of stage2_fixtures with a test split too (same class prototypes)."""
+    """The learnable store of tests.helpers.stage2 with a test split too (same class prototypes)."""
     meta = tiny_meta()
     protos = np.random.default_rng(seed).standard_normal((meta.vocabulary.num_objects, meta.feature_dim))
     splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
