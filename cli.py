@@ -1,6 +1,9 @@
 """Command-line entry point: ``python cli.py COMMAND`` or, once installed, ``dsgg COMMAND``.
 
 Thin by design: every command parses its options and calls an importable function.
+
+Over 500 lines on purpose: every command's options in one file, the whole command-line surface
+in one place (``python cli.py --help``); no command body does more than parse, call and print.
 """
 
 from __future__ import annotations
@@ -12,20 +15,20 @@ from pathlib import Path
 
 import click
 
-from store.vocabulary import Mode
+from store.modes import Mode
+
+MODE_CHOICE = click.Choice([m.value for m in Mode])
+"""The task modes, as ``--mode`` takes them."""
 
 
 def _user_error(e: Exception) -> bool:
     """Errors that describe bad input or a problem of the machine (a full disk), and name the
     file: shown as one line, not a traceback (store.errors.UserError and its subclasses:
-    StoreError, AnnotationError, FrameError, ConfigError, InputError, LockedError)."""
+    StoreError, AnnotationError, FrameError, CheckpointError, ConfigError, InputError,
+    LockedError, RunMismatch)."""
     from store.errors import UserError
 
-    if isinstance(e, (UserError, OSError, EOFError)):
-        return True
-    if "stage1_detect.ag_checkpoint" in sys.modules:
-        return isinstance(e, sys.modules["stage1_detect.ag_checkpoint"].CheckpointError)
-    return False
+    return isinstance(e, (UserError, OSError, EOFError))
 
 
 def _one_line(e: Exception) -> str:
@@ -39,6 +42,9 @@ def _one_line(e: Exception) -> str:
 
 
 class Cli(click.Group):
+    """The one error path of every command: a user error becomes one line and exit code 1
+    (``-vv``: the traceback); anything else is a bug and keeps its traceback."""
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -87,7 +93,7 @@ def _split_options():
 def reader_options(command):
     """The Action Genome reader's filters as options (`dataset`)."""
     return _apply(command, [
-        click.option("--mode", type=click.Choice([m.value for m in Mode]), default="predcls", show_default=True,
+        click.option("--mode", type=MODE_CHOICE, default="predcls", show_default=True,
                      help="Task mode; sgcls and sgdet read the _filtersmall annotations, as the baselines do."),
         *_split_options(),
         click.option("--keep-frames-without-person", is_flag=True,
@@ -135,6 +141,14 @@ def _extraction_reader_options(val_fraction, val_seed, min_frames, strict):
                          on_bad_object="error" if strict else "skip")
 
 
+def _parse_size(ctx: click.Context, param: click.Parameter, size: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT, e.g. 320x240, got {size!r}", param_hint="--size")
+    return width, height
+
+
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the dataset into (created; existing files are overwritten).")
@@ -142,34 +156,23 @@ def _extraction_reader_options(val_fraction, val_seed, min_frames, strict):
 @click.option("--frames", type=click.IntRange(min=3), default=16, show_default=True,
               help="Annotated frames per video (some videos keep only 2, an edge case of the filters).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
-@click.option("--size", default="320x240", show_default=True, help="Frame size WIDTHxHEIGHT.")
+@click.option("--size", default="320x240", show_default=True, callback=_parse_size, help="Frame size WIDTHxHEIGHT.")
 @click.option("--no-png", is_flag=True, help="Skip the frames/ PNG dump (videos/*.mp4 only).")
-def synth(out: Path, videos: int, frames: int, seed: int, size: str, no_png: bool) -> None:
+def synth(out: Path, videos: int, frames: int, seed: int, size: tuple[int, int], no_png: bool) -> None:
     """Write a synthetic dataset in the exact Action Genome layout.
 
     Frames, videos, both annotation pickles (and _filtersmall), the class files and
     frame_list.txt, with the edge cases the reader's filters exist for. Deterministic
     for a seed.
     """
-    from stage1_detect.synth import SynthConfig, generate_synthetic_ag
+    from synth import SynthConfig, generate_synthetic_ag
 
-    width, height = _parse_size(size)
-    try:
-        config = SynthConfig(videos=videos, frames_per_video=frames, width=width, height=height, seed=seed,
-                             write_png=not no_png)
-        summary = generate_synthetic_ag(out, config)
-    except (ValueError, FileExistsError) as e:
-        raise click.ClickException(str(e))
+    width, height = size
+    config = SynthConfig(videos=videos, frames_per_video=frames, width=width, height=height, seed=seed,
+                         write_png=not no_png)
+    summary = generate_synthetic_ag(out, config)
     click.echo(f"synth: {summary.videos} videos, {summary.frames} frames, {summary.objects} objects, "
                f"{summary.relations} relations in {summary.seconds:.1f}s -> {summary.root}")
-
-
-def _parse_size(size: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected WIDTHxHEIGHT, e.g. 320x240, got {size!r}", param_hint="--size")
-    return width, height
 
 
 @main.command()
@@ -182,26 +185,20 @@ def dataset(root: Path, **options) -> None:
     relations per split and what each filter removed; on real AG with the defaults, train
     has 7,584 videos and 177,330 frames before the validation split is taken out.
     """
-    from stage1_detect.action_genome import AnnotationError, describe, load_action_genome
+    from stage1_detect.action_genome import describe, load_action_genome
 
-    try:
-        ag = load_action_genome(root, _reader_options(**options))
-    except AnnotationError as e:
-        raise click.ClickException(str(e))
-    click.echo(describe(ag))
+    click.echo(describe(load_action_genome(root, _reader_options(**options))))
 
 
 # --- detector commands ------------------------------------------------------------
 
 
 def _device(device: str) -> str:
-    import torch
+    from store.runtime import cuda_missing, resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if cuda_missing(device):
         raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
-    return device
+    return device if device != "auto" else str(resolve_device(device))
 
 
 DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
@@ -215,7 +212,7 @@ THREADS_OPTION = click.option("--threads", type=click.IntRange(min=0), default=N
 @main.command("train-detector")
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: detector.pth, last.pth (for --resume), log.csv, config.json, val_map.json.")
+              help="Run folder: detector.pth, last.pth (for --resume), log.csv, config.yaml, run.json, val_map.json.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML recipe (configs/detector_*.yaml); options below override it.")
 @click.option("--arch", help="Architecture: small, r50-fpn or r101-c4 (default: the recipe's, else small).")
@@ -296,7 +293,8 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
     --backend detectron2 --config CFG.yaml --weights W.pkl reads a detectron2 Faster R-CNN
     (C4 or FPN) instead, into the same store (docs/detectron2.md).
     """
-    from stage1_detect.extract import ExtractConfig, distributed_rank, extract
+    from stage1_detect.extract import ExtractConfig, extract
+    from store.runtime import distributed_rank
 
     if backend == "detectron2":
         from stage1_detect.frame_detector import require_detectron2
@@ -315,7 +313,7 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
         from stage1_detect.detectors import load_detector
 
         detector, sha = load_detector(weights, arch=arch)
-    rank, world = distributed_rank()
+    rank, world, _ = distributed_rank()
     config = ExtractConfig(splits=tuple(splits) or ("train", "val", "test"), batch_size=batch_size,
                            num_workers=num_workers, frame_source=frame_source, union_mode=union_mode,
                            segment_mb=segment_mb, compression={t: "zstd" for t in compress}, max_videos=max_videos)
@@ -354,74 +352,9 @@ def demo(out: Path, videos: int, seed: int, detector_epochs: int | None, device:
     table shaped like the RS-Net paper's Table 2. Every step is a command of its own; see the
     README.
     """
-    import time
+    from demo import run_demo
 
-    from stage1_detect.action_genome import ReaderOptions, describe, load_action_genome
-    from stage1_detect.detectors import load_detector
-    from stage1_detect.extract import ExtractConfig, extract
-    from stage1_detect.synth import SynthConfig, generate_synthetic_ag
-    from stage1_detect.train_detector import DetectorTrainConfig, train_detector
-    from store import check_store
-    from store.stats import stats, summary
-
-    started = time.time()
-    device = _device(device)
-    root = out / "ag"
-    synth_summary = generate_synthetic_ag(root, SynthConfig(videos=videos, seed=seed))
-    click.echo(f"[1/7] synthesised {synth_summary.videos} videos, {synth_summary.frames} frames in "
-               f"{synth_summary.seconds:.1f}s -> {root}")
-    # 40 videos give ~30 train videos; 10% keeps a few for validation.
-    reader = {"val_fraction": 0.1, "val_seed": seed}
-    for mode in (Mode.PREDCLS, Mode.SGDET):
-        click.echo(f"[2/7] reader, {mode.value}:")
-        click.echo(describe(load_action_genome(root, ReaderOptions.for_mode(mode, **reader))))
-
-    recipe = Path(__file__).parent / "configs" / "detector_small.yaml"
-    config = DetectorTrainConfig.from_yaml(recipe, epochs=detector_epochs, seed=seed, **reader)
-    result = train_detector(root, out / "detector", config, device=device)
-    val = f"val mAP@0.5 {result.val.map:.3f}" if result.val else "no validation frames"
-    click.echo(f"[3/7] trained the small detector: {config.epochs} epochs in {result.seconds / 60:.1f} min, {val}")
-
-    store_path = out / "store.h5"
-    if store_path.exists():  # the detector changed: a store of the old one must not be resumed
-        import shutil
-
-        shutil.rmtree(store_path)
-    detector, sha = load_detector(result.checkpoint)
-    summary_line = extract(root, store_path, detector, weights_sha256=sha,
-                           reader_options=ReaderOptions(**reader), config=ExtractConfig(), device=device).line()
-    click.echo(f"[4/7] {summary_line}")
-
-    problems = check_store(store_path)
-    if problems:
-        raise click.ClickException("store check failed:\n" + "\n".join(map(str, problems)))
-    click.echo("[5/7] store check ok; statistics:")
-    click.echo(summary(stats(store_path)))
-
-    import shutil
-
-    from stage2_relations.compare import format_table2, table_row
-    from stage2_relations.evaluate_model import evaluate_checkpoint
-    from stage2_relations.train import load_config, train
-
-    runs = {}
-    for name, recipe in (("STTran", "demo_sttran.yaml"), ("STTran + RS-Net", "demo_sttran_rsnet.yaml")):
-        run_dir = out / "runs" / recipe.removesuffix(".yaml")
-        shutil.rmtree(run_dir, ignore_errors=True)  # the demo's own run: start it afresh
-        cfg = load_config(Path(__file__).parent / "configs" / recipe,
-                          {"store": str(store_path), "seed": seed, "device": device})
-        result = train(cfg, run_dir, progress=False, echo=lambda line: None)
-        runs[name] = run_dir
-        click.echo(f"[6/7] trained {name} ({cfg.mode.upper()}, {len(result['history'])} epochs, "
-                   f"{result['parameters'] / 1e6:.2f} M parameters): best val R@20 {100 * result['best_r20']:.1f}")
-    rows = []
-    for name, run_dir in runs.items():
-        click.echo(f"[7/7] {name}, test split:")
-        rows.append(table_row(name, evaluate_checkpoint(run_dir=run_dir, split="test", device=device, echo=click.echo)))
-    click.echo(format_table2(rows, reference="STTran",
-                             title="SGDET, test split, with constraint (as the RS-Net paper's Table 2; one seed: "
-                                   "an anecdote, see `cli.py compare` for seeds)"))
-    click.echo(f"demo finished in {(time.time() - started) / 60:.1f} min")
+    run_demo(out, videos=videos, seed=seed, detector_epochs=detector_epochs, device=_device(device), echo=click.echo)
 
 
 # --- AG checkpoint conversion ---------------------------------------------------------
@@ -445,12 +378,9 @@ def convert_ag_detector(src: Path, dst: Path, allow_pickle: bool) -> None:
     `detect --weights DST` loads. Fails, naming SRC, on a class-agnostic checkpoint, a
     class count other than 37, or any parameter it cannot place.
     """
-    from stage1_detect.ag_checkpoint import CheckpointError, convert_ag_checkpoint
+    from stage1_detect.ag_checkpoint import convert_ag_checkpoint
 
-    try:
-        report = convert_ag_checkpoint(src, dst, allow_pickle=allow_pickle)
-    except CheckpointError as e:
-        raise click.ClickException(str(e))
+    report = convert_ag_checkpoint(src, dst, allow_pickle=allow_pickle)
     click.echo(f"convert-ag-detector: {report.summary()}")
 
 
@@ -528,7 +458,7 @@ def store_stats(path: Path, out: Path | None, fmt: str) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder: config.yaml, run.json, log.csv/.json, last.pth (for --resume), best.pth.")
 @click.option("--store", "store", help="Feature store written by `detect`.")
-@click.option("--mode", type=click.Choice([m.value for m in Mode]),
+@click.option("--mode", type=MODE_CHOICE,
               help="Task mode; one store serves every mode (SGCLS/SGDET see the _filtersmall GT).")
 @click.option("--head", help="Registered relation head (sttran).")
 @click.option("--rsnet/--no-rsnet", default=None, help="Wrap the head in RS-Net (recipe's rsnet settings or defaults).")
@@ -556,29 +486,28 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
     """
     import dataclasses
 
-    from stage2_relations.train import load_config, parse_override, train
+    from stage2_relations.recipe import load_config, parse_override
+    from stage2_relations.train import train
+    from store.errors import ConfigError
 
     if resume and overwrite:
         raise click.UsageError("give --resume or --overwrite, not both")
     overrides = dict(store=store, mode=mode, head=head, epochs=epochs, lr=lr, videos_per_batch=videos_per_batch,
                      num_workers=num_workers, threads=threads, seed=seed, max_videos=max_videos, device=device)
     labels = {k: "--" + {"num_workers": "workers"}.get(k, k).replace("_", "-") for k in overrides}
-    try:
-        for text in sets:
-            key, value = parse_override(text)
-            overrides[key] = value
-            labels[key] = f"--set {text}"
-        if resume and config_path is None and (out / "config.yaml").exists():
-            config_path = out / "config.yaml"
-        cfg = load_config(config_path, overrides, labels)
-        if rsnet is True and cfg.rsnet is None:
-            cfg = dataclasses.replace(cfg, rsnet={})
-        elif rsnet is False:
-            cfg = dataclasses.replace(cfg, rsnet=None)
-        if not cfg.store:
-            raise ValueError("no store: give --store or a recipe with one")
-    except ValueError as e:
-        raise click.ClickException(str(e)) from e
+    for text in sets:
+        key, value = parse_override(text)
+        overrides[key] = value
+        labels[key] = f"--set {text}"
+    if resume and config_path is None and (out / "config.yaml").exists():
+        config_path = out / "config.yaml"
+    cfg = load_config(config_path, overrides, labels)
+    if rsnet is True and cfg.rsnet is None:
+        cfg = dataclasses.replace(cfg, rsnet={})
+    elif rsnet is False:
+        cfg = dataclasses.replace(cfg, rsnet=None)
+    if not cfg.store:
+        raise ConfigError("no store: give --store or a recipe with one")
     if cfg.device != "auto":
         _device(cfg.device)
     result = train(cfg, out, resume=resume, overwrite=overwrite, progress=not no_progress, echo=click.echo)
@@ -608,7 +537,7 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
 @click.option("--ground-truth", "ground_truth_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="File with the gt_ arrays, when the predictions file has none. "
               "Frames are matched by name; a GT frame without predictions counts 0.")
-@click.option("--mode", type=click.Choice([m.value for m in Mode]), default=None,
+@click.option("--mode", type=MODE_CHOICE, default=None,
               help="Task; defaults to the mode stored in the predictions file, or the run's. PREDCLS takes "
               "object scores as 1. One store serves every mode.")
 @click.option("--sgdet-boxes", type=click.Choice(["sttran", "raw"]), default=None,
@@ -657,35 +586,39 @@ def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_
     if predictions_path is None:
         import torch
 
-        from stage2_relations.evaluate_model import evaluate_checkpoint
+        from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
         from store.threads import resolve_threads
 
         torch.set_num_threads(resolve_threads(threads))
-        try:
-            evaluate_checkpoint(
-                run_dir=run_dir, checkpoint=checkpoint, store_path=store_path, split=split, mode=mode,
-                sgdet_boxes=sgdet_boxes, object_scores=object_scores, constraints=constraints or ("with", "semi", "no"),
-                out_dir=out_dir, save_predictions=save_predictions,
-                mean_recall=MeanRecall(mean_recall), max_videos=max_videos, device=_device(device), echo=click.echo,
-                semi_threshold=semi_threshold, padded_cells=padded_cells, precision_denominator=precision_denominator,
-                iou_threshold=iou_threshold)
-        except (ValueError, FileNotFoundError, KeyError) as e:
-            raise click.ClickException(str(e)) from e
+
+        evaluate_checkpoint(
+            run_dir=run_dir, checkpoint=checkpoint, store_path=store_path, split=split, mode=mode,
+            sgdet_boxes=sgdet_boxes, object_scores=object_scores, constraints=constraints or ("with", "semi", "no"),
+            out_dir=out_dir, save_predictions=save_predictions,
+            mean_recall=MeanRecall(mean_recall), max_videos=max_videos, device=_device(device), echo=click.echo,
+            semi_threshold=semi_threshold, padded_cells=padded_cells, precision_denominator=precision_denominator,
+            iou_threshold=iou_threshold)
         return
-    try:
-        results, pf = evaluate_predictions_file(
-            predictions_path, ground_truth_path=ground_truth_path, mode=mode,
-            constraints=constraints or ("with", "semi", "no"), semi_threshold=semi_threshold,
-            padded_cells=padded_cells, precision_denominator=precision_denominator, iou_threshold=iou_threshold,
-        )
-    except ValueError as e:  # a malformed or incomplete file: say why, without a traceback
-        raise click.ClickException(str(e)) from e
+    results, pf = evaluate_predictions_file(
+        predictions_path, ground_truth_path=ground_truth_path, mode=mode,
+        constraints=constraints or ("with", "semi", "no"), semi_threshold=semi_threshold,
+        padded_cells=padded_cells, precision_denominator=precision_denominator, iou_threshold=iou_threshold,
+    )
     click.echo(format_table(results, mean_recall=MeanRecall(mean_recall)))
     if out_dir is not None:
         extra = {"predictions": str(predictions_path), "ground_truth": str(ground_truth_path or predictions_path),
                  "predictions_metadata": pf.metadata}
         paths = write_report(results, out_dir, vocabulary=pf.vocabulary, mean_recall=MeanRecall(mean_recall), extra=extra)
         click.echo(f"wrote {', '.join(p.name for p in paths.values())} to {out_dir}")
+
+
+def _parse_seeds(ctx: click.Context, param: click.Parameter, text: str) -> list[int]:
+    from stage2_relations.compare import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--seeds") from e
 
 
 @main.command("compare")
@@ -695,10 +628,10 @@ def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_
 @click.option("--name", "names", multiple=True,
               help="A variant's name, one per --config in the same order (default: the recipe file stems). "
               "Names the folder OUT/NAME/.")
-@click.option("--seeds", default="0", show_default=True,
+@click.option("--seeds", default="0", show_default=True, callback=_parse_seeds,
               help="Seeds to train each variant with: 0,1,2 or 0-4 (inclusive) or a mix such as 0-2,7.")
 @click.option("--store", help="Feature store shared by every variant (default: the recipes', which must agree).")
-@click.option("--mode", type=click.Choice(["predcls", "sgcls", "sgdet"]),
+@click.option("--mode", type=MODE_CHOICE,
               help="Task mode of every variant (default: the recipes', which must agree).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: OUT/NAME/seedK/ run folders, OUT/compare.json/.csv/.png/.txt.")
@@ -742,27 +675,21 @@ def compare_command(recipes, names, seeds, store, mode, out, epochs, sets, rules
     """
     import torch
 
-    from stage2_relations.compare import format_report, load_variants, parse_seeds, run_comparison, write_outputs
-    from stage2_relations.train import parse_override
+    from stage2_relations.compare import load_variants, run_comparison
+    from stage2_relations.compare_report import format_report, write_outputs
+    from stage2_relations.recipe import parse_override
 
-    try:
-        seed_list = parse_seeds(seeds)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--seeds") from e
+    seed_list = seeds
     rule_list = [r.strip() for r in rules.split(",") if r.strip()]
     from store.threads import resolve_threads
 
     torch.set_num_threads(resolve_threads(threads))
     overrides = dict(store=store, mode=mode, epochs=epochs, device=device)
-    try:
-        overrides.update(parse_override(s) for s in sets)
-        variants = load_variants([str(p) for p in recipes], list(names) or None, overrides)
-        if variants[0].config.device != "auto":
-            _device(variants[0].config.device)
-        comparison = run_comparison(variants, seed_list, out, rules=rule_list, progress=not no_progress,
-                                    echo=click.echo)
-    except ValueError as e:  # bad options, a run folder of another config, a store without test split
-        raise click.ClickException(str(e)) from e
+    overrides.update(parse_override(s) for s in sets)
+    variants = load_variants([str(p) for p in recipes], list(names) or None, overrides)
+    if variants[0].config.device != "auto":
+        _device(variants[0].config.device)
+    comparison = run_comparison(variants, seed_list, out, rules=rule_list, progress=not no_progress, echo=click.echo)
     report = format_report(comparison)
     click.echo("")
     click.echo(report)

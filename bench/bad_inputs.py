@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO)]  # the project, and its tests' helpers as tests.helpers
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
@@ -73,7 +73,7 @@ class Probes:
 
 
 def holder(code: str, *args: str) -> subprocess.Popen:
-    prelude = f"import sys, time; sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\n"
+    prelude = f"import sys, time; sys.path[:0] = [{str(REPO)!r}]\n"
     proc = subprocess.Popen([sys.executable, "-c", prelude + textwrap.dedent(code) +
                              "\nprint('READY', flush=True)\ntime.sleep(300)\n", *args],
                             stdout=subprocess.PIPE, text=True)
@@ -94,7 +94,8 @@ def flip_byte(segment: Path, key: str) -> None:
 def predictions(path: Path, tamper: dict | None = None) -> Path:
     from stage2_relations.evaluation import (FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet,
                                              write_predictions)
-    from store.vocabulary import ACTION_GENOME as VOC, Mode
+    from store.modes import Mode
+    from store.vocabulary import ACTION_GENOME as VOC
 
     boxes = np.array([[0, 0, 99, 199], [10, 10, 29, 29]], float)
     gt = FrameGroundTruth(boxes, [1, VOC.object_index("cup")], [[0, 1, 0]])
@@ -115,11 +116,11 @@ def predictions(path: Path, tamper: dict | None = None) -> Path:
 
 def run(base: Path) -> Probes:
     from stage1_detect.detectors import build_detector, save_detector
-    from stage1_detect.synth import SynthConfig, generate_synthetic_ag
-    from stage2_fixtures import TINY_HEAD, write_learnable_store
+    from synth import SynthConfig, generate_synthetic_ag
+    from tests.helpers.stage2 import TINY_HEAD, write_learnable_store
     from store import StoreWriter
     from store.testing import synthetic_video
-    from stage2_fixtures import tiny_meta
+    from tests.helpers.stage2 import tiny_meta
 
     P = Probes(base)
     torch.set_num_threads(1)

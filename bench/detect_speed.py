@@ -1,6 +1,6 @@
 """Throughput of ``detect`` (:func:`stage1_detect.extract.extract`) against the bare model.
 
-On one synthetic AG (``stage1_detect.synth``), with one detector, it times:
+On one synthetic AG (``synth``), with one detector, it times:
 
 * ``model``: ``encode`` + ``detect`` alone, frames preloaded in memory, in the batches
   ``extract`` uses (one video at a time, ``--batch-size`` frames a forward);
@@ -47,7 +47,7 @@ from stage1_detect.action_genome import ReaderOptions, load_action_genome  # noq
 from stage1_detect.detectors import build_detector  # noqa: E402
 from stage1_detect.extract import ExtractConfig, extract, store_meta, video_record  # noqa: E402
 from stage1_detect.frames import open_frame_source  # noqa: E402
-from stage1_detect.synth import SynthConfig, generate_synthetic_ag  # noqa: E402
+from synth import SynthConfig, generate_synthetic_ag  # noqa: E402
 
 
 def folder_bytes(path: Path) -> int:

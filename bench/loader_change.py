@@ -1,6 +1,6 @@
 """The loader before and after issue 12's change to RS-Net's negative sampling, on the same
 AG-sized records, alternated in one process: ``loader_throughput`` of ``bench/loader_speed.py``
-with the earlier ``sample_negatives`` (kept verbatim in ``tests/test_loader_reference.py``, which
+with the earlier ``sample_negatives`` (kept verbatim in ``tests/stage2_relations/test_loader_reference.py``, which
 also shows that both give the same batches bit for bit) and with the current one.
 
     python bench/loader_change.py          # about 1 minute on 2 cores
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import stage2_relations.views as views  # noqa: E402
 from bench.loader_speed import loader_throughput, write_ag_sized_store  # noqa: E402
-from tests.test_loader_reference import reference_sample_negatives  # noqa: E402
+from tests.stage2_relations.test_loader_reference import reference_sample_negatives  # noqa: E402
 
 
 def main() -> None:

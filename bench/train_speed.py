@@ -50,7 +50,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stage2_relations.data import Collator, VideoDataset, epoch_order  # noqa: E402
-from stage2_relations.train import build_from_config, load_config  # noqa: E402
+from stage2_relations.recipe import load_config  # noqa: E402
+from stage2_relations.train import build_from_config  # noqa: E402
 from store import open_store  # noqa: E402
 from store.boxes import union_boxes  # noqa: E402
 

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from stage1_detect.detectors import build_r101_c4, save_detector, sha256_of
+from store.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ NAME_MAP: tuple[tuple[str, str], ...] = (
 _RPN_CLS = "RCNN_rpn.RPN_cls_score."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is not the jwyang-format AG detector; the message names the file."""
 
 

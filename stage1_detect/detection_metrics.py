@@ -5,7 +5,7 @@ greedily to unmatched ground-truth boxes of the same image with IoU >= threshold
 the area under the precision/recall curve with precision made monotone (all-point
 interpolation). mAP is the mean over the classes that have ground truth. Boxes are xyxy
 pixels; IoU uses continuous coordinates (no "+1"), as torchvision and COCO do
-(:func:`store.boxes.box_iou`).
+(:func:`store.boxes.box_iou_continuous`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from store.boxes import box_iou
+from store.boxes import box_iou_continuous
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -72,7 +72,7 @@ def detection_map(
             gts = gt_of_image[i]
             if len(gts) == 0:
                 continue
-            ious = box_iou(box[None], gts)[0]
+            ious = box_iou_continuous(box[None], gts)[0]
             best = int(ious.argmax())
             if ious[best] >= iou_threshold and not used[i][best]:
                 used[i][best] = True

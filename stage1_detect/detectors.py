@@ -28,6 +28,9 @@ Architectures (the registry :data:`ARCHITECTURES`):
 * ``r50-fpn``: torchvision's ``fasterrcnn_resnet50_fpn`` (1024-d features), for COCO weights.
 * ``small``: a small C4-style network (stride 8 on 3/4-resolution input, 256-d features)
   that trains from scratch in a few CPU minutes, for the synthetic data.
+
+Over 500 lines on purpose: :class:`Detector` and the architectures it is built from are one
+unit (each builder sets the :class:`DetectorSettings` that the forward passes rely on).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from stage1_detect.frame_detector import (
 )
 from stage1_detect.legacy_rcnn import apply_legacy_conventions
 from store.errors import InputError
-from store.files import load_torch
+from store.files import load_torch, save_torch
 
 # Caffe's BGR pixel means, on 0..255 pixels (jwyang/faster-rcnn.pytorch cfg.PIXEL_MEANS).
 CAFFE_BGR_MEANS = (102.9801, 115.9465, 122.7717)
@@ -494,10 +497,8 @@ def save_detector(detector: Detector, path: Path | str, **extra: Any) -> None:
     architecture and settings that rebuild it (and anything in ``extra``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": detector.model.state_dict(), "arch": detector.arch,
-                "settings": detector.settings.to_dict(), **extra}, tmp)
-    tmp.replace(path)
+    save_torch({"model": detector.model.state_dict(), "arch": detector.arch,
+                "settings": detector.settings.to_dict(), **extra}, path)
 
 
 def load_detector(path: Path | str, arch: str | None = None, settings: dict[str, Any] | None = None,

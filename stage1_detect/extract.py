@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -55,7 +53,8 @@ from stage1_detect.frames import FrameError, FrameSource, open_frame_source
 from store import DetectorInfo, StoreMeta, StoreWriter, UnionMode, VideoRecord
 from store.boxes import union_boxes
 from store.pairing import stored_pairs
-from store.schema import ROW_ARRAYS, TABLE_PREFIX, arrays_of, resolve_trailing
+from store.runtime import code_revision
+from store.schema import FRAME_SIZE_DTYPE, RANGE_DTYPE, ROW_ARRAYS, TABLE_PREFIX, arrays_of, resolve_trailing
 from store.vocabulary import Vocabulary
 from store.writer import lock_part
 
@@ -99,16 +98,6 @@ class ExtractSummary:
         return text
 
 
-def code_revision() -> str:
-    """``git describe`` of this source tree, or '' outside a checkout."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 class VideoFrames(Dataset):
     """Item i: (video index, list of uint8 (H, W, 3) frames) or (video index, error text)."""
 
@@ -147,7 +136,7 @@ def video_record(video: VideoAnnotation, images: Sequence[np.ndarray], detector:
                  for im in images[start:start + batch_size]]
         maps = detector.encode(batch)
         detections = detector.detect(maps)
-        gt_boxes = [np.asarray(f.boxes(), np.float32) for f in frames]
+        gt_boxes = [np.asarray(f.boxes(), specs["gt_boxes"].dtype) for f in frames]
         gt_pooled = detector.pool(maps, [torch.from_numpy(b).to(device) for b in gt_boxes])
 
         # Every array as the store will hold it, then the pairs from those values.
@@ -186,7 +175,7 @@ def video_record(video: VideoAnnotation, images: Sequence[np.ndarray], detector:
         for frame, values, union in zip(frames, stored, union_features):
             values["pair_union"] = union
             related = [j for j, obj in enumerate(frame.objects, start=1) if obj.predicates]
-            labels = np.zeros((len(related), vocab.num_predicates), dtype=np.uint8)
+            labels = np.zeros((len(related), vocab.num_predicates), dtype=specs["rel_labels"].dtype)
             for i, j in enumerate(related):
                 labels[i, list(frame.objects[j - 1].predicates)] = 1
             values.update(rel_subject=np.zeros(len(related)), rel_object=np.array(related), rel_labels=labels)
@@ -200,12 +189,12 @@ def video_record(video: VideoAnnotation, images: Sequence[np.ndarray], detector:
         trailing = resolve_trailing(spec, dims)
         parts = [np.asarray(p).reshape(-1, *trailing) for p in rows[name]]
         arrays[name] = (np.concatenate(parts) if parts else np.zeros((0, *trailing))).astype(spec.dtype, copy=False)
-    offsets = {f"{prefix}_offsets": np.concatenate([[0], np.cumsum(c)]).astype(np.int64)
+    offsets = {f"{prefix}_offsets": np.concatenate([[0], np.cumsum(c)]).astype(RANGE_DTYPE)
                for prefix, c in counts.items()}
     return VideoRecord(
         name=video.name, split=video.split.value,
         frame_names=tuple(f.name for f in video.frames),
-        frame_sizes=np.array([[f.width, f.height] for f in video.frames], dtype=np.int32).reshape(-1, 2),
+        frame_sizes=np.array([[f.width, f.height] for f in video.frames], dtype=FRAME_SIZE_DTYPE).reshape(-1, 2),
         **offsets, **arrays,
     )
 
@@ -254,11 +243,6 @@ class _BackgroundWriter:
             self.writer.abandon()
             raise self.error
         self.writer.close()
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment, (0, 1) outside it."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def extract(root: Path | str, store_path: Path | str, detector: FrameDetector, *, weights_sha256: str,

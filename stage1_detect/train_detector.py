@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -37,7 +38,8 @@ from stage1_detect.detectors import (
 )
 from stage1_detect.frames import FrameSource, open_frame_source
 from store.errors import ConfigError, InputError, at_least, between, check_fields, load_yaml_mapping, one_of, positive
-from store.files import WriterLock, atomic_write, load_torch, write_json
+from store.files import WriterLock, atomic_write, load_torch, save_torch, write_json, write_text
+from store.runtime import provenance as code_provenance
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +179,9 @@ def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, 
     """Train ``cfg.arch`` on the train split of the AG root; write ``out/detector.pth``.
 
     ``out/last.pth`` holds everything needed to resume (model, optimizer, epoch, step, log
-    rows); ``out/log.csv`` a row per epoch; ``out/config.json`` the resolved recipe. Every file
+    rows); ``out/log.csv`` a row per epoch; ``out/config.yaml`` the resolved recipe (a recipe
+    ``--config`` takes again) and ``out/run.json`` the detector, the data and the weights it
+    started from, as ``train`` writes them. Every file
     is written whole or not at all; one process trains into ``out`` at a time (its lock).
     """
     out = Path(out)
@@ -241,8 +245,9 @@ def _train_detector(root: Path | str, out: Path, cfg: DetectorTrainConfig, *, de
                         "on, so the result differs from a %d-epoch run from scratch", saved_epochs, cfg.epochs,
                         cfg.epochs)
         log.info("resuming %s at epoch %d (step %d)", last, first_epoch, step)
-    write_json(out / "config.json", {"config": cfg.to_dict(), "detector": detector.info(), "root": str(root),
-                                     **provenance}, indent=2)
+    write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_json(out / "run.json", {"detector": detector.info(), "root": str(root), **provenance, **code_provenance()},
+               indent=2)
 
     log_path = out / "log.csv"
     loss_value = float("nan")
@@ -281,10 +286,9 @@ def _train_detector(root: Path | str, out: Path, cfg: DetectorTrainConfig, *, de
         log_rows = log_rows[:epoch] + [[str(epoch + 1), f"{loss_value:.5f}", f"{optimizer.param_groups[0]['lr']:.3e}",
                                         f"{time.time() - start:.1f}"]]
         # last.pth holds the log rows too: log.csv is rebuilt from it, whole, every epoch
-        with atomic_write(last) as fh:
-            torch.save({"model": detector.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                        "step": step, "arch": detector.arch, "settings": detector.settings.to_dict(),
-                        "config": cfg.to_dict(), "log_rows": log_rows}, fh)
+        save_torch({"model": detector.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                    "step": step, "arch": detector.arch, "settings": detector.settings.to_dict(),
+                    "config": cfg.to_dict(), "log_rows": log_rows}, last)
         with atomic_write(log_path, "w") as f:
             writer = csv.writer(f)
             writer.writerows([["epoch", "loss", "lr", "seconds"], *log_rows])

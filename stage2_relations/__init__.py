@@ -4,7 +4,7 @@
   with load-time negative sampling (RS-Net 4.2) and spatial masks;
 * :mod:`.heads`: the head registry (STTran) and RS-Net, which wraps any head;
 * :mod:`.train`: the training loop (AdamW, clip, plateau on val R@20, exact resume, DDP);
-* :mod:`.evaluation`: the Action Genome protocol; :mod:`.evaluate_model`: ``cli.py eval --run``.
+* :mod:`.evaluation`: the Action Genome protocol; :mod:`.evaluate_checkpoint`: ``cli.py eval --run``.
 
 ``docs/stage2.md`` describes them with the figures measured on the synthetic data.
 """

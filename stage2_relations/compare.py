@@ -30,7 +30,6 @@ the main table's, :class:`~stage2_relations.evaluation.MeanRecall`).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -41,19 +40,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
-import yaml
 
-from stage2_relations.evaluate_model import evaluate_checkpoint
+from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
 from stage2_relations.evaluation import MeanRecall
 from stage2_relations.evaluation.seeds import (EVAL_METRICS, MEAN_RECALL, Aggregate, Difference, Summary,  # noqa: F401
-                                               TableRow, aggregate, format_cell, format_table2, paired_difference,
+                                               TableRow, aggregate, format_table2, paired_difference,
                                                parse_seeds, summarize, table_row)
-from stage2_relations.train import (TrainConfig, load_checkpoint, load_config, read_checkpoint, resolve_device,
-                                     run_checkpoint, train)
+from stage2_relations.recipe import TrainConfig, load_config
+from stage2_relations.train import load_checkpoint, read_checkpoint, run_checkpoint, train
 from stage2_relations.views import OBJECT_SCORES, ViewOptions
-from store.files import atomic_write, write_json, write_text
+from store.errors import ConfigError, UserError, load_yaml_mapping
+from store.files import write_json
+from store.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ class Variant:
         return self.config.rsnet is not None
 
 
-class RunMismatch(ValueError):
+class RunMismatch(UserError, ValueError):
     """A run folder holds another config than the one requested."""
 
 
@@ -136,31 +135,31 @@ def load_variants(recipes: Sequence[str | Path], names: Sequence[str] | None = N
     (set them with overrides when the recipes differ), no ``seed`` override (seeds are the
     comparison's)."""
     if not recipes:
-        raise ValueError("give at least one recipe (--config)")
+        raise ConfigError("give at least one recipe (--config)")
     overrides = dict(overrides or {})
     if overrides.get("seed") is not None:
-        raise ValueError("seed is set per run by --seeds; do not override it")
+        raise ConfigError("seed is set per run by --seeds; do not override it")
     for path in recipes:
         if not Path(path).is_file():
             raise FileNotFoundError(f"recipe not found: {path}")
     if names:
         if len(names) != len(recipes):
-            raise ValueError(f"{len(names)} --name for {len(recipes)} --config: give one name per recipe or none")
+            raise ConfigError(f"{len(names)} --name for {len(recipes)} --config: give one name per recipe or none")
     else:
         names = [Path(p).stem for p in recipes]
     if len(set(names)) != len(names):
-        raise ValueError(f"variant names repeat ({', '.join(names)}): name each recipe with --name")
+        raise ConfigError(f"variant names repeat ({', '.join(names)}): name each recipe with --name")
     for n in names:
         if not n or n in (".", "..") or not re.fullmatch(r"[\w.+=@-]+", n):
-            raise ValueError(f"variant name {n!r} is not a plain folder name (letters, digits, . _ - + = @)")
+            raise ConfigError(f"variant name {n!r} is not a plain folder name (letters, digits, . _ - + = @)")
     variants = [Variant(n, load_config(p, overrides), str(p)) for n, p in zip(names, recipes)]
     for key in ("store", "mode"):
         values = {getattr(v.config, key) for v in variants}
         if len(values) != 1:
-            raise ValueError(f"the recipes name different {key}s ({', '.join(sorted(map(str, values)))}): "
-                             f"compare runs every variant on one; set --{key}")
+            raise ConfigError(f"the recipes name different {key}s ({', '.join(sorted(map(str, values)))}): "
+                              f"compare runs every variant on one; set --{key}")
     if not variants[0].config.store:
-        raise ValueError("no store: give --store or recipes that name one")
+        raise ConfigError("no store: give --store or recipes that name one")
     return variants
 
 
@@ -173,8 +172,8 @@ def check_store(variants: Sequence[Variant]) -> int:
     test = st.videos(SPLIT)
     if not test:
         splits = sorted({st.split_of(v) for v in st.videos()})
-        raise ValueError(f"{path}: no {SPLIT!r} split (it has {', '.join(splits) or 'no videos'}); "
-                         f"compare evaluates on the test split")
+        raise ConfigError(f"{path}: no {SPLIT!r} split (it has {', '.join(splits) or 'no videos'}); "
+                          f"compare evaluates on the test split")
     return len(test)
 
 
@@ -192,7 +191,7 @@ def run_state(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         ckpt = read_checkpoint(last)
         saved = ckpt["config"]
     if (run_dir / "config.yaml").exists():
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        saved = load_yaml_mapping(run_dir / "config.yaml")
     if saved is not None:
         want, have = _comparable(cfg.to_dict()), _comparable(saved)
         if want != have:
@@ -324,10 +323,10 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
     :class:`RunMismatch` for a run folder of another config, before anything is trained."""
     variants, seeds, rules = list(variants), list(seeds), list(dict.fromkeys(rules))
     if not seeds:
-        raise ValueError("no seeds")
+        raise ConfigError("no seeds")
     for rule in rules:
         if rule not in OBJECT_SCORES:
-            raise ValueError(f"unknown object-scores rule {rule!r}; known: {', '.join(OBJECT_SCORES)}")
+            raise ConfigError(f"unknown object-scores rule {rule!r}; known: {', '.join(OBJECT_SCORES)}")
     test_videos = check_store(variants)
     out_dir = Path(out_dir)
     plan = [(v, s, dataclasses.replace(v.config, seed=s), out_dir / v.name / f"seed{s}")
@@ -399,152 +398,7 @@ def _relation_scores(cfg: TrainConfig, run_dir: Path, ckpt_path: Path, sha: str,
     return summary
 
 
-# --- report and files -------------------------------------------------------------------
-
-
-def _table_rows(comparison: Comparison, agg: Mapping[str, Mapping[str, Aggregate]],
-                constraint: str) -> list[TableRow]:
-    rows = []
-    for v in comparison.variants:
-        a = agg[v.name]
-        metrics = {m: a[f"{constraint}:{m}"].summary for m in EVAL_METRICS}
-        diffs = {m: a[f"{constraint}:{m}"].difference for m in EVAL_METRICS}
-        diffs.update(params=a["params"].difference, fps=a["fps"].difference)
-        rows.append(TableRow(v.name, a["params"].summary, a["fps"].summary, metrics,
-                             diffs if v.name != comparison.reference else None))
-    return rows
-
-
-def format_report(comparison: Comparison) -> str:
-    """The printed report: a header with the seeds and the thread count, per rule the
-    Table-2-shaped table (with constraint) and the no-constraint table, then p_{t,0}."""
-    c = comparison
-    cfg = c.variants[0].config
-    n = len(c.seeds)
-    aggs = c.aggregates()
-    lines = [
-        f"compare: {len(c.variants)} variant(s) x seeds {','.join(map(str, c.seeds))} (n={n}), "
-        f"{cfg.mode.upper()}, {c.test_videos} test videos of {cfg.store}, {resolve_device(cfg.device)}, "
-        f"torch threads {c.threads}",
-        f"values: mean +- sample sd over seeds (percent; one seed: the value); mR: {MEAN_RECALL.value} definition",
-        f"diff rows: per-seed differences (variant - {c.reference}, same seed), mean +- sd; "
-        f"yes/no: |mean| > 2 sd (>2sd)" if n > 1 else
-        f"diff rows: variant - {c.reference} (one seed: no spread, >2sd n/a)",
-    ]
-    for rule in c.rules:
-        rule_note = f"object scores: {rule}"
-        lines += ["", format_table2(_table_rows(c, aggs[rule], "with"), reference=c.reference, title=f"With constraint "
-                                    f"(RS-Net Table 2 columns), {rule_note}")]
-        lines += ["", format_table2(_table_rows(c, aggs[rule], "no"), reference=c.reference, metrics=EVAL_METRICS,
-                                    cost=False, title=f"No constraint, {rule_note}")]
-    p0 = aggs["p0"]
-    if p0:
-        lines += ["", f"p_t0 (RS-Net relation score) on the {SPLIT} split, every negative pair:"]
-        counts = {v: [r.relation_scores for r in c.runs if r.variant == v and r.relation_scores] for v in p0}
-        table = [["variant", "positives", "negatives", "gap (pos - neg)", "pairs pos / neg"]]
-        for v, a in p0.items():
-            cells = [format_cell(a[m].summary, 1.0, 3) if m in a else "-" for m in RELATION_SCORE_METRICS]
-            pairs = f"{counts[v][0]['positives']} / {counts[v][0]['negatives']}" if counts[v] else "-"
-            table.append([v] + cells + [pairs])
-        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-        lines += [r[0].ljust(widths[0]) + "".join("  " + x.rjust(w) for x, w in zip(r[1:], widths[1:]))
-                  for r in table]
-    return "\n".join(lines)
-
-
-def csv_rows(comparison: Comparison) -> list[dict[str, Any]]:
-    """One row per variant x rule x metric (metric and constraint in separate columns;
-    p_t0 rows, which no rule affects, have an empty rule)."""
-    rows = []
-    for rule, by_variant in comparison.aggregates().items():
-        for variant, metrics in by_variant.items():
-            for key, a in metrics.items():
-                constraint, _, metric = key.rpartition(":")
-                d = a.difference
-                rows.append({
-                    "variant": variant, "rule": "" if rule == "p0" else rule, "constraint": constraint,
-                    "metric": metric, "unit": UNITS.get(metric, "fraction"), "mean": a.summary.mean,
-                    "std": "" if a.summary.std is None else a.summary.std, "n": a.summary.n,
-                    "diff_mean": "" if d is None else d.mean,
-                    "diff_std": "" if d is None or d.std is None else d.std,
-                    "exceeds_2sd": "" if d is None else d.flag,
-                })
-    return rows
-
-
-def to_json(comparison: Comparison) -> dict[str, Any]:
-    """compare.json: the setup, every run and every aggregate."""
-    c = comparison
-
-    def agg(a: Aggregate) -> dict[str, Any]:
-        d = a.difference
-        return {**dataclasses.asdict(a.summary),
-                "diff": None if d is None else {**dataclasses.asdict(d), "exceeds_2sd": d.exceeds_2sd}}
-
-    return {
-        "reference": c.reference, "seeds": c.seeds, "rules": c.rules, "split": SPLIT, "threads": c.threads,
-        "test_videos": c.test_videos, "mean_recall": MEAN_RECALL.value,
-        "variants": [{"name": v.name, "recipe": v.recipe, "rsnet": v.rsnet,
-                      "config": {k: val for k, val in v.config.to_dict().items() if k != "seed"}} for v in c.variants],
-        "runs": [r.to_dict() for r in c.runs],
-        "aggregate": {rule: {v: {m: agg(a) for m, a in ms.items()} for v, ms in by_v.items()}
-                      for rule, by_v in c.aggregates().items()},
-    }
-
-
-def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
-    """Grouped bars (percent) with sd error bars: one panel per rule and constraint, one group
-    per metric, one bar per variant; matplotlib's Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    c = comparison
-    panels = [(rule, con) for rule in c.rules for con in CONSTRAINTS]
-    fig = Figure(figsize=(12, 3.6 * len(panels)), dpi=100)
-    FigureCanvasAgg(fig)
-    aggs = c.aggregates()
-    x = np.arange(len(EVAL_METRICS))
-    width = 0.8 / len(c.variants)
-    for i, (rule, con) in enumerate(panels):
-        ax = fig.add_subplot(len(panels), 1, i + 1)
-        top = 1.0
-        for j, v in enumerate(c.variants):
-            summaries = [aggs[rule][v.name][f"{con}:{m}"].summary for m in EVAL_METRICS]
-            means = np.array([100 * s.mean for s in summaries])
-            errs = np.array([100 * (s.std or 0.0) for s in summaries])
-            ax.bar(x + (j - (len(c.variants) - 1) / 2) * width, means, width, yerr=errs, capsize=3, label=v.name)
-            top = max(top, float((means + errs).max()))
-        ax.set_ylim(0, 1.1 * top)
-        ax.set_xticks(x)
-        ax.set_xticklabels(EVAL_METRICS)
-        ax.set_ylabel("%")
-        ax.set_title(f"{con} constraint, object scores {rule}: mean +- sd over seeds {','.join(map(str, c.seeds))}")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_write(path) as fh:
-        fig.savefig(fh, format="png")
-    return path
-
-
-def write_outputs(comparison: Comparison, out_dir: str | Path, report: str | None = None) -> dict[str, Path]:
-    """compare.json, compare.csv, compare.png and compare.txt (the printed report) in ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / f"compare.{name}" for name in ("json", "csv", "png", "txt")}
-    _write_json(paths["json"], to_json(comparison))
-    rows = csv_rows(comparison)
-    with atomic_write(paths["csv"], "w") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    plot_comparison(comparison, paths["png"])
-    write_text(paths["txt"], (report if report is not None else format_report(comparison)) + "\n")
-    return paths
-
-
 __all__ = ["Summary", "Difference", "Aggregate", "summarize", "paired_difference", "aggregate", "parse_seeds",
            "TableRow", "format_table2", "table_row", "relation_score_summary", "relation_score_view", "Variant",
            "RunMismatch", "load_variants", "check_store", "run_state", "run_comparison", "RunRecord", "Comparison",
-           "format_report", "csv_rows", "to_json", "plot_comparison", "write_outputs", "metric_values",
-           "evaluation_is_current"]
+           "metric_values", "evaluation_is_current"]

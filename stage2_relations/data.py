@@ -1,6 +1,6 @@
 """Stage-2 data: videos from the feature store as :class:`RelationBatch` objects.
 
-One item of :class:`VideoDataset` is one whole video for one task :class:`~store.vocabulary.Mode`
+One item of :class:`VideoDataset` is one whole video for one task :class:`~store.modes.Mode`
 and view (training or test); :func:`collate` stacks several videos (``videos_per_batch``) into
 one flat batch. Everything is read through :mod:`store` (opened lazily in each DataLoader
 worker, or preloaded). What each frame becomes per mode and view, STTran's rules and RS-Net's
@@ -27,7 +27,8 @@ from stage2_relations.pool import PairPool, collate_pools, video_pool
 from stage2_relations.views import FrameView, ViewOptions, frame_view, mode_frames
 from store import Store, UnionMode, VideoRecord, open_store
 from store.boxes import union_boxes
-from store.vocabulary import Mode, PredicateGroup, Vocabulary
+from store.modes import Mode
+from store.vocabulary import PredicateGroup, Vocabulary
 
 MASK_SIZE = 27
 
@@ -370,7 +371,7 @@ class VideoDataset(Dataset):
 
     def ground_truth(self, rec: VideoRecord) -> list:
         """The GT of every frame of ``rec`` in this mode, as the evaluation takes it."""
-        from stage2_relations.evaluation.predict import frame_ground_truth
+        from stage2_relations.ground_truth import frame_ground_truth
 
         return [frame_ground_truth(rec, int(f), self.mode) for f in self.frames_of(rec)]
 

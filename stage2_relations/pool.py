@@ -31,7 +31,7 @@ import torch
 
 from store import VideoRecord
 from store.pairing import pair_key, sttran_test_boxes
-from store.vocabulary import Mode
+from store.modes import Mode
 
 
 @dataclass(frozen=True)

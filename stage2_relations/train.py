@@ -1,6 +1,6 @@
 """Stage-2 training: a relation head (optionally inside RS-Net) from the feature store.
 
-A plain loop (:func:`train_one_epoch` / :func:`~stage2_relations.evaluation.predict.evaluate_model`):
+A plain loop (:func:`train_one_epoch` / :func:`~stage2_relations.evaluation.predict.score_model`):
 loss dict -> sum -> finite check -> backward -> clip -> AdamW step. The learning rate follows
 ReduceLROnPlateau on the **validation** split's R@20 (with constraint). Every epoch writes
 ``log.csv`` / ``log.json`` and ``last.pth``; the best validation R@20 also ``best.pth``.
@@ -30,36 +30,20 @@ import csv
 import dataclasses
 import json
 import logging
-import os
-import platform
-import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from stage2_relations.data import Collator, VideoDataset, epoch_order
-from stage2_relations.heads import HEADS, HeadContext, RSNet, build_model, count_parameters, head_class
-from stage2_relations.views import ASSIGNMENTS, NEGATIVE_LABELS, OBJECT_SCORES, SGDET_BOXES, ViewOptions
+from stage2_relations.heads import HeadContext, build_model, count_parameters, head_class
+from stage2_relations.recipe import RESUME_MAY_CHANGE, TrainConfig, check_config
 from store import StoreError, open_store
-from store.errors import (
-    ConfigError,
-    InputError,
-    UserError,
-    at_least,
-    between,
-    check_fields,
-    check_keywords,
-    load_yaml_mapping,
-    one_of,
-    positive,
-)
+from store.errors import ConfigError, InputError, UserError, load_yaml_mapping
 from store.files import (
     WriterLock,
     atomic_write,
@@ -67,201 +51,15 @@ from store.files import (
     describe_os_error,
     load_torch,
     remove_temps,
+    save_torch,
     write_json,
     write_text,
 )
+from store.modes import Mode
+from store.runtime import distributed_rank, provenance, resolve_device
 from store.threads import torch_threads
-from store.vocabulary import Mode
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """A training recipe (``configs/*.yaml``); every field can be overridden on the CLI."""
-
-    store: str = ""
-    mode: str = "predcls"
-    head: str = "sttran"
-    head_cfg: dict = field(default_factory=dict)
-    """Keyword arguments of the head (e.g. hidden, embed_dim, num_heads, ffn_dim)."""
-    rsnet: dict | None = None
-    """None: the bare head; a dict (possibly empty): RS-Net around it, with these arguments."""
-    glove: str | None = None
-    """GloVe text file to initialise the class embeddings (None: random, learnable)."""
-    assignment: str = "sttran"
-    """SGDET training assignment: 'sttran' (lib/funcs.py) or 'strict' (stage2_relations.views)."""
-    sgdet_boxes: str = "sttran"
-    """SGDET test boxes (validation here, and the default of eval): 'sttran' or 'raw'."""
-    object_scores: str = "sttran"
-    """SGCLS / SGDET test object labels and scores: 'sttran' (the protocol) or 'classifier'."""
-    negatives: bool | None = None
-    """Pairs without a relation in the training view; None: with RS-Net only (the baselines
-    train on positives, as their papers do)."""
-    negative_labels: str = "detector"
-    """SGDET: the class of boxes only negatives use, 'detector' or 'assigned' (views.ViewOptions)."""
-    epochs: int = 10
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    grad_clip: float = 5.0
-    videos_per_batch: int = 1
-    num_workers: int = 0
-    preload: bool = False
-    seed: int = 0
-    negative_ratio: float = 1.2
-    negative_iou: float = 0.5
-    plateau_factor: float = 0.5
-    plateau_patience: int = 1
-    plateau_threshold: float = 1e-4
-    """ReduceLROnPlateau: an absolute gain below this is no gain (STTran: 1e-4, 'abs')."""
-    min_lr: float = 1e-7
-    train_split: str = "train"
-    val_split: str = "val"
-    max_videos: int = 0
-    """Train on at most this many videos (0: all), for trials."""
-    val_max_videos: int = 0
-    device: str = "auto"
-    threads: int = 0
-    """torch intra-op threads; 0: from the cores available and ``num_workers`` (store.threads)."""
-    verify_checksums: bool = True
-    """Check every video read from the store against its checksums (once per video per process)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def view_options(self) -> ViewOptions:
-        """The data views this recipe trains and validates on, with the fields the head requires
-        (:meth:`~stage2_relations.heads.base.RelationHead.required_view_options`; DSG-DETR: the
-        pair pool and, in SGDET, the raw detections, which a recipe naming other boxes contradicts)."""
-        negatives = self.rsnet is not None if self.negatives is None else bool(self.negatives)
-        required = head_class(self.head).required_view_options()
-        if Mode(self.mode) is Mode.SGDET and required.get("sgdet_boxes", self.sgdet_boxes) != self.sgdet_boxes:
-            raise ValueError(f"head {self.head!r} needs sgdet_boxes: {required['sgdet_boxes']} (it rebuilds the SGDET "
-                             f"test boxes itself); the recipe says {self.sgdet_boxes!r}")
-        options = ViewOptions(assignment=self.assignment, sgdet_boxes=self.sgdet_boxes,
-                              object_scores=self.object_scores, negatives=negatives,
-                              negative_labels=self.negative_labels,
-                              negative_ratio=self.negative_ratio, negative_iou=self.negative_iou)
-        return dataclasses.replace(options, **required)
-
-
-# Ranges and choices of the recipe's fields (types come from the annotations).
-RULES = {
-    "mode": one_of(*(m.value for m in Mode)),
-    "assignment": one_of(*ASSIGNMENTS),
-    "sgdet_boxes": one_of(*SGDET_BOXES),
-    "object_scores": one_of(*OBJECT_SCORES),
-    "negative_labels": one_of(*NEGATIVE_LABELS),
-    "epochs": at_least(1),
-    "lr": positive(),
-    "weight_decay": at_least(0),
-    "grad_clip": at_least(0),
-    "videos_per_batch": at_least(1),
-    "num_workers": at_least(0),
-    "threads": at_least(0),
-    "seed": at_least(0),
-    "negative_ratio": at_least(0),
-    "negative_iou": between(0, 1),
-    "plateau_factor": between(0, 1, lo_open=True, hi_open=True),
-    "plateau_patience": at_least(0),
-    "plateau_threshold": at_least(0),
-    "min_lr": at_least(0),
-    "max_videos": at_least(0),
-    "val_max_videos": at_least(0),
-}
-
-# Fields that do not change what a run computes: ``resume`` may change them (and ``epochs``,
-# to train a run longer: the schedule does not depend on it).
-RESUME_MAY_CHANGE = ("device", "num_workers", "threads", "preload", "verify_checksums", "epochs")
-
-
-def check_config(data: dict[str, Any], where: Callable[[str], str] | str) -> TrainConfig:
-    """A :class:`TrainConfig` from ``data`` after checking every field: known keys, types,
-    ranges and choices, a registered head, ``head_cfg`` keys that the head's constructor
-    takes and ``rsnet`` keys that RS-Net's takes. ``where`` names a field's origin (the
-    file, ``--set KEY``, ``--lr``) in the one-line :class:`ConfigError`."""
-    origin = where if callable(where) else (lambda _k, _w=where: str(_w))
-    values = check_fields(TrainConfig, data, where=origin, rules=RULES)
-    head = values.get("head", TrainConfig.head)
-    if head not in HEADS:
-        raise ConfigError(f"{origin('head')}: head: unknown head {head!r}; registered: {', '.join(sorted(HEADS))}")
-    cls = HEADS[head]
-    check_keywords(cls.__init__, values.get("head_cfg") or {}, skip=cls.context_arguments, what="head_cfg",
-                   where=lambda k: origin(f"head_cfg.{k}"))
-    if values.get("rsnet") is not None:
-        check_keywords(RSNet.__init__, values["rsnet"], skip=("head",), what="rsnet",
-                       where=lambda k: origin(f"rsnet.{k}"))
-    return TrainConfig(**values)
-
-
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None,
-                labels: dict[str, str] | None = None) -> TrainConfig:
-    """The recipe at ``path`` (YAML) with ``overrides`` applied; dotted keys reach into dicts
-    (``head_cfg.hidden=64``, ``rsnet.temporal_token=mean``). Every field is checked
-    (:func:`check_config`); a wrong one raises :class:`ConfigError` with one line naming the
-    file, or the override's label (``labels[key]``, e.g. ``"--lr"``; default ``"override KEY"``),
-    and the field."""
-    data: dict[str, Any] = load_yaml_mapping(path) if path is not None else {}
-    origin = {k: str(path) for k in data}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        label = (labels or {}).get(key, f"override {key}")
-        top, _, rest = key.partition(".")
-        if top not in known:
-            raise ConfigError(f"{label}: unknown field {top!r}; known: {', '.join(sorted(known))}")
-        if rest:
-            sub = data.get(top) or {}
-            if not isinstance(sub, dict):
-                raise ConfigError(f"{label}: {top} is {sub!r}, not a mapping with keys")
-            data[top] = {**sub, rest: value}
-            origin[key] = label
-            origin.setdefault(top, label)
-        else:
-            data[top] = value
-            origin[top] = label
-
-    def where(field_name: str) -> str:
-        return origin.get(field_name) or origin.get(field_name.partition(".")[0]) or str(path or "the recipe")
-
-    return check_config(data, where)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"key=value"`` with the value parsed as YAML (``lr=1e-4``, ``rsnet=null``)."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: not KEY=VALUE")
-    k, v = text.split("=", 1)
-    try:
-        return k.strip(), yaml.safe_load(v)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
-
-
-def provenance() -> dict[str, Any]:
-    """Git revision (with a '+dirty' mark) and package versions, for run folders and checkpoints."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        rev = rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        rev = "unknown"
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    for name in ("h5py", "zarr", "yaml"):
-        try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001 - optional packages
-            pass
-    return {"git_revision": rev, "versions": versions}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def derive(cfg: TrainConfig, train_ds: VideoDataset) -> dict[str, Any]:
@@ -330,11 +128,6 @@ def _step(model: torch.nn.Module, loss_fn: Callable, batch, optimizer, *, device
     for k, v in losses.items():
         sums[k] = sums.get(k, 0.0) + float(v.detach())
     sums["total"] = sums.get("total", 0.0) + float(total.detach())
-
-
-def _dist_info() -> tuple[int, int, int]:
-    ws = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), ws, int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def make_loader(dataset: VideoDataset, order: list[int], cfg: TrainConfig, train: bool, device: torch.device) -> DataLoader:
@@ -469,7 +262,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
     if resume and overwrite:
         raise ConfigError("give --resume or --overwrite, not both")
     out_dir = Path(out_dir)
-    rank = _dist_info()[0]
+    rank = distributed_rank()[0]
     lock = None
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -485,9 +278,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
 
 def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, progress: bool,
            echo: Callable[[str], None], threads: int) -> dict[str, Any]:
-    from stage2_relations.evaluation.predict import evaluate_model
+    from stage2_relations.evaluation.predict import score_model
 
-    rank, world, local_rank = _dist_info()
+    rank, world, local_rank = distributed_rank()
     distributed = world > 1
     device = resolve_device(cfg.device)
     if distributed:
@@ -552,8 +345,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
                                       find_unused_parameters=True)
     if is_main:
         write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        with atomic_write(out_dir / "derived.pt") as fh:
-            torch.save(derived, fh)
+        save_torch(derived, out_dir / "derived.pt")
         write_json(out_dir / "run.json", {**prov, "parameters": n_params, "world_size": world, "device": str(device),
                                         "threads": threads},
                    indent=2)
@@ -574,8 +366,8 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
                                 progress=progress and is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}")
         val: dict[str, float] = {}
         if is_main and val_ds is not None:
-            results, _, _, speed = evaluate_model(model, val_ds, device=device, constraints=("with",),
-                                                  videos_per_batch=cfg.videos_per_batch)
+            results, _, _, speed = score_model(model, val_ds, device=device, constraints=("with",),
+                                                videos_per_batch=cfg.videos_per_batch)
             r = results["with"] if "with" in results else next(iter(results.values()))
             val = {f"val_R@{k}": float(r.recall[k]) for k in (10, 20, 50)}
             val["val_fps"] = speed["fps"]
@@ -613,8 +405,7 @@ def _save_epoch(out_dir: Path, ckpt: dict[str, Any], history: list[dict], improv
     """last.pth first (the source of truth a resume rebuilds the rest from), then best.pth and
     the logs; an OS error (a full disk) is one line that says what is intact."""
     try:
-        with atomic_write(out_dir / "last.pth") as fh:
-            torch.save(ckpt, fh)
+        save_torch(ckpt, out_dir / "last.pth")
         if improved:
             copy_file(out_dir / "last.pth", out_dir / "best.pth")
         _write_logs(out_dir, history)
@@ -663,5 +454,4 @@ def run_checkpoint(run_dir: str | Path) -> Path:
     raise InputError(f"{run_dir}: no best.pth or last.pth (not a `train` run folder, or no epoch finished yet)")
 
 
-__all__ = ["TrainConfig", "check_config", "load_config", "parse_override", "provenance", "train", "train_one_epoch",
-           "load_checkpoint", "run_checkpoint", "build_from_config"]
+__all__ = ["train", "train_one_epoch", "load_checkpoint", "run_checkpoint", "build_from_config"]

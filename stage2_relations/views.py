@@ -35,7 +35,7 @@ import numpy as np
 
 from store import VideoRecord
 from store.pairing import ASSIGNMENTS, SGDET_BOXES, PairIndex, assign, legacy_subject, sttran_test_boxes
-from store.vocabulary import Mode
+from store.modes import Mode
 
 OBJECT_SCORES = ("sttran", "classifier")
 NEGATIVE_LABELS = ("detector", "assigned")
@@ -162,7 +162,7 @@ def sample_negatives(
 
 
 def _row_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """:func:`~store.boxes.box_iou` of row-aligned boxes (K, 4) -> (K,) float64: the same
+    """:func:`~store.boxes.box_iou_continuous` of row-aligned boxes (K, 4) -> (K,) float64: the same
     operations, element by element, as the diagonal of the full matrix."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)

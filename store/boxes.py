@@ -2,11 +2,12 @@
 
 Shared by stage 1 (union boxes of pairs, detection mAP), the pairing rules of
 :mod:`store.pairing` and stage 2 (negative sampling, spatial masks). Two IoU conventions live
-here, named by convention: :func:`box_iou` uses continuous coordinates (area =
+here, named by convention: :func:`box_iou_continuous` uses continuous coordinates (area =
 (x2 - x1) * (y2 - y1)), as torchvision and COCO do; :func:`box_iou_plus_one` counts pixels
 (width = x2 - x1 + 1), as the Cython ``bbox_overlaps`` that STTran inherits from
-neural-motifs, and :func:`nms_plus_one` is the non-maximum suppression of the AG detector's
-CUDA kernel with that convention.
+neural-motifs (:func:`paired_box_iou_plus_one`: the same, row by row, for the evaluation's
+matches), and :func:`nms_plus_one` is the non-maximum suppression of the AG detector's CUDA
+kernel with that convention.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def box_iou_continuous(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4) -> float64 (N, M).
 
     Degenerate boxes have area 0; a pair whose union is empty has IoU 0, not NaN.
@@ -49,6 +50,26 @@ def box_iou_plus_one(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2] - a[:, 0] + 1.0) * (a[:, 3] - a[:, 1] + 1.0)
     area_b = (b[:, 2] - b[:, 0] + 1.0) * (b[:, 3] - b[:, 1] + 1.0)
     union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(inter > 0, inter / union, 0.0)
+
+
+def paired_box_iou_plus_one(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-by-row IoU of two (M, 4) xyxy box arrays, with the "+1 pixel" convention (the
+    diagonal of :func:`box_iou_plus_one`, without the (M, M) matrix).
+
+    Widths and heights are ``x2 - x1 + 1`` and ``y2 - y1 + 1`` (the integer-pixel
+    convention of the Cython ``bbox_overlaps`` that STTran inherits from neural-motifs);
+    boxes that do not overlap have IoU 0. Returns (M,) float64.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + 1.0
+    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + 1.0
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    area_a = (a[:, 2] - a[:, 0] + 1.0) * (a[:, 3] - a[:, 1] + 1.0)
+    area_b = (b[:, 2] - b[:, 0] + 1.0) * (b[:, 3] - b[:, 1] + 1.0)
+    union = area_a + area_b - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(inter > 0, inter / union, 0.0)
 

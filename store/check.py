@@ -13,16 +13,8 @@ from tqdm import tqdm
 
 from store.backends import WRITERS, backend_of_suffix
 from store.files import WriterLock, describe_os_error
-from store.reader import (
-    MANIFEST,
-    Layout,
-    SegmentIndex,
-    find_layout,
-    index_segments,
-    manifest_checksum,
-    open_store,
-    scan_segment,
-)
+from store.manifest import MANIFEST, SegmentIndex, manifest_checksum
+from store.reader import Layout, find_layout, index_segments, open_store, scan_segment
 from store.records import StoreError, StoreMeta
 from store.schema import ROW_ARRAYS, ROW_TABLES, SCHEMA_VERSION, resolve_trailing
 

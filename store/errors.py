@@ -198,9 +198,19 @@ def check_keywords(func: Callable[..., Any], cfg: Mapping[str, Any], *, skip: tu
                 raise ConfigError(f"{origin(key)}: {what}.{key}: must be {_type_name(hint)}, got {value!r}")
 
 
-def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+BASE_KEY = "base"
+"""A recipe's field naming the recipe it extends (a path relative to the recipe's folder)."""
+
+
+def load_yaml_mapping(path: str | Path, _extending: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML file that holds a mapping (empty file: ``{}``); :class:`ConfigError` naming the
-    file for a missing file, a syntax error (with its line) or another top-level type."""
+    file for a missing file, a syntax error (with its line) or another top-level type.
+
+    The one loader of every recipe. A recipe states only what differs from the recipe it
+    extends: ``base: other.yaml`` (relative to the recipe's folder) loads that one first,
+    then each top-level field of this file replaces the base's (a mapping field such as
+    ``head_cfg`` or ``rsnet`` as a whole). Bases may extend bases; a cycle is an error.
+    """
     import yaml
 
     path = Path(path)
@@ -219,8 +229,17 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of fields (key: value), not a {type(data).__name__}")
-    return data
+    if BASE_KEY not in data:
+        return data
+    base = data.pop(BASE_KEY)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: {BASE_KEY}: must be the file name of the recipe it extends, got {base!r}")
+    chain = _extending + (path.resolve(),)
+    base_path = path.parent / base
+    if base_path.resolve() in chain:
+        raise ConfigError(f"{path}: {BASE_KEY}: {base} extends, directly or not, {path.name} itself")
+    return {**load_yaml_mapping(base_path, chain), **data}
 
 
-__all__ = ["ConfigError", "InputError", "UserError", "at_least", "between", "check_fields", "check_keywords",
+__all__ = ["BASE_KEY", "ConfigError", "InputError", "UserError", "at_least", "between", "check_fields", "check_keywords",
            "load_yaml_mapping", "one_of", "positive"]

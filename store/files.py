@@ -79,6 +79,14 @@ def atomic_write(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
     fsync_dir(path.parent)
 
 
+def save_torch(obj: Any, path: Path | str) -> None:
+    """``torch.save`` through :func:`atomic_write`: the file is whole or not there."""
+    import torch
+
+    with atomic_write(path) as fh:
+        torch.save(obj, fh)
+
+
 def write_text(path: Path | str, text: str) -> None:
     with atomic_write(path, "w") as fh:
         fh.write(text)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from store.boxes import box_iou, box_iou_plus_one, nms_plus_one
+from store.boxes import box_iou_continuous, box_iou_plus_one, nms_plus_one
 
 ASSIGNMENTS = ("sttran", "strict")
 SGDET_BOXES = ("sttran", "raw")
@@ -106,7 +106,7 @@ def strict_assignment(det_boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np
     n, g = len(labels), len(found)
     if n == 0 or g == 0:
         return Assignment(labels, found)
-    iou = box_iou(gt_boxes, det_boxes)
+    iou = box_iou_continuous(gt_boxes, det_boxes)
     used = np.zeros(n, dtype=bool)
     for m in range(g):
         cand = np.where(used, -1.0, iou[m])
@@ -245,7 +245,7 @@ def person_detections(det_boxes: np.ndarray, person_box: np.ndarray, threshold: 
     if not len(det_boxes):
         return -1, -1
     out = []
-    for iou in (box_iou_plus_one(det_boxes, person_box)[:, 0], box_iou(det_boxes, person_box)[:, 0]):
+    for iou in (box_iou_plus_one(det_boxes, person_box)[:, 0], box_iou_continuous(det_boxes, person_box)[:, 0]):
         d = int(iou.argmax())
         out.append(d if iou[d] > threshold else -1)
     return out[0], out[1]

@@ -8,57 +8,31 @@ A store path is one of:
   ``PART-SEQ.zarr`` plus a derived ``manifest.json``. Files named ``*.tmp-PID`` are
   segments still being written (or left by a crash) and are never read.
 
-The manifest caches each segment's video table, keyed by the segment's size and mtime; a
-segment that is not in it, or differs, is scanned again. It is never the source of truth.
+The manifest (:mod:`store.manifest`) caches each segment's video table, keyed by the
+segment's size and mtime; a segment that is not in it, or differs, is scanned again. It is
+never the source of truth.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import re
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from store.backends import BACKENDS, READERS, SUFFIX, SegmentReader, backend_of_suffix, check_schema_arrays, checksum_of
+from store.manifest import MANIFEST, SegmentIndex, compat_hash, read_manifest
 from store.records import StoreError, StoreMeta, VideoRecord
-from store.schema import ROW_ARRAYS, ROW_TABLES, SCHEMA_VERSION, TABLE_PREFIX, arrays_of
+from store.schema import ROW_ARRAYS, ROW_TABLES, TABLE_PREFIX, arrays_of
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 _TMP = re.compile(r"\.tmp-\d+$")
 _ARRAY_INDEX = {s.key: k for k, s in enumerate(ROW_ARRAYS)}
-
-
-@dataclass
-class SegmentIndex:
-    """A segment's video table: names, splits and, per table, (V, 2) int64 row ranges."""
-
-    file: str
-    size: int
-    mtime_ns: int
-    videos: list[str]
-    splits: list[str]
-    ranges: dict[str, np.ndarray] = field(default_factory=dict)
-    compat: str = ""  # hash of the segment's StoreMeta.compatibility()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "size": self.size, "mtime_ns": self.mtime_ns, "videos": self.videos,
-                "splits": self.splits, "ranges": {t: r.tolist() for t, r in self.ranges.items()},
-                "compat": self.compat}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "SegmentIndex":
-        return cls(d["file"], d["size"], d["mtime_ns"], list(d["videos"]), list(d["splits"]),
-                   {t: np.asarray(r, dtype=np.int64).reshape(-1, 2) for t, r in d["ranges"].items()},
-                   d.get("compat", ""))
 
 
 @dataclass(frozen=True)
@@ -179,60 +153,6 @@ def scan_segment(path: Path, backend: str, name: str | None = None) -> tuple[Seg
         if dup:
             raise StoreError(path, f"video {sorted(dup)[0]!r} appears twice")
     return index, meta
-
-
-def compat_hash(meta: StoreMeta) -> str:
-    return hashlib.sha256(json.dumps(meta.compatibility(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def manifest_checksum(segments: list[dict[str, Any]]) -> int:
-    """CRC-32C of the manifest's segment list (canonical JSON): an edit by hand that does not
-    recompute it makes readers ignore the manifest."""
-    import google_crc32c
-
-    return int(google_crc32c.value(json.dumps(segments, sort_keys=True).encode()))
-
-
-def read_manifest(folder: Path) -> dict[str, SegmentIndex]:
-    """The manifest's entries by file; {} when it is absent, unreadable, of another schema, or
-    edited (its checksum does not match): readers then scan the segments."""
-    p = folder / MANIFEST
-    try:
-        d = json.loads(p.read_text())
-        if d.get("schema_version") != SCHEMA_VERSION:
-            return {}
-        if d.get("checksum") != manifest_checksum(d["segments"]):
-            log.warning("%s: its checksum does not match its content (edited?): ignored, the segments are scanned",
-                        p)
-            return {}
-        return {s["file"]: SegmentIndex.from_json(s) for s in d["segments"]}
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, KeyError, TypeError):
-        log.warning("%s: unreadable: ignored, the segments are scanned", p)
-        return {}
-
-
-def manifest_temp_name(tag: str = "") -> str:
-    """The temporary name :func:`write_manifest` writes under, in this process."""
-    return f"{MANIFEST}.{tag or 'w'}.tmp-{os.getpid()}"
-
-
-def write_manifest(folder: Path, meta: StoreMeta, segments: Iterable[SegmentIndex], tag: str = "") -> None:
-    """Write ``manifest.json`` atomically (temporary name, fsync, rename)."""
-    listed = [s.to_json() for s in segments]
-    d = {"schema_version": SCHEMA_VERSION, "meta": meta.to_dict(), "segments": listed,
-         "checksum": manifest_checksum(listed)}
-    tmp = folder / manifest_temp_name(tag)
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(d, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, folder / MANIFEST)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def index_segments(layout: Layout, trust_manifest: bool = True) -> tuple[list[SegmentIndex], StoreMeta | None, bool]:

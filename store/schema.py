@@ -105,19 +105,24 @@ ROW_ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("pairs", "union", "float16", ("U",), "union-box feature: pooled vector or 1024x7x7 map"),
 )
 
+RANGE_DTYPE = "int64"
+"""Ranges in a segment, and a VideoRecord's per-frame offsets local to the video."""
+FRAME_SIZE_DTYPE = "int32"
+"""Frame width and height in pixels (``frames/size``, ``VideoRecord.frame_sizes``)."""
+
 # The video and frame tables: column -> (dtype, row shape, meaning). Ranges are half-open
 # [start, end) rows of the segment that holds them.
 VIDEO_COLUMNS: dict[str, tuple[str, str, str]] = {
     "name": ("str", "()", "video name, e.g. '001YG.mp4'"),
     "split": ("str", "()", "'train', 'val' or 'test'"),
-    "frames": ("int64", "(2,)", "range of the video's rows in frames"),
-    **{t: ("int64", "(2,)", f"range of the video's rows in {t}") for t in ROW_TABLES},
+    "frames": (RANGE_DTYPE, "(2,)", "range of the video's rows in frames"),
+    **{t: (RANGE_DTYPE, "(2,)", f"range of the video's rows in {t}") for t in ROW_TABLES},
     "crc32c": ("uint32", "(A,)", "CRC-32C of the video's rows of each per-row array (A of them, in ROW_ARRAYS order)"),
 }
 FRAME_COLUMNS: dict[str, tuple[str, str, str]] = {
     "name": ("str", "()", "frame name, e.g. '001YG.mp4/000089.png'"),
-    "size": ("int32", "(2,)", "width, height in pixels"),
-    **{t: ("int64", "(2,)", f"range of the frame's rows in {t}") for t in ROW_TABLES},
+    "size": (FRAME_SIZE_DTYPE, "(2,)", "width, height in pixels"),
+    **{t: (RANGE_DTYPE, "(2,)", f"range of the frame's rows in {t}") for t in ROW_TABLES},
 }
 
 # Compression is chosen per table ("array group").

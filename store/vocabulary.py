@@ -148,16 +148,3 @@ ACTION_GENOME = Vocabulary(
     predicates=AG_PREDICATE_CLASSES,
     predicate_groups=tuple((g, s, e) for g, (s, e) in AG_PREDICATE_GROUPS.items()),
 )
-
-
-class Mode(str, enum.Enum):
-    """The three Action Genome tasks.
-
-    PREDCLS: boxes and object labels given, predict predicates.
-    SGCLS:   boxes given, predict object labels and predicates.
-    SGDET:   detect boxes, predict object labels and predicates.
-    """
-
-    PREDCLS = "predcls"
-    SGCLS = "sgcls"
-    SGDET = "sgdet"

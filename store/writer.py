@@ -26,16 +26,8 @@ from types import TracebackType
 
 from store.backends import BACKENDS, SUFFIX, WRITERS, backend_of_suffix
 from store.files import WriterLock, describe_os_error
-from store.reader import (
-    MANIFEST,
-    Layout,
-    SegmentIndex,
-    find_layout,
-    index_segments,
-    manifest_temp_name,
-    scan_segment,
-    write_manifest,
-)
+from store.manifest import MANIFEST, SegmentIndex, manifest_temp_name, write_manifest
+from store.reader import Layout, find_layout, index_segments, scan_segment
 from store.records import StoreError, StoreMeta, UnionMode, VideoRecord
 from store.schema import ROW_TABLES
 

@@ -10,8 +10,6 @@ from click.testing import CliRunner
 from cli import main
 from store import open_store
 
-from ag_fixtures import fixture_annotations, write_root
-
 
 def run(*args: str, code: int = 0):
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
@@ -19,39 +17,59 @@ def run(*args: str, code: int = 0):
     return result.output
 
 
-def test_dataset_prints_splits_and_filters(tmp_path):
-    root = write_root(tmp_path / "ag", *fixture_annotations())
-    out = run("dataset", root, "--val-fraction", "0")
+def test_dataset_prints_splits_and_filters(ag_root):
+    out = run("dataset", ag_root, "--val-fraction", "0")
     assert re.search(r"train\s+1\s+3\s+3\s+8", out)
     assert re.search(r"test\s+1\s+3\s+3\s+12", out)
     assert re.search(r"frames_no_person_box\s+train\s+1", out)
     assert "skipped objects (2)" in out
 
 
-def test_dataset_strict_fails_naming_the_frame(tmp_path):
-    root = write_root(tmp_path / "ag", *fixture_annotations())
-    out = run("dataset", root, "--strict", code=1)
+def test_dataset_strict_fails_naming_the_frame(ag_root):
+    out = run("dataset", ag_root, "--strict", code=1)
     assert "AAAAA.mp4/000035.png" in out and "no box" in out
 
 
-def test_detect_takes_no_mode(tmp_path):
+def test_detect_takes_no_mode(ag_root, tmp_path):
     # One extraction serves every mode: --mode is refused before anything is read or loaded.
-    root = write_root(tmp_path / "ag", *fixture_annotations())
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"")
-    out = run("detect", root, "--store", tmp_path / "s.h5", "--weights", weights, "--mode", "sgdet", code=2)
+    out = run("detect", ag_root, "--store", tmp_path / "s.h5", "--weights", weights, "--mode", "sgdet", code=2)
     assert "detect takes no --mode: one extraction serves every mode" in out and "train --mode sgdet" in out
-    out = run("detect", root, "--store", tmp_path / "s.h5", "--weights", weights, "--keep-frames-without-person",
+    out = run("detect", ag_root, "--store", tmp_path / "s.h5", "--weights", weights, "--keep-frames-without-person",
               code=2)
     assert "detect takes no --keep-frames-without-person: every stored frame needs its person box" in out
     assert not (tmp_path / "s.h5").exists()
 
 
-def test_synth_refuses_a_folder_that_is_not_synthetic(tmp_path):
-    root = write_root(tmp_path / "ag", *fixture_annotations())
-    out = run("synth", "--out", root, "--videos", "2", code=1)
+def test_synth_refuses_a_folder_that_is_not_synthetic(ag_root):
+    out = run("synth", "--out", ag_root, "--videos", "2", code=1)
     assert "refusing" in out
-    assert (root / "annotations" / "person_bbox.pkl").exists()
+    assert (ag_root / "annotations" / "person_bbox.pkl").exists()
+
+
+def test_every_error_a_user_can_fix_takes_the_one_error_path():
+    """The group prints these as one line: each is a UserError (no per-command except blocks)."""
+    from cli import _user_error
+    from stage1_detect.action_genome import AnnotationError
+    from stage1_detect.ag_checkpoint import CheckpointError
+    from stage2_relations.compare import RunMismatch
+    from store.errors import ConfigError, InputError
+
+    for error in (AnnotationError("f.pkl", "bad"), CheckpointError("f.pth: bad"), RunMismatch("run: other"),
+                  ConfigError("recipe: bad"), InputError("file: bad"), FileNotFoundError("gone")):
+        assert _user_error(error), type(error).__name__
+    assert not _user_error(ValueError("a bug")) and not _user_error(KeyError("a bug"))
+
+
+def test_mode_choices_come_from_mode():
+    from cli import MODE_CHOICE
+    from store.modes import Mode
+
+    assert list(MODE_CHOICE.choices) == [m.value for m in Mode]
+    for command in ("dataset", "train", "eval", "compare"):
+        (option,) = [p for p in main.commands[command].params if p.name == "mode"]
+        assert option.type is MODE_CHOICE, command
 
 
 @pytest.mark.slow

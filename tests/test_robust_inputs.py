@@ -18,12 +18,14 @@ from click.testing import CliRunner
 
 from cli import main
 from stage1_detect.detectors import build_detector, save_detector
-from stage1_detect.synth import SynthConfig, generate_synthetic_ag
+from synth import SynthConfig, generate_synthetic_ag
 from stage2_relations.evaluation import FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet
 from stage2_relations.evaluation import write_predictions
-from stage2_relations.train import TrainConfig, train
-from store.vocabulary import ACTION_GENOME as VOC, Mode
-from tests.stage2_fixtures import TINY_HEAD, write_learnable_store
+from stage2_relations.recipe import TrainConfig
+from stage2_relations.train import train
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME as VOC
+from tests.helpers.stage2 import TINY_HEAD, write_learnable_store
 
 PERSON, CUP = VOC.person_index, VOC.object_index("cup")
 

@@ -28,12 +28,12 @@ from .structures import (
     PrecisionDenominator,
     PredictionSet,
 )
-from .triplets import GroundTruthTriplets, RankedTriplets, box_iou, ground_truth_triplets, rank_triplets
+from .triplets import GroundTruthTriplets, RankedTriplets, ground_truth_triplets, rank_triplets
 
 __all__ = [
     "DEFAULT_KS", "EvaluationResult", "Matches", "evaluate", "evaluate_all", "evaluate_frames", "match_triplets",
     "PREDICTIONS_FORMAT", "PREDICTIONS_FORMAT_VERSION", "PredictionsFile", "read_predictions", "write_predictions",
     "Constraint", "FrameGroundTruth", "FramePredictions", "GroundTruthSet", "MeanRecall", "PaddedCells",
     "PrecisionDenominator", "PredictionSet", "evaluate_predictions_file", "format_table", "write_report",
-    "GroundTruthTriplets", "RankedTriplets", "box_iou", "ground_truth_triplets", "rank_triplets",
+    "GroundTruthTriplets", "RankedTriplets", "ground_truth_triplets", "rank_triplets",
 ]

@@ -25,13 +25,15 @@ from typing import Sequence
 
 import numpy as np
 
-from store.vocabulary import ACTION_GENOME, Mode, Vocabulary
+from store.boxes import paired_box_iou_plus_one
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME, Vocabulary
 
 from .structures import (
     Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet, MeanRecall, PaddedCells,
     PrecisionDenominator, PredictionSet,
 )
-from .triplets import GROUP_ORDER, GroundTruthTriplets, RankedTriplets, box_iou, ground_truth_triplets, rank_triplets
+from .triplets import GROUP_ORDER, GroundTruthTriplets, RankedTriplets, ground_truth_triplets, rank_triplets
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,9 @@ def match_triplets(
     cand = np.repeat(np.arange(len(p_key), dtype=np.int64), counts)
     within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
     gidx = g_order[lo[cand] + within]
-    ok = (box_iou(pred.pred_boxes[ranked.subject[cand]], gt.gt_boxes[gt_triplets.subject[gidx]]) >= iou_threshold) & (
-        box_iou(pred.pred_boxes[ranked.object[cand]], gt.gt_boxes[gt_triplets.object[gidx]]) >= iou_threshold
+    iou = paired_box_iou_plus_one
+    ok = (iou(pred.pred_boxes[ranked.subject[cand]], gt.gt_boxes[gt_triplets.subject[gidx]]) >= iou_threshold) & (
+        iou(pred.pred_boxes[ranked.object[cand]], gt.gt_boxes[gt_triplets.object[gidx]]) >= iou_threshold
     )
     cand, gidx = cand[ok], gidx[ok]
     pred_hit = np.zeros(len(p_key), dtype=bool)

@@ -19,29 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from store import VideoRecord
-from store.vocabulary import Mode, Vocabulary
+from store.modes import Mode
+from store.vocabulary import Vocabulary
 
 from .metrics import EvaluationResult, evaluate_frames
 from .structures import Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet
-
-
-def frame_ground_truth(rec: VideoRecord, f: int, mode: Mode | str = Mode.PREDCLS) -> FrameGroundTruth:
-    """The GT of frame ``f`` of a store record in ``mode``: the mode's GT objects (every one in
-    PREDCLS, those of the _filtersmall annotations otherwise), their labels, and one
-    (subject, object, predicate) row per set bit of each of their relations' labels."""
-    from stage2_relations.views import gt_selection
-
-    g, r = rec.frame_rows("gt_objects", f), rec.frame_rows("gt_relations", f)
-    sel = gt_selection(rec, f, Mode(mode))
-    new = np.full(g.stop - g.start, -1, dtype=np.int64)
-    new[sel] = np.arange(len(sel))
-    subj, obj = new[rec.rel_subject[r]], new[rec.rel_object[r]]
-    keep = (subj >= 0) & (obj >= 0)
-    rows, preds = np.nonzero(rec.rel_labels[r][keep])
-    rel = (np.stack([subj[keep][rows], obj[keep][rows], preds], 1) if len(rows) else np.zeros((0, 3), np.int64))
-    return FrameGroundTruth(gt_boxes=rec.gt_boxes[g.start + sel], gt_labels=rec.gt_labels[g.start + sel],
-                            gt_relations=rel)
 
 
 def batch_predictions(output, batch) -> list[FramePredictions]:
@@ -110,9 +92,9 @@ def predict(model: torch.nn.Module, dataset, *, device: str | torch.device = "cp
                                "model_seconds": compute, "pairs": pairs, "pairs_substituted": substituted}
 
 
-def evaluate_model(model: torch.nn.Module, dataset, *, device: str | torch.device = "cpu",
-                   constraints: Sequence[Constraint | str] = tuple(Constraint), videos_per_batch: int = 1,
-                   progress: bool = False, **kwargs):
+def score_model(model: torch.nn.Module, dataset, *, device: str | torch.device = "cpu",
+                constraints: Sequence[Constraint | str] = tuple(Constraint), videos_per_batch: int = 1,
+                progress: bool = False, **kwargs):
     """Score ``model`` on ``dataset`` under each constraint.
 
     Returns ({constraint value: EvaluationResult}, frame names, (gts, preds), speed).

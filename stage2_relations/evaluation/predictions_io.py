@@ -43,8 +43,10 @@ from typing import Any
 
 import numpy as np
 
+from store.errors import InputError
 from store.files import atomic_write
-from store.vocabulary import ACTION_GENOME, Mode, Vocabulary
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME, Vocabulary
 
 from .structures import GroundTruthSet, PredictionSet
 
@@ -148,38 +150,38 @@ def read_predictions(path: str | Path) -> PredictionsFile:
             head = fh.read(4)
         kind = ("it is empty" if not head else "a truncated or damaged .npz" if head == b"PK\x03\x04"
                 else "not a numpy file")
-        raise ValueError(f"{path}: not a {PREDICTIONS_FORMAT} file (an .npz of arrays): {kind}") from None
+        raise InputError(f"{path}: not a {PREDICTIONS_FORMAT} file (an .npz of arrays): {kind}") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: not a {PREDICTIONS_FORMAT} file: one .npy array, not an .npz of arrays")
+        raise InputError(f"{path}: not a {PREDICTIONS_FORMAT} file: one .npy array, not an .npz of arrays")
     try:
         return _read_npz(path, loaded)
     except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: a truncated or damaged .npz ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: a truncated or damaged .npz ({type(e).__name__}: {e})") from None
     except ValueError as e:  # the arrays' own checks (shapes, boxes, frame names): say which file
-        if str(e).startswith(str(path)):
+        if isinstance(e, InputError):
             raise
-        raise ValueError(f"{path}: {e}") from None
+        raise InputError(f"{path}: {e}") from None
 
 
 def _read_npz(path: Path, loaded: Any) -> PredictionsFile:
     with loaded as z:
         keys = set(z.files)
         if "header" not in keys:
-            raise ValueError(f"{path}: not a {PREDICTIONS_FORMAT} file (no 'header' array)")
+            raise InputError(f"{path}: not a {PREDICTIONS_FORMAT} file (no 'header' array)")
         header = json.loads(str(z["header"][()]))
         if header.get("format") != PREDICTIONS_FORMAT:
-            raise ValueError(f"{path}: format {header.get('format')!r}, expected {PREDICTIONS_FORMAT!r}")
+            raise InputError(f"{path}: format {header.get('format')!r}, expected {PREDICTIONS_FORMAT!r}")
         if header.get("format_version") != PREDICTIONS_FORMAT_VERSION:
-            raise ValueError(
+            raise InputError(
                 f"{path}: format version {header.get('format_version')} is not known to this code "
                 f"(it reads version {PREDICTIONS_FORMAT_VERSION})"
             )
         missing = [k for k in ("frame_names",) + _PRED_KEYS if k not in keys]
         if missing:
-            raise ValueError(f"{path}: missing arrays {missing}")
+            raise InputError(f"{path}: missing arrays {missing}")
         gt_present = [k in keys for k in _GT_KEYS]
         if any(gt_present) and not all(gt_present):
-            raise ValueError(f"{path}: ground truth incomplete, missing {[k for k in _GT_KEYS if k not in keys]}")
+            raise InputError(f"{path}: ground truth incomplete, missing {[k for k in _GT_KEYS if k not in keys]}")
         names = tuple(str(n) for n in z["frame_names"])
         predictions = PredictionSet(
             box_offsets=z["pred_box_offsets"], pred_boxes=z["pred_boxes"], pred_labels=z["pred_labels"],

@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from store.errors import InputError
 from store.files import atomic_write, write_text
 from store.vocabulary import ACTION_GENOME, Vocabulary
 
@@ -192,18 +193,18 @@ def evaluate_predictions_file(
     if ground_truth_path is not None:
         gf = read_predictions(ground_truth_path)
         if gf.ground_truth is None:
-            raise ValueError(f"{ground_truth_path}: holds no ground truth (gt_ arrays)")
+            raise InputError(f"{ground_truth_path}: holds no ground truth (gt_ arrays)")
         if gf.vocabulary != pf.vocabulary:
-            raise ValueError("the predictions and the ground truth use different vocabularies")
+            raise InputError("the predictions and the ground truth use different vocabularies")
         ground_truth = gf.ground_truth
     if ground_truth is None:
-        raise ValueError(f"{predictions_path}: holds no ground truth; pass a ground-truth file")
+        raise InputError(f"{predictions_path}: holds no ground truth; pass a ground-truth file")
     if predictions.frame_names != ground_truth.frame_names:
         if predictions.frame_names is not None and ground_truth.frame_names is not None:
             known = set(ground_truth.frame_names)
             matched = sum(n in known for n in predictions.frame_names)
             if matched == 0:
-                raise ValueError(f"{predictions_path}: none of its {len(predictions.frame_names)} frame names is a "
+                raise InputError(f"{predictions_path}: none of its {len(predictions.frame_names)} frame names is a "
                                  f"frame of the ground truth (e.g. {predictions.frame_names[0]!r} vs "
                                  f"{ground_truth.frame_names[0]!r})")
             unknown = len(predictions.frame_names) - matched
@@ -212,8 +213,11 @@ def evaluate_predictions_file(
                 log.warning("%s: %d predicted frames are not in the ground truth (ignored); %d ground-truth frames "
                             "have no predictions (they count 0)", predictions_path, unknown, missing)
         predictions = predictions.aligned_to(ground_truth.frame_names)
-    results = evaluate_all(
-        ground_truth, predictions, constraints=constraints, mode=mode if mode is not None else pf.mode,
-        vocabulary=pf.vocabulary, **kwargs,
-    )
+    try:
+        results = evaluate_all(
+            ground_truth, predictions, constraints=constraints, mode=mode if mode is not None else pf.mode,
+            vocabulary=pf.vocabulary, **kwargs,
+        )
+    except ValueError as e:  # the protocol's checks of the file's content (scores, ids, frame counts)
+        raise InputError(str(e)) from e
     return results, pf

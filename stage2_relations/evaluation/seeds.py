@@ -210,7 +210,7 @@ def format_table2(rows: Sequence[TableRow | Mapping[str, Any]], *, reference: st
 
 def table_row(name: str, evaluation: Mapping[str, Any], constraint: str = "with",
               mean_recall: MeanRecall = MEAN_RECALL) -> TableRow:
-    """The :class:`TableRow` of one :func:`~stage2_relations.evaluate_model.evaluate_checkpoint`
+    """The :class:`TableRow` of one :func:`~stage2_relations.evaluate_checkpoint.evaluate_checkpoint`
     result ({'results': {Constraint: EvaluationResult}, 'parameters', 'speed'}) under ``constraint``:
     R@K and P@K, and mR@K under ``mean_recall``, as :func:`~stage2_relations.evaluation.format_table`
     reads them."""

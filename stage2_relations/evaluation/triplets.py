@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from store.vocabulary import ACTION_GENOME, Mode, PredicateGroup, Vocabulary
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME, PredicateGroup, Vocabulary
 
 from .structures import Constraint, GroundTruthSet, PaddedCells, PredictionSet
 
@@ -30,25 +31,6 @@ from .structures import Constraint, GroundTruthSet, PaddedCells, PredictionSet
 _CHUNK_ELEMENTS = 1 << 22
 
 GROUP_ORDER = (PredicateGroup.ATTENTION, PredicateGroup.SPATIAL, PredicateGroup.CONTACTING)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Element-wise IoU of two (M, 4) xyxy box arrays, with the "+1 pixel" convention.
-
-    Widths and heights are ``x2 - x1 + 1`` and ``y2 - y1 + 1`` (the integer-pixel
-    convention of the Cython ``bbox_overlaps`` that STTran inherits from neural-motifs);
-    boxes that do not overlap have IoU 0. Returns (M,) float64.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + 1.0
-    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + 1.0
-    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
-    area_a = (a[:, 2] - a[:, 0] + 1.0) * (a[:, 3] - a[:, 1] + 1.0)
-    area_b = (b[:, 2] - b[:, 0] + 1.0) * (b[:, 3] - b[:, 1] + 1.0)
-    union = area_a + area_b - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(inter > 0, inter / union, 0.0)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import argparse
 from dataclasses import replace
 
 from stage2_relations.heads import HEADS, HeadContext, RSNet, count_parameters, from_config, head_class
-from store.vocabulary import ACTION_GENOME, Mode
+from store.modes import Mode
+from store.vocabulary import ACTION_GENOME
 
 # RS-Net paper, Table 2 (SGDET): parameters in millions, without and with RS-Net. Its counts
 # leave out the detector (STKET's and DSG-DETR's equal their relation models exactly).

@@ -29,7 +29,8 @@ from torch import nn
 
 from stage2_relations.data import RelationBatch
 from stage2_relations.heads.objects import ObjectPredictions, object_loss, predict_objects
-from store.vocabulary import Mode, PredicateGroup, Vocabulary
+from store.modes import Mode
+from store.vocabulary import PredicateGroup, Vocabulary
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ from stage2_relations.heads.sttran import STTran
 from stage2_relations.heads.tracking import (ACCEPT_COST, COST_WEIGHTS, EXPIRY_FRAMES, frame_number, frame_ranks,
                                              group_by_class, group_by_label, track_objects)
 from store.pairing import select_test_boxes
-from store.vocabulary import Mode, PredicateGroup, Vocabulary
+from store.modes import Mode
+from store.vocabulary import PredicateGroup, Vocabulary
 
 
 def sinusoid(positions: torch.Tensor, d: int) -> torch.Tensor:

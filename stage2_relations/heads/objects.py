@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from stage2_relations.data import RelationBatch
-from store.vocabulary import Mode
+from store.modes import Mode
 
 
 def center_size(boxes: torch.Tensor) -> torch.Tensor:

@@ -163,8 +163,9 @@ class RSNet(nn.Module):
 
 
 if __name__ == "__main__":  # the full-size parameter count of STTran and STTran + RS-Net
-    from stage2_relations.heads import build_head
-    from store.vocabulary import ACTION_GENOME, Mode
+    from stage2_relations.heads.base import build_head
+    from store.modes import Mode
+    from store.vocabulary import ACTION_GENOME
 
     for mode in (Mode.PREDCLS, Mode.SGDET):
         for union in ((2048,), (1024, 7, 7)):

@@ -62,7 +62,9 @@ from stage2_relations.data import RelationBatch
 from stage2_relations.heads.base import HeadContext, PredicateLogits, RelationFeatures, RelationHead, register_head
 from stage2_relations.heads.layers import PairRepresentation, PosEncoderLayer, cloned, frame_windows, pad_groups
 from stage2_relations.heads.objects import object_classifier_for
-from store.vocabulary import Mode, PredicateGroup, Vocabulary
+from store.files import save_torch
+from store.modes import Mode
+from store.vocabulary import PredicateGroup, Vocabulary
 
 BRANCHES = ("ensemble", "spatial", "temporal")
 LOSS_BRANCHES = ("spatial", "temporal", "ensemble", "spatial_prior", "temporal_prior")
@@ -449,14 +451,15 @@ def with_output_branch(checkpoint: str | Path, branch: str, out: str | Path) -> 
         raise ValueError(f"{checkpoint}: head {ckpt['config']['head']!r}, not stket")
     ckpt["config"]["head_cfg"] = {**ckpt["config"]["head_cfg"], "output_branch": branch}
     out = Path(out)
-    torch.save(ckpt, out)
+    save_torch(ckpt, out)
     return out
 
 
 def parameter_counts() -> dict[str, int]:
     """Full-size parameter counts (AG vocabulary, feature 2048) of STKET and STKET + RS-Net, per
     mode and union feature."""
-    from stage2_relations.heads import RSNet, count_parameters
+    from stage2_relations.heads.base import count_parameters
+    from stage2_relations.heads.rsnet import RSNet
     from store.vocabulary import ACTION_GENOME
 
     out = {}

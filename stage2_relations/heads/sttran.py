@@ -34,7 +34,8 @@ from stage2_relations.heads.base import HeadContext, PredicateLogits, RelationFe
 from stage2_relations.heads.layers import PairRepresentation, PosEncoder, frame_windows, pad_groups
 from stage2_relations.heads.losses import multilabel_margin_loss
 from stage2_relations.heads.objects import object_classifier_for
-from store.vocabulary import Mode, PredicateGroup, Vocabulary
+from store.modes import Mode
+from store.vocabulary import PredicateGroup, Vocabulary
 
 
 @register_head("sttran")

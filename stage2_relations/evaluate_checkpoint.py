@@ -1,0 +1,94 @@
+"""``cli.py eval --run RUN_DIR | --checkpoint FILE``: a trained model scored on a store split.
+
+Writes into the output folder (default ``RUN_DIR/eval_<split>_<mode>``) the files of
+:func:`~stage2_relations.evaluation.report.write_report` (metrics.json with the parameter
+count and inference speed added, metrics.csv, predicate_recall.csv/.png, table.txt) and
+``frames.png``: a few frames with their top triplets (over the AG frame images when the
+store's source dataset folder still has its ``frames/`` dump).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from stage2_relations.data import VideoDataset
+from stage2_relations.evaluation import MeanRecall, format_table, write_predictions, write_report
+from stage2_relations.evaluation.predict import as_sets, plot_frames, score_model
+from stage2_relations.evaluation.structures import Constraint
+from stage2_relations.heads import count_parameters, head_class
+from stage2_relations.train import load_checkpoint, run_checkpoint
+from store.errors import ConfigError, InputError
+from store.modes import Mode
+
+
+def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
+                        store_path: str | None = None, split: str = "test", mode: str | None = None,
+                        sgdet_boxes: str | None = None, object_scores: str | None = None,
+                        constraints: Sequence[str] = ("with", "semi", "no"), out_dir: str | Path | None = None,
+                        save_predictions: str | Path | None = None, mean_recall: MeanRecall = MeanRecall.DATASET,
+                        max_videos: int = 0, device: str = "cpu", num_frames_png: int = 3,
+                        echo: Callable[[str], None] = print, **eval_kwargs) -> dict:
+    """Evaluate a checkpoint; returns {'results', 'parameters', 'speed', 'paths'}.
+
+    ``mode`` defaults to the training mode; another mode works when the model can serve it
+    (a head without object classifier keeps the given / detector labels and scores).
+    ``sgdet_boxes`` and ``object_scores`` default to the recipe's (:class:`~stage2_relations.views.ViewOptions`).
+    """
+    ckpt_path = Path(checkpoint) if checkpoint is not None else run_checkpoint(run_dir)
+    model, cfg, ckpt = load_checkpoint(ckpt_path, device=device, store_path=store_path)
+    mode = Mode(mode or cfg.mode)
+    changes = {k: v for k, v in (("sgdet_boxes", sgdet_boxes), ("object_scores", object_scores)) if v is not None}
+    options = dataclasses.replace(cfg.view_options(), negatives=False, **changes)
+    required = head_class(cfg.head).required_view_options()  # DSG-DETR: the pair pool, raw SGDET boxes
+    if mode is Mode.SGDET and required.get("sgdet_boxes", options.sgdet_boxes) != options.sgdet_boxes:
+        raise ConfigError(f"head {cfg.head!r} rebuilds the SGDET test boxes from the stored detections: "
+                          f"it needs sgdet_boxes {required['sgdet_boxes']!r}, not {options.sgdet_boxes!r}")
+    ds = VideoDataset(cfg.store, split, mode, train=False, options=options, max_videos=max_videos)
+    if not len(ds):
+        raise InputError(f"{cfg.store}: no videos in split {split!r}")
+    results, names, (gts, preds), speed = score_model(model, ds, device=device, constraints=constraints,
+                                                       videos_per_batch=1, progress=True, **eval_kwargs)
+    results = {Constraint(c): r for c, r in results.items()}
+    n_params = count_parameters(model)
+    echo(format_table(results, mean_recall=mean_recall))
+    speed["threads"] = torch.get_num_threads()
+    echo(f"{cfg.head}{' + RS-Net' if cfg.rsnet is not None else ''}: {n_params / 1e6:.2f} M parameters, "
+         f"{speed['fps']:.1f} frames/s from the store ({speed['frames']} frames, {device}, {speed['threads']} threads)")
+    if speed["pairs_substituted"]:
+        echo(f"note: {speed['pairs_substituted']} of {speed['pairs']} scored pairs took another pair's union "
+             f"feature (the store holds no feature for their own: docs/stage2.md)")
+    out = Path(out_dir) if out_dir is not None else ckpt_path.parent / f"eval_{split}_{mode.value}"
+    extra = {"checkpoint": str(ckpt_path), "store": cfg.store, "split": split, "mode": mode.value,
+             "view": dataclasses.asdict(options), "parameters": n_params,
+             "inference": speed, "config": cfg.to_dict(), "provenance": ckpt.get("provenance", {})}
+    paths = write_report(results, out, vocabulary=ds.vocabulary, mean_recall=mean_recall, extra=extra)
+    # a few frames with predictions and GT relations, spread over the split
+    with_rel = [i for i, g in enumerate(gts) if len(g.gt_relations) and len(preds[i].pred_pairs)]
+    pick = [with_rel[int(j * len(with_rel) / num_frames_png)] for j in range(min(num_frames_png, len(with_rel)))]
+    sizes = _frame_sizes(ds, names)
+    root = ds.meta.source.get("root")
+    paths["frames.png"] = plot_frames([names[i] for i in pick], [preds[i] for i in pick], [sizes[i] for i in pick],
+                                      ds.vocabulary, mode, out / "frames.png",
+                                      image_root=Path(root) / "frames" if root else None)
+    if save_predictions is not None:
+        gt_set, pred_set = as_sets(names, gts, preds, ds.vocabulary)
+        paths["predictions"] = write_predictions(
+            save_predictions, pred_set, mode=mode, ground_truth=gt_set, vocabulary=ds.vocabulary,
+            metadata={"checkpoint": str(ckpt_path), "config": cfg.to_dict(), "split": split})
+    echo(f"wrote {', '.join(p.name for p in paths.values())} to {out}")
+    return {"results": results, "parameters": n_params, "speed": speed, "paths": paths}
+
+
+def _frame_sizes(ds: VideoDataset, names: Sequence[str]) -> list[tuple[int, int]]:
+    sizes = []
+    for v in ds.videos:
+        rec = ds.store.read_video(v, fields=("gt_small",))
+        sizes.extend((int(w), int(h)) for w, h in rec.frame_sizes[ds.frames_of(rec)])
+    return sizes
+
+
+__all__ = ["evaluate_checkpoint"]

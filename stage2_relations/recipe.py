@@ -1,0 +1,197 @@
+"""The training recipe: :class:`TrainConfig` (one frozen dataclass, every field a recipe can
+set), its checks (:func:`check_config`: types, ranges, choices, a registered head and the
+keywords its constructor takes) and :func:`load_config` (a YAML recipe from ``configs/``,
+through :func:`store.errors.load_yaml_mapping`, plus command-line overrides).
+
+A wrong field is one :class:`~store.errors.ConfigError` line naming where it came from (the
+file, ``--set KEY``, ``--lr``) and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from stage2_relations.heads import HEADS, RSNet, head_class
+from stage2_relations.views import ASSIGNMENTS, NEGATIVE_LABELS, OBJECT_SCORES, SGDET_BOXES, ViewOptions
+from store.errors import (
+    ConfigError,
+    at_least,
+    between,
+    check_fields,
+    check_keywords,
+    load_yaml_mapping,
+    one_of,
+    positive,
+)
+from store.modes import Mode
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training recipe (``configs/*.yaml``); every field can be overridden on the CLI."""
+
+    store: str = ""
+    mode: str = "predcls"
+    head: str = "sttran"
+    head_cfg: dict = field(default_factory=dict)
+    """Keyword arguments of the head (e.g. hidden, embed_dim, num_heads, ffn_dim)."""
+    rsnet: dict | None = None
+    """None: the bare head; a dict (possibly empty): RS-Net around it, with these arguments."""
+    glove: str | None = None
+    """GloVe text file to initialise the class embeddings (None: random, learnable)."""
+    assignment: str = "sttran"
+    """SGDET training assignment: 'sttran' (lib/funcs.py) or 'strict' (stage2_relations.views)."""
+    sgdet_boxes: str = "sttran"
+    """SGDET test boxes (validation here, and the default of eval): 'sttran' or 'raw'."""
+    object_scores: str = "sttran"
+    """SGCLS / SGDET test object labels and scores: 'sttran' (the protocol) or 'classifier'."""
+    negatives: bool | None = None
+    """Pairs without a relation in the training view; None: with RS-Net only (the baselines
+    train on positives, as their papers do)."""
+    negative_labels: str = "detector"
+    """SGDET: the class of boxes only negatives use, 'detector' or 'assigned' (views.ViewOptions)."""
+    epochs: int = 10
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    grad_clip: float = 5.0
+    videos_per_batch: int = 1
+    num_workers: int = 0
+    preload: bool = False
+    seed: int = 0
+    negative_ratio: float = 1.2
+    negative_iou: float = 0.5
+    plateau_factor: float = 0.5
+    plateau_patience: int = 1
+    plateau_threshold: float = 1e-4
+    """ReduceLROnPlateau: an absolute gain below this is no gain (STTran: 1e-4, 'abs')."""
+    min_lr: float = 1e-7
+    train_split: str = "train"
+    val_split: str = "val"
+    max_videos: int = 0
+    """Train on at most this many videos (0: all), for trials."""
+    val_max_videos: int = 0
+    device: str = "auto"
+    threads: int = 0
+    """torch intra-op threads; 0: from the cores available and ``num_workers`` (store.threads)."""
+    verify_checksums: bool = True
+    """Check every video read from the store against its checksums (once per video per process)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def view_options(self) -> ViewOptions:
+        """The data views this recipe trains and validates on, with the fields the head requires
+        (:meth:`~stage2_relations.heads.base.RelationHead.required_view_options`; DSG-DETR: the
+        pair pool and, in SGDET, the raw detections, which a recipe naming other boxes contradicts)."""
+        negatives = self.rsnet is not None if self.negatives is None else bool(self.negatives)
+        required = head_class(self.head).required_view_options()
+        if Mode(self.mode) is Mode.SGDET and required.get("sgdet_boxes", self.sgdet_boxes) != self.sgdet_boxes:
+            raise ConfigError(f"head {self.head!r} needs sgdet_boxes: {required['sgdet_boxes']} (it rebuilds the SGDET "
+                              f"test boxes itself); the recipe says {self.sgdet_boxes!r}")
+        options = ViewOptions(assignment=self.assignment, sgdet_boxes=self.sgdet_boxes,
+                              object_scores=self.object_scores, negatives=negatives,
+                              negative_labels=self.negative_labels,
+                              negative_ratio=self.negative_ratio, negative_iou=self.negative_iou)
+        return dataclasses.replace(options, **required)
+
+
+# Ranges and choices of the recipe's fields (types come from the annotations).
+RULES = {
+    "mode": one_of(*(m.value for m in Mode)),
+    "assignment": one_of(*ASSIGNMENTS),
+    "sgdet_boxes": one_of(*SGDET_BOXES),
+    "object_scores": one_of(*OBJECT_SCORES),
+    "negative_labels": one_of(*NEGATIVE_LABELS),
+    "epochs": at_least(1),
+    "lr": positive(),
+    "weight_decay": at_least(0),
+    "grad_clip": at_least(0),
+    "videos_per_batch": at_least(1),
+    "num_workers": at_least(0),
+    "threads": at_least(0),
+    "seed": at_least(0),
+    "negative_ratio": at_least(0),
+    "negative_iou": between(0, 1),
+    "plateau_factor": between(0, 1, lo_open=True, hi_open=True),
+    "plateau_patience": at_least(0),
+    "plateau_threshold": at_least(0),
+    "min_lr": at_least(0),
+    "max_videos": at_least(0),
+    "val_max_videos": at_least(0),
+}
+
+# Fields that do not change what a run computes: ``resume`` may change them (and ``epochs``,
+# to train a run longer: the schedule does not depend on it).
+RESUME_MAY_CHANGE = ("device", "num_workers", "threads", "preload", "verify_checksums", "epochs")
+
+
+def check_config(data: dict[str, Any], where: Callable[[str], str] | str) -> TrainConfig:
+    """A :class:`TrainConfig` from ``data`` after checking every field: known keys, types,
+    ranges and choices, a registered head, ``head_cfg`` keys that the head's constructor
+    takes and ``rsnet`` keys that RS-Net's takes. ``where`` names a field's origin (the
+    file, ``--set KEY``, ``--lr``) in the one-line :class:`ConfigError`."""
+    origin = where if callable(where) else (lambda _k, _w=where: str(_w))
+    values = check_fields(TrainConfig, data, where=origin, rules=RULES)
+    head = values.get("head", TrainConfig.head)
+    if head not in HEADS:
+        raise ConfigError(f"{origin('head')}: head: unknown head {head!r}; registered: {', '.join(sorted(HEADS))}")
+    cls = HEADS[head]
+    check_keywords(cls.__init__, values.get("head_cfg") or {}, skip=cls.context_arguments, what="head_cfg",
+                   where=lambda k: origin(f"head_cfg.{k}"))
+    if values.get("rsnet") is not None:
+        check_keywords(RSNet.__init__, values["rsnet"], skip=("head",), what="rsnet",
+                       where=lambda k: origin(f"rsnet.{k}"))
+    return TrainConfig(**values)
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None,
+                labels: dict[str, str] | None = None) -> TrainConfig:
+    """The recipe at ``path`` (YAML) with ``overrides`` applied; dotted keys reach into dicts
+    (``head_cfg.hidden=64``, ``rsnet.temporal_token=mean``). Every field is checked
+    (:func:`check_config`); a wrong one raises :class:`ConfigError` with one line naming the
+    file, or the override's label (``labels[key]``, e.g. ``"--lr"``; default ``"override KEY"``),
+    and the field."""
+    data: dict[str, Any] = load_yaml_mapping(path) if path is not None else {}
+    origin = {k: str(path) for k in data}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        label = (labels or {}).get(key, f"override {key}")
+        top, _, rest = key.partition(".")
+        if top not in known:
+            raise ConfigError(f"{label}: unknown field {top!r}; known: {', '.join(sorted(known))}")
+        if rest:
+            sub = data.get(top) or {}
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{label}: {top} is {sub!r}, not a mapping with keys")
+            data[top] = {**sub, rest: value}
+            origin[key] = label
+            origin.setdefault(top, label)
+        else:
+            data[top] = value
+            origin[top] = label
+
+    def where(field_name: str) -> str:
+        return origin.get(field_name) or origin.get(field_name.partition(".")[0]) or str(path or "the recipe")
+
+    return check_config(data, where)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"key=value"`` with the value parsed as YAML (``lr=1e-4``, ``rsnet=null``)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: not KEY=VALUE")
+    k, v = text.split("=", 1)
+    try:
+        return k.strip(), yaml.safe_load(v)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
+
+
+__all__ = ["RESUME_MAY_CHANGE", "RULES", "TrainConfig", "check_config", "load_config", "parse_override"]

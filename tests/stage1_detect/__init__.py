@@ -1,0 +1,1 @@
+"""Tests of stage1_detect/."""

@@ -1,0 +1,1 @@
+"""Tests of stage2_relations/evaluation/."""
