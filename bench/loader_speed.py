@@ -35,8 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stage2_relations.data import Collator, VideoDataset, epoch_order  # noqa: E402
-from stage2_relations.train import build_from_config, load_config  # noqa: E402
+from epoch import epoch_batches, fresh_model, step  # noqa: E402
+from stage2_relations.data import Collator, VideoDataset  # noqa: E402
+from stage2_relations.recipe import load_config  # noqa: E402
 from stage2_relations.views import ViewOptions  # noqa: E402
 from store import StoreWriter, open_store  # noqa: E402
 from store.testing import synthetic_meta, synthetic_video  # noqa: E402
@@ -89,36 +90,21 @@ def loader_throughput(path: Path, repeats: int) -> dict[str, float]:
     return best
 
 
-def _step(model, optimizer, batch, clip: float) -> None:
-    out = model(batch)
-    loss = sum(model.loss(out, batch).values())
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    optimizer.step()
-
-
 def training_overhead(path: Path, config: str, workers: int, repeats: int) -> dict[str, float]:
     """One epoch from the store (DataLoader, ``workers`` workers, prefetch 2) against the same
     batches kept in memory, fastest of ``repeats`` runs each, alternated."""
     cfg = load_config(config, {"store": str(path), "mode": "sgdet", "train_split": "train"})
     meta = open_store(path).meta
     ds = VideoDataset(str(path), "train", "sgdet", train=True, seed=cfg.seed, options=cfg.view_options())
-    order = epoch_order(len(ds), cfg.seed, 0)
-    collate = Collator.of(ds)
+    order, collate, batches, frames = epoch_batches(ds, cfg)
     vpb = cfg.videos_per_batch
-    batches = [collate([ds[i] for i in order[j:j + vpb]]) for j in range(0, len(order), vpb)]
-    frames = sum(b.num_frames for b in batches)
 
     def fresh():
-        torch.manual_seed(cfg.seed)
-        model = build_from_config(cfg, meta)
-        model.train()
-        return model, torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return fresh_model(cfg, meta)
 
     model, opt = fresh()
     for b in batches[:3]:  # warm-up
-        _step(model, opt, b, cfg.grad_clip)
+        step(model, opt, b, cfg.grad_clip)
 
     def from_store() -> tuple[float, float]:
         """(epoch seconds, seconds until the first batch: the workers' start)."""
@@ -132,14 +118,14 @@ def training_overhead(path: Path, config: str, workers: int, repeats: int) -> di
         for b in loader:
             if first is None:
                 first = time.perf_counter() - t0
-            _step(model, opt, b, cfg.grad_clip)
+            step(model, opt, b, cfg.grad_clip)
         return time.perf_counter() - t0, first or 0.0
 
     def from_memory() -> float:
         model, opt = fresh()
         t0 = time.perf_counter()
         for b in batches:
-            _step(model, opt, b, cfg.grad_clip)
+            step(model, opt, b, cfg.grad_clip)
         return time.perf_counter() - t0
 
     runs, memory_s = [], []

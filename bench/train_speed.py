@@ -49,9 +49,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stage2_relations.data import Collator, VideoDataset, epoch_order  # noqa: E402
+from epoch import epoch_batches, fresh_model, step  # noqa: E402
+from stage2_relations.data import VideoDataset  # noqa: E402
 from stage2_relations.recipe import load_config  # noqa: E402
-from stage2_relations.train import build_from_config  # noqa: E402
 from store import open_store  # noqa: E402
 from store.boxes import union_boxes  # noqa: E402
 
@@ -59,15 +59,6 @@ from store.boxes import union_boxes  # noqa: E402
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def _step(model, optimizer, batch, clip: float) -> None:
-    out = model(batch)
-    loss = sum(model.loss(out, batch).values())
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    optimizer.step()
 
 
 def _read_png(path: Path) -> torch.Tensor:
@@ -111,20 +102,14 @@ def measure(cfg, store_path: str, mode: str, detector, pngs: list[Path], *, use_
                             max_videos=max_videos)
 
     ds = dataset()
-    order = epoch_order(len(ds), cfg.seed, 0)
-    collate = Collator.of(ds)
+    order, collate, batches, frames = epoch_batches(ds, cfg)
     vpb = cfg.videos_per_batch
-    batches = [collate([ds[i] for i in order[j:j + vpb]]) for j in range(0, len(order), vpb)]
-    frames = sum(b.num_frames for b in batches)
 
     def fresh():
-        torch.manual_seed(cfg.seed)
-        model = build_from_config(cfg, meta).to(device)
-        model.train()
-        return model, torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return fresh_model(cfg, meta, device)
 
     model, opt = fresh()
-    _step(model, opt, batches[0].to(device), cfg.grad_clip)  # warm-up
+    step(model, opt, batches[0].to(device), cfg.grad_clip)  # warm-up
     params = sum(p.numel() for p in model.parameters())
     del model, opt
 
@@ -134,7 +119,7 @@ def measure(cfg, store_path: str, mode: str, detector, pngs: list[Path], *, use_
         _sync(device)
         t0 = time.perf_counter()
         for b in loader:
-            _step(model, opt, b.to(device), cfg.grad_clip)
+            step(model, opt, b.to(device), cfg.grad_clip)
         _sync(device)
         return time.perf_counter() - t0
 
@@ -144,7 +129,7 @@ def measure(cfg, store_path: str, mode: str, detector, pngs: list[Path], *, use_
         _sync(device)
         t0 = time.perf_counter()
         for b in on_device:
-            _step(model, opt, b, cfg.grad_clip)
+            step(model, opt, b, cfg.grad_clip)
         _sync(device)
         return time.perf_counter() - t0
 
@@ -167,7 +152,7 @@ def measure(cfg, store_path: str, mode: str, detector, pngs: list[Path], *, use_
         b = b.to(device)
         if use_recomputed:
             b = dataclasses.replace(b, features=feats.to(b.features), union=union.to(b.union))
-        _step(model, opt, b, cfg.grad_clip)
+        step(model, opt, b, cfg.grad_clip)
     _sync(device)
     recompute_s = time.perf_counter() - t0
     out = {"head": cfg.head, "rsnet": cfg.rsnet is not None, "parameters": params, "mode": mode, "frames": frames,
@@ -193,7 +178,7 @@ def _random_detector(arch: str, device: torch.device):
 
 
 def _synthetic_frames(root: Path, videos: int, frames: int, width: int, height: int) -> list[Path]:
-    from stage1_detect.synth import SynthConfig, generate_synthetic_ag
+    from synth import SynthConfig, generate_synthetic_ag
 
     generate_synthetic_ag(root, SynthConfig(videos=videos, frames_per_video=frames, width=width, height=height,
                                             seed=0, write_mp4=False), progress=False)

@@ -128,7 +128,7 @@ def summary(tables: dict[str, pd.DataFrame]) -> str:
     lines = [
         f"{len(v)} videos ({', '.join(f'{k} {n}' for k, n in v['split'].value_counts().sort_index().items())}), "
         f"{len(f)} frames, {v['segment'].nunique()} segment(s)",
-        f"per frame (mean / max): " + ", ".join(
+        "per frame (mean / max): " + ", ".join(
             f"{t} {f[t].mean():.1f} / {f[t].max()}" for t in ROW_TABLES) if len(f) else "no frames",
         f"frames without relations: {int((f['gt_relations'] == 0).sum()) if len(f) else 0}, "
         f"videos without detections: {int((v['detections'] == 0).sum())}, "

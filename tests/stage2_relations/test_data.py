@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from stage2_relations.data import Collator, VideoDataset, collate, epoch_order, negative_rng, spatial_masks
+from stage2_relations.data import Collator, VideoDataset, epoch_order, negative_rng, spatial_masks
 from stage2_relations.views import ViewOptions, frame_view, mode_frames, sample_negatives
 from store import StoreWriter, open_store
 from store.boxes import box_iou_continuous

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from stage2_relations.data import Collator, VideoDataset, collate
+from stage2_relations.data import Collator, VideoDataset
 from stage2_relations.heads import HEADS, HeadContext, RSNet, build_model, count_parameters, head_class
 from stage2_relations.heads.losses import focal_loss, multilabel_margin_loss
 from stage2_relations.heads.objects import object_loss, predict_objects, sgcls_test_objects
