@@ -81,3 +81,31 @@ def test_only_the_store_imports_h5py_or_zarr():
                  for m in ([a.name for a in node.names] if isinstance(node, ast.Import)
                            else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])}
         assert not roots & {"h5py", "zarr", "hdf5plugin"}, name
+
+
+def test_scripts_import_what_exists():
+    """Every import of a project module in bench/ and the top-level scripts, inside functions
+    too, names a module and names that exist: the suite does not run the benchmarks, so a
+    move or a rename would otherwise break them silently."""
+    import importlib
+
+    scripts = sorted((REPO / "bench").glob("*.py")) + [REPO / "cli.py", REPO / "demo.py"]
+    local = {p.stem for p in (REPO / "bench").glob("*.py")}
+    problems = []
+    for path in scripts:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                top = node.module.split(".")[0]
+                if top not in PACKAGES + ("tests", "cli", "demo") and top not in local:
+                    continue
+                name = node.module if top not in local else f"bench.{node.module}"
+                try:
+                    module = importlib.import_module(name)
+                except ImportError as e:
+                    problems.append(f"{path.name}:{node.lineno}: {node.module}: {e}")
+                    continue
+                missing = [a.name for a in node.names if a.name != "*" and not hasattr(module, a.name)
+                           and importlib.util.find_spec(f"{name}.{a.name}") is None]
+                if missing:
+                    problems.append(f"{path.name}:{node.lineno}: {node.module} has no {', '.join(missing)}")
+    assert not problems, "\n".join(problems)
