@@ -92,26 +92,9 @@ def flip_byte(segment: Path, key: str) -> None:
 
 
 def predictions(path: Path, tamper: dict | None = None) -> Path:
-    from stage2_relations.evaluation import (FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet,
-                                             write_predictions)
-    from store.modes import Mode
-    from store.vocabulary import ACTION_GENOME as VOC
+    from tests.helpers.predictions import write_tiny_predictions
 
-    boxes = np.array([[0, 0, 99, 199], [10, 10, 29, 29]], float)
-    gt = FrameGroundTruth(boxes, [1, VOC.object_index("cup")], [[0, 1, 0]])
-    p = FramePredictions(boxes, [1, VOC.object_index("cup")], np.ones(2), [[0, 1]], [[0.7, 0.2, 0.1]],
-                         np.full((1, 6), 0.5), np.full((1, 17), 0.5))
-    names = ["A.mp4/000001.png", "A.mp4/000002.png"]
-    write_predictions(path, PredictionSet.from_frames([p, p], names), mode=Mode.PREDCLS,
-                      ground_truth=GroundTruthSet.from_frames([gt, gt], names))
-    if tamper:
-        with np.load(path) as z:
-            arrays = {k: z[k] for k in z.files}
-        for k, f in tamper.items():
-            arrays[k] = f(arrays[k].copy())
-        with open(path, "wb") as fh:
-            np.savez(fh, **arrays)
-    return path
+    return write_tiny_predictions(path, tamper)
 
 
 def run(base: Path) -> Probes:

@@ -19,15 +19,10 @@ from click.testing import CliRunner
 from cli import main
 from stage1_detect.detectors import build_detector, save_detector
 from synth import SynthConfig, generate_synthetic_ag
-from stage2_relations.evaluation import FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet
-from stage2_relations.evaluation import write_predictions
 from stage2_relations.recipe import TrainConfig
 from stage2_relations.train import train
-from store.modes import Mode
-from store.vocabulary import ACTION_GENOME as VOC
+from tests.helpers.predictions import write_tiny_predictions
 from tests.helpers.stage2 import TINY_HEAD, write_learnable_store
-
-PERSON, CUP = VOC.person_index, VOC.object_index("cup")
 
 
 def _run(*args):
@@ -96,21 +91,7 @@ def test_an_empty_file_is_not_aborted_even_with_vv(files):
 
 
 def _predictions(path: Path, **tamper) -> Path:
-    boxes = np.array([[0, 0, 99, 199], [10, 10, 29, 29]], float)
-    gt = FrameGroundTruth(boxes, [PERSON, CUP], [[0, 1, 0]])
-    p = FramePredictions(boxes, [PERSON, CUP], np.ones(2), [[0, 1]], [[0.7, 0.2, 0.1]], np.full((1, 6), 0.5),
-                         np.full((1, 17), 0.5))
-    names = ["A.mp4/000001.png", "A.mp4/000002.png"]
-    write_predictions(path, PredictionSet.from_frames([p, p], names), mode=Mode.PREDCLS,
-                      ground_truth=GroundTruthSet.from_frames([gt, gt], names))
-    if tamper:
-        with np.load(path) as z:
-            arrays = {k: z[k] for k in z.files}
-        for k, f in tamper.items():
-            arrays[k] = f(arrays[k])
-        with open(path, "wb") as fh:
-            np.savez(fh, **arrays)
-    return path
+    return write_tiny_predictions(path, tamper)
 
 
 def _flip_first_box(b):
