@@ -1,12 +1,6 @@
-"""The demo: the whole pipeline on synthetic Action Genome (``make demo``, ``cli.py demo``).
-
-Synthesise Action Genome, read it back (PredCLS and SGDET annotations), train the small
-detector from scratch, extract every video into a feature store, check it and print its
-statistics, train STTran and STTran + RS-Net (SGDET, the paper's headline setting, with the
-tiny demo recipes) from the store, evaluate both on the test split and print them in a
-table shaped like the RS-Net paper's Table 2. Every step is a command of its own; see the
-README.
-"""
+"""The demo (``make demo``, ``cli.py demo``): the whole pipeline on synthetic Action Genome,
+each step the library call behind one command. Its steps are listed once, in the help of
+``cli.py demo`` (``python cli.py demo --help``)."""
 
 from __future__ import annotations
 
