@@ -76,6 +76,11 @@ def _chunk_rows(row_bytes: int, target: int = CHUNK_BYTES) -> int:
     return max(1, target // max(1, row_bytes))
 
 
+def segment_temp_path(path: Path) -> Path:
+    """Where a segment writer of this process builds ``path`` before renaming it into place."""
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
 class SegmentWriter:
     """Writes one segment: arrays are sized up front from row totals, filled video by video.
 
@@ -94,7 +99,7 @@ class SegmentWriter:
                 raise ValueError(f"compression {t}={c}: tables are {ROW_TABLES}, codecs {COMPRESSIONS}")
             self.compression[t] = c
         self.attrs = dict(attrs or {})
-        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self.tmp = segment_temp_path(self.path)
         self._dims = meta.dims()
         self._pos = {t: 0 for t in ROW_TABLES}
         self._videos: list[tuple[str, str, dict[str, tuple[int, int]], list[int]]] = []

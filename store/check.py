@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from store.backends import WRITERS, backend_of_suffix
+from store.backends import backend_of_suffix
 from store.files import WriterLock, describe_os_error
 from store.manifest import MANIFEST, SegmentIndex, manifest_checksum
 from store.reader import Layout, find_layout, index_segments, open_store, scan_segment
 from store.records import StoreError, StoreMeta
 from store.schema import ROW_ARRAYS, ROW_TABLES, SCHEMA_VERSION, resolve_trailing
+from store.writer import write_segment
 
 log = logging.getLogger(__name__)
 
@@ -199,27 +199,15 @@ def merge(src: str | Path, dst: str | Path, *, backend: str | None = None,
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         if dst.exists():
             raise StoreError(dst, "exists; merge writes a new store (remove it or choose another name)")
-        tmp = f"{dst.name}.tmp-{os.getpid()}"  # the SegmentWriter's temporary name
-        lock.record(tmp)
-        w = None
         try:
             _check_free_space(dst, store)
             extra = {"in_memory": False} if backend == "hdf5" else {}  # one segment of the whole store
-            w = WRITERS[backend](dst, store.meta, totals, compression=compression, attrs={"merged_from": str(src)},
-                                 **extra)
-            for v in tqdm(names, desc=f"merge -> {dst.name}", disable=not progress):
-                w.append(store.read_video(v))
-            w.commit()
-        except BaseException as e:
-            if w is not None:
-                w.abort()
-            else:
-                (dst.parent / tmp).unlink(missing_ok=True)
-            if isinstance(e, OSError):
-                raise StoreError(dst, f"cannot write the merged store: {describe_os_error(e)} (nothing was "
-                                      f"written; the source is untouched)") from e
-            raise
-        lock.forget(tmp)
+            videos = (store.read_video(v) for v in tqdm(names, desc=f"merge -> {dst.name}", disable=not progress))
+            write_segment(dst, backend, store.meta, totals, videos, lock, compression=compression,
+                          attrs={"merged_from": str(src)}, **extra)
+        except OSError as e:
+            raise StoreError(dst, f"cannot write the merged store: {describe_os_error(e)} (nothing was "
+                                  f"written; the source is untouched)") from e
     finally:
         store.close()
         lock.release()

@@ -23,8 +23,9 @@ import re
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Iterable
 
-from store.backends import BACKENDS, SUFFIX, WRITERS, backend_of_suffix
+from store.backends import BACKENDS, SUFFIX, WRITERS, backend_of_suffix, segment_temp_path
 from store.files import WriterLock, describe_os_error
 from store.manifest import MANIFEST, SegmentIndex, manifest_temp_name, write_manifest
 from store.reader import Layout, find_layout, index_segments, scan_segment
@@ -92,6 +93,30 @@ def segment_totals(records: list[VideoRecord]) -> dict[str, int]:
     totals["frames"] = sum(r.num_frames for r in records)
     totals["videos"] = len(records)
     return totals
+
+
+def write_segment(final: Path, backend: str, meta: StoreMeta, totals: dict[str, int],
+                  records: Iterable[VideoRecord], lock: WriterLock, *, compression: dict[str, str] | None = None,
+                  attrs: dict[str, Any] | None = None, **options: Any) -> None:
+    """Write ``records`` into the segment ``final``, whole or not at all: its temporary file is
+    recorded in ``lock`` while it exists (a killed writer's successor removes it), and removed
+    when anything fails, the exception then raised as it came."""
+    tmp = segment_temp_path(final).name
+    lock.record(tmp)
+    w = None
+    try:
+        w = WRITERS[backend](final, meta, totals, compression=compression, attrs=attrs, **options)
+        for r in records:
+            w.append(r)
+        w.commit()
+    except BaseException:
+        if w is not None:
+            w.abort()
+        else:
+            (final.parent / tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        lock.forget(tmp)
 
 
 class StoreWriter:
@@ -205,22 +230,12 @@ class StoreWriter:
             raise StoreError(self.path, "an earlier write failed; this writer commits nothing more")
         name = f"{self.part}-{self._seq:06d}{SUFFIX[self.backend]}"
         final = self.path / name
-        tmp = f"{name}.tmp-{os.getpid()}"  # the SegmentWriter's temporary name
         t0 = time.perf_counter()
-        self._lock.record(tmp)
-        w = None
         try:
-            w = WRITERS[self.backend](final, self.meta, segment_totals(self._buffer), compression=self.compression,
-                                      attrs={"part": self.part, "seq": self._seq, "pid": os.getpid()})
-            for r in self._buffer:
-                w.append(r)
-            w.commit()
+            write_segment(final, self.backend, self.meta, segment_totals(self._buffer), self._buffer, self._lock,
+                          compression=self.compression,
+                          attrs={"part": self.part, "seq": self._seq, "pid": os.getpid()})
         except BaseException as e:
-            if w is not None:
-                w.abort()
-            else:
-                (self.path / tmp).unlink(missing_ok=True)
-            self._lock.forget(tmp)
             self._failed = True
             if isinstance(e, OSError):
                 done, lost = len(self._committed), len(self._buffer)
@@ -229,7 +244,6 @@ class StoreWriter:
                                             f"{lost} video{'s' * (lost != 1)}, not written: fix that and rerun to "
                                             f"continue") from e
             raise
-        self._lock.forget(tmp)
         index, _ = scan_segment(final, self.backend)
         self._segments.append(index)
         self._committed.update(index.videos)
