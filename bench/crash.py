@@ -167,6 +167,24 @@ def _trial(rng: random.Random, kind: str, args: list[str], duration: float, coun
     return {"kind": kind, "at": n, "of": counts[kind], "killed": rc == -signal.SIGKILL}
 
 
+def _kill_and_resume(command: str, rng: random.Random, kills: int, args_of: Callable[[Path], list[str]],
+                     target: Path, duration: float, counts: dict[str, int],
+                     same: Callable[[Path], str]) -> list[dict]:
+    """``kills`` trials: run ``command`` into a fresh ``target``, kill it (:func:`_trial`), run it
+    again to completion, and compare with the reference (``same`` returns a problem or "")."""
+    trials = []
+    for k, kind in enumerate(_kinds(rng, kills)):
+        shutil.rmtree(target, ignore_errors=True)
+        trial = _trial(rng, kind, args_of(target), duration, counts,
+                       reset=lambda: shutil.rmtree(target, ignore_errors=True))
+        _cli(args_of(target))
+        trial["problem"] = same(target)
+        trial["ok"] = not trial["problem"]
+        trials.append(trial)
+        print(f"{command} kill {k + 1:2d}: {trial}", flush=True)
+    return trials
+
+
 def _same_store(path: Path, reference: Path) -> str:
     from store import check_store, open_store
 
@@ -262,18 +280,9 @@ def main() -> None:
     print(f"detect reference: {duration:.1f} s (first write at {counts['start'] + 1:.1f} s), {counts['fsync']} fsync "
           f"and {counts['rename']} renames", flush=True)
     if args.only in (None, "detect"):
-        trials = []
-        for k, kind in enumerate(_kinds(rng, args.kills)):
-            store = work / "trial.h5"
-            shutil.rmtree(store, ignore_errors=True)
-            trial = _trial(rng, kind, detect_args(store), duration, counts,
-                           reset=lambda: shutil.rmtree(store, ignore_errors=True))
-            _cli(detect_args(store))  # the rerun continues what was committed
-            trial["problem"] = _same_store(store, reference)
-            trial["ok"] = not trial["problem"]
-            trials.append(trial)
-            print(f"detect kill {k + 1:2d}: {trial}", flush=True)
-        results["detect"] = trials
+        # the rerun continues what was committed
+        results["detect"] = _kill_and_resume("detect", rng, args.kills, detect_args, work / "trial.h5", duration,
+                                             counts, same=lambda store: _same_store(store, reference))
 
     if args.only in (None, "train"):
         def train_args(run: Path) -> list[str]:
@@ -285,18 +294,9 @@ def main() -> None:
         duration, counts = _counted(train_args(ref_run), work)
         print(f"train reference: {duration:.1f} s (first write at {counts['start'] + 1:.1f} s), {counts['fsync']} "
               f"fsync and {counts['rename']} renames", flush=True)
-        trials = []
-        for k, kind in enumerate(_kinds(rng, args.kills)):
-            run = work / "trial_run"
-            shutil.rmtree(run, ignore_errors=True)
-            trial = _trial(rng, kind, train_args(run), duration, counts,
-                           reset=lambda: shutil.rmtree(run, ignore_errors=True))
-            _cli(train_args(run))  # --resume: continue (or start, without last.pth) and repair
-            trial["problem"] = _same_run(run, ref_run)
-            trial["ok"] = not trial["problem"]
-            trials.append(trial)
-            print(f"train kill {k + 1:2d}: {trial}", flush=True)
-        results["train"] = trials
+        # --resume: continue (or start, without last.pth) and repair
+        results["train"] = _kill_and_resume("train", rng, args.kills, train_args, work / "trial_run", duration,
+                                            counts, same=lambda run: _same_run(run, ref_run))
 
     summary = {cmd: {"ok": sum(t["ok"] for t in ts), "trials": len(ts), "killed": sum(t["killed"] for t in ts),
                      "by_kind": {kind: sum(t["kind"] == kind for t in ts) for kind in ("time", "fsync", "rename")}}
