@@ -326,6 +326,7 @@ class VideoDataset(Dataset):
         self.epoch = 0
         self.options = options
         self.preload = preload
+        self._ground_truth: dict[str, list] = {}
         st = self.store
         self.meta = st.meta
         self.vocabulary = st.meta.vocabulary
@@ -375,6 +376,15 @@ class VideoDataset(Dataset):
 
         return [frame_ground_truth(rec, int(f), self.mode) for f in self.frames_of(rec)]
 
+    def video_ground_truth(self, name: str) -> list:
+        """:meth:`ground_truth` of the video ``name``, read (its GT arrays only) once per dataset:
+        validation asks for it every epoch."""
+        from stage2_relations.ground_truth import GT_FIELDS
+
+        if name not in self._ground_truth:
+            self._ground_truth[name] = self.ground_truth(self.store.read_video(name, fields=GT_FIELDS))
+        return self._ground_truth[name]
+
     # -- building one video -------------------------------------------------------------
 
     def build(self, rec: VideoRecord) -> _VideoArrays:
@@ -389,9 +399,9 @@ class VideoDataset(Dataset):
             box_counts=np.array([len(v.boxes) for v in views], dtype=np.int64),
             pair_counts=np.array([len(v.pairs) for v in views], dtype=np.int64),
             **_concat_views(views, rec, self.vocabulary, union, frames),
-            # the pool serves heads that rebuild pairs at test time; training views skip its cost
+            # the pool serves heads that rebuild SGDET pairs at test time; other views skip its cost
             pool=(video_pool(rec, frames, self.mode, [v.joint for v in views])
-                  if self.options.pair_pool and not self.train else None),
+                  if self.options.pair_pool and not self.train and self.mode is Mode.SGDET else None),
         )
 
 

@@ -14,6 +14,10 @@ from store import VideoRecord
 from store.modes import Mode
 
 
+GT_FIELDS = ("gt_boxes", "gt_labels", "gt_small", "rel_subject", "rel_object", "rel_labels")
+"""The arrays of a stored video that :func:`frame_ground_truth` reads."""
+
+
 def frame_ground_truth(rec: VideoRecord, f: int, mode: Mode | str = Mode.PREDCLS) -> FrameGroundTruth:
     """The GT of frame ``f`` of a store record in ``mode``: the mode's GT objects (every one in
     PREDCLS, those of the _filtersmall annotations otherwise), their labels, and one

@@ -65,7 +65,7 @@ class ViewOptions:
                    and then fails to separate test pairs. The sampling rule uses the
                    assignment's classes either way.
     negative_ratio, negative_iou: RS-Net's sampling (paper 4.2).
-    pair_pool:     the test view's batch also carries every union feature the store holds for
+    pair_pool:     the SGDET test view's batch also carries every union feature the store holds for
                    its frames (:mod:`stage2_relations.pool`), for a head that rebuilds boxes and
                    pairs (``RelationHead.needs_pair_pool``: DSG-DETR at SGDET test).
     """

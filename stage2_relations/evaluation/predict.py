@@ -83,9 +83,7 @@ def predict(model: torch.nn.Module, dataset, *, device: str | torch.device = "cp
         compute += time.perf_counter() - t1
         names.extend(batch.frame_names)
     seconds = time.perf_counter() - t0
-    gts = []
-    for v in dataset.videos:
-        gts.extend(dataset.ground_truth(dataset.store.read_video(v)))
+    gts = [gt for v in dataset.videos for gt in dataset.video_ground_truth(v)]
     model.train(was_training)
     n = len(names)
     return names, gts, preds, {"frames": n, "seconds": seconds, "fps": n / max(seconds, 1e-9),
