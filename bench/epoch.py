@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from stage2_relations.data import Collator, VideoDataset, epoch_order
-from stage2_relations.train import build_from_config
+from stage2_relations.train import build_from_config, train_step
 
 
 def epoch_batches(ds: VideoDataset, cfg) -> tuple[list[int], Collator, list, int]:
@@ -29,10 +29,5 @@ def fresh_model(cfg, meta, device: torch.device | str = "cpu") -> tuple[torch.nn
 
 
 def step(model, optimizer, batch, clip: float) -> None:
-    """One training step as ``train`` takes it: loss sum, backward, clipping, AdamW."""
-    out = model(batch)
-    loss = sum(model.loss(out, batch).values())
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    optimizer.step()
+    """One training step exactly as ``train`` takes it (:func:`stage2_relations.train.train_step`)."""
+    train_step(model, model.loss, batch, optimizer, device=batch.boxes.device, grad_clip=clip, sums={})

@@ -96,7 +96,7 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: Callable, loader, optimizer
     bar = tqdm(batches, total=len(loader), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     try:
         for batch in bar:
-            _step(model, loss_fn, batch, optimizer, device=device, grad_clip=grad_clip, sums=sums)
+            train_step(model, loss_fn, batch, optimizer, device=device, grad_clip=grad_clip, sums=sums)
             steps += 1
             frames += batch.num_frames
             bar.set_postfix(loss=f"{sums['total'] / steps:.3f}")
@@ -110,8 +110,8 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: Callable, loader, optimizer
     return out
 
 
-def _step(model: torch.nn.Module, loss_fn: Callable, batch, optimizer, *, device: torch.device, grad_clip: float,
-          sums: dict[str, float]) -> None:
+def train_step(model: torch.nn.Module, loss_fn: Callable, batch, optimizer, *, device: torch.device,
+               grad_clip: float, sums: dict[str, float]) -> None:
     """Loss dict -> sum -> finite check -> backward -> clip -> step; adds the losses to ``sums``."""
     batch = batch.to(device)
     out = model(batch)
