@@ -266,25 +266,29 @@ def extract(root: Path | str, store_path: Path | str, detector: FrameDetector, *
     reader_options = replace(reader_options, mark_small=True)
     # One writer per part of the store: fail at once, before reading the annotations.
     lock = lock_part(store_path, f"rank{rank}")
-    ag = load_action_genome(root, reader_options)
-    source = open_frame_source(root, config.frame_source)
-    detector = detector.eval().to(device)
-    # No "splits" here: every part of a store must have the same meta, and extracting the
-    # splits in separate runs into one store is fine (each video records its split).
-    meta = store_meta(detector, ag.vocabulary, weights_sha256, config.union_mode,
-                      {"root": str(root.resolve()), "reader": reader_options.to_dict(),
-                       "frame_source": source.name})
-    if meta.union_mode is UnionMode.MAP:
-        log.warning("union features as %s maps: about %.0f KB a pair", meta.union_shape,
-                    meta.union_bytes_per_pair() / 1024)
-    videos = []
-    for split in config.splits:
-        chosen = sorted(ag.videos(split), key=lambda v: v.name)
-        videos.extend(chosen[: config.max_videos] if config.max_videos else chosen)
-    videos = [v for i, v in enumerate(videos) if i % world_size == rank]
+    try:  # until the writer holds it: released if anything before fails
+        ag = load_action_genome(root, reader_options)
+        source = open_frame_source(root, config.frame_source)
+        detector = detector.eval().to(device)
+        # No "splits" here: every part of a store must have the same meta, and extracting the
+        # splits in separate runs into one store is fine (each video records its split).
+        meta = store_meta(detector, ag.vocabulary, weights_sha256, config.union_mode,
+                          {"root": str(root.resolve()), "reader": reader_options.to_dict(),
+                           "frame_source": source.name})
+        if meta.union_mode is UnionMode.MAP:
+            log.warning("union features as %s maps: about %.0f KB a pair", meta.union_shape,
+                        meta.union_bytes_per_pair() / 1024)
+        videos = []
+        for split in config.splits:
+            chosen = sorted(ag.videos(split), key=lambda v: v.name)
+            videos.extend(chosen[: config.max_videos] if config.max_videos else chosen)
+        videos = [v for i, v in enumerate(videos) if i % world_size == rank]
 
-    writer = StoreWriter(store_path, meta, part=f"rank{rank}", backend=config.backend,
-                         segment_bytes=config.segment_mb << 20, compression=config.compression, lock=lock)
+        writer = StoreWriter(store_path, meta, part=f"rank{rank}", backend=config.backend,
+                             segment_bytes=config.segment_mb << 20, compression=config.compression, lock=lock)
+    except BaseException:
+        lock.release()
+        raise
     committed = writer.committed_videos()
     todo = [v for v in videos if v.name not in committed]
     summary = ExtractSummary(store=store_path, videos_skipped_committed=len(videos) - len(todo))

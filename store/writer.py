@@ -142,10 +142,12 @@ class StoreWriter:
                  lock: WriterLock | None = None) -> None:
         self.path = Path(path)
         self.backend = backend or backend_of_suffix(self.path)
-        if self.backend not in BACKENDS:
+        self.closed = True  # until the lock is held and the folder indexed
+        if self.backend not in BACKENDS:  # before anything is written (a lock passed in is the writer's)
+            if lock is not None:
+                lock.release()
             raise StoreError(self.path, "cannot tell the backend: name the store folder *.h5 or *.zarr (or pass "
                                         "backend=)")
-        self.closed = True  # until the lock is held and the folder indexed
         self._lock = lock if lock is not None else lock_part(self.path, part)
         try:
             self._open(meta, part, segment_bytes, compression)

@@ -270,6 +270,26 @@ def test_extraction_refuses_a_reading_that_serves_one_mode(data, tmp_path):
     assert not (tmp_path / "no.h5").exists()
 
 
+def test_a_failed_extraction_lets_the_next_one_in_the_same_process_write(data, tmp_path, monkeypatch):
+    """The part's lock is released when anything between taking it and the writer fails (here
+    the annotations): a retry in the same process (a notebook, a test session) is not told that
+    the part "is being written by another process", its own pid."""
+    import stage1_detect.extract as extract_module
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("unreadable annotations")
+
+    store = tmp_path / "retry.h5"
+    with monkeypatch.context() as m:
+        m.setattr(extract_module, "load_action_genome", broken)
+        with pytest.raises(RuntimeError, match="unreadable annotations") as failure:  # kept, as a notebook keeps it
+            extract(data["root"], store, data["detector"], weights_sha256=data["sha"], reader_options=READER,
+                    config=dataclasses.replace(CONFIG, max_videos=1), progress=False)
+    extract(data["root"], store, data["detector"], weights_sha256=data["sha"], reader_options=READER,
+            config=dataclasses.replace(CONFIG, max_videos=1), progress=False)
+    assert check_store(store) == [] and failure.value is not None
+
+
 # --- runs compared with the reference ----------------------------------------------------
 
 
