@@ -289,7 +289,6 @@ def test_load_backbone_weights(arch, tmp_path):
     # Every backbone tensor is placed; the classifier and BatchNorm's step counters (which
     # FrozenBatchNorm2d does not have) are ignored, not reported as missing.
     assert missing == []
-    assert not any(k.startswith("fc.") for k in missing)
     if arch == "r101-c4":
         assert time.perf_counter() - start < 30
 

@@ -54,7 +54,8 @@ def _run(*args: str):
 def _error_line(r) -> str:
     """The CLI's answer to a bad input: exit 1 and one line, no traceback."""
     assert r.exit_code == 1, r.output
-    assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit), r.output
+    assert "Traceback" not in r.output, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.output
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert lines[-1].startswith("Error: "), r.output
     return lines[-1][len("Error: "):]

@@ -28,6 +28,7 @@ from click.testing import CliRunner
 from stage1_detect.detectors import build_detector, save_detector
 from synth import SynthConfig, generate_synthetic_ag
 from store import StoreError, StoreWriter, backends, check_store, merge, open_store
+from store.files import LockedError
 from tests.helpers.store import assert_store_holds, small_meta, small_videos, write_store
 from tests.helpers import REPO
 
@@ -66,7 +67,7 @@ def test_second_writer_of_a_part_fails_at_once_naming_the_holder(tmp_path):
     try:
         meta = small_meta()
         t0 = time.perf_counter()
-        with pytest.raises(Exception, match=rf"{path}: part 'rank0' is being written by another process "
+        with pytest.raises(LockedError, match=rf"{path}: part 'rank0' is being written by another process "
                                             rf"\(pid {holder.pid}\b"):
             w = StoreWriter(path, meta, part="rank0", segment_bytes=0)
             w.write_video(small_videos(meta, 2)[1])  # before: both wrote rank0-000001.h5, the second won
