@@ -49,7 +49,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from stage1_detect.detectors import build_r101_c4, save_detector, sha256_of
+from stage1_detect.detectors import build_r101_c4, save_detector
+from store.files import sha256_of
 from store.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -58,11 +58,10 @@ from stage1_detect.frame_detector import (
     FrameDetections,
     FrameDetector,
     keep_one_person,
-    sha256_of,
 )
 from stage1_detect.legacy_rcnn import apply_legacy_conventions
 from store.errors import InputError
-from store.files import load_torch, save_torch
+from store.files import load_torch, save_torch, sha256_of
 
 # Caffe's BGR pixel means, on 0..255 pixels (jwyang/faster-rcnn.pytorch cfg.PIXEL_MEANS).
 CAFFE_BGR_MEANS = (102.9801, 115.9465, 122.7717)

@@ -67,8 +67,8 @@ from stage1_detect.frame_detector import (
     FrameDetections,
     FrameDetector,
     keep_one_person,
-    sha256_of,
 )
+from store.files import sha256_of
 from store.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)

@@ -29,11 +29,9 @@ library; detectron2 is optional and only :mod:`stage1_detect.detectron2_backend`
 from __future__ import annotations
 
 import abc
-import hashlib
 import importlib
 import importlib.util
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -151,12 +149,3 @@ def keep_one_person(labels: Tensor, scores: Tensor, person: int) -> Tensor:
         best = torch.where(is_person, scores, torch.full_like(scores, -1.0)).argmax()
         keep[best] = True
     return keep.nonzero().flatten()
-
-
-def sha256_of(path: Path | str, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file (a detector's weights, as the store records them)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

@@ -31,7 +31,6 @@ the main table's, :class:`~stage2_relations.evaluation.MeanRecall`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
@@ -51,7 +50,7 @@ from stage2_relations.recipe import TrainConfig, load_config
 from stage2_relations.train import load_checkpoint, read_checkpoint, run_checkpoint, train
 from stage2_relations.views import OBJECT_SCORES, ViewOptions
 from store.errors import ConfigError, UserError, load_yaml_mapping
-from store.files import write_json
+from store.files import sha256_of, write_json
 from store.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -204,23 +203,11 @@ def run_state(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     return {"epochs": int(ckpt["epoch"]), "best_r20": float(ckpt["best_r20"]), "history": list(ckpt["history"])}
 
 
-def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    write_json(path, payload, indent=2)
 
 
 def evaluation_view(cfg: TrainConfig, rule: str) -> ViewOptions:
@@ -352,7 +339,7 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
         else:
             echo(f"{tag} already trained ({state['epochs']} epochs), not retrained")
         ckpt_path = run_checkpoint(run_dir)
-        sha = file_sha256(ckpt_path)
+        sha = sha256_of(ckpt_path)
         evaluations = {}
         for rule in rules:
             eval_dir = run_dir / f"eval_{SPLIT}_{cfg.mode}_{rule}"
@@ -364,7 +351,7 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
                                     out_dir=eval_dir, device=str(resolve_device(cfg.device)), echo=log.info)
                 payload = json.loads((eval_dir / "metrics.json").read_text())
                 payload["compare"] = {"checkpoint_sha256": sha, "checkpoint": ckpt_path.name}
-                _write_json(eval_dir / "metrics.json", payload)
+                write_json(eval_dir / "metrics.json", payload, indent=2)
                 values = metric_values(payload)
                 echo(f"{tag} {rule}: test R@20 {100 * values['with:R@20']:.1f} (with) / "
                      f"{100 * values['no:R@20']:.1f} (no), {values['fps']:.1f} frames/s")
@@ -391,7 +378,7 @@ def _relation_scores(cfg: TrainConfig, run_dir: Path, ckpt_path: Path, sha: str,
     model, _, _ = load_checkpoint(ckpt_path, device=device)
     ds = VideoDataset(cfg.store, SPLIT, cfg.mode, train=True, seed=cfg.seed, options=view)
     summary = relation_score_summary(model, ds, device, videos_per_batch=cfg.videos_per_batch)
-    _write_json(path, {"key": key, "summary": summary})
+    write_json(path, {"key": key, "summary": summary}, indent=2)
     if summary["gap"] is not None:
         echo(f"{tag} p_t0 on test: positives {summary['positive_mean']:.3f} ({summary['positives']} pairs), "
              f"negatives {summary['negative_mean']:.3f} ({summary['negatives']} pairs)")

@@ -20,6 +20,7 @@ import contextlib
 import datetime as _dt
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -340,3 +341,12 @@ def _is_zip(path: Path) -> bool:
 
 __all__ = ["LockedError", "WriterLock", "atomic_write", "copy_file", "describe_os_error", "fsync_dir",
            "load_torch", "remove_temps", "temp_path", "write_json", "write_text"]
+
+
+def sha256_of(path: Path | str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file (a detector's weights as the store records them, a checkpoint)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -332,9 +332,7 @@ class DSGDETR(PairRepresentation, RelationHead):
             rel = self._temporal(enc[group, position], batch, labels[o])
         return RelationFeatures(pair_input=x, relation=rel, objects=objects, batch=batch)
 
-    def classify(self, relation: torch.Tensor) -> PredicateLogits:
-        return PredicateLogits(self.attention_head(relation), self.spatial_head(relation),
-                               self.contacting_head(relation))
+    classify = STTran.classify  # the three predicate heads, as STTran
 
     def assemble(self, features: RelationFeatures, logits: PredicateLogits) -> RelationOutput:
         out = super().assemble(features, logits)

@@ -62,7 +62,7 @@ from stage2_relations.data import RelationBatch
 from stage2_relations.heads.base import HeadContext, PredicateLogits, RelationFeatures, RelationHead, register_head
 from stage2_relations.heads.layers import PairRepresentation, PosEncoderLayer, cloned, frame_windows, pad_groups
 from stage2_relations.heads.objects import object_classifier_for
-from store.files import save_torch
+from store.files import load_torch, save_torch
 from store.modes import Mode
 from store.vocabulary import PredicateGroup, Vocabulary
 
@@ -446,7 +446,7 @@ def with_output_branch(checkpoint: str | Path, branch: str, out: str | Path) -> 
     branch is trained in every run)."""
     if branch not in BRANCHES:
         raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = load_torch(checkpoint, what="relation-head checkpoint", weights_only=False, map_location="cpu")
     if ckpt["config"]["head"] != "stket":
         raise ValueError(f"{checkpoint}: head {ckpt['config']['head']!r}, not stket")
     ckpt["config"]["head_cfg"] = {**ckpt["config"]["head_cfg"], "output_branch": branch}
