@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from store import VideoRecord
+from store.boxes import paired_box_iou_continuous
 from store.pairing import ASSIGNMENTS, SGDET_BOXES, PairIndex, assign, legacy_subject, sttran_test_boxes
 from store.modes import Mode
 
@@ -150,8 +151,8 @@ def sample_negatives(
         same = (neg_classes[:, None, 0] == pos_classes[None, :, 0]) & (neg_classes[:, None, 1] == pos_classes[None, :, 1])
         n, p = np.nonzero(same)  # the IoU matters only for pairs of the same classes (few, often none)
         if len(n):
-            overlap = (_row_iou(neg_subj_boxes[n], pos_subj_boxes[p]) > iou_threshold) & (
-                _row_iou(neg_obj_boxes[n], pos_obj_boxes[p]) > iou_threshold)
+            overlap = (paired_box_iou_continuous(neg_subj_boxes[n], pos_subj_boxes[p]) > iou_threshold) & (
+                paired_box_iou_continuous(neg_obj_boxes[n], pos_obj_boxes[p]) > iou_threshold)
             keep = np.ones(q, dtype=bool)
             keep[n[overlap]] = False
             idx = np.flatnonzero(keep)
@@ -159,16 +160,6 @@ def sample_negatives(
     if len(idx) > cap:
         idx = np.sort(rng.choice(idx, size=cap, replace=False))
     return idx.astype(np.int64)
-
-
-def _row_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """:func:`~store.boxes.box_iou_continuous` of row-aligned boxes (K, 4) -> (K,) float64: the same
-    operations, element by element, as the diagonal of the full matrix."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    inter = np.clip(np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2]), 0, None).prod(-1)
-    union = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1) + np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1) - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def _best_object_class(dists: np.ndarray, person: int = 1) -> np.ndarray:

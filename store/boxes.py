@@ -15,6 +15,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def _iou_continuous(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Continuous IoU of broadcastable float64 (..., 4) boxes -> (...)."""
+    inter = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None).prod(-1)
+    area_a = np.clip(a[..., 2:] - a[..., :2], 0, None).prod(-1)
+    area_b = np.clip(b[..., 2:] - b[..., :2], 0, None).prod(-1)
+    union = area_a + area_b - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
 def box_iou_continuous(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4) -> float64 (N, M).
 
@@ -22,13 +31,13 @@ def box_iou_continuous(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    return _iou_continuous(a[:, None], b[None])
+
+
+def paired_box_iou_continuous(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-by-row :func:`box_iou_continuous` of two (K, 4) box arrays -> (K,) float64 (the
+    diagonal of the matrix, element for element, without the matrix)."""
+    return _iou_continuous(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
 
 
 def union_boxes(subj: np.ndarray, obj: np.ndarray) -> np.ndarray:
@@ -38,20 +47,25 @@ def union_boxes(subj: np.ndarray, obj: np.ndarray) -> np.ndarray:
     return np.concatenate([np.minimum(subj[:, :2], obj[:, :2]), np.maximum(subj[:, 2:], obj[:, 2:])], axis=1)
 
 
+def _iou_plus_one(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """"+1 pixel" IoU of broadcastable float64 (..., 4) boxes -> (...)."""
+    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1.0
+    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1.0
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    area_a = (a[..., 2] - a[..., 0] + 1.0) * (a[..., 3] - a[..., 1] + 1.0)
+    area_b = (b[..., 2] - b[..., 0] + 1.0) * (b[..., 3] - b[..., 1] + 1.0)
+    union = area_a + area_b - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(inter > 0, inter / union, 0.0)
+
+
 def box_iou_plus_one(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4) -> float64 (N, M), with
     the "+1 pixel" convention of STTran's ``bbox_overlaps``: widths are ``x2 - x1 + 1``, and a
     pair overlaps only when both the intersection's width and height are positive."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + 1.0
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + 1.0
-    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
-    area_a = (a[:, 2] - a[:, 0] + 1.0) * (a[:, 3] - a[:, 1] + 1.0)
-    area_b = (b[:, 2] - b[:, 0] + 1.0) * (b[:, 3] - b[:, 1] + 1.0)
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(inter > 0, inter / union, 0.0)
+    return _iou_plus_one(a[:, None], b[None])
 
 
 def paired_box_iou_plus_one(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -62,16 +76,7 @@ def paired_box_iou_plus_one(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     convention of the Cython ``bbox_overlaps`` that STTran inherits from neural-motifs);
     boxes that do not overlap have IoU 0. Returns (M,) float64.
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + 1.0
-    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + 1.0
-    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
-    area_a = (a[:, 2] - a[:, 0] + 1.0) * (a[:, 3] - a[:, 1] + 1.0)
-    area_b = (b[:, 2] - b[:, 0] + 1.0) * (b[:, 3] - b[:, 1] + 1.0)
-    union = area_a + area_b - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(inter > 0, inter / union, 0.0)
+    return _iou_plus_one(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
 
 
 def nms_plus_one(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
