@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import platform
 import statistics
 import sys
@@ -40,6 +39,7 @@ from store import Store, StoreWriter, open_store  # noqa: E402
 from store.backends import checksum_of  # noqa: E402
 from store.schema import ROW_ARRAYS  # noqa: E402
 from store.testing import synthetic_meta, synthetic_video  # noqa: E402
+from results_file import save_results  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -126,8 +126,7 @@ def main() -> None:
           f"{result['median_seconds']['crc32c']:.3f} s ({100 * over['crc32c']:+.1f} %), zlib crc32 "
           f"{result['median_seconds']['zlib_crc32']:.3f} s ({100 * over['zlib_crc32']:+.1f} %) in a process's first "
           f"pass; later passes verify nothing")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    save_results(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -30,7 +30,6 @@ Figures go to stdout and ``bench/results/detect_speed.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import sys
@@ -48,6 +47,7 @@ from stage1_detect.detectors import build_detector  # noqa: E402
 from stage1_detect.extract import ExtractConfig, extract, store_meta, video_record  # noqa: E402
 from stage1_detect.frames import open_frame_source  # noqa: E402
 from synth import SynthConfig, generate_synthetic_ag  # noqa: E402
+from results_file import save_results  # noqa: E402
 
 
 def folder_bytes(path: Path) -> int:
@@ -198,8 +198,7 @@ def main() -> None:
               f"{results['bytes_per_frame'][union] / 1e3:.1f} KB/frame on disk")
     print(f"  medians of the per-round ratios: extract pooled/model {med('ratio_pooled'):.2f}, "
           f"map/model {med('ratio_map'):.2f}, record/model {med('ratio_record'):.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    save_results(args.out, results)
     print(f"wrote {args.out}")
 
 

@@ -14,7 +14,6 @@ convention: the others measure the machine's other load).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stage2_relations.evaluation import Constraint, GroundTruthSet, PaddedCells, PredictionSet, evaluate  # noqa: E402
 from stage2_relations.evaluation.synthetic import random_frames  # noqa: E402
+from results_file import save_results  # noqa: E402
 
 
 def main() -> None:
@@ -87,8 +87,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['constraint']:<11}{r['padded_cells']:<9}{r['seconds']:>9.2f}{r['frames_per_second']:>11}{r['R@20']:>8.4f}")
     print(f"all three constraints (default options): {total_default:.2f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    save_results(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -23,9 +23,6 @@ Figures go to stdout and ``bench/results/loader_speed.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from epoch import epoch_batches, fresh_model, step  # noqa: E402
+from results_file import save_results  # noqa: E402
 from stage2_relations.data import Collator, VideoDataset  # noqa: E402
 from stage2_relations.recipe import load_config  # noqa: E402
 from stage2_relations.views import ViewOptions  # noqa: E402
@@ -160,9 +158,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         overhead = [training_overhead(path, args.config, int(w), max(2, args.repeats - 1))
                     for w in args.workers.split(",")]
-    payload = {"records": sizes, "loader": loader, "overhead": overhead, "torch_threads": args.threads,
-               "cores": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(), "machine": platform.platform(),
-               "command": " ".join(["python bench/loader_speed.py"] + sys.argv[1:])}
+    payload = {"records": sizes, "loader": loader, "overhead": overhead, "torch_threads": args.threads}
     print(f"AG-sized records: {sizes['frames']} frames, {sizes['gt_objects_per_frame']:.1f} GT objects, "
           f"{sizes['detections_per_frame']:.1f} detections, {sizes['pairs_per_frame']:.1f} stored pairs a frame, "
           f"2048-d f16 features; SGDET training view with negatives: {loader['view_pairs_per_frame']:.1f} pairs a frame")
@@ -173,10 +169,7 @@ def main() -> None:
               f"{o['workers']} worker(s), prefetch {o['prefetch_factor']}, {args.threads} thread(s): from the store "
               f"{o['store_seconds']:.2f} s, in memory {o['memory_seconds']:.2f} s, ratio {o['ratio']:.3f} (goal <= "
               f"1.05); {o['startup_seconds']:.2f} s of it before the first batch, {o['ratio_after_startup']:.3f} after")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {save_results(args.out, payload)}")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def table_rows() -> list[tuple[str, str, str]]:
         lay = r["layouts"]
         text = ", ".join(f"{k} {v['vs_memmap_sequential']:.2f}x / {v['vs_memmap_shuffled']:.2f}x "
                          f"({v['sequential_ms_per_video']:.2f} ms a video)" for k, v in lay.items() if k != "memmap")
-        rows.append(("store read", f"`python bench/store_read.py --gb {r['gb']:g}`",
+        rows.append(("store read", f"`{r.get('command', 'python bench/store_read.py')}`",
                      f"per-video reads against a raw memmap of the same bytes (sequential / shuffled): {text}; "
                      f"memmap {lay['memmap']['sequential_ms_per_video']:.2f} ms a video; goals >= 0.5x HDF5, "
                      f">= 0.3x zarr"))
@@ -82,18 +82,18 @@ def table_rows() -> list[tuple[str, str, str]]:
     r = _load("detect_speed")
     if r:
         q = r["ratio_of_best"]
-        rows.append(("detect vs bare model", "`python bench/detect_speed.py`",
+        rows.append(("detect vs bare model", f"`{r.get('command', 'python bench/detect_speed.py')}`",
                      f"{r['arch']}, {r['size'][0]}x{r['size'][1]}, {r['device']}: model {r['best']['model_fps']:.1f} "
                      f"frames/s, `detect` pooled {q['extract_pooled/model']:.2f}x, map {q['extract_map/model']:.2f}x "
                      f"of it (best of rounds); goal 0.9x"))
     r = _load("eval_speed")
     if r:
-        rows.append(("evaluation", "`python bench/eval_speed.py`",
+        rows.append(("evaluation", f"`{r.get('command', 'python bench/eval_speed.py')}`",
                      f"{r['frames']:,} SGDET frames under all three constraints in {r['seconds_all_three_constraints']:.1f} s"))
     r = _load("checksum_cost")
     if r:
         o = r["overhead_first_pass"]
-        rows.append(("checksums on read", "`python bench/checksum_cost.py`",
+        rows.append(("checksums on read", f"`{r.get('command', 'python bench/checksum_cost.py')}`",
                      f"CRC-32C {r['raw_GBps']['crc32c']:.1f} GB/s; loader's first pass {100 * o['crc32c']:+.1f} % "
                      f"(zlib crc32 {100 * o['zlib_crc32']:+.1f} %), later passes 0"))
     return rows

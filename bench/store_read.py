@@ -14,7 +14,6 @@ bytes on disk per frame. Figures go to stdout and ``bench/results/store_read.jso
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import sys
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from store import StoreWriter, open_store  # noqa: E402
 from store.schema import ROW_ARRAYS, ROW_TABLES  # noqa: E402
 from store.testing import synthetic_meta, synthetic_video  # noqa: E402
+from results_file import save_results  # noqa: E402
 
 LAYOUTS = {
     # name: (suffix, compression of every table)
@@ -165,8 +165,7 @@ def main() -> None:
                   f"{r['vs_memmap_shuffled']:.2f} shuffled")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    save_results(args.out, results)
     print(f"wrote {args.out}")
 
 

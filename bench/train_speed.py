@@ -36,9 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -50,6 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from epoch import epoch_batches, fresh_model, step  # noqa: E402
+from results_file import save_results  # noqa: E402
 from stage2_relations.data import VideoDataset  # noqa: E402
 from stage2_relations.recipe import load_config  # noqa: E402
 from store import open_store  # noqa: E402
@@ -251,13 +249,8 @@ def main() -> None:
             rows += realistic(args, Path(tmp), device)
         if args.setting in ("small", "both"):
             rows += small(args, Path(tmp), device)
-    payload = {"rows": rows, "torch_threads": torch.get_num_threads(), "device": str(device),
-               "cores": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(), "machine": platform.platform(),
-               "command": " ".join(["python bench/train_speed.py"] + sys.argv[1:])}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {out}")
+    payload = {"rows": rows, "torch_threads": torch.get_num_threads(), "device": str(device)}
+    print(f"wrote {save_results(args.out, payload)}")
 
 
 if __name__ == "__main__":
