@@ -342,7 +342,7 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
 @click.option("--detector-epochs", type=click.IntRange(min=1), default=8, show_default=True,
               help="Epochs of the small detector (configs/detector_small.yaml has 10; 8 keeps the demo near 4 min).")
 @DEVICE_OPTION
-def demo(out: Path, videos: int, seed: int, detector_epochs: int | None, device: str) -> None:
+def demo(out: Path, videos: int, seed: int, detector_epochs: int, device: str) -> None:
     """Run the pipeline on the built-in synthetic data.
 
     Synthesise Action Genome, read it back (PredCLS and SGDET annotations), train the small

@@ -33,7 +33,7 @@ def run_demo(out: Path, *, videos: int = 80, seed: int = 0, detector_epochs: int
     synth_summary = generate_synthetic_ag(root, SynthConfig(videos=videos, seed=seed))
     echo(f"[1/7] synthesised {synth_summary.videos} videos, {synth_summary.frames} frames in "
          f"{synth_summary.seconds:.1f}s -> {root}")
-    # 40 videos give ~30 train videos; 10% keeps a few for validation.
+    # 10% of the train videos (about 5 of the default 80) for validation.
     reader = {"val_fraction": 0.1, "val_seed": seed}
     for mode in (Mode.PREDCLS, Mode.SGDET):
         echo(f"[2/7] reader, {mode.value}:")
