@@ -62,11 +62,12 @@ def describe_os_error(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def atomic_write(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_write(path: Path | str, mode: str = "wb", tmp: Path | None = None) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` for writing; on a clean exit, fsync it and rename it
-    over ``path``. On an exception the temporary file is removed and ``path`` is untouched."""
+    over ``path``. On an exception the temporary file is removed and ``path`` is untouched.
+    ``tmp`` names the temporary (default :func:`temp_path`), for a writer that records it."""
     path = Path(path)
-    tmp = temp_path(path)
+    tmp = temp_path(path) if tmp is None else Path(tmp)
     try:
         with open(tmp, mode) as fh:
             yield fh

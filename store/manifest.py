@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from store.files import atomic_write
 from store.records import StoreMeta
 from store.schema import SCHEMA_VERSION
 
@@ -89,17 +90,10 @@ def manifest_temp_name(tag: str = "") -> str:
 
 
 def write_manifest(folder: Path, meta: StoreMeta, segments: Iterable[SegmentIndex], tag: str = "") -> None:
-    """Write ``manifest.json`` atomically (temporary name, fsync, rename)."""
+    """Write ``manifest.json`` whole or not at all (:func:`~store.files.atomic_write`, under
+    :func:`manifest_temp_name`, which the writer's lock records)."""
     listed = [s.to_json() for s in segments]
     d = {"schema_version": SCHEMA_VERSION, "meta": meta.to_dict(), "segments": listed,
          "checksum": manifest_checksum(listed)}
-    tmp = folder / manifest_temp_name(tag)
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(d, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, folder / MANIFEST)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(folder / MANIFEST, "w", tmp=folder / manifest_temp_name(tag)) as fh:
+        json.dump(d, fh)
