@@ -155,30 +155,35 @@ def scan_segment(path: Path, backend: str, name: str | None = None) -> tuple[Seg
     return index, meta
 
 
-def index_segments(layout: Layout, trust_manifest: bool = True) -> tuple[list[SegmentIndex], StoreMeta | None, bool]:
+def index_segments(layout: Layout, trust_manifest: bool = True, *, known: dict[str, SegmentIndex] | None = None,
+                   meta: StoreMeta | None = None) -> tuple[list[SegmentIndex], StoreMeta | None, bool]:
     """Indices of every segment (from the manifest where it is current) and the store's meta.
 
+    ``known``: indices the caller already holds (a writer's own segments), trusted like current
+    manifest entries; ``meta``: the meta the caller knows, so that those need no scan to learn it.
     Returns ``(indices, meta, manifest_was_current)``. Raises StoreError for the first problem.
     """
-    cached = read_manifest(layout.folder) if (layout.folder and trust_manifest) else {}
+    manifest = read_manifest(layout.folder) if (layout.folder and trust_manifest) else {}
+    cached = {**manifest, **(known or {})}
     out: list[SegmentIndex] = []
-    meta: StoreMeta | None = None
     meta_file: Path | None = None
-    meta_hash = ""
-    current = layout.folder is not None and len(cached) == len(layout.segments)
+    meta_hash = compat_hash(meta) if meta is not None else ""
+    current = layout.folder is not None and len(manifest) == len(layout.segments)
     for p in layout.segments:
+        stat = _stat(p)
+        m_entry = manifest.get(p.name)
+        current = current and m_entry is not None and (m_entry.size, m_entry.mtime_ns) == stat
         c = cached.get(p.name)
-        if c is not None and (c.size, c.mtime_ns) == _stat(p) and meta is not None and c.compat == meta_hash:
+        if c is not None and (c.size, c.mtime_ns) == stat and meta is not None and c.compat == meta_hash:
             out.append(c)
             continue
-        current = current and c is not None and (c.size, c.mtime_ns) == _stat(p)
         index, m = scan_segment(p, layout.backend)
         if meta is None:
             meta, meta_file, meta_hash = m, p, compat_hash(m)
         else:
             why = meta.incompatibility(m)
             if why:
-                raise StoreError(p, f"{why} (compared with {meta_file.name if meta_file else '?'})")
+                raise StoreError(p, f"{why} (compared with {meta_file.name if meta_file else 'the writer'})")
         out.append(index)
     seen: dict[str, str] = {}
     for s in out:

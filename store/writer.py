@@ -260,7 +260,8 @@ class StoreWriter:
         tmp = manifest_temp_name(self.part)
         self._lock.record(tmp)
         try:
-            segments, meta, _ = index_segments(self._layout())
+            segments, meta, _ = index_segments(self._layout(), known={s.file: s for s in self._segments},
+                                               meta=self.meta)
             write_manifest(self.path, meta or self.meta, segments, tag=self.part)
         except (StoreError, OSError) as e:  # the manifest is only a cache; readers rescan
             log.warning("manifest not updated: %s", e)
