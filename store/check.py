@@ -13,7 +13,7 @@ from tqdm import tqdm
 from store.backends import backend_of_suffix
 from store.files import WriterLock, describe_os_error
 from store.manifest import MANIFEST, SegmentIndex, manifest_checksum
-from store.reader import Layout, find_layout, index_segments, open_store, scan_segment
+from store.reader import Layout, Store, check_no_duplicates, find_layout, open_store, scan_segment
 from store.records import StoreError, StoreMeta
 from store.schema import ROW_ARRAYS, ROW_TABLES, SCHEMA_VERSION, resolve_trailing
 from store.writer import write_segment
@@ -21,7 +21,6 @@ from store.writer import write_segment
 log = logging.getLogger(__name__)
 
 # Small arrays needed for the row-level index checks (features are covered by checksums).
-_INDEX_FIELDS = tuple(s.field for s in ROW_ARRAYS if s.column not in ("features", "union", "dists", "boxes"))
 
 
 def check_store(path: str | Path, *, deep: bool = True, backend: str | None = None,
@@ -44,10 +43,10 @@ def check_store(path: str | Path, *, deep: bool = True, backend: str | None = No
         return [e]
     problems: list[StoreError] = []
     metas: list[tuple[Path, StoreMeta]] = []
-    good: list[Path] = []
+    fresh: list[SegmentIndex] = []
     for p in tqdm(layout.segments, desc="check segments", disable=not progress):
         try:
-            _, meta = scan_segment(p, layout.backend)
+            index, meta = scan_segment(p, layout.backend)
         except StoreError as e:
             problems.append(e)
             continue
@@ -57,32 +56,33 @@ def check_store(path: str | Path, *, deep: bool = True, backend: str | None = No
                 problems.append(StoreError(p, f"{why} (compared with {metas[0][0].name})"))
                 continue
         metas.append((p, meta))
-        good.append(p)
+        fresh.append(index)
         if deep:
-            problems.extend(_deep_segment(p, layout.backend, meta))
+            problems.extend(_deep_segment(Layout(p, layout.backend, None, (p,)), meta, index))
     if not layout.segments:
         problems.append(StoreError(layout.path, "store has no committed segments"))
     if not problems:
         try:
-            fresh, _, _ = index_segments(Layout(layout.path, layout.backend, layout.folder, tuple(good)),
-                                         trust_manifest=False)
-        except StoreError as e:  # duplicates across segments
+            check_no_duplicates(layout, fresh)
+        except StoreError as e:
             problems.append(e)
-        else:
-            if deep and layout.folder is not None:
-                problems.extend(_manifest_problems(layout.folder, fresh, metas[0][1] if metas else None))
+        if not problems and deep and layout.folder is not None:
+            problems.extend(_manifest_problems(layout.folder, fresh, metas[0][1] if metas else None))
     for p in layout.leftovers:
         log.info("%s: unfinished segment (ignored by readers, removed by its part's next writer)", p)
     return problems
 
 
-def _deep_segment(path: Path, backend: str, meta: StoreMeta) -> list[StoreError]:
+def _deep_segment(segment: Layout, meta: StoreMeta, index: SegmentIndex) -> list[StoreError]:
+    """Every video of one segment (already scanned: ``meta``, ``index``) against its checksums,
+    and its indices inside their frames."""
     problems: list[StoreError] = []
-    store = open_store(path, backend, verify=False)
+    path = segment.path
+    store = Store(segment, meta, [index], verify=False)
     try:
         for v in store.videos():
             try:
-                bad = store.checksum_mismatches(v)
+                rec, bad = store.read_checked(v)
             except StoreError as e:
                 problems.append(e)
                 continue
@@ -90,7 +90,6 @@ def _deep_segment(path: Path, backend: str, meta: StoreMeta) -> list[StoreError]
                             for k in bad)
             if bad:
                 continue
-            rec = store.read_video(v, fields=_INDEX_FIELDS)
             try:
                 rec._validate_indices(f"video {v!r}")
             except ValueError as e:

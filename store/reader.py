@@ -185,14 +185,19 @@ def index_segments(layout: Layout, trust_manifest: bool = True, *, known: dict[s
             if why:
                 raise StoreError(p, f"{why} (compared with {meta_file.name if meta_file else 'the writer'})")
         out.append(index)
+    check_no_duplicates(layout, out)
+    return out, meta, current
+
+
+def check_no_duplicates(layout: Layout, indices: list[SegmentIndex]) -> None:
+    """Raise :class:`StoreError` for the first video that two segments list."""
     seen: dict[str, str] = {}
-    for s in out:
+    for s in indices:
         for v in s.videos:
             if v in seen:
                 raise StoreError(layout.path / s.file if layout.folder else layout.path,
                                  f"video {v!r} is also in segment {seen[v]}")
             seen[v] = s.file
-    return out, meta, current
 
 
 class Store:
@@ -336,12 +341,13 @@ class Store:
             self._frame_tables[i] = f
         return f
 
-    def checksum_mismatches(self, name: str) -> list[str]:
-        """The arrays (keys) of video ``name`` whose rows do not match their recorded CRC-32C."""
+    def read_checked(self, name: str) -> tuple[VideoRecord, list[str]]:
+        """Video ``name`` read whole without raising on damage, and the arrays (keys) whose rows
+        do not match their recorded CRC-32C (the deep check reports them all)."""
         i, j = self._locate(name)
         rec = self._read(name, None, verify=False)
         recorded = self._frames(i)["crc32c"][j]
-        return [s.key for k, s in enumerate(ROW_ARRAYS) if checksum_of(getattr(rec, s.field)) != int(recorded[k])]
+        return rec, [s.key for k, s in enumerate(ROW_ARRAYS) if checksum_of(getattr(rec, s.field)) != int(recorded[k])]
 
     def iter_videos(self, split: str | None = None, fields: Collection[str] | None = None) -> Iterable[VideoRecord]:
         for v in self.videos(split):
