@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from store.files import fsync_dir
+from store.files import errno_in_message, fsync_dir
 from store.records import StoreError, StoreMeta, VideoRecord
 from store.schema import (
     COMPRESSIONS,
@@ -317,10 +316,9 @@ def _h5_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except RuntimeError as e:
-        m = re.search(r"errno = (\d+)", str(e))
-        if m is None:
+        code = errno_in_message(e)
+        if code is None:
             raise
-        code = int(m.group(1))
         raise OSError(code, os.strerror(code)) from e
 
 

@@ -48,13 +48,16 @@ def temp_path(path: Path | str) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def errno_in_message(e: BaseException) -> int | None:
+    """The errno that HDF5 writes inside its error messages (``"... errno = 28, ..."``), if any."""
+    m = re.search(r"errno = (\d+)", str(e))
+    return int(m.group(1)) if m else None
+
+
 def describe_os_error(e: BaseException) -> str:
     """``"No space left on device (errno 28)"``: the reason of an OSError without the path (also
     for h5py's, which put the errno inside a long message)."""
-    code = getattr(e, "errno", None)
-    if not code:
-        m = re.search(r"errno = (\d+)", str(e))
-        code = int(m.group(1)) if m else None
+    code = getattr(e, "errno", None) or errno_in_message(e)
     if code:
         return f"{os.strerror(code)} (errno {code})"
     text = str(e).strip().splitlines()
