@@ -16,19 +16,17 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from store.errors import UserError
+from store.errors import FileError
 from store.vocabulary import ACTION_GENOME, Vocabulary
 
 
-class AnnotationError(UserError, ValueError):
+class AnnotationError(FileError, ValueError):
     """Malformed Action Genome input; the message names the file and the frame."""
 
-    def __init__(self, path: Path | str, problem: str, frame: str | None = None):
-        where = f"{path}" if frame is None else f"{path}, frame {frame!r}"
-        super().__init__(f"{where}: {problem}")
-        self.path = Path(path)
+    def __init__(self, path: Path | str, problem: str | None = None, frame: str | None = None):
+        super().__init__(f"{path}" if frame is None else f"{path}, frame {frame!r}", problem)
+        self.path = Path(path) if problem is not None else Path(self.file.split(", frame ")[0])
         self.frame = frame
-        self.problem = problem
 
 
 class Split(str, enum.Enum):

@@ -18,18 +18,15 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from store.errors import UserError, split_message
+from store.errors import FileError
 
 
-class FrameError(UserError, RuntimeError):
+class FrameError(FileError, RuntimeError):
     """A frame or video that cannot be read; names the file and the frame."""
 
     def __init__(self, path: Path | str, problem: str | None = None):
-        if problem is None:  # one message, e.g. re-raised from a DataLoader worker
-            path, problem = split_message(str(path))
-        super().__init__(f"{path}: {problem}")
-        self.path = Path(path)
-        self.problem = problem
+        super().__init__(path, problem)
+        self.path = Path(self.file)
 
 
 class FrameSource(abc.ABC):

@@ -58,6 +58,18 @@ def split_message(message: str) -> tuple[str, str]:
     return file, problem
 
 
+class FileError(UserError):
+    """An error about one file: ``"FILE: PROBLEM"``. Built from one message as well (``problem``
+    None), as torch re-raises an error from a DataLoader worker with its message alone."""
+
+    def __init__(self, file: str | Path, problem: str | None = None) -> None:
+        if problem is None:
+            file, problem = split_message(str(file))
+        self.file = str(file)
+        self.problem = problem
+        super().__init__(f"{self.file}: {problem}")
+
+
 class ConfigError(UserError, ValueError):
     """A recipe (YAML file, ``--set`` or an option) with a wrong field; names where and which."""
 

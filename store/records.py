@@ -7,12 +7,11 @@ import datetime as _dt
 import enum
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from store.errors import UserError, split_message
+from store.errors import FileError
 from store.schema import (
     ROW_ARRAYS,
     ROW_TABLES,
@@ -23,15 +22,8 @@ from store.schema import (
 from store.vocabulary import Vocabulary
 
 
-class StoreError(UserError):
+class StoreError(FileError):
     """A store that cannot be used as it is: names the file and the problem."""
-
-    def __init__(self, file: str | Path, problem: str | None = None) -> None:
-        if problem is None:  # one message, e.g. re-raised from a DataLoader worker
-            file, problem = split_message(str(file))
-        self.file = str(file)
-        self.problem = problem
-        super().__init__(f"{self.file}: {problem}")
 
 
 class UnionMode(str, enum.Enum):

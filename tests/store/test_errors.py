@@ -207,3 +207,17 @@ def test_not_a_store(tmp_path):
         f["a"] = 1
     with pytest.raises(StoreError, match="not a feature store segment"):
         open_store(p)
+
+
+def test_file_errors_rebuild_from_their_message_as_a_dataloader_worker_reraises_them():
+    """torch re-raises a worker's exception as ``type(e)(message)``: every error that names a
+    file takes its one message back apart, the frame of an annotation error included."""
+    from stage1_detect.ag_annotations import AnnotationError
+    from stage1_detect.frames import FrameError
+
+    for error in (StoreError("s.h5/0-000001.h5", "checksum mismatch"), FrameError("v.mp4", "cannot decode frame 3"),
+                  AnnotationError("ann/object_bbox_and_relationship.pkl", "no person box", frame="A.mp4/000001.png")):
+        again = type(error)(str(error))
+        assert str(again) == str(error) and again.problem == error.problem and again.file == error.file
+    again = AnnotationError(str(AnnotationError("a.pkl", "bad", frame="A.mp4/1.png")))
+    assert again.path == Path("a.pkl")
