@@ -137,10 +137,8 @@ class DumpClock:
     for this frame. An empty list drops the frame. :meth:`flush` is the number of further
     copies of the last frame written at the end of the stream.
 
-    The rule, with ``sync_opts`` the number of pictures written so far:
-    ``delta0 = sync_ipts - sync_opts`` (the drift), ``delta = delta0 + duration``. A frame that
-    starts in the past but ends in the future (``delta0 < 0 < delta``) is clipped to start
-    now. With ``vscfr``, a first frame at ``delta0 >= 0.5`` restarts the clock at it
+    The rule, with ``sync_opts`` the output timestamp of the next picture (in frames):
+    ``delta0 = sync_ipts - sync_opts`` (the drift), ``delta = delta0 + duration``. With ``vscfr``, a first frame at ``delta0 >= 0.5`` restarts the clock at it
     (``sync_opts = llrint(sync_ipts)``) instead of filling the gap. Then ``delta < -1.1``
     drops the frame; ``delta > 1.1`` writes it ``lrintf(delta)`` times, the first
     ``llrintf(delta0 - 0.6)`` of them (when ``delta0 > 1.1``) being the previous frame;
@@ -158,9 +156,8 @@ class DumpClock:
         delta0 = sync_ipts - self.sync_opts
         delta = delta0 + duration
         nb0, nb = 0, 1
-        if delta0 < 0 < delta:  # "Clipping frame in rate conversion"
-            duration += delta0
-            delta0 = 0.0
+        # ffmpeg's "Clipping frame in rate conversion" (delta0 < 0 < delta: delta0 = 0) is left
+        # out: it leaves delta as it was, and a negative delta0 passes neither test below.
         if self.single_stream and self.written == 0 and delta0 >= 0.5:  # vscfr: no initial duplicates
             delta = duration
             delta0 = 0.0
@@ -239,6 +236,8 @@ def dump_pictures(decoded: Iterable, *, time_base: Fraction, rate: Fraction, sta
     clock = DumpClock(single_stream=single_stream)
     number, previous = FIRST_NUMBER, None
     for frame in decoded:
+        if frame.pts is None:
+            raise ValueError("a decoded frame has no timestamp")
         sync_ipts, duration = frame_times(frame.pts, frame.duration or 0, time_base, rate, start_time)
         for which in clock.push(sync_ipts, duration):
             yield number, (frame if which == 0 or previous is None else previous)
@@ -304,9 +303,9 @@ class Mp4Frames(FrameSource):
             raise FrameError(path, "missing video") from None
         except IndexError:
             raise FrameError(path, "has no video stream") from None
-        except av.error.FFmpegError as e:
-            # A damaged video: an error midway loses the pictures after it, and which picture a
-            # number shows depends on every timestamp before it, so nothing of it is trusted.
+        except Exception as e:  # PyAV raises several types for a damaged file
+            # An error midway loses the pictures after it, and which picture a number shows
+            # depends on every timestamp before it: nothing of a damaged video is trusted.
             raise FrameError(path, f"undecodable video: {e}") from e
         return numbers, found
 
