@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -217,6 +217,49 @@ def frame_times(pts: int, duration: int, time_base: Fraction, rate: Fraction, st
     return sync_ipts, float(frames if frames > 0 else 1)
 
 
+def fallback_duration(time_base: Fraction, r_frame_rate: Fraction | None, codec_rate: Fraction | None) -> int:
+    """The duration libavformat 5.1 gives an H.264 packet that has none (``compute_pkt_fields``:
+    ``ff_compute_frame_duration`` with the parser), in ``time_base``; 0 when it gives none.
+
+    One frame of the codec's rate (the SPS timing: ``framerate`` over 2 ticks a frame, times
+    the parser's ``repeat_pict`` + 1 = 2) when that rate is below 1000 fps; one tick when the
+    time base is coarser than 1 ms; one frame of ``r_frame_rate`` when the codec has no rate.
+    Rounded down (``av_rescale_rnd(..., AV_ROUND_DOWN)``).
+    """
+    if r_frame_rate and not codec_rate:
+        step = 1 / r_frame_rate
+    elif time_base.numerator * 1000 > time_base.denominator:
+        step = time_base
+    elif codec_rate and codec_rate.denominator * 1000 > codec_rate.numerator:
+        step = 1 / codec_rate
+    else:
+        return 0
+    return math.floor(step / time_base)
+
+
+def packet_durations(packets: Sequence[tuple[int, int]], *, stream_duration: int | None,
+                     fallback: int) -> dict[int, int]:
+    """The duration ffmpeg 5.1's mp4 demuxer gives each packet, by the packet's pts.
+
+    ``packets``: ``(pts, dts)`` of every packet in file order, in the stream's time base.
+    Without composition offsets (no ``ctts``: pts == dts everywhere) a packet lasts until the
+    next one's dts, the last one until ``stream_duration`` (when that is not before it).
+    With them (B-frames) ``mov_read_packet`` sets no duration. A packet left without one gets
+    ``fallback`` (:func:`fallback_duration`). Newer demuxers (PyAV's) read the durations from
+    ``stts`` instead, which differs with B-frames or at the end of an edited track.
+    """
+    if any(pts != dts for pts, dts in packets):
+        return {pts: fallback for pts, _ in packets}
+    out = {}
+    for (pts, dts), (_, next_dts) in zip(packets, packets[1:]):
+        out[pts] = next_dts - dts
+    if packets:
+        last_pts, last_dts = packets[-1]
+        end = stream_duration if stream_duration is not None else -1
+        out[last_pts] = end - last_dts if end >= last_dts else fallback
+    return out
+
+
 def output_rate(stream) -> Fraction:
     """The dump's frame rate for a PyAV video stream: ``av_guess_frame_rate`` (the stream's
     ``r_frame_rate``, or its average rate where ``r_frame_rate`` > 210 and the average < 70),
@@ -226,19 +269,20 @@ def output_rate(stream) -> Fraction:
 
 
 def dump_pictures(decoded: Iterable, *, time_base: Fraction, rate: Fraction, start_time: int,
-                  single_stream: bool) -> Iterator[tuple[int, object]]:
+                  single_stream: bool, durations: Mapping[int, int]) -> Iterator[tuple[int, object]]:
     """``(number, frame)`` for every picture ``ffmpeg -i VIDEO DIR/%06d.png`` writes, in order.
 
-    ``decoded`` yields the decoded frames (anything with ``pts`` and ``duration`` in
-    ``time_base``); ``number`` counts from :data:`FIRST_NUMBER`; a duplicated frame comes
-    once per copy.
+    ``decoded`` yields the decoded frames in presentation order (anything with a ``pts`` in
+    ``time_base``); ``durations`` maps a pts to its packet's duration (:func:`packet_durations`;
+    0 when absent); ``number`` counts from :data:`FIRST_NUMBER`; a duplicated frame comes once
+    per copy.
     """
     clock = DumpClock(single_stream=single_stream)
     number, previous = FIRST_NUMBER, None
     for frame in decoded:
         if frame.pts is None:
             raise ValueError("a decoded frame has no timestamp")
-        sync_ipts, duration = frame_times(frame.pts, frame.duration or 0, time_base, rate, start_time)
+        sync_ipts, duration = frame_times(frame.pts, durations.get(frame.pts, 0), time_base, rate, start_time)
         for which in clock.push(sync_ipts, duration):
             yield number, (frame if which == 0 or previous is None else previous)
             number += 1
@@ -286,13 +330,20 @@ class Mp4Frames(FrameSource):
         found: dict[int, np.ndarray] = {}
         last = max(wanted, default=0) if wanted is not None else math.inf
         try:
+            with av.open(str(path)) as container:  # the packets' timestamps first: no decoding
+                stream = container.streams.video[0]
+                packets = [(p.pts, p.dts) for p in container.demux(stream) if p.pts is not None and p.dts is not None]
+                codec_rate = stream.codec_context.framerate
+                fallback = fallback_duration(stream.time_base, stream.base_rate or None,
+                                             Fraction(codec_rate) if codec_rate else None)
+                durations = packet_durations(packets, stream_duration=stream.duration, fallback=fallback)
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
                 # One sequential decode: AG annotates a sparse subset of frames, and which picture
                 # a number shows depends on every timestamp before it.
                 pictures = dump_pictures(container.decode(stream), time_base=stream.time_base,
                                          rate=output_rate(stream), start_time=container.start_time or 0,
-                                         single_stream=len(container.streams) == 1)
+                                         single_stream=len(container.streams) == 1, durations=durations)
                 for number, frame in pictures:
                     numbers.append(number)
                     if wanted is not None and number in wanted:

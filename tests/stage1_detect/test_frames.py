@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stage1_detect.frames import DumpClock, FrameError, Mp4Frames, PngFrames, fit_frame, frame_times, open_frame_source
+from stage1_detect.frames import (DumpClock, FrameError, Mp4Frames, PngFrames, fallback_duration, fit_frame, frame_times,
+                                  open_frame_source, packet_durations)
 from synth import SynthConfig, generate_synthetic_ag
 
 FFMPEG = shutil.which("ffmpeg")
@@ -92,32 +93,78 @@ def test_frame_times_by_hand():
     assert abs(t - 1000 / 1001) < 1e-4 and d == 1.0
 
 
+def test_packet_durations_as_ffmpeg_51_demuxes_an_mp4():
+    # No reordering: each packet lasts until the next dts; the last until the stream's end
+    # (1536 - 1024 = 512), or, when the end is before it (an edit list), the fallback.
+    packets = [(0, 0), (512, 512), (1024, 1024)]
+    assert packet_durations(packets, stream_duration=1536, fallback=7) == {0: 512, 512: 512, 1024: 512}
+    assert packet_durations(packets, stream_duration=1000, fallback=7)[1024] == 7
+    gap = [(0, 0), (1536, 1536)]  # a 3-frame gap: the first packet lasts 1536
+    assert packet_durations(gap, stream_duration=2048, fallback=7) == {0: 1536, 1536: 512}
+    # B-frames (pts != dts): mov_read_packet sets no duration, every packet gets the fallback,
+    # whatever the gaps.
+    reordered = [(0, -1024), (1536, -512), (512, 0), (1024, 512), (4096, 1024)]
+    assert packet_durations(reordered, stream_duration=4608, fallback=512) == dict.fromkeys([0, 1536, 512, 1024, 4096],
+                                                                                           512)
+
+
+def test_fallback_duration():
+    tb = Fraction(1, 12800)
+    # The codec's 25 fps (SPS timing): 12800 / 25 = 512 ticks.
+    assert fallback_duration(tb, Fraction(50), Fraction(25)) == 512
+    # 30000/1001 fps: 12800 * 1001 / 30000 = 427.09 -> 427 (rounded down).
+    assert fallback_duration(tb, None, Fraction(30000, 1001)) == 427
+    # A codec rate of 1000 fps (x264 given 1 ms timestamps) is not below 1000: none.
+    assert fallback_duration(Fraction(1, 16000), Fraction(200), Fraction(1000)) == 0
+    # No codec rate: one frame of r_frame_rate, 12800 / 50 = 256.
+    assert fallback_duration(tb, Fraction(50), None) == 256
+    # A time base coarser than 1 ms (1/100 s): one tick.
+    assert fallback_duration(Fraction(1, 100), None, Fraction(25)) == 1
+
+
 # --- against the ffmpeg command-line tool ----------------------------------------------------
 
 
-def _pictures(n: int, seed: int, size=(48, 64)) -> list[np.ndarray]:
+def _pictures(n: int, seed: int, smooth: bool, size=(48, 64)) -> list[np.ndarray]:
+    """Noise (each frame unlike any other), or a sliding gradient with a coloured square (x264
+    codes B-frames only where frames predict each other)."""
     rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n)]
+    if not smooth:
+        return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n)]
+    h, w = size
+    y, x = np.mgrid[0:h, 0:w]
+    out = []
+    for k in range(n):
+        im = np.stack([(x * 3 + 2 * k) % 256, (y * 4 + k) % 256, (x + y) % 256], -1).astype(np.uint8)
+        im[(5 * k) % (h - 8):(5 * k) % (h - 8) + 8, 10:18] = rng.integers(0, 256, 3)
+        out.append(im)
+    return out
 
 
-def _write(path: Path, pts_ms: list[int], *, seed: int, bframes: int = 0, codec: str = "libx264rgb") -> None:
-    """An H.264 mp4 with the given presentation times (ms), lossless for libx264rgb (qp 0)."""
+def _write(path: Path, pts_ms: list[int], *, seed: int, bframes: int = 0) -> None:
+    """An H.264 mp4 with the given presentation times (ms): lossless RGB (libx264rgb, qp 0, which
+    codes no B-frames) or, with ``bframes``, lossy 4:2:0 with up to that many B-frames."""
     import av
 
     tb = Fraction(1, 1000)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=25)
+        stream = container.add_stream("libx264" if bframes else "libx264rgb", rate=25)
         stream.width, stream.height = 64, 48
-        stream.pix_fmt = "rgb24" if codec == "libx264rgb" else "yuv420p"
+        stream.pix_fmt = "yuv420p" if bframes else "rgb24"
         stream.time_base = stream.codec_context.time_base = tb
-        stream.options = {"x264-params": f"qp=0:bframes={bframes}", "preset": "medium" if bframes else "ultrafast"}
-        for img, t in zip(_pictures(len(pts_ms), seed), pts_ms):
+        stream.codec_context.max_b_frames = bframes
+        stream.options = {"bf": str(bframes), "preset": "medium"} if bframes else {"qp": "0", "preset": "ultrafast"}
+        for img, t in zip(_pictures(len(pts_ms), seed, smooth=bool(bframes)), pts_ms):
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             frame.pts, frame.time_base = t, tb
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def _ffmpeg(*args) -> None:
+    subprocess.run([FFMPEG, "-loglevel", "error", "-y", *map(str, args)], check=True)
 
 
 # Irregular times (ms) at a nominal 25 fps: gaps (200 after 80: duplicates), bursts (440, 441,
@@ -134,32 +181,46 @@ VIDEOS = {
     "constant.mp4": dict(pts_ms=STEADY, seed=1),
     "irregular.mp4": dict(pts_ms=IRREGULAR, seed=2),
     "late_start.mp4": dict(pts_ms=[400 + t for t in STEADY], seed=3),  # one stream: no initial copies
-    "bframes.mp4": dict(pts_ms=STEADY, seed=4, bframes=2),
-    "bframes_irregular.mp4": dict(pts_ms=IRREGULAR, seed=5, bframes=3),
-    # Lossy 4:2:0: the pictures still match bit for bit (the same H.264 decoder, the same yuv -> rgb).
-    "yuv420p_bframes_irregular.mp4": dict(pts_ms=IRREGULAR, seed=6, bframes=2, codec="libx264"),
-    "jittered_bframes.mp4": dict(pts_ms=JITTERED, seed=7, bframes=3),
+    "jittered.mp4": dict(pts_ms=JITTERED, seed=4),
+    # B-frames (lossy 4:2:0: the same H.264 decoder and yuv -> rgb give the same bits as ffmpeg's).
+    "bframes.mp4": dict(pts_ms=STEADY, seed=5, bframes=3),
+    "bframes_irregular.mp4": dict(pts_ms=IRREGULAR, seed=6, bframes=3),
+    "bframes_jittered.mp4": dict(pts_ms=JITTERED, seed=7, bframes=2),
 }
-AFTER_AUDIO = {"audio_first.mp4": "irregular.mp4", "audio_first_jittered.mp4": "jittered_bframes.mp4"}
+# Video after audio (as in many Charades files): two streams (cfr, not vscfr), a start offset
+# that ffmpeg fills with copies of the first frame, and an edit list.
+AFTER_AUDIO = {"audio_first.mp4": "irregular.mp4", "audio_first_jittered.mp4": "jittered.mp4",
+               "audio_first_bframes.mp4": "bframes_irregular.mp4"}
+ALL = [*VIDEOS, *AFTER_AUDIO, "concat.mp4", "concat_audio.mp4"]
 
 
 @pytest.fixture(scope="module")
 def dumped(tmp_path_factory):
     """Each test video and ffmpeg's own dump of it, ``ffmpeg -i VIDEO.mp4 DIR/%06d.png``."""
     root = tmp_path_factory.mktemp("dump")
-    (root / "videos").mkdir()
+    videos = root / "videos"
+    videos.mkdir()
     for name, spec in VIDEOS.items():
-        _write(root / "videos" / name, **spec)
-    # Video after audio (as in many Charades files): two streams (cfr, not vscfr) and a start
-    # offset that ffmpeg fills with copies of the first frame.
+        _write(videos / name, **spec)
     for name, video in AFTER_AUDIO.items():
-        subprocess.run([FFMPEG, "-loglevel", "error", "-itsoffset", "0.13", "-i", str(root / "videos" / video), "-f",
-                        "lavfi", "-i", "anullsrc=r=16000", "-c:v", "copy", "-c:a", "aac", "-shortest",
-                        str(root / "videos" / name)], check=True)
-    for video in (root / "videos").iterdir():
+        _ffmpeg("-itsoffset", "0.13", "-i", videos / video, "-f", "lavfi", "-i", "anullsrc=r=16000", "-c:v", "copy",
+                "-c:a", "aac", "-shortest", videos / name)
+    # Segments of 25, 10, 50 and 30000/1001 fps joined with their own timestamps (-vsync vfr),
+    # re-encoded with B-frames, with and without an audio stream.
+    listing = root / "segments.txt"
+    with listing.open("w") as f:
+        for i, rate in enumerate(["25", "10", "50", "30000/1001"]):
+            _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=96x64:rate={rate}", "-t", "1", "-c:v", "libx264", "-bf", "2",
+                    "-pix_fmt", "yuv420p", root / f"segment{i}.mp4")
+            f.write(f"file 'segment{i}.mp4'\n")
+    joined = ["-f", "concat", "-safe", "0", "-i", listing]
+    encode = ["-vsync", "vfr", "-c:v", "libx264", "-bf", "3", "-pix_fmt", "yuv420p"]
+    _ffmpeg(*joined, *encode, videos / "concat.mp4")
+    _ffmpeg(*joined, "-f", "lavfi", "-t", "4", "-i", "sine=r=22050", *encode, "-c:a", "aac", videos / "concat_audio.mp4")
+    for video in videos.iterdir():
         out = root / "dump" / video.name
         out.mkdir(parents=True)
-        subprocess.run([FFMPEG, "-loglevel", "error", "-i", str(video), str(out / "%06d.png")], check=True)
+        _ffmpeg("-i", video, out / "%06d.png")
     return root
 
 
@@ -168,7 +229,7 @@ def _dump(root: Path, name: str) -> dict[int, np.ndarray]:
 
 
 @needs_ffmpeg
-@pytest.mark.parametrize("name", [*sorted(VIDEOS), "audio_first.mp4"])
+@pytest.mark.parametrize("name", ALL)
 def test_every_picture_is_the_dump_commands(dumped, name):
     theirs = _dump(dumped, name)
     source = Mp4Frames(dumped)
@@ -181,8 +242,9 @@ def test_every_picture_is_the_dump_commands(dumped, name):
 
 
 @needs_ffmpeg
-def test_irregular_timestamps_duplicate_and_drop(dumped):
-    """The test videos do exercise the rule: the dump is not "picture N = decoded frame N - 1"."""
+def test_the_videos_exercise_the_rule(dumped):
+    """The dump is not "picture N = decoded frame N - 1" on the irregular video (frames dropped
+    and duplicated), and the B-frame videos do reorder (some packet has pts != dts)."""
     import av
 
     with av.open(str(dumped / "videos" / "irregular.mp4")) as container:
@@ -192,23 +254,14 @@ def test_irregular_timestamps_duplicate_and_drop(dumped):
     assert shown != list(range(len(decoded)))
     assert set(range(len(decoded))) - set(shown)  # dropped frames
     assert len(shown) > len(set(shown))  # duplicated frames
-
-
-@needs_ffmpeg
-def test_video_after_audio_differs_from_ffmpeg_51_only_in_the_last_frames_copies(dumped):
-    """Docs, Differences: ffmpeg 5.1's demuxer gives the last packet of this mp4 (an edit list that
-    starts with an empty edit) no duration and writes the last frame once; PyAV's newer demuxer
-    reads its duration (0.04 s = 8 frames at the guessed 200 fps) and the source gives 8."""
-    theirs = _dump(dumped, "audio_first_jittered.mp4")
-    source = Mp4Frames(dumped)
-    numbers = source.numbers("audio_first_jittered.mp4")
-    last = max(theirs)
-    assert numbers == list(range(1, last + 8))
-    ours = source.read("audio_first_jittered.mp4", numbers)
-    for number, image in zip(numbers, ours):
-        assert np.array_equal(image, theirs[min(number, last)]), number
-    # The start: 0.13 s at 200 fps = 26 copies of the first frame before its own picture.
-    assert all(np.array_equal(theirs[n], theirs[1]) for n in range(1, 28))
+    for name in ("bframes.mp4", "bframes_irregular.mp4", "bframes_jittered.mp4", "concat.mp4"):
+        with av.open(str(dumped / "videos" / name)) as container:
+            assert any(p.pts != p.dts for p in container.demux(video=0) if p.pts is not None), name
+    # A video 0.13 s after its audio, at 200 fps, first packet 40 ms: delta0 = 0.13 * 200 = 26,
+    # delta = 26 + 0.04 * 200 = 34 -> 34 pictures of the first frame (25 = lrintf(26 - 0.6) in
+    # place of a previous frame there is not, 9 its own); picture 35 is the second frame.
+    start = _dump(dumped, "audio_first_jittered.mp4")
+    assert all(np.array_equal(start[n], start[1]) for n in range(1, 35)) and not np.array_equal(start[35], start[1])
 
 
 # --- on the synthetic Action Genome ----------------------------------------------------------
