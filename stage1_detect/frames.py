@@ -6,9 +6,10 @@ frame number in a key is therefore **not** the decoded frame index: it counts, f
 pictures of ffmpeg's image2 output, which is written at the stream's constant frame rate, so
 that ffmpeg duplicates decoded frames where the timestamps leave a gap and drops them where
 they come too close. :class:`Mp4Frames` replays that choice (:class:`DumpClock`, the
-``-vsync cfr`` rule of ffmpeg 5.1, Debian 12's version) from the timestamps PyAV decodes, so
-that key ``NNNNNN.png`` gives the picture the dump command writes under that name; the rule is
-written out in ``docs/ag_detector.md`` ("Frames").
+``-vsync cfr`` rule of ffmpeg 5.1, Debian 12's version) from the timestamps PyAV decodes and
+the packet durations 5.1's demuxer gives (:func:`packet_durations`), so that key
+``NNNNNN.png`` gives the picture the dump command writes under that name; the rule is written
+out in ``docs/ag_detector.md`` ("Frames").
 
 A source is cheap to construct and opens files only in :meth:`FrameSource.read`, so it
 can be handed to DataLoader workers.
@@ -138,18 +139,19 @@ class DumpClock:
     copies of the last frame written at the end of the stream.
 
     The rule, with ``sync_opts`` the output timestamp of the next picture (in frames):
-    ``delta0 = sync_ipts - sync_opts`` (the drift), ``delta = delta0 + duration``. With ``vscfr``, a first frame at ``delta0 >= 0.5`` restarts the clock at it
-    (``sync_opts = llrint(sync_ipts)``) instead of filling the gap. Then ``delta < -1.1``
-    drops the frame; ``delta > 1.1`` writes it ``lrintf(delta)`` times, the first
-    ``llrintf(delta0 - 0.6)`` of them (when ``delta0 > 1.1``) being the previous frame;
-    otherwise it is written once. At the end the last frame is written again the median of
-    the last three such previous-frame counts.
+    ``delta0 = sync_ipts - sync_opts`` (the drift), ``delta = delta0 + duration``. With
+    ``vscfr``, a first frame at ``delta0 >= 0.5`` restarts the clock at it (``sync_opts =
+    llrint(sync_ipts)``) instead of filling the gap. Then ``delta < -1.1`` drops the frame;
+    ``delta > 1.1`` writes it ``lrintf(delta)`` times, the first ``lrintf(delta0 - 0.6)`` of
+    them (when ``delta0 > 1.1``) being the previous frame; otherwise it is written once. At
+    the end the last frame is written again the median of the last three previous-frame counts.
     """
 
     single_stream: bool
     sync_opts: int = 0
     """The output timestamp of the next picture, in frames."""
     written: int = 0
+    """Pictures written so far (ffmpeg's ``frame_number``)."""
     _last_nb0: list[int] = field(default_factory=lambda: [0, 0, 0])
 
     def push(self, sync_ipts: float, duration: float) -> list[int]:
@@ -192,7 +194,7 @@ def _rescale(a: int, b: Fraction, c: Fraction) -> int:
     """libavutil's ``av_rescale_q(a, b, c)``: a * b / c rounded to nearest, halves away from 0."""
     num, den = a * b.numerator * c.denominator, b.denominator * c.numerator
     q, r = divmod(abs(num), den)
-    return int(math.copysign(q + (2 * r >= den), num)) if num else 0
+    return (-1 if num < 0 else 1) * (q + (2 * r >= den))
 
 
 def frame_times(pts: int, duration: int, time_base: Fraction, rate: Fraction, start_time: int) -> tuple[float, float]:

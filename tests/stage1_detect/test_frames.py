@@ -54,9 +54,8 @@ def test_a_gap_without_duration_fills_with_the_previous_frame_then_this_one():
 
 def test_frames_too_close_are_dropped():
     clock = DumpClock(single_stream=True)
-    # at 0.2: delta0 = -0.8, delta = 0.2 -> clipped, written (sync_opts 2); at 0.4: delta0 = -1.6,
-    # delta = -0.6 (not clipped: delta <= 0; not < -1.1) -> written (3); at 0.6: delta = -2.4 + 1
-    # = -1.4 < -1.1 -> dropped; at 4: delta0 = 1, delta = 2 > 1.1 -> lrintf(2) = 2, delta0 <= 1.1 -> no
+    # at 0.2: delta0 = -0.8, delta = 0.2 -> written once (sync_opts 2); at 0.4: delta0 = -1.6,
+    # delta = -0.6 (not < -1.1) -> written (3); at 0.6: delta = -2.4 + 1 = -1.4 < -1.1 -> dropped; at 4: delta0 = 1, delta = 2 > 1.1 -> lrintf(2) = 2, delta0 <= 1.1 -> no
     # previous frame: both pictures are this one.
     frames = [(-EPS, 1), (0.2, 1), (0.4, 1), (0.6, 1), (4 + EPS, 1)]
     assert _run(clock, frames) == [[0], [0], [0], [], [0, 0]]
