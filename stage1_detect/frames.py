@@ -315,6 +315,9 @@ class Mp4Frames(FrameSource):
 
     def read(self, video: str, frame_numbers: Sequence[int]) -> list[np.ndarray]:
         wanted = set(int(n) for n in frame_numbers)
+        if min(wanted, default=FIRST_NUMBER) < FIRST_NUMBER:
+            raise FrameError(self.path(video), f"no frame {min(wanted):06d}.png: AG's dump numbers its pictures from "
+                                               f"{FIRST_NUMBER:06d}.png")
         found = self._decode(video, wanted)[1]
         missing = sorted(wanted - found.keys())
         if missing:

@@ -331,6 +331,8 @@ def test_missing_video_and_short_video(ag, tmp_path):
     with pytest.raises(FrameError, match="video ends before frame 005000.png") as e:
         Mp4Frames(root).read(video, [frames[0], 5000])
     assert e.value.path == root / "videos" / video
+    with pytest.raises(FrameError, match="no frame 000000.png: AG's dump numbers its pictures from 000001.png"):
+        Mp4Frames(root).read(video, [0, frames[0]])
 
 
 def test_truncated_video_names_the_file(ag, tmp_path):
