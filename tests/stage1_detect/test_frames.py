@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stage1_detect.frames import (DumpClock, FrameError, Mp4Frames, PngFrames, fallback_duration, fit_frame, frame_times,
-                                  open_frame_source, packet_durations)
+from stage1_detect.frames import (DumpClock, FrameError, Mp4Frames, PngFrames, fallback_duration, fit_frame,
+                                  frame_times, open_frame_source, packet_durations)
 from synth import SynthConfig, generate_synthetic_ag
 
 FFMPEG = shutil.which("ffmpeg")
@@ -55,8 +55,9 @@ def test_a_gap_without_duration_fills_with_the_previous_frame_then_this_one():
 def test_frames_too_close_are_dropped():
     clock = DumpClock(single_stream=True)
     # at 0.2: delta0 = -0.8, delta = 0.2 -> written once (sync_opts 2); at 0.4: delta0 = -1.6,
-    # delta = -0.6 (not < -1.1) -> written (3); at 0.6: delta = -2.4 + 1 = -1.4 < -1.1 -> dropped; at 4: delta0 = 1, delta = 2 > 1.1 -> lrintf(2) = 2, delta0 <= 1.1 -> no
-    # previous frame: both pictures are this one.
+    # delta = -0.6 (not < -1.1) -> written (3); at 0.6: delta = -2.4 + 1 = -1.4 < -1.1 -> dropped;
+    # at 4: delta0 = 1, delta = 2 > 1.1 -> lrintf(2) = 2, delta0 <= 1.1 -> no previous frame:
+    # both pictures are this one.
     frames = [(-EPS, 1), (0.2, 1), (0.4, 1), (0.6, 1), (4 + EPS, 1)]
     assert _run(clock, frames) == [[0], [0], [0], [], [0, 0]]
 
@@ -215,7 +216,8 @@ def dumped(tmp_path_factory):
     joined = ["-f", "concat", "-safe", "0", "-i", listing]
     encode = ["-vsync", "vfr", "-c:v", "libx264", "-bf", "3", "-pix_fmt", "yuv420p"]
     _ffmpeg(*joined, *encode, videos / "concat.mp4")
-    _ffmpeg(*joined, "-f", "lavfi", "-t", "4", "-i", "sine=r=22050", *encode, "-c:a", "aac", videos / "concat_audio.mp4")
+    _ffmpeg(*joined, "-f", "lavfi", "-t", "4", "-i", "sine=r=22050", *encode, "-c:a", "aac",
+            videos / "concat_audio.mp4")
     for video in videos.iterdir():
         out = root / "dump" / video.name
         out.mkdir(parents=True)

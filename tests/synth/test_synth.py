@@ -207,7 +207,8 @@ def test_decoded_mp4_frames_equal_the_pngs(root, data):
         assert any(not np.array_equal(a, b) for a, b in zip(decoded, decoded[1:]))
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg command-line tool (apt-get install ffmpeg)")
+@pytest.mark.skipif(shutil.which("ffmpeg") is None,
+                    reason="needs the ffmpeg command-line tool (apt-get install ffmpeg)")
 def test_pngs_are_what_the_dump_command_writes(root, data, tmp_path):
     """Each synthetic PNG is, bit for bit, the picture AG's ``ffmpeg -i VIDEO.mp4 %06d.png``
     writes under its name, and the dump writes one picture per decoded frame."""
