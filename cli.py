@@ -266,6 +266,9 @@ def train_detector_command(root: Path, out: Path, config_path: Path | None, devi
               help="Union features as the box head's vector, or STTran's 1024x7x7 map (~100 KB a pair).")
 @click.option("--frames", "frame_source", type=click.Choice(["auto", "png", "mp4"]), default="auto",
               show_default=True, help="Read frames/ PNGs or decode videos/*.mp4.")
+@click.option("--rescale-frames", is_flag=True,
+              help="Resize a frame whose size differs from its annotation's bbox_size to that size (default: the "
+                   "video fails, named, as an unreadable frame does).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per forward.")
 @click.option("--workers", "num_workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="DataLoader workers decoding frames.")
@@ -278,7 +281,8 @@ def train_detector_command(root: Path, out: Path, config_path: Path | None, devi
 @DEVICE_OPTION
 @THREADS_OPTION
 def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None, backend: str, d2_config: Path | None,
-                   class_map: Path | None, splits, union_mode, frame_source, batch_size, num_workers, segment_mb,
+                   class_map: Path | None, splits, union_mode, frame_source, rescale_frames, batch_size, num_workers,
+                   segment_mb,
                    compress, max_videos, device, threads, **options) -> None:
     """Run the detector once over every annotated frame of ROOT into a feature store.
 
@@ -315,7 +319,8 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
         detector, sha = load_detector(weights, arch=arch)
     rank, world, _ = distributed_rank()
     config = ExtractConfig(splits=tuple(splits) or ("train", "val", "test"), batch_size=batch_size,
-                           num_workers=num_workers, frame_source=frame_source, union_mode=union_mode,
+                           num_workers=num_workers, frame_source=frame_source, rescale_frames=rescale_frames,
+                           union_mode=union_mode,
                            segment_mb=segment_mb, compression={t: "zstd" for t in compress}, max_videos=max_videos)
     from store.threads import torch_threads
 

@@ -63,7 +63,8 @@ class FrameAnnotation:
     """An annotated frame: its person box and its (kept) objects.
 
     ``name`` is the AG frame key ``'VIDEO.mp4/000089.png'``; ``frame_number`` is the
-    number in that key, which is the decoded frame index in ``videos/VIDEO.mp4``.
+    number in that key: the picture's number (from 1) in AG's ffmpeg dump of ``videos/VIDEO.mp4``
+    (:mod:`stage1_detect.frames`), not the decoded frame index.
     """
 
     name: str

@@ -69,6 +69,9 @@ class ExtractConfig:
     num_workers: int = 2
     """DataLoader workers decoding frames."""
     frame_source: str = "auto"
+    rescale_frames: bool = False
+    """Resize a frame whose size is not its annotation's ``bbox_size`` to that size (off: the
+    video fails with a FrameError naming the frame, as an unreadable frame does)."""
     union_mode: str = "pooled"
     """'pooled': the box head's vector of the union box (D values a pair); 'map': STTran's
     RoIAlign 7x7 map of the backbone (1024x7x7 for r101-c4, ~100 KB a pair in f16)."""
@@ -101,9 +104,10 @@ class ExtractSummary:
 class VideoFrames(Dataset):
     """Item i: (video index, list of uint8 (H, W, 3) frames) or (video index, error text)."""
 
-    def __init__(self, videos: Sequence[VideoAnnotation], source: FrameSource):
+    def __init__(self, videos: Sequence[VideoAnnotation], source: FrameSource, rescale: bool = False):
         self.videos = list(videos)
         self.source = source
+        self.rescale = rescale
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -111,7 +115,8 @@ class VideoFrames(Dataset):
     def __getitem__(self, i: int):
         video = self.videos[i]
         try:
-            return i, self.source.read(video.name, [f.frame_number for f in video.frames])
+            return i, self.source.read_sized(video.name, [f.frame_number for f in video.frames],
+                                             [(f.width, f.height) for f in video.frames], rescale=self.rescale)
         except FrameError as e:  # reported by the main process; the run goes on
             return i, str(e)
 
@@ -274,7 +279,7 @@ def extract(root: Path | str, store_path: Path | str, detector: FrameDetector, *
         # splits in separate runs into one store is fine (each video records its split).
         meta = store_meta(detector, ag.vocabulary, weights_sha256, config.union_mode,
                           {"root": str(root.resolve()), "reader": reader_options.to_dict(),
-                           "frame_source": source.name})
+                           "frame_source": source.name, "rescale_frames": config.rescale_frames})
         if meta.union_mode is UnionMode.MAP:
             log.warning("union features as %s maps: about %.0f KB a pair", meta.union_shape,
                         meta.union_bytes_per_pair() / 1024)
@@ -294,7 +299,7 @@ def extract(root: Path | str, store_path: Path | str, detector: FrameDetector, *
     summary = ExtractSummary(store=store_path, videos_skipped_committed=len(videos) - len(todo))
     log_path = store_path.parent / f"{store_path.name}.extraction_log.jsonl"
     background = _BackgroundWriter(writer)
-    loader = DataLoader(VideoFrames(todo, source), batch_size=1, num_workers=config.num_workers,
+    loader = DataLoader(VideoFrames(todo, source, config.rescale_frames), batch_size=1, num_workers=config.num_workers,
                         collate_fn=_first, prefetch_factor=2 if config.num_workers else None)
     bar = tqdm(total=sum(len(v.frames) for v in todo), unit="frame", desc=f"detect rank {rank}",
                disable=not progress)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from synth import draw
-from synth.plan import Video
+from synth.plan import FIRST_NUMBER, Video
 from synth.rules import ContactState, attention_label, contact_labels, spatial_labels
 from synth.simulate import int_box
 from synth.world import PICKLE_CLASS_NAME
@@ -37,7 +37,7 @@ def annotate_frame(video: Video, k: int, W: int, H: int, sc: float) -> tuple[lis
     prev_st, next_st = video.states[max(t - 1, 0)], video.states[min(t + 1, video.decoded - 1)]
     hand_speed = math.hypot(next_st.hand[0] - prev_st.hand[0], next_st.hand[1] - prev_st.hand[1])
     person_speed = abs(next_st.px - prev_st.px)
-    tag = f"{video.name}/person/{t:06d}"
+    tag = f"{video.name}/person/{t + FIRST_NUMBER:06d}"  # AG: the number of the frame key
     entries, bystanders = [], []
     bbox_none_pending = video.edges["bbox_none"] == k
     for j, o in enumerate(video.objects):

@@ -93,9 +93,23 @@ class FrameState:
     pan: int = 0
     hand_extended: bool = False
 
+FIRST_NUMBER = 1
+"""Decoded frame ``t`` (0-based) is frame number ``t + FIRST_NUMBER`` in the AG keys. AG's PNGs
+are ``ffmpeg -i VIDEO.mp4 %06d.png``, numbered from 1 (image2's ``-start_number``); the mp4s
+written here have one stream at a constant rate from 0, so ffmpeg writes each decoded frame
+once, in order: picture ``t + 1`` is decoded frame ``t``."""
+
+
+def frame_key(video: str, t: int) -> str:
+    """The AG key (``'VIDEO.mp4/000001.png'``) of decoded frame ``t`` (0-based) of ``video``."""
+    return f"{video}/{t + FIRST_NUMBER:06d}.png"
+
 
 @dataclass
 class Video:
+    """One planned video. ``frame_numbers``: the annotated frames as decoded frame indices
+    (0-based, indexing ``states``); their AG keys are :func:`frame_key`."""
+
     index: int
     name: str
     split: str

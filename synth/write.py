@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from synth.annotate import annotate_frame, hidden_at
 from synth.config import SynthConfig, SynthSummary
-from synth.plan import Video, plan_video
+from synth.plan import FIRST_NUMBER, Video, frame_key, plan_video
 from synth.render import render
 from synth.simulate import simulate
 from synth.world import ACTIVITIES, RAW_OBJECT_CLASSES, RAW_PREDICATE_CLASSES, SMALL_EDGE
@@ -36,8 +36,10 @@ def _write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> str:
         # qp 0 is lossless for libx264rgb (max abs error 0 after decoding to rgb24).
         stream.options = {"qp": "0", "preset": "ultrafast"}
         stream.codec_context.thread_count = 1
-        for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+        for t, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = t  # in 1/fps: a constant rate from 0, so the dump's picture t+1 is frame t
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -105,7 +107,7 @@ def generate_synthetic_ag(out: Path | str, config: SynthConfig = SynthConfig(), 
         for t in render_ts:
             img = render(video, t, hidden_by_t.get(t, set()), sc, W)
             if config.write_png and (config.png_all_frames or t in hidden_by_t):
-                Image.fromarray(img).save(frame_dir / f"{t:06d}.png", compress_level=1)
+                Image.fromarray(img).save(root / "frames" / frame_key(video.name, t), compress_level=1)
             if config.write_mp4:
                 rendered.append(img)
         if config.write_mp4:
@@ -114,7 +116,7 @@ def generate_synthetic_ag(out: Path | str, config: SynthConfig = SynthConfig(), 
         decoded_total += video.decoded
         truths = {}
         for k, t in enumerate(video.frame_numbers):
-            key = f"{video.name}/{t:06d}.png"
+            key = frame_key(video.name, t)
             entries, truth = annotate_frame(video, k, W, H, sc)
             box = np.array([video.states[t].person_box], dtype=np.float32)
             if not truth["person_detected"]:
@@ -134,7 +136,7 @@ def generate_synthetic_ag(out: Path | str, config: SynthConfig = SynthConfig(), 
             "roles": [o.role for o in video.objects if o.relevant],
             "bystanders": [o.cls for o in video.objects if not o.relevant],
             "decoded_frames": video.decoded,
-            "frame_numbers": video.frame_numbers,
+            "frame_numbers": [t + FIRST_NUMBER for t in video.frame_numbers],  # the numbers in the keys
             "edge_cases": video.edges,
             "frames": truths,
         }

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.testing import assert_close
 
 from stage1_detect.action_genome import ReaderOptions, load_action_genome
@@ -437,3 +438,59 @@ def test_truncated_png_is_reported_and_the_run_goes_on(data, tmp_path):
                     config=CONFIG, progress=False)
     assert (fixed.videos_written, fixed.videos_skipped_committed, fixed.failed) == (1, 3, [])
     _assert_same_content(store, data["records"])
+
+
+def test_a_frame_of_another_size_fails_its_video_unless_rescaled(data, tmp_path):
+    """A PNG of 320x240 where the annotation says 160x120 (bbox_size): its detections would be in
+    other pixels than its GT boxes. By default the video is skipped, named, logged, exit 3; with
+    --rescale-frames the frame is resized to the annotated size and every video is written."""
+    root = tmp_path / "ag"
+    shutil.copytree(data["root"] / "annotations", root / "annotations")
+    shutil.copytree(data["root"] / "frames", root / "frames")
+    bad_video = sorted(data["records"])[2]
+    bad = root / "frames" / data["records"][bad_video].frame_names[1]
+    with Image.open(bad) as im:
+        im.resize((320, 240)).save(bad)
+    args = [root, "--weights", data["weights"], "--device", "cpu", "--workers", "1", "--batch-size", "3",
+            "--segment-mb", "0"]
+    run = _detect([*args, "--store", tmp_path / "strict.h5"])
+    assert run.returncode == 3, run.stderr[-3000:]
+    message = f"{bad}: frame is 320x240 but its annotation is 160x120 (bbox_size)"
+    assert "detect: 3 videos" in run.stdout and f"1 failed: {message}" in run.stdout
+    events = [json.loads(line) for line in (tmp_path / "strict.h5.extraction_log.jsonl").read_text().splitlines()]
+    assert [(e["video"], e["error"].startswith(message)) for e in events if "video" in e] == [(bad_video, True)]
+    _assert_same_content(tmp_path / "strict.h5", data["records"], only=set(data["records"]) - {bad_video})
+
+    run = _detect([*args, "--store", tmp_path / "rescaled.h5", "--rescale-frames"])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "detect: 4 videos" in run.stdout
+    with open_store(tmp_path / "rescaled.h5") as s:
+        assert s.meta.source["rescale_frames"] is True
+        rec = s.read_video(bad_video)
+    # The same annotation, in the annotation's pixels.
+    assert_close(rec.gt_boxes, data["records"][bad_video].gt_boxes)
+    assert (rec.frame_sizes == [[160, 120]]).all()
+
+
+def test_a_damaged_mp4_fails_its_video_on_every_run(data, tmp_path):
+    """Garbage in the middle of one video's coded pictures: PyAV fails midway through the decode.
+    The video is skipped, named and logged (exit 3 in the CLI); a rerun reports it again."""
+    root = tmp_path / "ag"
+    shutil.copytree(data["root"] / "annotations", root / "annotations")
+    shutil.copytree(data["root"] / "videos", root / "videos")
+    bad_video = sorted(data["records"])[0]
+    path = root / "videos" / bad_video
+    raw = bytearray(path.read_bytes())
+    start = raw.find(b"mdat") + 2000
+    raw[start:start + 20000] = bytes((b * 7 + 13) % 256 for b in raw[start:start + 20000])
+    path.write_bytes(bytes(raw))
+    config = dataclasses.replace(CONFIG, frame_source="mp4")
+    for run in range(2):
+        summary = extract(root, tmp_path / "damaged.h5", data["detector"], weights_sha256=data["sha"],
+                          reader_options=READER, config=config, progress=False)
+        assert len(summary.failed) == 1 and summary.failed[0].startswith(f"{path}: undecodable video: ")
+        assert summary.videos_written == (3 if run == 0 else 0)
+    events = [json.loads(line) for line in (tmp_path / "damaged.h5.extraction_log.jsonl").read_text().splitlines()]
+    assert [e["video"] for e in events if "video" in e] == [bad_video, bad_video]
+    with open_store(tmp_path / "damaged.h5") as s:
+        assert set(s.videos()) == set(data["records"]) - {bad_video}
