@@ -51,6 +51,7 @@ from stage2_relations.train import load_checkpoint, read_checkpoint, run_checkpo
 from stage2_relations.views import OBJECT_SCORES, ViewOptions
 from store.errors import ConfigError, UserError, load_yaml_mapping
 from store.files import sha256_of, write_json
+from store.reader import store_location
 from store.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,9 @@ def load_variants(recipes: Sequence[str | Path], names: Sequence[str] | None = N
         if not n or n in (".", "..") or not re.fullmatch(r"[\w.+=@-]+", n):
             raise ConfigError(f"variant name {n!r} is not a plain folder name (letters, digits, . _ - + = @)")
     variants = [Variant(n, load_config(p, overrides), str(p)) for n, p in zip(names, recipes)]
+    # the runs name their store absolutely (train does): relative and absolute forms are one store
+    variants = [dataclasses.replace(v, config=dataclasses.replace(v.config, store=store_location(v.config.store)))
+                if v.config.store else v for v in variants]
     for key in ("store", "mode"):
         values = {getattr(v.config, key) for v in variants}
         if len(values) != 1:

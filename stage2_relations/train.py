@@ -43,6 +43,7 @@ from stage2_relations.data import Collator, VideoDataset, epoch_order
 from stage2_relations.heads import HeadContext, build_model, count_parameters, head_class
 from stage2_relations.recipe import RESUME_MAY_CHANGE, TrainConfig, check_config
 from store import StoreError, open_store
+from store.reader import identity_difference, store_location
 from store.errors import ConfigError, InputError, UserError, load_yaml_mapping
 from store.files import (
     WriterLock,
@@ -183,6 +184,8 @@ def config_differences(saved: dict[str, Any], cfg: TrainConfig, ignore: tuple[st
         if k in ignore:
             continue
         before = saved.get(k, defaults[k])
+        if k == "store" and before and now[k] and store_location(before) == store_location(now[k]):
+            continue  # one store, given relative once and absolute once
         if before != now[k]:
             out.append(f"{k}: run {before!r}, now {now[k]!r}")
     return out
@@ -256,6 +259,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
     ``last.pth`` with full pickle (it may run code; only for a file one trusts).
     """
     cfg = check_config(cfg.to_dict(), "the training config")
+    if cfg.store:  # the run names its store absolutely: evaluable from any directory
+        cfg = dataclasses.replace(cfg, store=store_location(cfg.store))
     if resume and overwrite:
         raise ConfigError("give --resume or --overwrite, not both")
     out_dir = Path(out_dir)
@@ -298,6 +303,9 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
     torch.manual_seed(cfg.seed)
     store = open_store(cfg.store, verify=cfg.verify_checksums)
     meta = store.meta
+    store_id = store.identity()
+    if ckpt is not None:
+        check_run_store(ckpt, store_id, run=out_dir / "last.pth", store_path=cfg.store)
     options = cfg.view_options()
     train_ds = VideoDataset(cfg.store, cfg.train_split, cfg.mode, train=True, seed=cfg.seed, options=options,
                             preload=cfg.preload, max_videos=cfg.max_videos, verify=cfg.verify_checksums)
@@ -344,7 +352,9 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
         write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         save_torch(derived, out_dir / "derived.pt")
         write_json(out_dir / "run.json", {**prov, "parameters": n_params, "world_size": world, "device": str(device),
-                                        "threads": threads},
+                                        "threads": threads, "store": {"path": store_id["path"],
+                                                                      "compat": store_id["compat"],
+                                                                      "videos": len(store_id["videos"])}},
                    indent=2)
         if ckpt is not None:
             repair_run_folder(out_dir, ckpt, echo)
@@ -385,7 +395,8 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
         if is_main:
             ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best_r20": best,
-                    "config": cfg.to_dict(), "provenance": prov, "parameters": n_params, "derived": derived}
+                    "config": cfg.to_dict(), "provenance": prov, "parameters": n_params, "derived": derived,
+                    "store": store_id}
             _save_epoch(out_dir, ckpt, history, improved)
             vtxt = (f"val R@10/20/50 {100 * val['val_R@10']:.1f}/{100 * val['val_R@20']:.1f}/{100 * val['val_R@50']:.1f}"
                     if val else "no val split")
@@ -433,7 +444,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", store_
     cfg = check_config(dict(ckpt["config"]), f"{path} (its config)")
     if store_path:
         cfg = dataclasses.replace(cfg, store=str(store_path))
-    meta = open_store(cfg.store).meta
+    store = open_store(cfg.store)
+    check_run_store(ckpt, store.identity(), run=path, store_path=cfg.store)
+    meta = store.meta
     model = build_from_config(cfg, meta, ckpt.get("derived", {})).to(device)
     try:
         model.load_state_dict(ckpt["model"])
@@ -442,6 +455,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", store_
                          f"{str(e).splitlines()[0]}") from None
     model.eval()
     return model, cfg, ckpt
+
+
+def check_run_store(ckpt: dict[str, Any], current: dict[str, Any], *, run: Path, store_path: str) -> None:
+    """Refuse a store that is not the one the checkpoint was trained on (its recorded
+    :meth:`~store.reader.Store.identity`): another extraction, or one missing videos. A
+    checkpoint from before runs recorded their store is not checked."""
+    recorded = ckpt.get("store")
+    if not isinstance(recorded, dict):
+        return
+    why = identity_difference(recorded, current)
+    if why:
+        raise StoreError(store_path, f"not the store {run} was trained on ({recorded.get('path')}): {why}; give "
+                                     f"the run's store (--store), or train a new run on this one")
 
 
 def run_checkpoint(run_dir: str | Path) -> Path:
