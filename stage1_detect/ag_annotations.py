@@ -37,8 +37,10 @@ PICKLE_GLOBALS = frozenset({
     (module, name)
     for module in ("numpy.core.multiarray", "numpy._core.multiarray")
     for name in ("_reconstruct", "scalar")
-} | {("numpy", "ndarray"), ("numpy", "dtype")})
-"""The only globals an annotation pickle may name: numpy's array, dtype and scalar reconstruction."""
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("builtins", "bytes"),
+     ("__builtin__", "bytes")})
+"""The only globals an annotation pickle may name: numpy's array, dtype and scalar reconstruction,
+and ``_codecs.encode`` and ``bytes``, which pickle protocol 2 uses to rebuild bytes (an array's data)."""
 
 
 class AnnotationUnpickler(pickle.Unpickler):
