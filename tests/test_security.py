@@ -65,6 +65,11 @@ def _evil_checkpoint(path: Path, marker: Path, base: dict | None = None) -> Path
     return path
 
 
+def _ours(path: Path) -> dict:
+    """A checkpoint this test's own run wrote (trusted: read in full)."""
+    return torch.load(path, weights_only=False)
+
+
 def _assert_refused(line: str, path: Path, marker: Path) -> None:
     assert line.startswith(f"{path}: refused: "), line
     assert "posix.system" in line or "os.system" in line, line
@@ -97,7 +102,7 @@ def test_a_crafted_file_is_refused_by_load_torch(tmp_path):
 
 def test_eval_checkpoint_refuses_a_crafted_file(run, tmp_path):
     marker = tmp_path / "MARKER"
-    path = _evil_checkpoint(tmp_path / "evil.pth", marker, torch.load(run / "last.pth", weights_only=True))
+    path = _evil_checkpoint(tmp_path / "evil.pth", marker, _ours(run / "last.pth"))
     _assert_refused(_error_line(_run("eval", "--checkpoint", path, "--split", "val")), path, marker)
 
 
@@ -105,7 +110,7 @@ def test_eval_run_refuses_a_crafted_best_pth(run, tmp_path):
     marker = tmp_path / "MARKER"
     folder = tmp_path / "run"
     shutil.copytree(run, folder)
-    path = _evil_checkpoint(folder / "best.pth", marker, torch.load(run / "best.pth", weights_only=True))
+    path = _evil_checkpoint(folder / "best.pth", marker, _ours(run / "best.pth"))
     _assert_refused(_error_line(_run("eval", "--run", folder, "--split", "val")), path, marker)
 
 
@@ -113,14 +118,14 @@ def test_train_resume_refuses_a_crafted_last_pth(run, tmp_path):
     marker = tmp_path / "MARKER"
     folder = tmp_path / "run"
     shutil.copytree(run, folder)
-    path = _evil_checkpoint(folder / "last.pth", marker, torch.load(run / "last.pth", weights_only=True))
+    path = _evil_checkpoint(folder / "last.pth", marker, _ours(run / "last.pth"))
     line = _error_line(_run("train", "--out", folder, "--resume", "--epochs", "2", "--no-progress"))
     _assert_refused(line, path, marker)
 
 
 def test_compare_rerun_refuses_a_crafted_last_pth(run, tmp_path):
     marker = tmp_path / "MARKER"
-    ckpt = torch.load(run / "last.pth", weights_only=True)
+    ckpt = _ours(run / "last.pth")
     path = _evil_checkpoint(tmp_path / "last.pth", marker, ckpt)
     with pytest.raises(InputError) as e:
         run_state(TrainConfig(**ckpt["config"]), tmp_path)
@@ -145,7 +150,7 @@ def test_crash_bench_reads_checkpoints_weights_only(run, tmp_path):
     marker = tmp_path / "MARKER"
     folder = tmp_path / "run"
     shutil.copytree(run, folder)
-    path = _evil_checkpoint(folder / "last.pth", marker, torch.load(run / "last.pth", weights_only=True))
+    path = _evil_checkpoint(folder / "last.pth", marker, _ours(run / "last.pth"))
     with pytest.raises(InputError) as e:
         crash._same_run(folder, run)
     _assert_refused(str(e.value), path, marker)
@@ -168,7 +173,7 @@ def test_train_detector_resume_refuses_a_crafted_last_pth(tmp_path):
 def test_trust_checkpoint_loads_a_checkpoint_with_other_python_objects(run, tmp_path):
     """The opt-in: a checkpoint holding a harmless non-plain object (a path object) is refused by
     default, naming it, and read with --trust-checkpoint."""
-    ckpt = torch.load(run / "last.pth", weights_only=True)
+    ckpt = _ours(run / "last.pth")
     ckpt["note"] = PurePosixPath("made/by/hand")
     path = tmp_path / "old.pth"
     torch.save(ckpt, path)
@@ -181,7 +186,7 @@ def test_trust_checkpoint_loads_a_checkpoint_with_other_python_objects(run, tmp_
 
 def test_a_checkpoint_with_torch_version_in_its_provenance_still_loads(run, tmp_path):
     """Checkpoints written before plain_data hold torch.__version__ (a TorchVersion): allowlisted."""
-    ckpt = torch.load(run / "last.pth", weights_only=True)
+    ckpt = _ours(run / "last.pth")
     ckpt["provenance"]["versions"]["torch"] = torch.__version__
     torch.save(ckpt, tmp_path / "old.pth")
     assert load_torch(tmp_path / "old.pth")["provenance"]["versions"]["torch"] == str(torch.__version__)
