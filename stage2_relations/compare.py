@@ -12,9 +12,11 @@ variants, measures p_{t,0} on the test split's positive and negative pairs
     OUT/compare.json  compare.csv  compare.png  compare.txt
 
 **Resumable.** A run folder whose ``last.pth`` holds all the recipe's epochs is not trained
-again; one with fewer resumes from ``last.pth`` (exactly, see :mod:`stage2_relations.train`);
-a run folder whose saved config differs from the requested one in a field ``train --resume`` would refuse (anything but device, threads, workers, preload, checksums and more epochs), or that completed more epochs than requested, is
-an error naming the folder. An evaluation is redone only when its ``metrics.json`` is missing
+again; one with fewer (interrupted, or more ``--epochs`` asked) resumes from ``last.pth``
+(exactly, see :mod:`stage2_relations.train`); a run folder whose saved config differs from the
+requested one in a field ``train --resume`` would refuse (anything but device, threads, workers,
+preload, checksums and more epochs), or that completed more epochs than requested, is an error
+naming the folder. An evaluation is redone only when its ``metrics.json`` is missing
 or does not match the checkpoint (sha256, stamped into metrics.json under ``compare``), the
 split, the mode, the store or the view options.
 
@@ -330,7 +332,8 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
     out_dir = Path(out_dir)
     plan = [(v, s, dataclasses.replace(v.config, seed=s), out_dir / v.name / f"seed{s}")
             for v in variants for s in seeds]
-    states = [run_state(cfg, run_dir, trust=trust_checkpoints) for _, _, cfg, run_dir in plan]  # every mismatch before any training
+    # every mismatch before any training
+    states = [run_state(cfg, run_dir, trust=trust_checkpoints) for _, _, cfg, run_dir in plan]
     runs: list[RunRecord] = []
     for (variant, seed, cfg, run_dir), state in zip(plan, states):
         tag = f"[{variant.name} seed {seed}]"

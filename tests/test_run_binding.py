@@ -203,7 +203,8 @@ def test_detect_refuses_to_continue_a_store_made_from_another_dataset(tmp_path):
     assert r.exit_code == 0, r.output
     before = sorted(p.name for p in store.iterdir())
     line = _error_line(_run("detect", tmp_path / "b", *args))
-    assert line.startswith(f"{store}: made from another dataset ({(tmp_path / 'a').resolve()}, annotations sha256 "), line
+    was = (tmp_path / "a").resolve()
+    assert line.startswith(f"{store}: made from another dataset ({was}, annotations sha256 "), line
     assert f"not {(tmp_path / 'b').resolve()}" in line, line
     assert sorted(p.name for p in store.iterdir()) == before
     # the same dataset at another path (a different mount) continues
