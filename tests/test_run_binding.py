@@ -21,30 +21,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from cli import main
 from stage2_relations.compare import RunMismatch, run_state
 from stage2_relations.recipe import TrainConfig
 from stage2_relations.train import train
 from store import StoreWriter
 from store.run_folder import RunFolderError, claim_run_folder
 from tests.helpers import REPO
+from tests.helpers.cli import error_line, run_cli
 from tests.helpers.stage2 import TINY_HEAD, learnable_video, one_thread, tiny_meta
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _error_line(r) -> str:
-    assert r.exit_code == 1, r.output
-    assert "Traceback" not in r.output, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert lines[-1].startswith("Error: "), r.output
-    return lines[-1][len("Error: "):]
 
 
 def _store(path: Path, *, seed: int = 0, n: int = 5) -> Path:
@@ -83,7 +70,7 @@ def test_resume_refuses_a_store_re_extracted_at_the_runs_path(trained):
 
     shutil.rmtree(store)
     _store(store, seed=7)  # same names and sizes, other content
-    line = _error_line(_run("train", "--out", run, "--resume", "--epochs", "2", "--no-progress"))
+    line = error_line(run_cli("train", "--out", run, "--resume", "--epochs", "2", "--no-progress"))
     assert line.startswith(f"{store.resolve()}: not the store {run / 'last.pth'} was trained on"), line
     assert "5 of its videos differ from the run's" in line, line
 
@@ -93,7 +80,7 @@ def test_eval_refuses_a_store_missing_a_segment(trained):
     store, run = trained
     segments = sorted(store.glob("*.h5"))
     segments[1].unlink()
-    line = _error_line(_run("eval", "--run", run, "--split", "val"))
+    line = error_line(run_cli("eval", "--run", run, "--split", "val"))
     assert line.startswith(f"{store.resolve()}: its manifest.json lists 1 segment(s) the folder lacks "
                            f"({segments[1].name}): an incomplete copy?"), line
 
@@ -103,7 +90,7 @@ def test_eval_refuses_a_store_that_lost_videos_even_without_a_manifest(trained):
     segments = sorted(store.glob("*.h5"))
     segments[0].unlink()
     (store / "manifest.json").unlink()
-    line = _error_line(_run("eval", "--run", run, "--split", "val"))
+    line = error_line(run_cli("eval", "--run", run, "--split", "val"))
     assert line.startswith(f"{store.resolve()}: not the store {run / 'best.pth'} was trained on"), line
     assert "it lacks 1 of the run's 5 videos (e.g. 'v000.mp4')" in line, line
 
@@ -111,7 +98,7 @@ def test_eval_refuses_a_store_that_lost_videos_even_without_a_manifest(trained):
 def test_merge_refuses_an_incomplete_copy(tmp_path):
     store = _store(tmp_path / "s.h5")
     sorted(store.glob("*.h5"))[2].unlink()
-    line = _error_line(_run("store", "merge", store, tmp_path / "m.h5"))
+    line = error_line(run_cli("store", "merge", store, tmp_path / "m.h5"))
     assert "lists 1 segment(s) the folder lacks" in line, line
     assert not (tmp_path / "m.h5").exists()
 
@@ -139,18 +126,18 @@ def writer_elsewhere(tmp_path):
 
 def test_readers_refuse_a_store_being_written(writer_elsewhere, tmp_path):
     store, pid = writer_elsewhere
-    line = _error_line(_run("store", "merge", store, tmp_path / "m.h5"))
+    line = error_line(run_cli("store", "merge", store, tmp_path / "m.h5"))
     assert line == (f"{store}: is being written (part 'rank1' by pid {pid}): its videos are not all committed yet; "
                     f"wait for the writer (`detect`) to finish"), line
     assert not (tmp_path / "m.h5").exists()
-    line = _error_line(_run("train", "--out", tmp_path / "run", "--store", store, "--set", "preload=true",
+    line = error_line(run_cli("train", "--out", tmp_path / "run", "--store", store, "--set", "preload=true",
                             "--epochs", "1", "--no-progress"))
     assert "is being written (part 'rank1'" in line, line
 
 
 def test_stats_says_a_writer_is_active(writer_elsewhere, caplog):
     store, pid = writer_elsewhere
-    r = _run("stats", store)
+    r = run_cli("stats", store)
     assert r.exit_code == 0, r.output
     assert any(f"part 'rank1' by pid {pid}" in m for m in caplog.messages), caplog.messages
 
@@ -162,7 +149,7 @@ def test_a_relative_store_path_is_the_same_store_from_anywhere(tmp_path, monkeyp
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    r = _run("eval", "--run", tmp_path / "run", "--split", "val", "--constraint", "with")
+    r = run_cli("eval", "--run", tmp_path / "run", "--split", "val", "--constraint", "with")
     assert r.exit_code == 0, r.output
     # resume with the absolute form of the store the run was made with (relative)
     result = train(_cfg(tmp_path / "s.h5", epochs=2), tmp_path / "run", resume=True, progress=False,
@@ -199,17 +186,17 @@ def test_detect_refuses_to_continue_a_store_made_from_another_dataset(tmp_path):
     save_detector(build_detector("small", {"min_size": 120, "max_size": 160}), tmp_path / "det.pth")
     store = tmp_path / "s.h5"
     args = ("--store", store, "--weights", tmp_path / "det.pth", "--max-videos", "1", "--workers", "0")
-    r = _run("detect", tmp_path / "a", *args)
+    r = run_cli("detect", tmp_path / "a", *args)
     assert r.exit_code == 0, r.output
     before = sorted(p.name for p in store.iterdir())
-    line = _error_line(_run("detect", tmp_path / "b", *args))
+    line = error_line(run_cli("detect", tmp_path / "b", *args))
     was = (tmp_path / "a").resolve()
     assert line.startswith(f"{store}: made from another dataset ({was}, annotations sha256 "), line
     assert f"not {(tmp_path / 'b').resolve()}" in line, line
     assert sorted(p.name for p in store.iterdir()) == before
     # the same dataset at another path (a different mount) continues
     os.rename(tmp_path / "a", tmp_path / "a2")
-    r = _run("detect", tmp_path / "a2", *args)
+    r = run_cli("detect", tmp_path / "a2", *args)
     assert r.exit_code == 0, r.output
 
 
@@ -223,7 +210,7 @@ def test_train_detector_refuses_a_finished_run_without_resume(tmp_path):
     out = tmp_path / "det"
     out.mkdir()
     (out / "detector.pth").write_bytes(b"the user's trained detector")
-    line = _error_line(_run("train-detector", root, "--out", out, "--epochs", "1"))
+    line = error_line(run_cli("train-detector", root, "--out", out, "--epochs", "1"))
     assert line == (f"{out}: holds a run (detector.pth): continue it with --resume, start it again with "
                     f"--overwrite, or choose another --out"), line
     assert (out / "detector.pth").read_bytes() == b"the user's trained detector"
@@ -241,17 +228,17 @@ def test_overwrite_removes_only_the_runs_files(tmp_path):
 def test_eval_save_predictions_refuses_to_replace_the_checkpoint(trained, tmp_path):
     _, run = trained
     before = (run / "best.pth").read_bytes()
-    line = _error_line(_run("eval", "--run", run, "--split", "val", "--save-predictions", run / "best.pth"))
+    line = error_line(run_cli("eval", "--run", run, "--split", "val", "--save-predictions", run / "best.pth"))
     assert line == (f"{run / 'best.pth'}: --save-predictions names the input {run / 'best.pth'}; writing there "
                     f"would replace it: choose another path"), line
     assert (run / "best.pth").read_bytes() == before
     (tmp_path / "mine.npz").write_bytes(b"a user's file")
-    line = _error_line(_run("eval", "--run", run, "--split", "val", "--save-predictions", tmp_path / "mine.npz"))
+    line = error_line(run_cli("eval", "--run", run, "--split", "val", "--save-predictions", tmp_path / "mine.npz"))
     assert line.startswith(f"{tmp_path / 'mine.npz'}: exists and is not a predictions file (.npz)"), line
     # an earlier predictions file is replaced, as rerunning the command asks
     pred = tmp_path / "pred.npz"
     for _ in range(2):
-        r = _run("eval", "--run", run, "--split", "val", "--constraint", "with", "--save-predictions", pred)
+        r = run_cli("eval", "--run", run, "--split", "val", "--constraint", "with", "--save-predictions", pred)
         assert r.exit_code == 0, r.output
 
 
@@ -259,23 +246,23 @@ def test_convert_refuses_dst_equal_to_src(tmp_path):
     src = tmp_path / "faster_rcnn_ag.pth"
     torch.save({"model": {}}, src)
     before = src.read_bytes()
-    line = _error_line(_run("convert-ag-detector", src, src))
+    line = error_line(run_cli("convert-ag-detector", src, src))
     assert line == f"{src}: DST names the input {src}; writing there would replace it: choose another path", line
     assert src.read_bytes() == before
     (tmp_path / "mine.pth").write_bytes(b"not a conversion")
-    line = _error_line(_run("convert-ag-detector", src, tmp_path / "mine.pth"))
+    line = error_line(run_cli("convert-ag-detector", src, tmp_path / "mine.pth"))
     assert line.startswith(f"{tmp_path / 'mine.pth'}: exists and is not a converted detector checkpoint"), line
 
 
 def test_synth_keeps_a_users_file_in_an_earlier_dataset(tmp_path):
     out = tmp_path / "ag"
     args = ("synth", "--out", out, "--videos", "2", "--frames", "3", "--size", "160x120", "--no-png")
-    assert _run(*args).exit_code == 0
+    assert run_cli(*args).exit_code == 0
     notes = out / "annotations" / "my_notes.txt"
     notes.write_text("mine")
-    line = _error_line(_run(*args))
+    line = error_line(run_cli(*args))
     assert line.startswith(f"{out}: an earlier synthetic dataset, but annotations/my_notes.txt is not one synth "
                            f"writes"), line
     assert notes.read_text() == "mine"
     notes.unlink()
-    assert _run(*args).exit_code == 0  # an earlier dataset of synth's own files only is regenerated
+    assert run_cli(*args).exit_code == 0  # an earlier dataset of synth's own files only is regenerated

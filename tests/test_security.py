@@ -17,9 +17,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
-from cli import main
 from stage1_detect.action_genome import load_action_genome
 from stage1_detect.ag_annotations import AnnotationError
 from stage2_relations.compare import run_state
@@ -29,6 +27,7 @@ from stage2_relations.train import train
 from store.errors import InputError
 from store.files import load_torch, plain_data, save_torch
 from tests.helpers import REPO
+from tests.helpers.cli import error_line, run_cli
 from tests.helpers.ag import fixture_annotations, write_root
 from tests.helpers.stage2 import TINY_HEAD, one_thread, write_learnable_store
 
@@ -43,18 +42,6 @@ class _Touch:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _error_line(r) -> str:
-    assert r.exit_code == 1, r.output
-    assert "Traceback" not in r.output, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert lines[-1].startswith("Error: "), r.output
-    return lines[-1][len("Error: "):]
 
 
 def _evil_checkpoint(path: Path, marker: Path, base: dict | None = None) -> Path:
@@ -103,7 +90,7 @@ def test_a_crafted_file_is_refused_by_load_torch(tmp_path):
 def test_eval_checkpoint_refuses_a_crafted_file(run, tmp_path):
     marker = tmp_path / "MARKER"
     path = _evil_checkpoint(tmp_path / "evil.pth", marker, _ours(run / "last.pth"))
-    _assert_refused(_error_line(_run("eval", "--checkpoint", path, "--split", "val")), path, marker)
+    _assert_refused(error_line(run_cli("eval", "--checkpoint", path, "--split", "val")), path, marker)
 
 
 def test_eval_run_refuses_a_crafted_best_pth(run, tmp_path):
@@ -111,7 +98,7 @@ def test_eval_run_refuses_a_crafted_best_pth(run, tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(run, folder)
     path = _evil_checkpoint(folder / "best.pth", marker, _ours(run / "best.pth"))
-    _assert_refused(_error_line(_run("eval", "--run", folder, "--split", "val")), path, marker)
+    _assert_refused(error_line(run_cli("eval", "--run", folder, "--split", "val")), path, marker)
 
 
 def test_train_resume_refuses_a_crafted_last_pth(run, tmp_path):
@@ -119,7 +106,7 @@ def test_train_resume_refuses_a_crafted_last_pth(run, tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(run, folder)
     path = _evil_checkpoint(folder / "last.pth", marker, _ours(run / "last.pth"))
-    line = _error_line(_run("train", "--out", folder, "--resume", "--epochs", "2", "--no-progress"))
+    line = error_line(run_cli("train", "--out", folder, "--resume", "--epochs", "2", "--no-progress"))
     _assert_refused(line, path, marker)
 
 
@@ -166,7 +153,7 @@ def test_train_detector_resume_refuses_a_crafted_last_pth(tmp_path):
     out = tmp_path / "det"
     out.mkdir()
     path = _evil_checkpoint(out / "last.pth", marker, {"optimizer": {}, "epoch": 0, "step": 0})
-    line = _error_line(_run("train-detector", root, "--out", out, "--resume", "--epochs", "1"))
+    line = error_line(run_cli("train-detector", root, "--out", out, "--resume", "--epochs", "1"))
     _assert_refused(line, path, marker)
 
 
@@ -177,9 +164,9 @@ def test_trust_checkpoint_loads_a_checkpoint_with_other_python_objects(run, tmp_
     ckpt["note"] = PurePosixPath("made/by/hand")
     path = tmp_path / "old.pth"
     torch.save(ckpt, path)
-    line = _error_line(_run("eval", "--checkpoint", path, "--split", "val", "--out", tmp_path / "e"))
+    line = error_line(run_cli("eval", "--checkpoint", path, "--split", "val", "--out", tmp_path / "e"))
     assert line.startswith(f"{path}: refused: ") and "PurePosixPath" in line, line
-    r = _run("eval", "--checkpoint", path, "--split", "val", "--out", tmp_path / "e", "--trust-checkpoint")
+    r = run_cli("eval", "--checkpoint", path, "--split", "val", "--out", tmp_path / "e", "--trust-checkpoint")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "e" / "metrics.json").exists()
 
@@ -220,7 +207,7 @@ def test_a_crafted_annotation_pickle_is_refused(tmp_path):
     data = pickle.loads(person.read_bytes())
     data[next(iter(data))]["bbox_mode"] = _Touch(marker)
     person.write_bytes(pickle.dumps(data, protocol=4))
-    line = _error_line(_run("dataset", root))
+    line = error_line(run_cli("dataset", root))
     assert line.startswith(f"{person}: refused to unpickle posix.system"), line
     assert not marker.exists()
 
