@@ -392,7 +392,7 @@ def _relation_scores(cfg: TrainConfig, run_dir: Path, ckpt_path: Path, sha: str,
         echo(f"{tag} p_t0 up to date ({path.name})")
         return cached["summary"]
     device = resolve_device(cfg.device)
-    model, _, _ = load_checkpoint(ckpt_path, device=device, trust=trust)
+    model, _, _ = load_checkpoint(ckpt_path, device=device, trust=trust, splits=(SPLIT,))
     ds = VideoDataset(cfg.store, SPLIT, cfg.mode, train=True, seed=cfg.seed, options=view)
     summary = relation_score_summary(model, ds, device, videos_per_batch=cfg.videos_per_batch)
     write_json(path, {"key": key, "summary": summary}, indent=2)

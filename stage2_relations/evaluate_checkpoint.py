@@ -46,7 +46,8 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
     if save_predictions is not None:
         check_output_file(save_predictions, is_own=_is_predictions_file, what="predictions file (.npz)",
                           option="--save-predictions", inputs=[ckpt_path])
-    model, cfg, ckpt = load_checkpoint(ckpt_path, device=device, store_path=store_path, trust=trust_checkpoint)
+    model, cfg, ckpt = load_checkpoint(ckpt_path, device=device, store_path=store_path, trust=trust_checkpoint,
+                                       splits=(split,))
     mode = Mode(mode or cfg.mode)
     changes = {k: v for k, v in (("sgdet_boxes", sgdet_boxes), ("object_scores", object_scores)) if v is not None}
     options = dataclasses.replace(cfg.view_options(), negatives=False, **changes)

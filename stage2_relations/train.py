@@ -305,7 +305,8 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
     meta = store.meta
     store_id = store.identity()
     if ckpt is not None:
-        check_run_store(ckpt, store_id, run=out_dir / "last.pth", store_path=cfg.store)
+        check_run_store(ckpt, store_id, run=out_dir / "last.pth", store_path=cfg.store,
+                        splits=(cfg.train_split, cfg.val_split))
     options = cfg.view_options()
     train_ds = VideoDataset(cfg.store, cfg.train_split, cfg.mode, train=True, seed=cfg.seed, options=options,
                             preload=cfg.preload, max_videos=cfg.max_videos, verify=cfg.verify_checksums)
@@ -436,16 +437,17 @@ def _write_logs(out_dir: Path, history: list[dict]) -> None:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", store_path: str | None = None, *,
-                    trust: bool = False):
+                    trust: bool = False, splits: tuple[str, ...] | None = None):
     """(model in eval mode, TrainConfig, checkpoint dict) from a ``last.pth`` / ``best.pth``;
-    the model is built for the store named by the config (or ``store_path``). ``trust``: see
-    :func:`read_checkpoint`."""
+    the model is built for the store named by the config (or ``store_path``), which must hold
+    the run's videos of ``splits`` (those the caller reads; None: all) unchanged
+    (:func:`check_run_store`). ``trust``: see :func:`read_checkpoint`."""
     ckpt = read_checkpoint(path, map_location=device, trust=trust)
     cfg = check_config(dict(ckpt["config"]), f"{path} (its config)")
     if store_path:
         cfg = dataclasses.replace(cfg, store=str(store_path))
     store = open_store(cfg.store)
-    check_run_store(ckpt, store.identity(), run=path, store_path=cfg.store)
+    check_run_store(ckpt, store.identity(), run=path, store_path=cfg.store, splits=splits)
     meta = store.meta
     model = build_from_config(cfg, meta, ckpt.get("derived", {})).to(device)
     try:
@@ -457,14 +459,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", store_
     return model, cfg, ckpt
 
 
-def check_run_store(ckpt: dict[str, Any], current: dict[str, Any], *, run: Path, store_path: str) -> None:
+def check_run_store(ckpt: dict[str, Any], current: dict[str, Any], *, run: Path, store_path: str,
+                    splits: tuple[str, ...] | None = None) -> None:
     """Refuse a store that is not the one the checkpoint was trained on (its recorded
-    :meth:`~store.reader.Store.identity`): another extraction, or one missing videos. A
-    checkpoint from before runs recorded their store is not checked."""
+    :meth:`~store.reader.Store.identity`): another extraction, or one missing videos of
+    ``splits`` (those the caller reads; None: all). A checkpoint from before runs recorded
+    their store is not checked."""
     recorded = ckpt.get("store")
     if not isinstance(recorded, dict):
         return
-    why = identity_difference(recorded, current)
+    why = identity_difference(recorded, current, splits)
     if why:
         raise StoreError(store_path, f"not the store {run} was trained on ({recorded.get('path')}): {why}; give "
                                      f"the run's store (--store), or train a new run on this one")

@@ -393,8 +393,8 @@ class Store:
     def identity(self) -> dict[str, Any]:
         """What a run records of the store it was trained on (plain data, for checkpoints):
         ``{'path': absolute path, 'compat': hash of the meta that must agree (detector,
-        vocabulary, sizes, dataset), 'videos': {name: 12 hex digits of its split and per-array
-        CRC-32C}}``. Reads only each segment's small ``videos/crc32c`` table.
+        vocabulary, sizes, dataset), 'videos': {name: 'SPLIT/' and 12 hex digits of its split and
+        per-array CRC-32C}}``. Reads only each segment's small ``videos/crc32c`` table.
         :func:`identity_difference` compares two."""
         import hashlib
 
@@ -402,7 +402,7 @@ class Store:
         for i, seg in enumerate(self.segments):
             crc = np.asarray(self._reader(i).read("videos/crc32c"), dtype="<u4")
             for j, (v, split) in enumerate(zip(seg.videos, seg.splits)):
-                digests[v] = hashlib.sha256(split.encode() + b"\0" + crc[j].tobytes()).hexdigest()[:12]
+                digests[v] = f"{split}/" + hashlib.sha256(split.encode() + b"\0" + crc[j].tobytes()).hexdigest()[:12]
         return {"path": store_location(self.path), "compat": compat_hash(self.meta), "videos": digests}
 
     def __repr__(self) -> str:
@@ -416,17 +416,22 @@ def store_location(path: str | Path) -> str:
     return os.path.abspath(os.path.expanduser(str(path)))
 
 
-def identity_difference(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
+def identity_difference(recorded: dict[str, Any], current: dict[str, Any],
+                        splits: Collection[str] | None = None) -> str | None:
     """How the store ``current`` (:meth:`Store.identity`) differs from the one a run ``recorded``,
-    in words, or None when it holds every recorded video unchanged (a store that gained videos
-    since, e.g. a later test split, is the same store)."""
+    in words, or None when it holds every recorded video of ``splits`` (all if None) unchanged.
+    A store that gained videos since (a later test split), or lacks splits the caller does not
+    read (an evaluation copy of the test split alone), is the same store."""
     if recorded.get("compat") != current.get("compat"):
         return "it was extracted with another detector, vocabulary or dataset"
-    have, want = current.get("videos", {}), recorded.get("videos", {})
+    have = current.get("videos", {})
+    want = {v: d for v, d in recorded.get("videos", {}).items()
+            if splits is None or str(d).split("/")[0] in splits}
     missing = sorted(v for v in want if v not in have)
     if missing:
-        return (f"it lacks {len(missing)} of the run's {len(want)} videos (e.g. {missing[0]!r}): an incomplete copy, "
-                f"or a store still being written?")
+        of = f"{'/'.join(sorted(splits))} " if splits else ""
+        return (f"it lacks {len(missing)} of the run's {len(want)} {of}videos (e.g. {missing[0]!r}): an incomplete "
+                f"copy?")
     changed = sorted(v for v in want if have[v] != want[v])
     if changed:
         return f"{len(changed)} of its videos differ from the run's (e.g. {changed[0]!r}): re-extracted?"

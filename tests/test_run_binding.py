@@ -88,11 +88,21 @@ def test_eval_refuses_a_store_missing_a_segment(trained):
 def test_eval_refuses_a_store_that_lost_videos_even_without_a_manifest(trained):
     store, run = trained
     segments = sorted(store.glob("*.h5"))
-    segments[0].unlink()
+    segments[3].unlink()  # v003, a val video
     (store / "manifest.json").unlink()
     line = error_line(run_cli("eval", "--run", run, "--split", "val"))
     assert line.startswith(f"{store.resolve()}: not the store {run / 'best.pth'} was trained on"), line
-    assert "it lacks 1 of the run's 5 videos (e.g. 'v000.mp4')" in line, line
+    assert "it lacks 1 of the run's 2 val videos (e.g. 'v003.mp4'): an incomplete copy?" in line, line
+
+
+def test_eval_takes_a_copy_holding_only_the_split_it_scores(trained):
+    """Videos of splits the evaluation does not read may be absent (a copy of the test split alone)."""
+    store, run = trained
+    for segment in sorted(store.glob("*.h5"))[:3]:  # the train videos
+        segment.unlink()
+    (store / "manifest.json").unlink()
+    r = run_cli("eval", "--run", run, "--split", "val", "--constraint", "with")
+    assert r.exit_code == 0, r.output
 
 
 def test_merge_refuses_an_incomplete_copy(tmp_path):
