@@ -32,8 +32,7 @@ class RunFolderError(UserError):
     """A destination holds something the command was not asked to replace."""
 
 
-def claim_run_folder(folder: Path | str, run_files: Sequence[str], *, resume: bool, overwrite: bool,
-                     command: str = "this command") -> list[str]:
+def claim_run_folder(folder: Path | str, run_files: Sequence[str], *, resume: bool, overwrite: bool) -> list[str]:
     """Check ``folder`` (held under the caller's lock) before a run writes ``run_files`` there.
 
     Removes the temporaries of killed writes of those files first. Returns the run files present
