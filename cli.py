@@ -228,8 +228,12 @@ THREADS_OPTION = click.option("--threads", type=click.IntRange(min=0), default=N
 @click.option("--workers", "num_workers", type=click.IntRange(min=0), help="DataLoader workers.")
 @click.option("--seed", type=int)
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pth, exactly where it stopped.")
+@click.option("--overwrite", is_flag=True, help="Replace the run in OUT (its files only) by a new one.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Read OUT/last.pth with full pickle (runs code from the file: only for a file you trust).")
 @DEVICE_OPTION
-def train_detector_command(root: Path, out: Path, config_path: Path | None, device: str, resume: bool, **overrides):
+def train_detector_command(root: Path, out: Path, config_path: Path | None, device: str, resume: bool,
+                           overwrite: bool, trust_checkpoint: bool, **overrides):
     """Train or fine-tune a detector on the frames and boxes of an AG root.
 
     Starts from ImageNet backbone weights or a detection checkpoint when given (local
@@ -239,7 +243,8 @@ def train_detector_command(root: Path, out: Path, config_path: Path | None, devi
     from stage1_detect.train_detector import DetectorTrainConfig, train_detector
 
     config = DetectorTrainConfig.from_yaml(config_path, **overrides)
-    result = train_detector(root, out, config, device=_device(device), resume=resume)
+    result = train_detector(root, out, config, device=_device(device), resume=resume, overwrite=overwrite,
+                            trust_checkpoint=trust_checkpoint)
     val = f"val mAP@0.5 {result.val.map:.3f}" if result.val else "no validation frames"
     click.echo(f"train-detector: {config.arch}, {result.epochs} epochs, final loss {result.final_loss:.4f}, "
                f"{val}, {result.seconds / 60:.1f} min -> {result.checkpoint}")
@@ -479,10 +484,13 @@ def store_stats(path: Path, out: Path | None, fmt: str) -> None:
 @click.option("--resume", is_flag=True,
               help="Continue the run in OUT exactly where it stopped (its settings; more --epochs allowed).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in OUT (its files only) by a new one.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="With --resume: read OUT/last.pth with full pickle (runs code from the file: only for a file "
+                   "you trust).")
 @click.option("--no-progress", is_flag=True, help="No tqdm bars (logs still get one line per epoch).")
 @click.option("--device", default=None, help="'cpu', 'cuda', 'cuda:1' or 'auto' (default: the recipe's).")
 def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos_per_batch, num_workers, threads, seed,
-                  max_videos, sets, resume, overwrite, no_progress, device) -> None:
+                  max_videos, sets, resume, overwrite, trust_checkpoint, no_progress, device) -> None:
     """Train a relation head (optionally with RS-Net) from the feature store.
 
     OUT must be new or empty, or hold a run to --resume (same settings) or --overwrite; one
@@ -515,7 +523,8 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
         raise ConfigError("no store: give --store or a recipe with one")
     if cfg.device != "auto":
         _device(cfg.device)
-    result = train(cfg, out, resume=resume, overwrite=overwrite, progress=not no_progress, echo=click.echo)
+    result = train(cfg, out, resume=resume, overwrite=overwrite, progress=not no_progress, echo=click.echo,
+                   trust_checkpoint=trust_checkpoint)
     last = result["history"][-1] if result["history"] else {}
     click.echo(f"train: {cfg.head}{' + RS-Net' if cfg.rsnet is not None else ''} {cfg.mode}, "
                f"{result['parameters'] / 1e6:.2f} M parameters, {len(result['history'])} epochs, "
@@ -572,9 +581,12 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
               help="Both boxes of a match need IoU >= this ('+1 pixel' convention).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write metrics.json, metrics.csv, predicate_recall.csv/.png and table.txt here.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="With --run/--checkpoint: read the checkpoint with full pickle (runs code from the file: only "
+                   "for a file you trust).")
 def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_predictions, max_videos, device,
                  threads, ground_truth_path, mode, sgdet_boxes, object_scores, constraints, semi_threshold, mean_recall,
-                 padded_cells, precision_denominator, iou_threshold, out_dir) -> None:
+                 padded_cells, precision_denominator, iou_threshold, out_dir, trust_checkpoint) -> None:
     """Score a predictions file with STTran's Action Genome protocol (R@K, mR@K, P@K).
 
     Prints a table like the RS-Net paper's Tables 2 and 3 (R@10/20/50, P@10/20, mR@10/20 per
@@ -602,7 +614,7 @@ def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_
             out_dir=out_dir, save_predictions=save_predictions,
             mean_recall=MeanRecall(mean_recall), max_videos=max_videos, device=_device(device), echo=click.echo,
             semi_threshold=semi_threshold, padded_cells=padded_cells, precision_denominator=precision_denominator,
-            iou_threshold=iou_threshold)
+            iou_threshold=iou_threshold, trust_checkpoint=trust_checkpoint)
         return
     results, pf = evaluate_predictions_file(
         predictions_path, ground_truth_path=ground_truth_path, mode=mode,
@@ -650,8 +662,10 @@ def _parse_seeds(ctx: click.Context, param: click.Parameter, text: str) -> list[
 @click.option("--device", default=None, help="'cpu', 'cuda', 'cuda:1' or 'auto' (default: the recipes').")
 @THREADS_OPTION
 @click.option("--no-progress", is_flag=True, help="No tqdm bars.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Read OUT's checkpoints with full pickle (runs code from the files: only for files you trust).")
 def compare_command(recipes, names, seeds, store, mode, out, epochs, sets, rules, device, threads,
-                    no_progress) -> None:
+                    no_progress, trust_checkpoint) -> None:
     """Train and evaluate several recipes x seeds from one store; means, spreads, differences.
 
     \b
@@ -673,10 +687,11 @@ def compare_command(recipes, names, seeds, store, mode, out, epochs, sets, rules
 
     \b
     Resumable: rerun the same command to continue. A run whose last.pth holds all its epochs
-    is not retrained; a run with fewer (interrupted) resumes exactly from last.pth; an
-    evaluation whose metrics.json matches the checkpoint (sha256) and the options is not
-    redone. A run folder holding another config (anything but device) is an error naming
-    the folder: remove it or use another --out.
+    is not retrained; a run with fewer (interrupted, or --epochs raised) resumes exactly from
+    last.pth; an evaluation whose metrics.json matches the checkpoint (sha256) and the options
+    is not redone. A run folder holding another config (a field `train --resume` would refuse,
+    or more completed epochs than --epochs) is an error naming the folder: remove it or use
+    another --out.
     """
     import torch
 
@@ -694,7 +709,8 @@ def compare_command(recipes, names, seeds, store, mode, out, epochs, sets, rules
     variants = load_variants([str(p) for p in recipes], list(names) or None, overrides)
     if variants[0].config.device != "auto":
         _device(variants[0].config.device)
-    comparison = run_comparison(variants, seed_list, out, rules=rule_list, progress=not no_progress, echo=click.echo)
+    comparison = run_comparison(variants, seed_list, out, rules=rule_list, progress=not no_progress, echo=click.echo,
+                                trust_checkpoints=trust_checkpoint)
     report = format_report(comparison)
     click.echo("")
     click.echo(report)

@@ -305,7 +305,113 @@ def run(base: Path) -> Probes:
     dres.mkdir()
     (dres / "last.pth").write_bytes(b"PK\x03\x04broken")
     P.cli(D, "--resume with a damaged last.pth", "train-detector", ag, "--out", dres, "--resume", "--epochs", "1")
+    issue19_cases(P, base, ag=ag, det=det, run_dir=run_dir)
     return P
+
+
+class _Touch:
+    """A crafted pickle's payload: unpickled, it runs ``touch MARKER``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def issue19_cases(P: Probes, base: Path, *, ag: Path, det: Path, run_dir: Path) -> None:
+    """Crafted files (no code runs), runs bound to their stores, one run-folder rule (issue 19)."""
+    import pickle
+
+    from tests.helpers.stage2 import TINY_HEAD, learnable_video, tiny_meta
+    from store import StoreWriter
+
+    S = "security: no code runs from a file"
+    marker = base / "MARKER"
+    ckpt = torch.load(run_dir / "last.pth", weights_only=True)
+    evil = base / "evil.pth"
+    torch.save({**ckpt, "model": _Touch(marker)}, evil)
+    P.cli(S, "--checkpoint: a crafted .pth whose pickle calls os.system", "eval", "--checkpoint", evil)
+    evil_run = base / "evil_run"
+    shutil.copytree(run_dir, evil_run)
+    shutil.copy(evil, evil_run / "last.pth")
+    P.cli(S, "`train --resume`: a crafted last.pth", "train", "--out", evil_run, "--resume", "--no-progress")
+    evil_det = base / "evil_det"
+    evil_det.mkdir()
+    torch.save({"model": _Touch(marker), "optimizer": {}, "epoch": 0, "step": 0}, evil_det / "last.pth")
+    P.cli(S, "`train-detector --resume`: a crafted last.pth", "train-detector", ag, "--out", evil_det, "--resume",
+          "--epochs", "1")
+    evil_ag = base / "evil_ag"
+    shutil.copytree(ag, evil_ag)
+    person = evil_ag / "annotations" / "person_bbox.pkl"
+    data = pickle.loads(person.read_bytes())
+    data[next(iter(data))]["bbox_mode"] = _Touch(marker)
+    person.write_bytes(pickle.dumps(data))
+    P.cli(S, "`dataset`: a crafted person_bbox.pkl", "dataset", evil_ag)
+    assert not marker.exists(), "a crafted file ran code"
+
+    R = "runs bound to their stores"
+    meta = tiny_meta()
+
+    def segmented(path: Path, seed: int) -> Path:
+        protos = np.random.default_rng(seed).standard_normal((meta.vocabulary.num_objects, meta.feature_dim))
+        with StoreWriter(path, meta, segment_bytes=0) as w:
+            for i in range(4):
+                w.write_video(learnable_video(meta, f"v{i:03d}.mp4", "train" if i < 2 else "val", i, protos))
+        return path
+
+    bound = segmented(base / "bound.h5", 0)
+    bound_run = base / "bound_run"
+    bound_recipe = base / "bound.yaml"
+    bound_recipe.write_text(yaml.safe_dump(dict(store=str(bound), head_cfg=TINY_HEAD, epochs=1, preload=True,
+                                                videos_per_batch=2, device="cpu")))
+    CliRunner().invoke(main, ["train", "--config", str(bound_recipe), "--out", str(bound_run), "--no-progress"])
+    shutil.rmtree(bound)
+    segmented(bound, 5)
+    P.cli(R, "`train --resume` on a store re-extracted at the run's path", "train", "--out", bound_run, "--resume",
+          "--epochs", "2", "--no-progress")
+    shutil.rmtree(bound)
+    segmented(bound, 0)
+    sorted(bound.glob("*.h5"))[1].unlink()
+    P.cli(R, "`eval --run` on a copy of the store missing a segment", "eval", "--run", bound_run, "--split", "val")
+    P.cli(R, "`store merge` of that incomplete copy (it merged 3 of 4 videos, exit 0)", "store", "merge", bound,
+          base / "merged3.h5")
+    written = segmented(base / "written.h5", 0)
+    h = holder("""
+        from store.writer import lock_part
+        lock = lock_part(sys.argv[1], "rank1")
+    """, str(written))
+    try:
+        P.cli(R, "`store merge` of a store `detect` is still writing", "store", "merge", written, base / "mw.h5")
+    finally:
+        h.kill()
+        h.wait()
+    other_ag = base / "other_ag"
+    from synth import SynthConfig, generate_synthetic_ag
+
+    generate_synthetic_ag(other_ag, SynthConfig(videos=4, frames_per_video=4, width=160, height=120, seed=1),
+                          progress=False)
+    ds_store = base / "ds.h5"
+    CliRunner().invoke(main, ["detect", str(ag), "--store", str(ds_store), "--weights", str(det), "--max-videos", "1",
+                              "--workers", "0"])
+    P.cli(R, "`detect` continuing a store made from another dataset root", "detect", other_ag, "--store", ds_store,
+          "--weights", det, "--max-videos", "1", "--workers", "0")
+
+    F = "run folders: nothing replaced unasked"
+    det_run = base / "det_done"
+    det_run.mkdir()
+    shutil.copy(det, det_run / "detector.pth")
+    P.cli(F, "`train-detector` into a finished run without --resume", "train-detector", ag, "--out", det_run,
+          "--epochs", "1")
+    P.cli(F, "`eval --save-predictions` naming the run's checkpoint", "eval", "--run", run_dir, "--split", "val",
+          "--save-predictions", run_dir / "best.pth")
+    P.cli(F, "`convert-ag-detector` with DST = SRC", "convert-ag-detector", det, det)
+    syn = base / "syn"
+    generate_synthetic_ag(syn, SynthConfig(videos=2, frames_per_video=3, width=160, height=120, seed=0),
+                          progress=False)
+    (syn / "annotations" / "my_notes.txt").write_text("mine")
+    P.cli(F, "`synth --out` onto an earlier dataset holding the user's file", "synth", "--out", syn, "--videos", "2",
+          "--frames", "3", "--size", "160x120")
 
 
 def markdown(rows: list[dict]) -> str:

@@ -210,7 +210,9 @@ def _rows(history: list[dict]) -> list[dict]:
 def _same_run(run: Path, reference: Path) -> str:
     import torch
 
-    a, b = (torch.load(p / "last.pth", map_location="cpu", weights_only=False) for p in (run, reference))
+    from store.files import load_torch
+
+    a, b = (load_torch(p / "last.pth") for p in (run, reference))
     if a["epoch"] != b["epoch"]:
         return f"epoch {a['epoch']} vs {b['epoch']}"
     for k in b["model"]:
@@ -224,7 +226,7 @@ def _same_run(run: Path, reference: Path) -> str:
     csv_rows = (run / "log.csv").read_text().splitlines()
     if len(csv_rows) != 1 + len(b["history"]):
         return f"log.csv has {len(csv_rows) - 1} rows"
-    best_a, best_b = (torch.load(p / "best.pth", map_location="cpu", weights_only=False)["epoch"]
+    best_a, best_b = (load_torch(p / "best.pth")["epoch"]
                       for p in (run, reference))
     if best_a != best_b:
         return f"best.pth of epoch {best_a}, the reference's {best_b}"

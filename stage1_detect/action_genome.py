@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import pickle
 import re
 from collections import Counter
 from dataclasses import replace
@@ -58,6 +57,7 @@ from stage1_detect.ag_annotations import (
     ReaderOptions,
     Split,
     VideoAnnotation,
+    load_annotation_pickle,
 )
 from store.vocabulary import ACTION_GENOME, PredicateGroup, Vocabulary
 
@@ -154,8 +154,9 @@ def _load_pickle(path: Path) -> dict:
     if not path.is_file():
         raise AnnotationError(path, "missing (is the root an Action Genome download?)")
     try:
-        with path.open("rb") as f:
-            data = pickle.load(f)
+        data = load_annotation_pickle(path)  # only numpy's array globals: a crafted pickle cannot run code
+    except AnnotationError:
+        raise
     except Exception as e:  # a truncated or foreign file: name it, keep the cause
         raise AnnotationError(path, f"cannot be unpickled: {e}") from e
     if not isinstance(data, dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+import pickle
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,6 +28,41 @@ class AnnotationError(FileError, ValueError):
         super().__init__(f"{path}" if frame is None else f"{path}, frame {frame!r}", problem)
         self.path = Path(path) if problem is not None else Path(self.file.split(", frame ")[0])
         self.frame = frame
+
+
+# Action Genome's pickles hold dicts, lists, tuples, str, numbers, None and numpy arrays (the
+# person boxes, ``(n, 4)`` float32). Nothing else may be named by a pickle the reader loads: a
+# crafted file whose reduce calls ``os.system`` is refused before it runs.
+PICKLE_GLOBALS = frozenset({
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("builtins", "bytes"),
+     ("__builtin__", "bytes")})
+"""The only globals an annotation pickle may name: numpy's array, dtype and scalar reconstruction,
+and ``_codecs.encode`` and ``bytes``, which pickle protocol 2 uses to rebuild bytes (an array's data)."""
+
+
+class AnnotationUnpickler(pickle.Unpickler):
+    """A ``pickle.Unpickler`` that resolves only :data:`PICKLE_GLOBALS`; anything else is an
+    :class:`AnnotationError` naming the file and the refused global."""
+
+    def __init__(self, fh, path: Path | str) -> None:
+        super().__init__(fh)
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise AnnotationError(self.path, f"refused to unpickle {module}.{name}: an Action Genome annotation "
+                                         f"pickle holds only dicts, lists, numbers, strings and numpy arrays "
+                                         f"(a crafted file could run code)")
+
+
+def load_annotation_pickle(path: Path | str):
+    """The object in an annotation pickle, read by :class:`AnnotationUnpickler`."""
+    with open(path, "rb") as fh:
+        return AnnotationUnpickler(fh, path).load()
 
 
 class Split(str, enum.Enum):

@@ -50,8 +50,9 @@ import torch
 from torch import Tensor
 
 from stage1_detect.detectors import build_r101_c4, save_detector
-from store.files import sha256_of
+from store.files import load_torch, sha256_of
 from store.errors import UserError
+from store.run_folder import check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,15 @@ def _softmax_pair_to_logit(value: Tensor, path: Path | str, name: str) -> Tensor
     return value[a:] - value[:a]  # [bg_0..bg_{A-1}, fg_0..fg_{A-1}] -> fg_a - bg_a
 
 
+def _is_converted(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint this conversion wrote (rerunning it replaces it)."""
+    try:
+        saved = load_torch(path, what="detector checkpoint", mmap=True)
+    except UserError:
+        return False
+    return isinstance(saved, dict) and saved.get("source_format") == "jwyang/faster-rcnn.pytorch"
+
+
 def convert_ag_checkpoint(src_path: Path | str, dst_path: Path | str, *, allow_pickle: bool = False,
                           ) -> ConversionReport:
     """Convert jwyang's ``faster_rcnn_ag.pth`` into a ``load_detector`` checkpoint.
@@ -176,6 +186,7 @@ def convert_ag_checkpoint(src_path: Path | str, dst_path: Path | str, *, allow_p
     other than the settings', a parameter with no place here, or one missing or misshapen.
     """
     src, dst = Path(src_path), Path(dst_path)
+    check_output_file(dst, is_own=_is_converted, what="converted detector checkpoint", option="DST", inputs=[src])
     checkpoint = _load_source(src, allow_pickle)
     state = {k.removeprefix("module."): v for k, v in checkpoint["model"].items()}
     meta = {k: checkpoint[k] for k in ("epoch", "session", "pooling_mode", "class_agnostic")

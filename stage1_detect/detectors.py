@@ -511,7 +511,7 @@ def load_detector(path: Path | str, arch: str | None = None, settings: dict[str,
     path = Path(path)
     checkpoint = load_torch(path, what="detector checkpoint")  # one-line errors: empty, truncated, text
     if isinstance(checkpoint, dict) and {"optimizer", "history", "config"} <= set(checkpoint):
-        raise InputError(f"{path}: a relation-head checkpoint (stage 2, `train`), not a detector's")
+        raise InputError(f"{path}: not a detector checkpoint: it is a relation-head checkpoint (stage 2, `train`)")
     saved = checkpoint if isinstance(checkpoint, dict) and "arch" in checkpoint else {}
     arch = arch or saved.get("arch")
     if arch is None:

@@ -47,11 +47,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from stage1_detect.action_genome import ReaderOptions, VideoAnnotation, load_action_genome
+from stage1_detect.action_genome import (FRAME_LIST_FILE, OBJECT_FILE, PERSON_FILE, ReaderOptions, VideoAnnotation,
+                                         load_action_genome)
 from stage1_detect.frame_detector import FrameDetector
 from stage1_detect.frames import FrameError, FrameSource, open_frame_source
 from store import DetectorInfo, StoreMeta, StoreWriter, UnionMode, VideoRecord
 from store.boxes import union_boxes
+from store.files import sha256_of
 from store.pairing import stored_pairs
 from store.runtime import code_revision
 from store.schema import FRAME_SIZE_DTYPE, RANGE_DTYPE, ROW_ARRAYS, TABLE_PREFIX, arrays_of, resolve_trailing
@@ -204,6 +206,17 @@ def video_record(video: VideoAnnotation, images: Sequence[np.ndarray], detector:
     )
 
 
+def annotations_sha256(root: Path) -> str:
+    """Which dataset a store is made from, wherever it is mounted: sha256 over the sha256 of its
+    frame list and its person and object pickles. A store records it; ``detect`` refuses to
+    continue a store made from another dataset (:class:`~store.writer.StoreWriter`)."""
+    import hashlib
+
+    parts = [sha256_of(root / name) if (root / name).is_file() else "-"
+             for name in (FRAME_LIST_FILE, PERSON_FILE, OBJECT_FILE)]
+    return hashlib.sha256(" ".join(parts).encode()).hexdigest()
+
+
 def store_meta(detector: FrameDetector, vocabulary: Vocabulary, weights_sha256: str, union_mode: str,
                source: dict[str, Any]) -> StoreMeta:
     mode = UnionMode(union_mode)
@@ -279,7 +292,8 @@ def extract(root: Path | str, store_path: Path | str, detector: FrameDetector, *
         # splits in separate runs into one store is fine (each video records its split).
         meta = store_meta(detector, ag.vocabulary, weights_sha256, config.union_mode,
                           {"root": str(root.resolve()), "reader": reader_options.to_dict(),
-                           "frame_source": source.name, "rescale_frames": config.rescale_frames})
+                           "frame_source": source.name, "rescale_frames": config.rescale_frames,
+                           "annotations_sha256": annotations_sha256(root)})
         if meta.union_mode is UnionMode.MAP:
             log.warning("union features as %s maps: about %.0f KB a pair", meta.union_shape,
                         meta.union_bytes_per_pair() / 1024)

@@ -39,6 +39,7 @@ from stage1_detect.detectors import (
 from stage1_detect.frames import FrameSource, open_frame_source
 from store.errors import ConfigError, InputError, at_least, between, check_fields, load_yaml_mapping, one_of, positive
 from store.files import WriterLock, atomic_write, load_torch, save_torch, write_json, write_text
+from store.run_folder import claim_run_folder
 from store.runtime import provenance as code_provenance
 
 log = logging.getLogger(__name__)
@@ -174,24 +175,34 @@ class TrainResult:
     seconds: float
 
 
+RUN_FILES = ("detector.pth", "last.pth", "log.csv", "config.yaml", "run.json", "val_map.json")
+"""What ``train-detector`` writes into its run folder."""
+
+
 def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, *, device: str = "cpu",
-                   resume: bool = False, progress: bool = True) -> TrainResult:
+                   resume: bool = False, overwrite: bool = False, progress: bool = True,
+                   trust_checkpoint: bool = False) -> TrainResult:
     """Train ``cfg.arch`` on the train split of the AG root; write ``out/detector.pth``.
 
     ``out/last.pth`` holds everything needed to resume (model, optimizer, epoch, step, log
     rows); ``out/log.csv`` a row per epoch; ``out/config.yaml`` the resolved recipe (a recipe
     ``--config`` takes again) and ``out/run.json`` the detector, the data and the weights it
     started from, as ``train`` writes them. Every file
-    is written whole or not at all; one process trains into ``out`` at a time (its lock).
+    is written whole or not at all; one process trains into ``out`` at a time (its lock). A folder
+    that holds a run is continued only with ``resume`` and replaced (its run files only) only with
+    ``overwrite`` (:func:`store.run_folder.claim_run_folder`). ``trust_checkpoint``: read
+    ``last.pth`` with full pickle (it may run code; only for a file one trusts).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with WriterLock(out / ".lock", folder=out, what="a detector is being trained there"):
-        return _train_detector(root, out, cfg, device=device, resume=resume, progress=progress)
+        claim_run_folder(out, RUN_FILES, resume=resume, overwrite=overwrite)
+        return _train_detector(root, out, cfg, device=device, resume=resume, progress=progress,
+                               trust_checkpoint=trust_checkpoint)
 
 
 def _train_detector(root: Path | str, out: Path, cfg: DetectorTrainConfig, *, device: str, resume: bool,
-                    progress: bool) -> TrainResult:
+                    progress: bool, trust_checkpoint: bool = False) -> TrainResult:
     start = time.time()
     ag = load_action_genome(root, ReaderOptions(filter_small=cfg.filter_small, val_fraction=cfg.val_fraction,
                                                 val_seed=cfg.val_seed))
@@ -231,7 +242,7 @@ def _train_detector(root: Path | str, out: Path, cfg: DetectorTrainConfig, *, de
     last = out / "last.pth"
     log_rows: list[list[str]] = []
     if resume and last.is_file():
-        state = load_torch(last, what="detector training checkpoint (last.pth)", weights_only=False,
+        state = load_torch(last, what="detector training checkpoint (last.pth)", weights_only=not trust_checkpoint,
                            map_location=device)
         if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step"} <= set(state):
             raise InputError(f"{last}: not a train-detector checkpoint (no model, optimizer, epoch and step)")

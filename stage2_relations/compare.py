@@ -12,9 +12,11 @@ variants, measures p_{t,0} on the test split's positive and negative pairs
     OUT/compare.json  compare.csv  compare.png  compare.txt
 
 **Resumable.** A run folder whose ``last.pth`` holds all the recipe's epochs is not trained
-again; one with fewer resumes from ``last.pth`` (exactly, see :mod:`stage2_relations.train`);
-a run folder whose saved config differs from the requested one in anything but ``device`` is
-an error naming the folder. An evaluation is redone only when its ``metrics.json`` is missing
+again; one with fewer (interrupted, or more ``--epochs`` asked) resumes from ``last.pth``
+(exactly, see :mod:`stage2_relations.train`); a run folder whose saved config differs from the
+requested one in a field ``train --resume`` would refuse (anything but device, threads, workers,
+preload, checksums and more epochs), or that completed more epochs than requested, is an error
+naming the folder. An evaluation is redone only when its ``metrics.json`` is missing
 or does not match the checkpoint (sha256, stamped into metrics.json under ``compare``), the
 split, the mode, the store or the view options.
 
@@ -46,11 +48,12 @@ from stage2_relations.evaluation import MeanRecall
 from stage2_relations.evaluation.seeds import (EVAL_METRICS, MEAN_RECALL, Aggregate, Difference, Summary,  # noqa: F401
                                                TableRow, aggregate, format_table2, paired_difference,
                                                parse_seeds, summarize, table_row)
-from stage2_relations.recipe import TrainConfig, load_config
+from stage2_relations.recipe import RESUME_MAY_CHANGE, TrainConfig, load_config
 from stage2_relations.train import load_checkpoint, read_checkpoint, run_checkpoint, train
 from stage2_relations.views import OBJECT_SCORES, ViewOptions
 from store.errors import ConfigError, UserError, load_yaml_mapping
 from store.files import sha256_of, write_json
+from store.reader import store_location
 from store.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -152,6 +155,9 @@ def load_variants(recipes: Sequence[str | Path], names: Sequence[str] | None = N
         if not n or n in (".", "..") or not re.fullmatch(r"[\w.+=@-]+", n):
             raise ConfigError(f"variant name {n!r} is not a plain folder name (letters, digits, . _ - + = @)")
     variants = [Variant(n, load_config(p, overrides), str(p)) for n, p in zip(names, recipes)]
+    # the runs name their store absolutely (train does): relative and absolute forms are one store
+    variants = [dataclasses.replace(v, config=dataclasses.replace(v.config, store=store_location(v.config.store)))
+                if v.config.store else v for v in variants]
     for key in ("store", "mode"):
         values = {getattr(v.config, key) for v in variants}
         if len(values) != 1:
@@ -177,17 +183,21 @@ def check_store(variants: Sequence[Variant]) -> int:
 
 
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in ("device", "threads")}
+    """The fields that must match for a run folder to be reused: all but those ``train --resume``
+    lets change (:data:`~stage2_relations.recipe.RESUME_MAY_CHANGE`: device, threads, more epochs ...)."""
+    return {k: v for k, v in config.items() if k not in RESUME_MAY_CHANGE}
 
 
-def run_state(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
+def run_state(cfg: TrainConfig, run_dir: Path, *, trust: bool = False) -> dict[str, Any]:
     """What a run folder holds: {'epochs': completed epochs (0: none), 'best_r20', 'history'}.
     Raises :class:`RunMismatch`, naming the folder and the differing fields, when its saved
-    config (config.yaml, else last.pth's) differs from ``cfg`` in anything but ``device``."""
+    config (config.yaml, else last.pth's) differs from ``cfg`` in a field ``train --resume``
+    would refuse, or when the run has completed more epochs than ``cfg.epochs`` (as ``train
+    --resume`` refuses too). ``trust``: read last.pth with full pickle."""
     saved, ckpt = None, None
     last = run_dir / "last.pth"
     if last.exists():
-        ckpt = read_checkpoint(last)
+        ckpt = read_checkpoint(last, trust=trust)
         saved = ckpt["config"]
     if (run_dir / "config.yaml").exists():
         saved = load_yaml_mapping(run_dir / "config.yaml")
@@ -200,6 +210,9 @@ def run_state(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
                               f"remove the folder or use another --out")
     if ckpt is None:
         return {"epochs": 0, "best_r20": None, "history": []}
+    if int(ckpt["epoch"]) > cfg.epochs:
+        raise RunMismatch(f"{run_dir} holds a run of {int(ckpt['epoch'])} completed epochs, more than the "
+                          f"{cfg.epochs} requested; give --epochs {int(ckpt['epoch'])} or more, or another --out")
     return {"epochs": int(ckpt["epoch"]), "best_r20": float(ckpt["best_r20"]), "history": list(ckpt["history"])}
 
 
@@ -303,11 +316,12 @@ class Comparison:
 
 def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: str | Path, *,
                    rules: Sequence[str] = ("sttran",), progress: bool = True,
-                   echo: Callable[[str], None] = print) -> Comparison:
+                   echo: Callable[[str], None] = print, trust_checkpoints: bool = False) -> Comparison:
     """Train (or resume, or reuse) and evaluate every variant x seed into ``out_dir`` (the
     layout and the rules of reuse are in the module docstring); returns a :class:`Comparison`.
     Raises ValueError for an unknown rule or a store without a test split, and
-    :class:`RunMismatch` for a run folder of another config, before anything is trained."""
+    :class:`RunMismatch` for a run folder of another config, before anything is trained.
+    ``trust_checkpoints``: read the run folders' checkpoints with full pickle (may run code)."""
     variants, seeds, rules = list(variants), list(seeds), list(dict.fromkeys(rules))
     if not seeds:
         raise ConfigError("no seeds")
@@ -318,7 +332,8 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
     out_dir = Path(out_dir)
     plan = [(v, s, dataclasses.replace(v.config, seed=s), out_dir / v.name / f"seed{s}")
             for v in variants for s in seeds]
-    states = [run_state(cfg, run_dir) for _, _, cfg, run_dir in plan]  # every mismatch before any training
+    # every mismatch before any training
+    states = [run_state(cfg, run_dir, trust=trust_checkpoints) for _, _, cfg, run_dir in plan]
     runs: list[RunRecord] = []
     for (variant, seed, cfg, run_dir), state in zip(plan, states):
         tag = f"[{variant.name} seed {seed}]"
@@ -330,7 +345,7 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
             t0 = time.perf_counter()
             # resume also restarts a run killed before its first epoch ended (a folder without last.pth)
             result = train(cfg, run_dir, resume=done > 0 or run_dir.exists(), progress=progress,
-                           echo=lambda s: echo(f"{tag} {s}"))
+                           echo=lambda s: echo(f"{tag} {s}"), trust_checkpoint=trust_checkpoints)
             state = {"epochs": len(result["history"]), "best_r20": result["best_r20"], "history": result["history"]}
             last = state["history"][-1] if state["history"] else {}
             val = f"val R@20 {100 * last['val_R@20']:.1f}" if "val_R@20" in last else "no val split"
@@ -348,7 +363,8 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
                 echo(f"{tag} {rule}: evaluation up to date ({eval_dir.name}/metrics.json)")
             else:
                 evaluate_checkpoint(run_dir=run_dir, split=SPLIT, object_scores=rule, constraints=CONSTRAINTS,
-                                    out_dir=eval_dir, device=str(resolve_device(cfg.device)), echo=log.info)
+                                    out_dir=eval_dir, device=str(resolve_device(cfg.device)), echo=log.info,
+                                    trust_checkpoint=trust_checkpoints)
                 payload = json.loads((eval_dir / "metrics.json").read_text())
                 payload["compare"] = {"checkpoint_sha256": sha, "checkpoint": ckpt_path.name}
                 write_json(eval_dir / "metrics.json", payload, indent=2)
@@ -356,14 +372,15 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
                 echo(f"{tag} {rule}: test R@20 {100 * values['with:R@20']:.1f} (with) / "
                      f"{100 * values['no:R@20']:.1f} (no), {values['fps']:.1f} frames/s")
             evaluations[rule] = metric_values(payload)
-        scores = _relation_scores(cfg, run_dir, ckpt_path, sha, tag, echo) if variant.rsnet else None
+        scores = (_relation_scores(cfg, run_dir, ckpt_path, sha, tag, echo, trust=trust_checkpoints)
+                  if variant.rsnet else None)
         runs.append(RunRecord(variant.name, seed, run_dir, state["epochs"], state["best_r20"], trained_now,
                               evaluations, scores))
     return Comparison(variants, seeds, rules, runs, torch.get_num_threads(), test_videos)
 
 
 def _relation_scores(cfg: TrainConfig, run_dir: Path, ckpt_path: Path, sha: str, tag: str,
-                     echo: Callable[[str], None]) -> dict[str, Any]:
+                     echo: Callable[[str], None], *, trust: bool = False) -> dict[str, Any]:
     from stage2_relations.data import VideoDataset
 
     path = run_dir / f"relation_scores_{SPLIT}_{cfg.mode}.json"
@@ -375,7 +392,7 @@ def _relation_scores(cfg: TrainConfig, run_dir: Path, ckpt_path: Path, sha: str,
         echo(f"{tag} p_t0 up to date ({path.name})")
         return cached["summary"]
     device = resolve_device(cfg.device)
-    model, _, _ = load_checkpoint(ckpt_path, device=device)
+    model, _, _ = load_checkpoint(ckpt_path, device=device, trust=trust, splits=(SPLIT,))
     ds = VideoDataset(cfg.store, SPLIT, cfg.mode, train=True, seed=cfg.seed, options=view)
     summary = relation_score_summary(model, ds, device, videos_per_batch=cfg.videos_per_batch)
     write_json(path, {"key": key, "summary": summary}, indent=2)

@@ -17,12 +17,14 @@ import torch
 
 from stage2_relations.data import VideoDataset
 from stage2_relations.evaluation import MeanRecall, format_table, write_predictions, write_report
+from stage2_relations.evaluation.predictions_io import read_predictions
 from stage2_relations.evaluation.predict import as_sets, plot_frames, score_model
 from stage2_relations.evaluation.structures import Constraint
 from stage2_relations.heads import count_parameters, head_class
 from stage2_relations.train import load_checkpoint, run_checkpoint
-from store.errors import ConfigError, InputError
+from store.errors import ConfigError, InputError, UserError
 from store.modes import Mode
+from store.run_folder import check_output_file
 
 
 def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
@@ -31,15 +33,21 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
                         constraints: Sequence[str] = ("with", "semi", "no"), out_dir: str | Path | None = None,
                         save_predictions: str | Path | None = None, mean_recall: MeanRecall = MeanRecall.DATASET,
                         max_videos: int = 0, device: str = "cpu", num_frames_png: int = 3,
-                        echo: Callable[[str], None] = print, **eval_kwargs) -> dict:
+                        echo: Callable[[str], None] = print, trust_checkpoint: bool = False, **eval_kwargs) -> dict:
     """Evaluate a checkpoint; returns {'results', 'parameters', 'speed', 'paths'}.
 
     ``mode`` defaults to the training mode; another mode works when the model can serve it
     (a head without object classifier keeps the given / detector labels and scores).
     ``sgdet_boxes`` and ``object_scores`` default to the recipe's (:class:`~stage2_relations.views.ViewOptions`).
+    ``save_predictions`` replaces only an earlier predictions file, never the checkpoint or another
+    file (:mod:`store.run_folder`). The checkpoint is read weights-only unless ``trust_checkpoint``.
     """
     ckpt_path = Path(checkpoint) if checkpoint is not None else run_checkpoint(run_dir)
-    model, cfg, ckpt = load_checkpoint(ckpt_path, device=device, store_path=store_path)
+    if save_predictions is not None:
+        check_output_file(save_predictions, is_own=_is_predictions_file, what="predictions file (.npz)",
+                          option="--save-predictions", inputs=[ckpt_path])
+    model, cfg, ckpt = load_checkpoint(ckpt_path, device=device, store_path=store_path, trust=trust_checkpoint,
+                                       splits=(split,))
     mode = Mode(mode or cfg.mode)
     changes = {k: v for k, v in (("sgdet_boxes", sgdet_boxes), ("object_scores", object_scores)) if v is not None}
     options = dataclasses.replace(cfg.view_options(), negatives=False, **changes)
@@ -81,6 +89,15 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
             metadata={"checkpoint": str(ckpt_path), "config": cfg.to_dict(), "split": split})
     echo(f"wrote {', '.join(p.name for p in paths.values())} to {out}")
     return {"results": results, "parameters": n_params, "speed": speed, "paths": paths}
+
+
+def _is_predictions_file(path: Path) -> bool:
+    """Whether ``path`` is a predictions file (what ``--save-predictions`` wrote before)."""
+    try:
+        read_predictions(path)
+    except (UserError, ValueError, OSError):
+        return False
+    return True
 
 
 def _frame_sizes(ds: VideoDataset, names: Sequence[str]) -> list[tuple[int, int]]:

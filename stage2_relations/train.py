@@ -43,6 +43,7 @@ from stage2_relations.data import Collator, VideoDataset, epoch_order
 from stage2_relations.heads import HeadContext, build_model, count_parameters, head_class
 from stage2_relations.recipe import RESUME_MAY_CHANGE, TrainConfig, check_config
 from store import StoreError, open_store
+from store.reader import identity_difference, store_location
 from store.errors import ConfigError, InputError, UserError, load_yaml_mapping
 from store.files import (
     WriterLock,
@@ -50,12 +51,12 @@ from store.files import (
     copy_file,
     describe_os_error,
     load_torch,
-    remove_temps,
     save_torch,
     write_json,
     write_text,
 )
 from store.modes import Mode
+from store.run_folder import claim_run_folder
 from store.runtime import distributed_rank, provenance, resolve_device
 from store.threads import torch_threads
 
@@ -159,10 +160,12 @@ def best_epoch(history: list[dict[str, Any]]) -> int | None:
     return epoch
 
 
-def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+def read_checkpoint(path: str | Path, map_location: Any = "cpu", *, trust: bool = False) -> dict[str, Any]:
     """A relation-head checkpoint (``last.pth`` / ``best.pth``), or :class:`InputError` naming the
-    file: empty, truncated, not a PyTorch file, or another kind of checkpoint (a detector's)."""
-    ckpt = load_torch(path, what="relation-head checkpoint", weights_only=False, map_location=map_location)
+    file: empty, truncated, not a PyTorch file, another kind of checkpoint (a detector's), or one
+    holding Python objects beyond tensors and plain values (refused unless ``trust``: loading
+    them could run code)."""
+    ckpt = load_torch(path, what="relation-head checkpoint", weights_only=not trust, map_location=map_location)
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         kind = ("a detector checkpoint (stage 1)" if isinstance(ckpt, dict) and "arch" in ckpt
@@ -181,12 +184,15 @@ def config_differences(saved: dict[str, Any], cfg: TrainConfig, ignore: tuple[st
         if k in ignore:
             continue
         before = saved.get(k, defaults[k])
+        if k == "store" and before and now[k] and store_location(before) == store_location(now[k]):
+            continue  # one store, given relative once and absolute once
         if before != now[k]:
             out.append(f"{k}: run {before!r}, now {now[k]!r}")
     return out
 
 
-def prepare_run_folder(out_dir: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+def prepare_run_folder(out_dir: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool,
+                       trust: bool = False) -> dict[str, Any] | None:
     """Check ``out_dir`` (held under its lock) for a run; returns the checkpoint to resume from.
 
     Removes temporaries of killed writes. Without ``resume`` or ``overwrite`` a folder holding
@@ -194,20 +200,12 @@ def prepare_run_folder(out_dir: Path, cfg: TrainConfig, *, resume: bool, overwri
     ``last.pth`` (None when the run has none yet: it starts from epoch 1) and refuses a config
     that differs from the run's in a field other than :data:`RESUME_MAY_CHANGE`.
     """
-    remove_temps(out_dir, set(RUN_FILES))
-    present = [n for n in RUN_FILES if (out_dir / n).exists()]
-    if overwrite:
-        for n in present:
-            (out_dir / n).unlink()
-        return None
+    claim_run_folder(out_dir, RUN_FILES, resume=resume, overwrite=overwrite)
     if not resume:
-        if present:
-            raise UserError(f"{out_dir}: holds a run ({', '.join(present)}): continue it with --resume, start it "
-                            f"again with --overwrite, or choose another --out")
         return None
     ckpt, saved = None, None
     if (out_dir / "last.pth").exists():
-        ckpt = read_checkpoint(out_dir / "last.pth")
+        ckpt = read_checkpoint(out_dir / "last.pth", trust=trust)
         saved = ckpt["config"]
     elif (out_dir / "config.yaml").exists():
         saved = load_yaml_mapping(out_dir / "config.yaml")
@@ -233,7 +231,7 @@ def repair_run_folder(out_dir: Path, ckpt: dict[str, Any], echo: Callable[[str],
     best_path, have = out_dir / "best.pth", None
     if best_path.exists():
         try:
-            have = int(load_torch(best_path, weights_only=False, mmap=True)["epoch"])
+            have = int(load_torch(best_path, mmap=True)["epoch"])
         except (UserError, KeyError, TypeError):
             have = None
     if have == want:
@@ -247,7 +245,8 @@ def repair_run_folder(out_dir: Path, ckpt: dict[str, Any], echo: Callable[[str],
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+          progress: bool = True, echo: Callable[[str], None] | None = None,
+          trust_checkpoint: bool = False) -> dict[str, Any]:
     """Train per ``cfg`` into ``out_dir``; returns {'history': [...], 'best_r20', 'params'}.
 
     Run folder: config.yaml (resolved), run.json (provenance, parameter count), derived.pt
@@ -256,9 +255,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
     (the best validation R@20 so far), each written whole or not at all. One process trains
     into a folder at a time (its lock ``.lock``). A folder that holds a run is an error unless
     ``resume`` (continue it: same settings, see :func:`prepare_run_folder`; without last.pth it
-    starts from epoch 1) or ``overwrite`` (replace it).
+    starts from epoch 1) or ``overwrite`` (replace it). ``trust_checkpoint``: load the run's
+    ``last.pth`` with full pickle (it may run code; only for a file one trusts).
     """
     cfg = check_config(cfg.to_dict(), "the training config")
+    if cfg.store:  # the run names its store absolutely: evaluable from any directory
+        cfg = dataclasses.replace(cfg, store=store_location(cfg.store))
     if resume and overwrite:
         raise ConfigError("give --resume or --overwrite, not both")
     out_dir = Path(out_dir)
@@ -270,14 +272,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
     try:
         with torch_threads(cfg.threads, cfg.num_workers) as threads:
             return _train(cfg, out_dir, resume=resume, overwrite=overwrite, progress=progress,
-                          echo=echo or (lambda s: tqdm.write(s)), threads=threads)
+                          echo=echo or (lambda s: tqdm.write(s)), threads=threads, trust=trust_checkpoint)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, progress: bool,
-           echo: Callable[[str], None], threads: int) -> dict[str, Any]:
+           echo: Callable[[str], None], threads: int, trust: bool = False) -> dict[str, Any]:
     from stage2_relations.evaluation.predict import score_model
 
     rank, world, local_rank = distributed_rank()
@@ -294,13 +296,17 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
     is_main = rank == 0
     ckpt = None
     if is_main:
-        ckpt = prepare_run_folder(out_dir, cfg, resume=resume, overwrite=overwrite)
+        ckpt = prepare_run_folder(out_dir, cfg, resume=resume, overwrite=overwrite, trust=trust)
     elif resume and (out_dir / "last.pth").exists():
-        ckpt = read_checkpoint(out_dir / "last.pth")
+        ckpt = read_checkpoint(out_dir / "last.pth", trust=trust)
 
     torch.manual_seed(cfg.seed)
     store = open_store(cfg.store, verify=cfg.verify_checksums)
     meta = store.meta
+    store_id = store.identity()
+    if ckpt is not None:
+        check_run_store(ckpt, store_id, run=out_dir / "last.pth", store_path=cfg.store,
+                        splits=(cfg.train_split, cfg.val_split))
     options = cfg.view_options()
     train_ds = VideoDataset(cfg.store, cfg.train_split, cfg.mode, train=True, seed=cfg.seed, options=options,
                             preload=cfg.preload, max_videos=cfg.max_videos, verify=cfg.verify_checksums)
@@ -347,7 +353,9 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
         write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         save_torch(derived, out_dir / "derived.pt")
         write_json(out_dir / "run.json", {**prov, "parameters": n_params, "world_size": world, "device": str(device),
-                                        "threads": threads},
+                                        "threads": threads, "store": {"path": store_id["path"],
+                                                                      "compat": store_id["compat"],
+                                                                      "videos": len(store_id["videos"])}},
                    indent=2)
         if ckpt is not None:
             repair_run_folder(out_dir, ckpt, echo)
@@ -388,7 +396,8 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
         if is_main:
             ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best_r20": best,
-                    "config": cfg.to_dict(), "provenance": prov, "parameters": n_params, "derived": derived}
+                    "config": cfg.to_dict(), "provenance": prov, "parameters": n_params, "derived": derived,
+                    "store": store_id}
             _save_epoch(out_dir, ckpt, history, improved)
             vtxt = (f"val R@10/20/50 {100 * val['val_R@10']:.1f}/{100 * val['val_R@20']:.1f}/{100 * val['val_R@50']:.1f}"
                     if val else "no val split")
@@ -427,14 +436,19 @@ def _write_logs(out_dir: Path, history: list[dict]) -> None:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", store_path: str | None = None):
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", store_path: str | None = None, *,
+                    trust: bool = False, splits: tuple[str, ...] | None = None):
     """(model in eval mode, TrainConfig, checkpoint dict) from a ``last.pth`` / ``best.pth``;
-    the model is built for the store named by the config (or ``store_path``)."""
-    ckpt = read_checkpoint(path, map_location=device)
+    the model is built for the store named by the config (or ``store_path``), which must hold
+    the run's videos of ``splits`` (those the caller reads; None: all) unchanged
+    (:func:`check_run_store`). ``trust``: see :func:`read_checkpoint`."""
+    ckpt = read_checkpoint(path, map_location=device, trust=trust)
     cfg = check_config(dict(ckpt["config"]), f"{path} (its config)")
     if store_path:
         cfg = dataclasses.replace(cfg, store=str(store_path))
-    meta = open_store(cfg.store).meta
+    store = open_store(cfg.store)
+    check_run_store(ckpt, store.identity(), run=path, store_path=cfg.store, splits=splits)
+    meta = store.meta
     model = build_from_config(cfg, meta, ckpt.get("derived", {})).to(device)
     try:
         model.load_state_dict(ckpt["model"])
@@ -443,6 +457,21 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", store_
                          f"{str(e).splitlines()[0]}") from None
     model.eval()
     return model, cfg, ckpt
+
+
+def check_run_store(ckpt: dict[str, Any], current: dict[str, Any], *, run: Path, store_path: str,
+                    splits: tuple[str, ...] | None = None) -> None:
+    """Refuse a store that is not the one the checkpoint was trained on (its recorded
+    :meth:`~store.reader.Store.identity`): another extraction, or one missing videos of
+    ``splits`` (those the caller reads; None: all). A checkpoint from before runs recorded
+    their store is not checked."""
+    recorded = ckpt.get("store")
+    if not isinstance(recorded, dict):
+        return
+    why = identity_difference(recorded, current, splits)
+    if why:
+        raise StoreError(store_path, f"not the store {run} was trained on ({recorded.get('path')}): {why}; give "
+                                     f"the run's store (--store), or train a new run on this one")
 
 
 def run_checkpoint(run_dir: str | Path) -> Path:

@@ -11,7 +11,10 @@
   temporary files it creates in the lock file, so the next holder removes exactly those a
   crash left (and nothing that merely looks like one).
 * :func:`load_torch`: ``torch.load`` with one-line errors for an empty, truncated, text or
-  foreign file.
+  foreign file. It loads weights only (tensors and plain values): a file whose pickle names any
+  other Python callable is refused with one line naming it, before anything in it runs, unless
+  the caller trusts the file (``--trust-checkpoint``). :func:`save_torch` writes only such
+  content (:func:`plain_data`), so every file the project writes loads weights-only.
 """
 
 from __future__ import annotations
@@ -84,10 +87,51 @@ def atomic_write(path: Path | str, mode: str = "wb", tmp: Path | None = None) ->
     fsync_dir(path.parent)
 
 
-def save_torch(obj: Any, path: Path | str) -> None:
-    """``torch.save`` through :func:`atomic_write`: the file is whole or not there."""
+def plain_data(obj: Any, where: str = "the checkpoint") -> Any:
+    """``obj`` as tensors and plain values only (dict, list, tuple, str, int, float, bool, None),
+    what a weights-only ``torch.load`` reads back without running code.
+
+    Converts the harmless look-alikes a writer meets: a ``str`` subclass (``torch.__version__``)
+    to ``str``, numpy scalars and 0-d arrays to Python numbers, numpy arrays to tensors, paths to
+    ``str``, enums to their value. Anything else (a dataclass, a module, a function) is a
+    ``TypeError`` naming where it sits: a bug of the writer, caught before the file is written.
+    """
+    import enum
+
+    import numpy as np
     import torch
 
+    if obj is None or type(obj) in (bool, int, float, str, bytes):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, enum.Enum):
+        return plain_data(obj.value, where)
+    for base in (bool, int, float, str):  # subclasses such as TorchVersion (a str) or np.float64 (a float)
+        if isinstance(obj, base):
+            return base(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, dict):
+        return {plain_data(k, where): plain_data(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [plain_data(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, tuple):
+        return tuple(plain_data(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    raise TypeError(f"{where}: a {type(obj).__module__}.{type(obj).__qualname__} is not plain data; a "
+                    f"checkpoint holds tensors, dicts, lists, str, int, float, bool and None only")
+
+
+def save_torch(obj: Any, path: Path | str) -> None:
+    """``torch.save`` of :func:`plain_data` ``(obj)`` through :func:`atomic_write`: the file is
+    whole or not there, and loads weights-only."""
+    import torch
+
+    obj = plain_data(obj, str(path))
     with atomic_write(path) as fh:
         torch.save(obj, fh)
 
@@ -254,6 +298,30 @@ class WriterLock:
         return d
 
 
+def lock_holder(lock_file: Path | str) -> dict[str, Any] | None:
+    """The state (pid, host, since) of the process holding :class:`WriterLock` ``lock_file`` now,
+    or None when none does (or this process does). Takes a shared lock for an instant, so it
+    works on a read-only copy too; never blocks."""
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        state = _read_state(fd)
+        if state.get("pid") == os.getpid():
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return state or {"pid": "?"}
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _read_state(fd: int) -> dict[str, Any]:
     try:
         data = os.pread(fd, 1 << 16, 0)
@@ -303,10 +371,34 @@ def _checkpoint_kind(path: Path) -> str | None:
     return None
 
 
+TRUST_HINT = "if you made it or trust its source, load it with --trust-checkpoint (that runs code from the file)"
+"""What a refused file's message offers: the commands that read checkpoints take ``--trust-checkpoint``."""
+
+
+def _safe_globals() -> list[Any]:
+    """Harmless types that checkpoints written before :func:`plain_data` hold: ``torch.__version__``
+    (a ``str`` subclass) in their provenance."""
+    from torch.torch_version import TorchVersion
+
+    return [TorchVersion]
+
+
+def refused_global(e: BaseException) -> str | None:
+    """The callable a weights-only load refused (``"posix.system"``), from torch's message."""
+    import re as _re
+
+    m = _re.search(r"(?:GLOBAL|global)\s+([\w.]+)", str(e)) or _re.search(r"Unsupported class ([\w.]+)", str(e))
+    return m.group(1) if m else None
+
+
 def load_torch(path: Path | str, *, what: str = "checkpoint", weights_only: bool = True,
                map_location: Any = "cpu", mmap: bool = False) -> Any:
     """``torch.load`` of ``path`` with an :class:`~store.errors.InputError` naming the file and
-    what is wrong for a missing, empty (an interrupted write), truncated, text or foreign file."""
+    what is wrong for a missing, empty (an interrupted write), truncated, text or foreign file.
+
+    ``weights_only`` (the default, and what every reader passes unless its user trusts the file):
+    tensors and plain values only; a pickle that names any other callable (``os.system`` in a
+    crafted file) is refused, naming it, before anything of the file runs."""
     import pickle
     import zipfile
 
@@ -320,8 +412,9 @@ def load_torch(path: Path | str, *, what: str = "checkpoint", weights_only: bool
     if path.stat().st_size == 0:
         raise InputError(f"{path}: is empty (0 bytes), not a {what}: an interrupted write?")
     try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only,
-                          mmap=mmap and _is_zip(path))
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=weights_only,
+                              mmap=mmap and _is_zip(path))
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError,
             AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
         kind = _kind_of(path)
@@ -330,10 +423,12 @@ def load_torch(path: Path | str, *, what: str = "checkpoint", weights_only: bool
         if kind != "a PyTorch file" and not kind.startswith("a legacy"):
             raise InputError(f"{path}: not a {what}: {kind}") from None
         if weights_only and "Weights only load failed" in str(e):
+            name = refused_global(e)
             found = _checkpoint_kind(path)
-            raise InputError(f"{path}: not a {what}: " + (
-                f"it is {found}" if found else "it holds Python objects beyond tensors and plain values, which a "
-                                               "weights-only load refuses")) from None
+            raise InputError(f"{path}: refused: it holds Python objects beyond tensors and plain values "
+                             f"({name or 'unknown'}), which could run code when loaded"
+                             + (f" (it looks like {found})" if found else f"; not a {what} this project wrote")
+                             + f"; {TRUST_HINT}") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"{path}: not a readable {what} ({kind}: {first[:100]})") from None
 
@@ -343,8 +438,8 @@ def _is_zip(path: Path) -> bool:
         return fh.read(4) == b"PK\x03\x04"
 
 
-__all__ = ["LockedError", "WriterLock", "atomic_write", "copy_file", "describe_os_error", "fsync_dir",
-           "load_torch", "remove_temps", "temp_path", "write_json", "write_text"]
+__all__ = ["LockedError", "TRUST_HINT", "WriterLock", "atomic_write", "copy_file", "describe_os_error", "fsync_dir",
+           "load_torch", "plain_data", "refused_global", "remove_temps", "temp_path", "write_json", "write_text"]
 
 
 def sha256_of(path: Path | str, chunk: int = 1 << 20) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from store.backends import BACKENDS, READERS, SUFFIX, SegmentReader, backend_of_suffix, check_schema_arrays, checksum_of
+from store.files import lock_holder
 from store.manifest import MANIFEST, SegmentIndex, compat_hash, read_manifest
 from store.records import StoreError, StoreMeta, VideoRecord
 from store.schema import ROW_ARRAYS, ROW_TABLES, TABLE_PREFIX, arrays_of
@@ -187,6 +188,17 @@ def index_segments(layout: Layout, trust_manifest: bool = True, *, known: dict[s
         out.append(index)
     check_no_duplicates(layout, out)
     return out, meta, current
+
+
+def active_writers(folder: Path) -> list[str]:
+    """``"part 'rank0' by pid 123"`` for each part of the store folder whose writer's lock is held
+    by another process now (a lock held by this process, or left by a dead one, is not)."""
+    out = []
+    for p in sorted(folder.glob(".*.lock")):
+        holder = lock_holder(p)
+        if holder is not None:
+            out.append(f"part {p.name[1:-len('.lock')]!r} by pid {holder.get('pid', '?')}")
+    return out
 
 
 def check_no_duplicates(layout: Layout, indices: list[SegmentIndex]) -> None:
@@ -378,11 +390,65 @@ class Store:
         d["_frame_tables"] = {}
         return d
 
+    def identity(self) -> dict[str, Any]:
+        """What a run records of the store it was trained on (plain data, for checkpoints):
+        ``{'path': absolute path, 'compat': hash of the meta that must agree (detector,
+        vocabulary, sizes, dataset), 'videos': {name: 'SPLIT/' and 12 hex digits of its split and
+        per-array CRC-32C}}``. Reads only each segment's small ``videos/crc32c`` table.
+        :func:`identity_difference` compares two."""
+        import hashlib
+
+        digests: dict[str, str] = {}
+        for i, seg in enumerate(self.segments):
+            crc = np.asarray(self._reader(i).read("videos/crc32c"), dtype="<u4")
+            for j, (v, split) in enumerate(zip(seg.videos, seg.splits)):
+                digests[v] = f"{split}/" + hashlib.sha256(split.encode() + b"\0" + crc[j].tobytes()).hexdigest()[:12]
+        return {"path": store_location(self.path), "compat": compat_hash(self.meta), "videos": digests}
+
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, backend={self.backend}, videos={len(self)}, segments={len(self.segments)})"
 
 
-def open_store(path: str | Path, backend: str | None = None, *, verify: bool = True) -> Store:
+def store_location(path: str | Path) -> str:
+    """The absolute form of a store path (``stores/ag.h5`` and ``/work/stores/ag.h5`` name one store)."""
+    import os
+
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def identity_difference(recorded: dict[str, Any], current: dict[str, Any],
+                        splits: Collection[str] | None = None) -> str | None:
+    """How the store ``current`` (:meth:`Store.identity`) differs from the one a run ``recorded``,
+    in words, or None when it holds every recorded video of ``splits`` (all if None) unchanged.
+    A store that gained videos since (a later test split), or lacks splits the caller does not
+    read (an evaluation copy of the test split alone), is the same store."""
+    if recorded.get("compat") != current.get("compat"):
+        return "it was extracted with another detector, vocabulary or dataset"
+    have = current.get("videos", {})
+    want = {v: d for v, d in recorded.get("videos", {}).items()
+            if splits is None or str(d).split("/")[0] in splits}
+    missing = sorted(v for v in want if v not in have)
+    if missing:
+        of = f"{'/'.join(sorted(splits))} " if splits else ""
+        return (f"it lacks {len(missing)} of the run's {len(want)} {of}videos (e.g. {missing[0]!r}): an incomplete "
+                f"copy?")
+    changed = sorted(v for v in want if have[v] != want[v])
+    if changed:
+        return f"{len(changed)} of its videos differ from the run's (e.g. {changed[0]!r}): re-extracted?"
+    return None
+
+
+def missing_segments(layout: Layout) -> list[str]:
+    """Segments the store's manifest lists that the folder lacks: the writer lists only segments
+    it committed, and segments are never removed, so these are lost (an incomplete copy)."""
+    if layout.folder is None:
+        return []
+    present = {p.name for p in layout.segments}
+    return sorted(name for name in read_manifest(layout.folder) if name not in present)
+
+
+def open_store(path: str | Path, backend: str | None = None, *, verify: bool = True,
+               while_written: bool = False) -> Store:
     """Open a store read-only; raise :class:`StoreError` naming the file and the problem.
 
     Checks on open: schema version, meta agreement between segments (vocabulary, feature and
@@ -390,8 +456,24 @@ def open_store(path: str | Path, backend: str | None = None, *, verify: bool = T
     frame ranges add up. ``verify``: check every array read against the video's checksums
     (:class:`Store`). Every video's checksums and row-level checks are in
     :func:`store.check.check_store`. No file handle stays open after this returns.
+
+    A folder whose manifest lists a segment it lacks (an incomplete copy) is a
+    :class:`StoreError`; so is a store another process is writing (a part's lock is held: the
+    videos it has not committed are missing), unless ``while_written``, which logs it instead.
     """
     layout = find_layout(path, backend)
+    lost = missing_segments(layout)
+    if lost:
+        raise StoreError(layout.path, f"its {MANIFEST} lists {len(lost)} segment(s) the folder lacks ({lost[0]}"
+                                      f"{', ...' if len(lost) > 1 else ''}): an incomplete copy? Copy the whole "
+                                      f"folder again")
+    writing = active_writers(layout.folder) if layout.folder is not None else []
+    if writing:
+        text = (f"is being written ({', '.join(writing)}): its videos are not all committed yet; wait for the "
+                f"writer (`detect`) to finish")
+        if not while_written:
+            raise StoreError(layout.path, text)
+        log.warning("%s: %s", layout.path, text)
     segments, meta, _ = index_segments(layout)
     if meta is None:  # index_segments scans the first segment whenever there is one
         raise StoreError(layout.path, "store has no committed segments yet")

@@ -33,7 +33,7 @@ def stats(path: str | Path, backend: str | None = None) -> dict[str, pd.DataFram
     * ``arrays``: one row per array: dtype, row shape, rows, bytes (in memory), bytes_on_disk,
       compression.
     """
-    store = open_store(path, backend)
+    store = open_store(path, backend, while_written=True)  # a summary of what is committed so far, said so
     meta, vocab = store.meta, store.meta.vocabulary
     video_rows, frame_parts, arrays = [], [], {}
     gt_lab, gt_small, det_lab, det_score, det_match = [], [], [], [], []

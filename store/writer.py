@@ -71,6 +71,20 @@ def check_store_folder(path: Path) -> None:
                                f"(or empty) folder or an existing store, so choose another path")
 
 
+def check_same_dataset(path: Path, existing: StoreMeta, meta: StoreMeta) -> None:
+    """Refuse to append to a store made from another dataset (``source['annotations_sha256']``,
+    the fingerprint of its annotation files; the root's path may differ between machines)."""
+    old, new = existing.source.get("annotations_sha256"), meta.source.get("annotations_sha256")
+    if old == new:
+        return
+    was, now = existing.source.get("root", "?"), meta.source.get("root", "?")
+    if old is None:
+        raise StoreError(path, f"cannot continue it from {now}: it records no dataset fingerprint (made by an "
+                               f"older version from {was}); extract into a new --store")
+    raise StoreError(path, f"made from another dataset ({was}, annotations sha256 {old[:12]}), not {now} "
+                           f"({(new or '?')[:12]}): extract into another --store, or give the dataset it was made from")
+
+
 def lock_part(path: str | Path, part: str) -> WriterLock:
     """Take the lock of part ``part`` of the store folder ``path`` (created if missing), after
     checking that the folder is new, empty or a store. Raises StoreError (not a store folder)
@@ -167,6 +181,7 @@ class StoreWriter:
         self._remove_own_leftovers()
         self._segments, existing_meta = self._index()
         if existing_meta is not None:
+            check_same_dataset(self.path, existing_meta, meta)
             why = existing_meta.incompatibility(meta)
             if why:
                 raise StoreError(self.path, f"cannot append: {why}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from store.run_folder import RunFolderError, foreign_files
 from synth.annotate import annotate_frame, hidden_at
 from synth.config import SynthConfig, SynthSummary
 from synth.plan import FIRST_NUMBER, Video, frame_key, plan_video
@@ -46,6 +48,16 @@ def _write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> str:
     return codec
 
 
+_OWN = re.compile(r"^(frames/[^/]+\.mp4/\d{6}\.png|videos/[^/]+\.mp4|annotations/(person_bbox|object_bbox_and_"
+                  r"relationship(_filtersmall)?)\.pkl|annotations/(object_classes|relationship_classes|frame_list)"
+                  r"\.txt)$")
+
+
+def _written_by_synth(rel: str) -> bool:
+    """Whether a path under an earlier synthetic root (relative, '/'-separated) is one synth writes."""
+    return _OWN.match(rel) is not None
+
+
 def _clear_previous(root: Path) -> None:
     import shutil
 
@@ -55,6 +67,11 @@ def _clear_previous(root: Path) -> None:
         raise FileExistsError(f"{root}: exists and is not a folder")
     if any(root.iterdir()) and not (root / META_FILE).is_file():
         raise FileExistsError(f"{root}: not empty and not a synthetic dataset (no {META_FILE}); refusing to write into it")
+    theirs = foreign_files(root, _written_by_synth, subfolders=("frames", "videos", "annotations"))
+    if theirs:
+        raise RunFolderError(f"{root}: an earlier synthetic dataset, but {theirs[0]}"
+                             f"{f' (and {len(theirs) - 1} more files)' if len(theirs) > 1 else ''} is not one synth "
+                             f"writes; regenerating would delete it: move it, or choose another --out")
     for sub in ("frames", "videos", "annotations"):
         if (root / sub).is_dir():
             shutil.rmtree(root / sub)

@@ -441,12 +441,12 @@ class STKET(PairRepresentation, RelationHead):
         return losses
 
 
-def with_output_branch(checkpoint: str | Path, branch: str, out: str | Path) -> Path:
+def with_output_branch(checkpoint: str | Path, branch: str, out: str | Path, *, trust: bool = False) -> Path:
     """A copy of an STKET checkpoint whose recipe evaluates ``branch`` (same weights: every
-    branch is trained in every run)."""
+    branch is trained in every run). The checkpoint is read weights-only unless ``trust``."""
     if branch not in BRANCHES:
         raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
-    ckpt = load_torch(checkpoint, what="relation-head checkpoint", weights_only=False, map_location="cpu")
+    ckpt = load_torch(checkpoint, what="relation-head checkpoint", weights_only=not trust, map_location="cpu")
     if ckpt["config"]["head"] != "stket":
         raise ValueError(f"{checkpoint}: head {ckpt['config']['head']!r}, not stket")
     ckpt["config"]["head_cfg"] = {**ckpt["config"]["head_cfg"], "output_branch": branch}
