@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -49,6 +51,7 @@ from store.files import (
     atomic_write,
     copy_file,
     describe_os_error,
+    die_with_parent,
     load_torch,
     remove_temps,
     save_torch,
@@ -135,7 +138,8 @@ def make_loader(dataset: VideoDataset, order: list[int], cfg: TrainConfig, train
     return DataLoader(dataset, batch_size=cfg.videos_per_batch, sampler=order, num_workers=cfg.num_workers,
                       collate_fn=Collator.of(dataset), pin_memory=device.type == "cuda",
                       multiprocessing_context=st.mp_context if cfg.num_workers else None,
-                      persistent_workers=False)
+                      persistent_workers=False,
+                      worker_init_fn=functools.partial(die_with_parent, parent=os.getpid()))
 
 
 RUN_FILES = ("config.yaml", "run.json", "derived.pt", "log.csv", "log.json", "last.pth", "best.pth")
