@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
+from stage2_relations.evaluation.seeds import MAX_SEED
 from stage2_relations.heads import HEADS, RSNet, head_class
 from stage2_relations.views import ASSIGNMENTS, NEGATIVE_LABELS, OBJECT_SCORES, SGDET_BOXES, ViewOptions
 from store.errors import (
@@ -114,7 +115,7 @@ RULES = {
     "videos_per_batch": at_least(1),
     "num_workers": at_least(0),
     "threads": at_least(0),
-    "seed": at_least(0),
+    "seed": (lambda v: 0 <= v <= MAX_SEED, f"in 0..{MAX_SEED}"),
     "negative_ratio": at_least(0),
     "negative_iou": between(0, 1),
     "plateau_factor": between(0, 1, lo_open=True, hi_open=True),
