@@ -27,7 +27,6 @@ from store.errors import (
     check_keywords,
     load_yaml_mapping,
     one_of,
-    positive,
 )
 from store.modes import Mode
 
@@ -101,6 +100,8 @@ class TrainConfig:
         return dataclasses.replace(options, **required)
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
 # Ranges and choices of the recipe's fields (types come from the annotations).
 RULES = {
     "mode": one_of(*(m.value for m in Mode)),
@@ -109,7 +110,8 @@ RULES = {
     "object_scores": one_of(*OBJECT_SCORES),
     "negative_labels": one_of(*NEGATIVE_LABELS),
     "epochs": at_least(1),
-    "lr": positive(),
+    # AdamW keeps lr in float32 arithmetic: above its largest value the first step overflows
+    "lr": (lambda v: 0 < v < FLOAT32_MAX, f"> 0 and below {FLOAT32_MAX:.3g} (float32's largest)"),
     "weight_decay": at_least(0),
     "grad_clip": at_least(0),
     "videos_per_batch": at_least(1),

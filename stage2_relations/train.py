@@ -45,7 +45,7 @@ from stage2_relations.data import Collator, VideoDataset, epoch_order
 from stage2_relations.heads import HeadContext, build_model, count_parameters, head_class
 from stage2_relations.recipe import RESUME_MAY_CHANGE, TrainConfig, check_config
 from store import StoreError, open_store
-from store.errors import ConfigError, InputError, UserError, load_yaml_mapping
+from store.errors import ConfigError, InputError, NonFiniteError, UserError, load_yaml_mapping
 from store.files import (
     WriterLock,
     atomic_write,
@@ -90,8 +90,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train_one_epoch(model: torch.nn.Module, loss_fn: Callable, loader, optimizer, *, device: torch.device,
-                    grad_clip: float, progress: bool = True, desc: str = "") -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of each loss term (and 'total'), frames/s."""
+                    grad_clip: float, progress: bool = True, desc: str = "", epoch: int | None = None) -> dict[str, float]:
+    """One pass over ``loader``; returns the mean of each loss term (and 'total'), frames/s.
+    ``epoch`` (1-based) names the epoch in a :class:`NonFiniteError`."""
     model.train()
     sums: dict[str, float] = {}
     steps, frames, t0 = 0, 0, time.perf_counter()
@@ -99,7 +100,8 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: Callable, loader, optimizer
     bar = tqdm(batches, total=len(loader), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     try:
         for batch in bar:
-            train_step(model, loss_fn, batch, optimizer, device=device, grad_clip=grad_clip, sums=sums)
+            train_step(model, loss_fn, batch, optimizer, device=device, grad_clip=grad_clip, sums=sums,
+                       where=f"{'epoch ' + str(epoch) + ', ' if epoch is not None else ''}step {steps + 1}")
             steps += 1
             frames += batch.num_frames
             bar.set_postfix(loss=f"{sums['total'] / steps:.3f}")
@@ -114,23 +116,46 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: Callable, loader, optimizer
 
 
 def train_step(model: torch.nn.Module, loss_fn: Callable, batch, optimizer, *, device: torch.device,
-               grad_clip: float, sums: dict[str, float]) -> None:
-    """Loss dict -> sum -> finite check -> backward -> clip -> step; adds the losses to ``sums``."""
+               grad_clip: float, sums: dict[str, float], where: str = "") -> None:
+    """Loss dict -> sum -> finite check -> backward -> finite gradient check -> clip -> step; adds
+    the losses to ``sums``. A non-finite loss or gradient is a :class:`NonFiniteError` naming
+    ``where`` (epoch and step), the videos and the likely cause (:func:`non_finite_cause`)."""
     batch = batch.to(device)
     out = model(batch)
     losses = loss_fn(out, batch)
     total = sum(losses.values())
     if not torch.isfinite(total):
-        raise FloatingPointError(f"non-finite loss in {batch.video_names}: "
-                                 f"{ {k: float(v) for k, v in losses.items()} }")
+        terms = ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
+        raise NonFiniteError(f"{where + ': ' if where else ''}the loss is not finite ({terms}) in "
+                             f"{', '.join(batch.video_names)}: {non_finite_cause(model, batch, optimizer)}")
     optimizer.zero_grad(set_to_none=True)
     total.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    # The norm is needed for the check; max_norm inf scales by 1, which changes no value.
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    if not torch.isfinite(norm):
+        raise NonFiniteError(f"{where + ': ' if where else ''}the gradients are not finite (the loss was "
+                             f"{float(total):.4g}) in {', '.join(batch.video_names)}: "
+                             f"{non_finite_cause(model, batch, optimizer)}")
     optimizer.step()
     for k, v in losses.items():
         sums[k] = sums.get(k, 0.0) + float(v.detach())
     sums["total"] = sums.get("total", 0.0) + float(total.detach())
+
+
+def non_finite_cause(model: torch.nn.Module, batch, optimizer) -> str:
+    """Why a step went non-finite, looked for only once it has: inputs of the batch (the store's
+    features), weights (an earlier step, a learning rate too large), or else the step itself."""
+    for f in dataclasses.fields(batch):
+        value = getattr(batch, f.name)
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            return (f"its input {f.name} holds {int((~torch.isfinite(value)).sum())} non-finite values: the store's "
+                    f"data is not finite (`cli.py store check` names each video)")
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    lr = optimizer.param_groups[0]["lr"]
+    if bad:
+        return (f"the weights are not finite ({bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}) after "
+                f"an earlier step: a learning rate too large (lr {lr:g})?")
+    return f"the inputs and weights are finite: the step overflowed (lr {lr:g}; try a lower lr or grad_clip)"
 
 
 def make_loader(dataset: VideoDataset, order: list[int], cfg: TrainConfig, train: bool, device: torch.device) -> DataLoader:
@@ -367,7 +392,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
         order = epoch_order(len(train_ds), cfg.seed, epoch, rank=rank, world_size=world)
         loader = make_loader(train_ds, order, cfg, True, device)
         stats = train_one_epoch(net, model.loss, loader, optimizer, device=device, grad_clip=cfg.grad_clip,
-                                progress=progress and is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+                                progress=progress and is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}", epoch=epoch + 1)
         val: dict[str, float] = {}
         if is_main and val_ds is not None:
             results, _, _, speed = score_model(model, val_ds, device=device, constraints=("with",),

@@ -78,6 +78,11 @@ class InputError(UserError, ValueError):
     """An input file that is not what the command expects (garbage, truncated, another kind)."""
 
 
+class NonFiniteError(UserError, FloatingPointError):
+    """A NaN or an infinity where numbers enter: a detector's outputs, a store's features, a
+    training step's loss or gradients. Names where (the video, the epoch and step)."""
+
+
 # --- recipes: one-line checks of a dataclass's fields ----------------------------------------
 
 
@@ -280,5 +285,5 @@ def load_yaml_mapping(path: str | Path, _extending: tuple[Path, ...] = ()) -> di
     return {**load_yaml_mapping(base_path, chain), **data}
 
 
-__all__ = ["BASE_KEY", "ConfigError", "InputError", "UserError", "at_least", "between", "check_fields", "check_keywords",
+__all__ = ["BASE_KEY", "ConfigError", "InputError", "NonFiniteError", "UserError", "at_least", "between", "check_fields", "check_keywords",
            "load_yaml_mapping", "one_of", "positive"]
