@@ -54,6 +54,8 @@ from stage1_detect.frame_detector import FrameDetector
 from stage1_detect.frames import FrameError, FrameSource, open_frame_source
 from store import DetectorInfo, StoreMeta, StoreWriter, UnionMode, VideoRecord
 from store.boxes import union_boxes
+from store.check import non_finite_arrays
+from store.errors import NonFiniteError
 from store.files import die_with_parent
 from store.pairing import stored_pairs
 from store.runtime import code_revision
@@ -313,7 +315,13 @@ def extract(root: Path | str, store_path: Path | str, detector: FrameDetector, *
                 _log_event(log_path, {"video": video.name, "error": images, "rank": rank})
                 bar.update(len(video.frames))
                 continue
-            background.put(video_record(video, images, detector, meta, batch_size=config.batch_size, device=device))
+            record = video_record(video, images, detector, meta, batch_size=config.batch_size, device=device)
+            broken = non_finite_arrays(record)
+            if broken:  # NaN weights give NaN features with valid checksums: stop before storing any
+                raise NonFiniteError(f"{video.name}: the detector's outputs are not finite (NaN or inf) in "
+                                     f"{', '.join(broken)}: its weights or this video's frames are broken; the video "
+                                     f"was not written (videos before it are committed)")
+            background.put(record)
             summary.videos_written += 1
             summary.frames += len(video.frames)
             bar.update(len(video.frames))

@@ -125,7 +125,7 @@ def train_step(model: torch.nn.Module, loss_fn: Callable, batch, optimizer, *, d
     losses = loss_fn(out, batch)
     total = sum(losses.values())
     if not torch.isfinite(total):
-        terms = ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
+        terms = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items())
         raise NonFiniteError(f"{where + ': ' if where else ''}the loss is not finite ({terms}) in "
                              f"{', '.join(batch.video_names)}: {non_finite_cause(model, batch, optimizer)}")
     optimizer.zero_grad(set_to_none=True)
@@ -134,7 +134,7 @@ def train_step(model: torch.nn.Module, loss_fn: Callable, batch, optimizer, *, d
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
     if not torch.isfinite(norm):
         raise NonFiniteError(f"{where + ': ' if where else ''}the gradients are not finite (the loss was "
-                             f"{float(total):.4g}) in {', '.join(batch.video_names)}: "
+                             f"{float(total.detach()):.4g}) in {', '.join(batch.video_names)}: "
                              f"{non_finite_cause(model, batch, optimizer)}")
     optimizer.step()
     for k, v in losses.items():
@@ -155,6 +155,10 @@ def non_finite_cause(model: torch.nn.Module, batch, optimizer) -> str:
     if bad:
         return (f"the weights are not finite ({bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}) after "
                 f"an earlier step: a learning rate too large (lr {lr:g})?")
+    largest = max((float(p.detach().abs().max()) for p in model.parameters() if p.numel()), default=0.0)
+    if largest > 1e6:  # trained weights of these heads stay within a few units
+        return (f"the weights have grown to |w| = {largest:.3g} in earlier steps: a learning rate too large "
+                f"(lr {lr:g})?")
     return f"the inputs and weights are finite: the step overflowed (lr {lr:g}; try a lower lr or grad_clip)"
 
 

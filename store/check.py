@@ -20,7 +20,21 @@ from store.writer import write_segment
 
 log = logging.getLogger(__name__)
 
-# Small arrays needed for the row-level index checks (features are covered by checksums).
+
+def non_finite_arrays(record) -> list[str]:
+    """``"det_features (12 of 96 values)"`` for each float array of a :class:`~store.VideoRecord`
+    that holds a NaN or an infinity (empty: all finite). A detector with broken weights writes
+    such values with valid checksums; the extraction refuses them (stage1_detect.extract) and the
+    deep check reports them."""
+    out = []
+    for spec in ROW_ARRAYS:
+        if np.dtype(spec.dtype).kind != "f":
+            continue
+        values = np.asarray(getattr(record, spec.field))
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            out.append(f"{spec.field} ({bad} of {values.size} values)")
+    return out
 
 
 def check_store(path: str | Path, *, deep: bool = True, backend: str | None = None,
@@ -34,7 +48,7 @@ def check_store(path: str | Path, *, deep: bool = True, backend: str | None = No
     CRC-32C recorded at write time, every stored index points inside its frame (relation
     subject/object among the GT objects, pair subject/object among the joint GT + detection
     boxes), the small flags are 0/1, 0 for the person (:meth:`VideoRecord.validate`'s index
-    checks), and ``manifest.json``, rebuilt from the segments, equals the one on disk (for
+    checks), every float value is finite (:func:`non_finite_arrays`), and ``manifest.json``, rebuilt from the segments, equals the one on disk (for
     every segment it lists as current).
     """
     try:
@@ -94,6 +108,11 @@ def _deep_segment(segment: Layout, meta: StoreMeta, index: SegmentIndex) -> list
                 rec._validate_indices(f"video {v!r}")
             except ValueError as e:
                 problems.append(StoreError(path, f"bad index: {e}"))
+            bad_values = non_finite_arrays(rec)
+            if bad_values:
+                problems.append(StoreError(path, f"video {v!r} holds values that are not finite (NaN or inf) in "
+                                                 f"{', '.join(bad_values)}: the detector's outputs were broken; "
+                                                 f"re-extract it"))
     finally:
         store.close()
     return problems

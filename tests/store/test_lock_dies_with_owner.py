@@ -55,8 +55,15 @@ def test_a_forked_child_does_not_keep_the_lock_of_its_killed_parent(tmp_path):
         import multiprocessing as mp
         from store.files import WriterLock
         lock = WriterLock(sys.argv[1], folder=sys.argv[1], what="part 'rank0' is being written").acquire()
-        child = mp.get_context("fork").Process(target=time.sleep, args=(120,))
+        ready = mp.get_context("fork").Event()
+
+        def work():  # runs after the fork's handlers, as a DataLoader worker's loop does
+            ready.set()
+            time.sleep(120)
+
+        child = mp.get_context("fork").Process(target=work)
         child.start()
+        ready.wait(30)
         print(child.pid, flush=True)
         time.sleep(120)
     """, str(lock_file))
