@@ -194,11 +194,14 @@ def dataset(root: Path, **options) -> None:
 
 
 def _device(device: str) -> str:
-    from store.runtime import cuda_missing, resolve_device
+    from store.errors import ConfigError
+    from store.runtime import resolve_device
 
-    if cuda_missing(device):
-        raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
-    return device if device != "auto" else str(resolve_device(device))
+    try:  # a device this machine lacks or torch does not know: a usage error, before any work
+        resolved = resolve_device(device)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--device") from None
+    return device if device != "auto" else str(resolved)
 
 
 DEVICE_OPTION = click.option("--device", default="auto", show_default=True,

@@ -42,8 +42,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from stage2_relations.data import Collator, VideoDataset, epoch_order
-from stage2_relations.heads import HeadContext, build_model, count_parameters, head_class
-from stage2_relations.recipe import RESUME_MAY_CHANGE, TrainConfig, check_config
+from stage2_relations.heads import build_model, count_parameters, head_class
+from stage2_relations.recipe import BUILD_ERRORS, RESUME_MAY_CHANGE, TrainConfig, check_config, check_run_inputs, head_context
 from store import StoreError, open_store
 from store.errors import ConfigError, InputError, NonFiniteError, UserError, load_yaml_mapping
 from store.files import (
@@ -58,7 +58,6 @@ from store.files import (
     write_json,
     write_text,
 )
-from store.modes import Mode
 from store.runtime import distributed_rank, provenance, resolve_device
 from store.threads import torch_threads
 
@@ -80,9 +79,7 @@ def derive(cfg: TrainConfig, train_ds: VideoDataset) -> dict[str, Any]:
 def build_from_config(cfg: TrainConfig, meta, derived: dict[str, Any] | None = None) -> torch.nn.Module:
     """The model of a recipe for a store's metadata (vocabulary, feature and union sizes) and
     what :func:`derive` computed."""
-    context = HeadContext(vocabulary=meta.vocabulary, mode=Mode(cfg.mode), feature_dim=meta.feature_dim,
-                          union_shape=tuple(meta.union_shape), derived=derived or {})
-    return build_model(cfg.head, cfg.head_cfg, cfg.rsnet, context)
+    return build_model(cfg.head, cfg.head_cfg, cfg.rsnet, head_context(cfg, meta, derived))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -334,6 +331,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
     torch.manual_seed(cfg.seed)
     store = open_store(cfg.store, verify=cfg.verify_checksums)
     meta = store.meta
+    check_run_inputs(cfg, store, glove=ckpt is None)  # before any work: the dataset, derive, the first step
     options = cfg.view_options()
     train_ds = VideoDataset(cfg.store, cfg.train_split, cfg.mode, train=True, seed=cfg.seed, options=options,
                             preload=cfg.preload, max_videos=cfg.max_videos, verify=cfg.verify_checksums)
@@ -352,7 +350,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
     derived = ckpt.get("derived", {}) if ckpt is not None else derive(cfg, train_ds)
     try:
         model = build_from_config(cfg, meta, derived).to(device)
-    except (ValueError, TypeError, RuntimeError) as e:
+    except BUILD_ERRORS as e:
         raise ConfigError(f"the recipe's head_cfg / rsnet: the model cannot be built: {str(e).splitlines()[0]}") from e
     n_params = count_parameters(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
