@@ -442,8 +442,10 @@ def _save_epoch(out_dir: Path, ckpt: dict[str, Any], history: list[dict], improv
         _write_logs(out_dir, history)
     except OSError as e:
         done = int(ckpt["epoch"]) - 1
+        intact = (f"the run is intact up to epoch {done} (last.pth)" if done
+                  else "no epoch was saved yet (--resume starts from epoch 1)")
         raise UserError(f"{out_dir}: cannot write the checkpoint of epoch {ckpt['epoch']}: {describe_os_error(e)}; "
-                        f"the run is intact up to epoch {done} (last.pth): fix that and --resume") from e
+                        f"{intact}: fix that and --resume") from e
 
 
 def _write_logs(out_dir: Path, history: list[dict]) -> None:

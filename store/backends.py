@@ -19,6 +19,7 @@ by side, so that a change to one is made, and reviewed, beside the other.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -299,11 +300,17 @@ class H5SegmentWriter(SegmentWriter):
         del ds
         try:
             _h5_call(self._f.close)
-        except OSError:
+        except (OSError, RuntimeError):  # HDF5's "Can't destroy cache" after a failed write
             if strict:
                 raise
 
     def abort(self) -> None:
+        if not self.in_memory:
+            # A write that failed (a full disk) leaves HDF5 with dirty metadata it flushes on close,
+            # failing again, and, at exit, crashing the interpreter: empty the file first, so that
+            # the close finds room for the few blocks it writes, then remove it.
+            with contextlib.suppress(OSError):
+                os.truncate(self.tmp, 0)
         try:
             self._close()
         finally:

@@ -167,8 +167,13 @@ def _check_free_space(dst: Path, store) -> None:
     need = _array_bytes(store)
     free = shutil.disk_usage(dst.parent).free
     if free < need * 1.02 + (16 << 20):
-        raise StoreError(dst, f"needs about {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free on its file system: "
-                              f"{describe_os_error(OSError(28, ''))}")
+        raise StoreError(dst, f"needs about {_size(need * 1.02 + (16 << 20))}, {_size(free)} free on its file "
+                              f"system: {describe_os_error(OSError(28, ''))}")
+
+
+def _size(n: float) -> str:
+    """``"12.3 MB"``, ``"1.50 GB"``: a size as a person reads it."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} KB"
 
 
 def _array_bytes(store) -> int:

@@ -83,6 +83,12 @@ def atomic_write(path: Path | str, mode: str = "wb", tmp: Path | None = None) ->
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.filename is None:  # a write's error names no file ("File too large"): name the one being written
+            raise OSError(e.errno, e.strerror or describe_os_error(e), str(path)) from e
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -90,12 +96,31 @@ def atomic_write(path: Path | str, mode: str = "wb", tmp: Path | None = None) ->
     fsync_dir(path.parent)
 
 
+def os_error_in(e: BaseException) -> OSError | None:
+    """The OSError behind ``e`` (itself, or its cause or context): torch's zip writer turns a full
+    disk into ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos`` raised while
+    handling the OSError."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def save_torch(obj: Any, path: Path | str) -> None:
     """``torch.save`` through :func:`atomic_write`: the file is whole or not there."""
     import torch
 
     with atomic_write(path) as fh:
-        torch.save(obj, fh)
+        try:
+            torch.save(obj, fh)
+        except RuntimeError as e:
+            cause = os_error_in(e)
+            if cause is None:
+                raise
+            raise OSError(cause.errno, cause.strerror, str(path)) from e
 
 
 def write_text(path: Path | str, text: str) -> None:
