@@ -306,11 +306,17 @@ class H5SegmentWriter(SegmentWriter):
 
     def abort(self) -> None:
         if not self.in_memory:
-            # A write that failed (a full disk) leaves HDF5 with dirty metadata it flushes on close,
-            # failing again, and, at exit, crashing the interpreter: empty the file first, so that
-            # the close finds room for the few blocks it writes, then remove it.
-            with contextlib.suppress(OSError):
-                os.truncate(self.tmp, 0)
+            # A write that failed (a full disk, a file size limit) leaves HDF5 with dirty metadata
+            # that every handle's release and the close flush, failing again (a flood of "Exception
+            # ignored" tracebacks) and, at exit, crashing the interpreter. The file is discarded:
+            # send those writes to /dev/null (HDF5's descriptor now points there), so they succeed.
+            with contextlib.suppress(Exception):
+                fd = self._f.id.get_vfd_handle()
+                null = os.open(os.devnull, os.O_RDWR)
+                try:
+                    os.dup2(null, fd)
+                finally:
+                    os.close(null)
         try:
             self._close()
         finally:

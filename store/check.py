@@ -165,10 +165,25 @@ def _manifest_problems(folder: Path, fresh: list[SegmentIndex], meta: StoreMeta 
 def _check_free_space(dst: Path, store) -> None:
     """Fail before writing when the destination's file system lacks room for the merged arrays."""
     need = _array_bytes(store)
+    limit = _file_size_limit()
+    if limit is not None and need > limit:  # HDF5 writing past it fails in every handle's release
+        raise StoreError(dst, f"needs about {_size(need)} in one file; this process may write files of at most "
+                              f"{_size(limit)} (ulimit -f): {describe_os_error(OSError(27, ''))}")
     free = shutil.disk_usage(dst.parent).free
     if free < need * 1.02 + (16 << 20):
         raise StoreError(dst, f"needs about {_size(need * 1.02 + (16 << 20))}, {_size(free)} free on its file "
                               f"system: {describe_os_error(OSError(28, ''))}")
+
+
+def _file_size_limit() -> int | None:
+    """This process's largest file in bytes (RLIMIT_FSIZE, ``ulimit -f``), or None without one."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def _size(n: float) -> str:
