@@ -443,12 +443,14 @@ def store_merge(src: Path, dst: Path, compress: tuple[str, ...]) -> None:
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
 def store_stats(path: Path, out: Path | None, fmt: str) -> None:
     """Summarise the store at PATH (videos, frames, classes, predicates, bytes per array)."""
-    from store.stats import stats, summary, write_tables
+    from store.stats import check_tables_folder, stats, summary, write_tables
 
+    if out is not None:
+        check_tables_folder(out, path)
     tables = stats(path)
     click.echo(summary(tables))
     if out is not None:
-        for p in write_tables(tables, out, fmt):
+        for p in write_tables(tables, out, fmt, store=path):
             click.echo(f"wrote {p}")
 
 

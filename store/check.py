@@ -134,6 +134,10 @@ def _manifest_problems(folder: Path, fresh: list[SegmentIndex], meta: StoreMeta 
     if version != SCHEMA_VERSION:
         return [StoreError(path, f"schema_version {version!r}, not {SCHEMA_VERSION}: {fix}")]
     problems = []
+    by_file = {s.file: s for s in fresh}
+    lost = [name for name in entries if name not in by_file]
+    if lost:  # then the manifest is the only record of those segments' videos: never advise deleting it
+        fix = f"keep {MANIFEST} (it is the only record of the videos of {', '.join(lost)})"
     if doc.get("checksum") != manifest_checksum(doc["segments"]):
         problems.append(StoreError(path, f"its checksum does not match its content: edited by hand or damaged "
                                          f"(readers ignore it); {fix}"))
@@ -143,11 +147,14 @@ def _manifest_problems(folder: Path, fresh: list[SegmentIndex], meta: StoreMeta 
         return [StoreError(path, f"unreadable meta ({type(e).__name__}: {e}): {fix}")]
     if meta is not None and listed.incompatibility(meta):
         problems.append(StoreError(path, f"its meta is not the segments' ({listed.incompatibility(meta)}): {fix}"))
-    by_file = {s.file: s for s in fresh}
     for name, entry in entries.items():
         seg = by_file.get(name)
         if seg is None:
-            problems.append(StoreError(path, f"lists segment {name}, which is not in the folder: {fix}"))
+            shown = ", ".join(entry.videos[:3]) + (f" and {len(entry.videos) - 3} more" if len(entry.videos) > 3 else "")
+            problems.append(StoreError(path, f"lists segment {name} ({len(entry.videos)} videos: {shown}), which is "
+                                             f"not in the folder: restore the file, or rerun `detect` to extract "
+                                             f"those videos again; keep {MANIFEST} until then, it is the only record "
+                                             f"of what the segment held"))
             continue
         if (entry.size, entry.mtime_ns) != (seg.size, seg.mtime_ns):
             continue  # out of date: readers rescan that segment
