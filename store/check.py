@@ -151,7 +151,8 @@ def _manifest_problems(folder: Path, fresh: list[SegmentIndex], meta: StoreMeta 
         seg = by_file.get(name)
         if seg is None:
             shown = ", ".join(entry.videos[:3]) + (f" and {len(entry.videos) - 3} more" if len(entry.videos) > 3 else "")
-            problems.append(StoreError(path, f"lists segment {name} ({len(entry.videos)} video{'' if len(entry.videos) == 1 else 's'}: {shown}), which is "
+            count = f"{len(entry.videos)} video{'' if len(entry.videos) == 1 else 's'}"
+            problems.append(StoreError(path, f"lists segment {name} ({count}: {shown}), which is "
                                              f"not in the folder: restore the file, or rerun `detect` to extract "
                                              f"those videos again; keep {MANIFEST} until then, it is the only record "
                                              f"of what the segment held"))
