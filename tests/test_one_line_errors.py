@@ -154,7 +154,7 @@ def _nan_attention(a):
 def test_nan_probabilities_are_named_as_such(tmp_path):
     path = write_tiny_predictions(tmp_path / "p.npz", {"pred_attention": _nan_attention})
     line = _error_line(_run("eval", "--predictions", path))
-    assert line == (f"{path}: pred_attention holds 1 values that are not finite (NaN or inf), the first in row 0 "
+    assert line == (f"{path}: pred_attention holds 1 value that is not finite (NaN or inf), the first in row 0 "
                     f"(frame 'A.mp4/000001.png'): the model's outputs were not finite")
 
 

@@ -102,8 +102,9 @@ def _check_finite(name: str, arr: np.ndarray, pred: PredictionSet) -> None:
         offsets = pred.box_offsets if name == "pred_scores" else pred.pair_offsets
         frame = int(np.searchsorted(offsets, row, side="right")) - 1
         where = f" (frame {pred.frame_names[frame]!r})" if 0 <= frame < len(pred.frame_names) else ""
-        raise ValueError(f"{name} holds {int(bad.sum())} values that are not finite (NaN or inf), the first in row "
-                         f"{row}{where}: the model's outputs were not finite")
+        n = int(bad.sum())
+        raise ValueError(f"{name} holds {n} value{'s that are' if n > 1 else ' that is'} not finite (NaN or inf), the "
+                         f"first in row {row}{where}: the model's outputs were not finite")
 
 
 def _check_predictions(pred: PredictionSet, vocabulary: Vocabulary) -> None:
