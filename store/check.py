@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from store.backends import backend_of_suffix
+from store.backends import READERS, backend_of_suffix, checksum_of
 from store.files import WriterLock, describe_os_error
 from store.manifest import MANIFEST, SegmentIndex, manifest_checksum
 from store.reader import Layout, Store, check_no_duplicates, find_layout, open_store, scan_segment
@@ -73,6 +73,8 @@ def check_store(path: str | Path, *, deep: bool = True, backend: str | None = No
         fresh.append(index)
         if deep:
             problems.extend(_deep_segment(Layout(p, layout.backend, None, (p,)), meta, index))
+        else:
+            problems.extend(_lost_shards(p, layout.backend, meta, index))
     if not layout.segments:
         problems.append(StoreError(layout.path, "store has no committed segments"))
     if not problems:
@@ -115,6 +117,40 @@ def _deep_segment(segment: Layout, meta: StoreMeta, index: SegmentIndex) -> list
                                                  f"re-extract it"))
     finally:
         store.close()
+    return problems
+
+
+def _lost_shards(path: Path, backend: str, meta: StoreMeta, index: SegmentIndex) -> list[StoreError]:
+    """The quick check's look for deleted zarr shards: list each array's shard files (no data
+    read); a video whose rows lie wholly in absent shards must have the checksum of zeros (zarr
+    writes no file for a shard of fill values only, e.g. ``rel_subject``, always 0); a video that
+    also has rows in a present shard is read and checked (only those)."""
+    if backend != "zarr":
+        return []
+    problems: list[StoreError] = []
+    dims = meta.dims()
+    with READERS[backend](path) as seg:
+        crc = None
+        for j, spec in enumerate(ROW_ARRAYS):
+            absent = seg.absent_shards(spec.key)
+            if not absent:
+                continue
+            if crc is None:
+                crc = seg.read("videos/crc32c")
+            row_bytes = int(np.prod(resolve_trailing(spec, dims), dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+            for vi, (v, (lo, hi)) in enumerate(zip(index.videos, index.ranges[spec.table])):
+                lo, hi = int(lo), int(hi)
+                gone = sum(max(0, min(hi, b) - max(lo, a)) for a, b in absent)
+                if not gone:
+                    continue
+                if gone == hi - lo:
+                    ok = checksum_of(np.zeros((hi - lo) * row_bytes, np.uint8)) == int(crc[vi, j])
+                else:
+                    ok = checksum_of(seg.read(spec.key, lo, hi)) == int(crc[vi, j])
+                if not ok:
+                    problems.append(StoreError(path, f"video {v!r}: its rows of {spec.key!r} lie in a shard file "
+                                                     f"that is missing (deleted or lost): re-extract the video or "
+                                                     f"restore the file"))
     return problems
 
 
