@@ -126,8 +126,10 @@ def _cli(args: list[str], *, kind: str = "none", n: int = 0, count_file: str = "
     return proc.returncode
 
 
-def _killed_after(args: list[str], delay: float) -> tuple[int, float]:
-    """Exit code of the command killed after ``delay`` seconds, and its seconds alive."""
+def _killed_after(args: list[str], delay: float, *, main_only: bool = False) -> tuple[int, float, int]:
+    """Exit code of the command killed after ``delay`` seconds, its seconds alive, and its process
+    group's id. ``main_only``: SIGKILL its main process alone (as the OOM killer does), not its
+    group (its DataLoader workers, which may outlive it)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "_child", "none", "0", "-", *args]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -135,21 +137,7 @@ def _killed_after(args: list[str], delay: float) -> tuple[int, float]:
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    return proc.wait(), time.perf_counter() - t0
-
-
-def _main_killed_after(args: list[str], delay: float) -> tuple[int, float, int]:
-    """Exit code of the command whose main process alone was killed after ``delay`` seconds, its
-    seconds alive, and its process group's id (its workers, if any outlive it)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_child", "none", "0", "-", *args]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL) if main_only else os.killpg(proc.pid, signal.SIGKILL)
     return proc.wait(), time.perf_counter() - t0, proc.pid
 
 
@@ -183,27 +171,18 @@ def _kinds(rng: random.Random, n: int) -> list[str]:
 
 def _trial(rng: random.Random, kind: str, args: list[str], duration: float, counts: dict[str, int],
            reset: Callable[[], None]) -> dict:
-    if kind == "main":
-        for attempt in range(1, 4):
-            delay = rng.uniform(counts["start"], duration)
-            rc, alive, pgid = _main_killed_after(args, delay)
-            if rc == -signal.SIGKILL:
-                break
-            reset()
-            duration = min(duration, alive)
-        return {"kind": kind, "at": round(delay, 2), "attempts": attempt, "killed": rc == -signal.SIGKILL,
-                "pgid": pgid}
-    if kind == "time":
+    if kind in ("time", "main"):
         # The reference's duration is one sample of a shared machine's speed: a run that ends
         # before its kill is started again (``reset``), its delay drawn over that run's own length.
         for attempt in range(1, 4):
             delay = rng.uniform(counts["start"], duration)
-            rc, alive = _killed_after(args, delay)
+            rc, alive, pgid = _killed_after(args, delay, main_only=kind == "main")
             if rc == -signal.SIGKILL:
                 break
             reset()
             duration = min(duration, alive)
-        return {"kind": kind, "at": round(delay, 2), "attempts": attempt, "killed": rc == -signal.SIGKILL}
+        trial = {"kind": kind, "at": round(delay, 2), "attempts": attempt, "killed": rc == -signal.SIGKILL}
+        return {**trial, "pgid": pgid} if kind == "main" else trial
     n = rng.randint(1, max(1, counts[kind]))
     rc = _cli(args, kind=kind, n=n)
     return {"kind": kind, "at": n, "of": counts[kind], "killed": rc == -signal.SIGKILL}

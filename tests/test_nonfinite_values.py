@@ -17,26 +17,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
-from cli import main
 from stage1_detect.detectors import build_detector, save_detector
 from store import StoreWriter, check_store
-from store.testing import synthetic_video
 from synth import SynthConfig, generate_synthetic_ag
+from tests.helpers.cli import error_line, run_cli
 from tests.helpers.stage2 import TINY_HEAD, learnable_video, tiny_meta, write_learnable_store
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _error_line(r, code: int = 1) -> str:
-    assert r.exit_code == code, r.output
-    assert "Traceback" not in r.output, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert lines[-1].startswith("Error: "), r.output
-    return lines[-1][len("Error: "):]
 
 
 def _nan_store(path: Path, nan_video: str = "v001.mp4") -> Path:
@@ -59,7 +45,7 @@ def test_store_check_reports_nan_features_by_video(tmp_path):
     problems = [str(p) for p in check_store(store)]
     assert len(problems) == 1, problems
     assert "video 'v001.mp4' holds values that are not finite (NaN or inf) in gt_features (3 of " in problems[0]
-    r = _run("store", "check", store)
+    r = run_cli("store", "check", store)
     assert r.exit_code == 1 and "v001.mp4" in r.output and "not finite" in r.output
 
 
@@ -74,7 +60,7 @@ def test_detect_refuses_a_detector_that_outputs_nan(tmp_path):
             p.fill_(float("nan"))
     save_detector(det, tmp_path / "nan.pth")
     store = tmp_path / "s.h5"
-    line = _error_line(_run("detect", root, "--store", store, "--weights", tmp_path / "nan.pth", "--workers", "0"))
+    line = error_line(run_cli("detect", root, "--store", store, "--weights", tmp_path / "nan.pth", "--workers", "0"))
     assert re.match(r"\w+\.mp4: the detector's outputs are not finite \(NaN or inf\) in gt_features \(", line), line
     assert "the video was not written" in line
     assert not check_store(store) or "no committed segments" in str(check_store(store)[0])
@@ -90,25 +76,25 @@ def good(tmp_path_factory):
 def _train(tmp_path, recipe, *args):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    return _run("train", "--config", path, "--out", tmp_path / "run", "--no-progress", *args)
+    return run_cli("train", "--config", path, "--out", tmp_path / "run", "--no-progress", *args)
 
 
 def test_training_on_nan_features_names_epoch_step_and_the_store(tmp_path, good):
     store = _nan_store(tmp_path / "nan.h5", nan_video="v000.mp4")
-    line = _error_line(_train(tmp_path, {**good, "store": str(store)}))
+    line = error_line(_train(tmp_path, {**good, "store": str(store)}))
     assert line.startswith("epoch 1, step "), line
     assert "the loss is not finite" in line and "v000.mp4" in line
     assert "its input features holds 3 non-finite values: the store's data is not finite" in line
 
 
 def test_a_learning_rate_that_blows_up_the_weights_is_named(tmp_path, good):
-    line = _error_line(_train(tmp_path, {**good, "lr": 1e30, "epochs": 2}))
+    line = error_line(_train(tmp_path, {**good, "lr": 1e30, "epochs": 2}))
     assert line.startswith("epoch 1, step 2: the loss is not finite") or line.startswith("epoch 1, step 2: the grad")
     assert "the weights have grown to |w| = " in line and "a learning rate too large (lr 1e+30)?" in line
 
 
 def test_a_learning_rate_beyond_float32_is_refused_by_the_recipe_check(tmp_path, good):
-    line = _error_line(_train(tmp_path, {**good, "lr": 1e300}))
+    line = error_line(_train(tmp_path, {**good, "lr": 1e300}))
     assert line == f"{tmp_path / 'r.yaml'}: lr: must be > 0 and below 3.4e+38 (float32's largest), got 1e+300"
 
 
@@ -133,6 +119,6 @@ def test_non_finite_gradients_are_one_line(tmp_path, good, monkeypatch):
         return {k: _InfGrad.apply(v) for k, v in real(self, output, batch).items()}
 
     monkeypatch.setattr(RelationHead, "loss", loss)
-    line = _error_line(_train(tmp_path, good))
+    line = error_line(_train(tmp_path, good))
     assert line.startswith("epoch 1, step 1: the gradients are not finite (the loss was "), line
     assert "the inputs and weights are finite: the step overflowed" in line

@@ -19,30 +19,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from cli import main
 from store import check_store
 from store.records import DetectorInfo
 from store.testing import synthetic_meta
 from synth import SynthConfig, generate_synthetic_ag
+from tests.helpers.cli import error_line, run_cli
 from tests.helpers.predictions import write_tiny_predictions
 from tests.helpers.stage2 import TINY_HEAD, one_thread, write_learnable_store
 
 REPO = Path(__file__).resolve().parents[1]
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _error_line(r, code: int = 1) -> str:
-    assert r.exit_code == code, r.output
-    assert "Traceback" not in r.output, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert lines[-1].startswith("Error: "), r.output
-    return lines[-1][len("Error: "):]
 
 
 def _cli_subprocess(*args, preexec=None, prelude: str = "") -> subprocess.CompletedProcess:
@@ -84,7 +71,7 @@ def test_a_class_file_that_is_not_utf8_is_one_line(tmp_path):
     from stage1_detect.detectors import build_detector, save_detector
 
     save_detector(build_detector("small", {"min_size": 120, "max_size": 160}), tmp_path / "d.pth")
-    line = _error_line(_run("detect", root, "--store", tmp_path / "s.h5", "--weights", tmp_path / "d.pth"))
+    line = error_line(run_cli("detect", root, "--store", tmp_path / "s.h5", "--weights", tmp_path / "d.pth"))
     assert line.startswith(f"{classes}: not UTF-8 text (byte ")
     assert "a class file is one class name a line, in UTF-8" in line
 
@@ -153,28 +140,28 @@ def _nan_attention(a):
 
 def test_nan_probabilities_are_named_as_such(tmp_path):
     path = write_tiny_predictions(tmp_path / "p.npz", {"pred_attention": _nan_attention})
-    line = _error_line(_run("eval", "--predictions", path))
+    line = error_line(run_cli("eval", "--predictions", path))
     assert line == (f"{path}: pred_attention holds 1 value that is not finite (NaN or inf), the first in row 0 "
                     f"(frame 'A.mp4/000001.png'): the model's outputs were not finite")
 
 
 def test_a_header_that_is_not_json_is_one_line(tmp_path):
     path = write_tiny_predictions(tmp_path / "p.npz", {"header": lambda h: np.array("{'format': not json")})
-    line = _error_line(_run("eval", "--predictions", path))
+    line = error_line(run_cli("eval", "--predictions", path))
     assert line.startswith(f"{path}: its 'header' array is not the JSON this format writes (Expecting property name "
                            f"enclosed in double quotes at character 1)")
 
 
 def test_predictions_of_one_mode_are_not_scored_as_another(tmp_path):
     path = write_tiny_predictions(tmp_path / "p.npz")  # PREDCLS
-    line = _error_line(_run("eval", "--predictions", path, "--mode", "sgdet"))
+    line = error_line(run_cli("eval", "--predictions", path, "--mode", "sgdet"))
     assert line == (f"{path}: holds predcls predictions (its header's mode); scoring them as sgdet would print a "
                     f"SGDET table of another task: evaluate them as predcls (leave out --mode)")
-    assert _run("eval", "--predictions", path, "--mode", "predcls").exit_code == 0
+    assert run_cli("eval", "--predictions", path, "--mode", "predcls").exit_code == 0
 
 
 def test_stats_out_inside_the_store_is_refused_before_writing(tmp_path, store):
-    line = _error_line(_run("stats", store, "--out", store / "stats"))
+    line = error_line(run_cli("stats", store, "--out", store / "stats"))
     assert line == (f"{store / 'stats'}: is inside the store {store}: write the tables outside it (`detect` refuses "
                     f"a store folder that holds other files)")
     assert not (store / "stats").exists()

@@ -12,31 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from cli import main
 from stage2_relations.evaluation.seeds import MAX_SEED, parse_seeds
 from store import StoreWriter
+from tests.helpers.cli import error_line, run_cli
 from tests.helpers.stage2 import TINY_HEAD, TINY_RSNET, learnable_video, one_thread, tiny_meta, write_learnable_store
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _error_line(r, code: int = 1) -> str:
-    assert r.exit_code == code, r.output
-    assert "Traceback" not in r.output, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert lines[-1].startswith("Error: "), r.output
-    return lines[-1][len("Error: "):]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +38,7 @@ def _good(store) -> dict:
 def _train(tmp_path, recipe: dict | str, *args):
     path = tmp_path / "r.yaml"
     path.write_text(recipe if isinstance(recipe, str) else yaml.safe_dump(recipe))
-    return _run("train", "--config", path, "--out", tmp_path / "run", "--no-progress", *args)
+    return run_cli("train", "--config", path, "--out", tmp_path / "run", "--no-progress", *args)
 
 
 def _nothing_trained(tmp_path):
@@ -79,7 +65,7 @@ def _glove_line(word: str, n: int) -> str:
 def test_a_glove_file_that_gives_no_embedding_is_one_line(tmp_path, store, content, expected):
     glove = tmp_path / "glove.txt"
     glove.write_text(content)
-    line = _error_line(_train(tmp_path, {**_good(store), "glove": str(glove)}))
+    line = error_line(_train(tmp_path, {**_good(store), "glove": str(glove)}))
     expected = expected.format(path=glove)
     assert line.startswith(expected), line
     _nothing_trained(tmp_path)
@@ -103,7 +89,7 @@ def test_a_glove_file_of_the_right_width_sets_the_class_embeddings(tmp_path, sto
 
 
 def test_an_unknown_val_split_is_refused(tmp_path, store):
-    line = _error_line(_train(tmp_path, {**_good(store), "val_split": "vall"}))
+    line = error_line(_train(tmp_path, {**_good(store), "val_split": "vall"}))
     assert line == f"val_split: 'vall' is not a split of {store} (its splits: train, val): the run would train " \
                    f"without validation"
     _nothing_trained(tmp_path)
@@ -111,11 +97,11 @@ def test_an_unknown_val_split_is_refused(tmp_path, store):
 
 def test_a_yaml_key_given_twice_is_refused_naming_it(tmp_path, store):
     text = yaml.safe_dump(_good(store)) + "lr: 0.5\n"
-    line = _error_line(_train(tmp_path, text))
+    line = error_line(_train(tmp_path, text))
     assert line.startswith(f"{tmp_path / 'r.yaml'}: not valid YAML at line ")
     assert "key 'lr' is given twice (first at line " in line
     nested = "store: x\nhead_cfg: {hidden: 16, hidden: 32}\n"
-    assert "key 'hidden' is given twice" in _error_line(_train(tmp_path, nested))
+    assert "key 'hidden' is given twice" in error_line(_train(tmp_path, nested))
 
 
 def test_sgdet_on_a_store_without_detections_is_refused_before_training(tmp_path):
@@ -126,7 +112,7 @@ def test_sgdet_on_a_store_without_detections_is_refused_before_training(tmp_path
         for i, split in enumerate(("train", "train", "val")):
             rec = learnable_video(meta, f"v{i:03d}.mp4", split, i, protos)
             w.write_video(_without_detections(rec))
-    line = _error_line(_train(tmp_path, {**_good(path), "mode": "sgdet"}))
+    line = error_line(_train(tmp_path, {**_good(path), "mode": "sgdet"}))
     assert line == f"{path}: cannot train sgdet: none of its 2 'train' videos holds a detection (SGDET trains on " \
                    f"the detector's boxes)"
 
@@ -146,13 +132,13 @@ def _without_detections(rec):
 
 
 def test_head_widths_the_constructor_rejects_are_one_line(tmp_path, store):
-    line = _error_line(_train(tmp_path, {**_good(store), "head_cfg": {**TINY_HEAD, "num_heads": 3}}))
+    line = error_line(_train(tmp_path, {**_good(store), "head_cfg": {**TINY_HEAD, "num_heads": 3}}))
     assert line == "the recipe's head_cfg / rsnet: the model cannot be built: embed_dim must be divisible by num_heads"
     _nothing_trained(tmp_path)
 
 
 def test_rsnet_max_frames_below_a_video_is_refused_before_training(tmp_path, store):
-    line = _error_line(_train(tmp_path, {**_good(store), "rsnet": {**TINY_RSNET, "max_frames": 1}}))
+    line = error_line(_train(tmp_path, {**_good(store), "rsnet": {**TINY_RSNET, "max_frames": 1}}))
     assert line == "rsnet.max_frames: 1 is fewer than the frames of video 'v000.mp4' (4, split 'train'): RS-Net " \
                    "cannot take it; set it to the longest video's frames or more"
     _nothing_trained(tmp_path)
@@ -160,7 +146,7 @@ def test_rsnet_max_frames_below_a_video_is_refused_before_training(tmp_path, sto
 
 @pytest.mark.parametrize("seed", [2**70, MAX_SEED + 1, -1])
 def test_a_seed_out_of_range_is_one_line(tmp_path, store, seed):
-    line = _error_line(_train(tmp_path, {**_good(store), "seed": seed}))
+    line = error_line(_train(tmp_path, {**_good(store), "seed": seed}))
     assert line == f"{tmp_path / 'r.yaml'}: seed: must be in 0..{MAX_SEED}, got {seed}"
 
 
@@ -169,7 +155,7 @@ def test_a_seed_out_of_range_is_one_line(tmp_path, store, seed):
     ("cuda:99", "device 'cuda:99': "),
 ])
 def test_a_device_that_does_not_exist_is_one_line(tmp_path, store, device, expected):
-    line = _error_line(_train(tmp_path, _good(store), "--device", device), code=2)
+    line = error_line(_train(tmp_path, _good(store), "--device", device), code=2)
     assert line.startswith(f"Invalid value for --device: {expected}"), line
 
 
@@ -198,11 +184,11 @@ def test_compare_checks_every_variant_before_training_the_first(tmp_path):
         path.write_text(yaml.safe_dump({**_good(st), **extra}))
         recipes += ["--config", path]
     out = tmp_path / "cmp"
-    line = _error_line(_run("compare", *recipes, "--seeds", "0", "--out", out, "--no-progress"))
+    line = error_line(run_cli("compare", *recipes, "--seeds", "0", "--out", out, "--no-progress"))
     assert line.startswith(f"variant 'b' ({tmp_path / 'b.yaml'}): val_split: 'vall' is not a split of ")
     assert not out.exists() or not any(out.rglob("last.pth"))  # variant a was not trained first
     recipes[3] = tmp_path / "a.yaml"
-    line = _error_line(_run("compare", *recipes, "--name", "a", "--name", "a2", "--name", "c", "--seeds", "0",
+    line = error_line(run_cli("compare", *recipes, "--name", "a", "--name", "a2", "--name", "c", "--seeds", "0",
                             "--out", out, "--no-progress"))
     assert line == f"variant 'c' ({tmp_path / 'c.yaml'}): the recipe's head_cfg / rsnet: the model cannot be " \
                    f"built: embed_dim must be divisible by num_heads"
