@@ -50,8 +50,8 @@ class Probes:
 
     def record(self, area: str, what: str, command: str, code: int, seen: str, pick: str = "") -> None:
         lines = [ln.split("it/s]")[-1] for ln in seen.replace("\r", "\n").splitlines()]  # text after tqdm bars
+        chosen = [ln for ln in lines if pick and pick in ln and "%|" not in ln]  # a WARNING line may be picked
         lines = [ln for ln in lines if ln.strip() and "%|" not in ln and not ln.startswith("WARNING")]
-        chosen = [ln for ln in lines if pick and pick in ln]
         seen = chosen[0] if chosen else lines[-1] if lines else "(nothing)"
         row = {"area": area, "input": what, "command": self.rel(command), "exit": code, "seen": self.rel(seen)}
         self.rows.append(row)
@@ -65,7 +65,7 @@ class Probes:
             seen += f"\nTraceback: {type(r.exception).__name__}: {r.exception}"
         self.record(area, what, "cli.py " + " ".join(args), r.exit_code, seen, pick)
 
-    def subprocess(self, area: str, what: str, *args, env: dict | None = None, preexec=None) -> None:
+    def subprocess(self, area: str, what: str, *args, env: dict | None = None, preexec=None, pick: str = "") -> None:
         """The CLI in its own process; ``"-c", CODE`` first runs CODE before the CLI (a monkeypatch)."""
         args = [str(a) for a in args]
         prelude = ""
@@ -78,7 +78,7 @@ class Probes:
         lines = [ln for ln in (p.stdout + "\n" + p.stderr).splitlines() if ln.strip() and "detect rank" not in ln]
         traceback = any(ln.startswith(("Traceback", "Exception ignored")) for ln in lines) or p.returncode < 0
         seen = "\n".join(lines) + (f"\nTraceback ... {lines[-1]}" if traceback else "")
-        self.record(area, what, "cli.py " + " ".join(args), p.returncode, seen)
+        self.record(area, what, "cli.py " + " ".join(args), p.returncode, seen, pick)
 
 
 def mounted_ok(folder: Path, size: str) -> bool:
@@ -375,8 +375,9 @@ def run(base: Path) -> Probes:
     with StoreWriter(nodet, tiny_meta()) as w:
         for i in range(2):
             w.write_video(synthetic_video(tiny_meta(), f"v{i}.mp4", seed=i, split="train", no_detections=True))
-    P.cli(T, "--mode sgdet on a store without detections", "train", "--config", recipe, "--store", nodet, "--mode",
-          "sgdet", "--out", base / "rn", "--no-progress")
+    P.subprocess(T, "--mode sgdet on a store without detections (a warning before any work; the demo's detector "
+                    "of one epoch finds nothing)", "train", "--config", recipe, "--store", nodet, "--mode", "sgdet",
+                 "--out", base / "rn", "--no-progress", pick="WARNING")
     bad.write_text(yaml.safe_dump({**good, "store": str(nanstore)}))
     P.cli(T, "a store with NaN features (valid checksums)", "train", "--config", bad, "--out", base / "rnan",
           "--no-progress")

@@ -10,6 +10,7 @@ file, ``--set KEY``, ``--lr``) and the field.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +30,8 @@ from store.errors import (
     one_of,
 )
 from store.modes import Mode
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -170,14 +173,12 @@ def check_run_inputs(cfg: TrainConfig, store, *, glove: bool = True, splits: tup
 
     * ``val_split`` is a split of ``store`` (an open :class:`~store.Store`); only the default,
       ``val``, may be absent (the run then trains without validation, as documented);
-    * SGDET: the training split holds detections;
+    * SGDET: the training split holds detections (else a warning, logged);
     * ``glove`` (when ``glove``) is a GloVe file of the head's embedding width holding class words;
     * the model builds from ``head_cfg`` / ``rsnet`` for this store (widths the constructor rejects);
     * RS-Net's ``max_frames`` covers the longest video of the training and validation splits and
       of ``splits`` (compare's test split).
     """
-    from store import StoreError
-
     names = store.videos()
     present = sorted({store.split_of(v) for v in names})
     if cfg.val_split != TrainConfig.val_split and cfg.val_split not in present:
@@ -185,8 +186,11 @@ def check_run_inputs(cfg: TrainConfig, store, *, glove: bool = True, splits: tup
                           f"{', '.join(present) or 'none'}): the run would train without validation")
     train_videos = store.videos(cfg.train_split)
     if Mode(cfg.mode) is Mode.SGDET and train_videos and not any(store.num_rows(v, "detections") for v in train_videos):
-        raise StoreError(cfg.store, f"cannot train sgdet: none of its {len(train_videos)} {cfg.train_split!r} videos "
-                                    f"holds a detection (SGDET trains on the detector's boxes)")
+        # A warning, not an error: the demo's one-epoch detector finds nothing, and its pipeline
+        # must still run end to end; a real run learns of it before any work, not from its results.
+        log.warning("%s: none of its %d %r videos holds a detection: SGDET trains on the detector's boxes, so this "
+                    "run learns nothing of them (a detector that found nothing, or a store extracted without one)",
+                    cfg.store, len(train_videos), cfg.train_split)
     head = head_class(cfg.head)
     context = head_context(cfg, store.meta)
     derived = head.placeholder_derived(dict(cfg.head_cfg), context)
