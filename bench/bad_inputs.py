@@ -49,9 +49,10 @@ class Probes:
         return text.replace(str(self.base) + "/", "").replace(str(self.base), ".")
 
     def record(self, area: str, what: str, command: str, code: int, seen: str, pick: str = "") -> None:
-        lines = [ln.split("it/s]")[-1] for ln in seen.replace("\r", "\n").splitlines()]  # text after tqdm bars
-        chosen = [ln for ln in lines if pick and pick in ln and "%|" not in ln]  # a WARNING line may be picked
-        lines = [ln for ln in lines if ln.strip() and "%|" not in ln and not ln.startswith("WARNING")]
+        lines = [ln.rsplit("]", 1)[-1] if "%|" in ln else ln  # the text after a tqdm bar
+                 for ln in seen.replace("\r", "\n").splitlines()]
+        chosen = [ln for ln in lines if pick and pick in ln]  # a WARNING line may be picked
+        lines = [ln for ln in lines if ln.strip() and not ln.startswith("WARNING")]
         seen = chosen[0] if chosen else lines[-1] if lines else "(nothing)"
         row = {"area": area, "input": what, "command": self.rel(command), "exit": code, "seen": self.rel(seen)}
         self.rows.append(row)
