@@ -322,6 +322,10 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
     is_main = rank == 0
+    store = open_store(cfg.store, verify=cfg.verify_checksums)
+    meta = store.meta
+    # Before any work, --overwrite's removal included; a resumed run has its embeddings in last.pth.
+    check_run_inputs(cfg, store, glove=overwrite or not (resume and (out_dir / "last.pth").exists()))
     ckpt = None
     if is_main:
         ckpt = prepare_run_folder(out_dir, cfg, resume=resume, overwrite=overwrite)
@@ -329,9 +333,6 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
         ckpt = read_checkpoint(out_dir / "last.pth")
 
     torch.manual_seed(cfg.seed)
-    store = open_store(cfg.store, verify=cfg.verify_checksums)
-    meta = store.meta
-    check_run_inputs(cfg, store, glove=ckpt is None)  # before any work: the dataset, derive, the first step
     options = cfg.view_options()
     train_ds = VideoDataset(cfg.store, cfg.train_split, cfg.mode, train=True, seed=cfg.seed, options=options,
                             preload=cfg.preload, max_videos=cfg.max_videos, verify=cfg.verify_checksums)

@@ -205,3 +205,14 @@ def test_compare_checks_every_variant_before_training_the_first(tmp_path):
     assert line == f"variant 'c' ({tmp_path / 'c.yaml'}): the recipe's head_cfg / rsnet: the model cannot be " \
                    f"built: embed_dim must be divisible by num_heads"
     assert not out.exists() or not any(out.rglob("last.pth"))
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_recipe_fails_its_checks(tmp_path, store):
+    r = _train(tmp_path, _good(store))
+    assert r.exit_code == 0, r.output
+    before = (tmp_path / "run" / "last.pth").read_bytes()
+    glove = tmp_path / "glove.txt"
+    glove.write_text("hello world\n")
+    line = error_line(_train(tmp_path, {**_good(store), "glove": str(glove)}, "--overwrite"))
+    assert line.startswith(f"{glove}: not a GloVe text file")
+    assert (tmp_path / "run" / "last.pth").read_bytes() == before  # nothing removed before the checks
