@@ -37,8 +37,8 @@ Data: ``cli.py synth`` (6 videos of 5 frames, 160x120), a random-weights ``small
 (configs/demo_sttran.yaml, SGDET, 3 epochs, dropout on). Every run uses one torch thread, so
 runs are bit-for-bit comparable.
 
-    python bench/crash.py                 # 20 kills each, about 15 min on 2 cores
-    python bench/crash.py --kills 5
+    python bench/crash.py                 # 20 kills each and 10 of the main process alone, about 25 min
+    python bench/crash.py --kills 0 --main-kills 10   # the main-process kills only, about 12 min
 
 Figures go to stdout and ``bench/results/crash.json`` (work files under bench/results/crash_work).
 """
