@@ -194,11 +194,14 @@ def dataset(root: Path, **options) -> None:
 
 
 def _device(device: str) -> str:
-    from store.runtime import cuda_missing, resolve_device
+    from store.errors import ConfigError
+    from store.runtime import resolve_device
 
-    if cuda_missing(device):
-        raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
-    return device if device != "auto" else str(resolve_device(device))
+    try:  # a device this machine lacks or torch does not know: a usage error, before any work
+        resolved = resolve_device(device)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--device") from None
+    return device if device != "auto" else str(resolved)
 
 
 DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
@@ -450,12 +453,14 @@ def store_merge(src: Path, dst: Path, compress: tuple[str, ...]) -> None:
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
 def store_stats(path: Path, out: Path | None, fmt: str) -> None:
     """Summarise the store at PATH (videos, frames, classes, predicates, bytes per array)."""
-    from store.stats import stats, summary, write_tables
+    from store.stats import check_tables_folder, stats, summary, write_tables
 
+    if out is not None:
+        check_tables_folder(out, path)
     tables = stats(path)
     click.echo(summary(tables))
     if out is not None:
-        for p in write_tables(tables, out, fmt):
+        for p in write_tables(tables, out, fmt, store=path):
             click.echo(f"wrote {p}")
 
 

@@ -15,8 +15,11 @@ the full-disk probe needs root; without it that probe says "skipped".
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -46,9 +49,10 @@ class Probes:
         return text.replace(str(self.base) + "/", "").replace(str(self.base), ".")
 
     def record(self, area: str, what: str, command: str, code: int, seen: str, pick: str = "") -> None:
-        lines = [ln.split("it/s]")[-1] for ln in seen.replace("\r", "\n").splitlines()]  # text after tqdm bars
-        lines = [ln for ln in lines if ln.strip() and "%|" not in ln and not ln.startswith("WARNING")]
-        chosen = [ln for ln in lines if pick and pick in ln]
+        lines = [ln.rsplit("]", 1)[-1] if "%|" in ln else ln  # the text after a tqdm bar
+                 for ln in seen.replace("\r", "\n").splitlines()]
+        chosen = [ln for ln in lines if pick and pick in ln]  # a WARNING line may be picked
+        lines = [ln for ln in lines if ln.strip() and not ln.startswith("WARNING")]
         seen = chosen[0] if chosen else lines[-1] if lines else "(nothing)"
         row = {"area": area, "input": what, "command": self.rel(command), "exit": code, "seen": self.rel(seen)}
         self.rows.append(row)
@@ -62,14 +66,34 @@ class Probes:
             seen += f"\nTraceback: {type(r.exception).__name__}: {r.exception}"
         self.record(area, what, "cli.py " + " ".join(args), r.exit_code, seen, pick)
 
-    def subprocess(self, area: str, what: str, *args, env: dict | None = None) -> None:
+    def subprocess(self, area: str, what: str, *args, env: dict | None = None, preexec=None, pick: str = "") -> None:
+        """The CLI in its own process; ``"-c", CODE`` first runs CODE before the CLI (a monkeypatch)."""
         args = [str(a) for a in args]
-        p = subprocess.run([sys.executable, str(REPO / "cli.py"), *args], capture_output=True, text=True,
-                           timeout=600, env=env)
+        prelude = ""
+        if args[:1] == ["-c"]:
+            prelude, args = args[1], args[2:]
+        code = (f"import sys; sys.path[:0] = [{str(REPO)!r}]\n{prelude}\nfrom cli import main\n"
+                f"sys.argv = ['cli.py', *{args!r}]\nmain()\n")
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env,
+                           preexec_fn=preexec)
         lines = [ln for ln in (p.stdout + "\n" + p.stderr).splitlines() if ln.strip() and "detect rank" not in ln]
-        traceback = any(ln.startswith("Traceback") for ln in lines)
+        traceback = any(ln.startswith(("Traceback", "Exception ignored")) for ln in lines) or p.returncode < 0
         seen = "\n".join(lines) + (f"\nTraceback ... {lines[-1]}" if traceback else "")
-        self.record(area, what, "cli.py " + " ".join(args), p.returncode, seen)
+        self.record(area, what, "cli.py " + " ".join(args), p.returncode, seen, pick)
+
+
+def mounted_ok(folder: Path, size: str) -> bool:
+    """Mount a tmpfs of ``size`` on ``folder`` (a real full disk); False without root."""
+    folder.mkdir()
+    return os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                                capture_output=True).returncode == 0
+
+
+def limit_file_size() -> None:
+    """preexec_fn: files of this process at most 50 KB (``ulimit -f 50``)."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (50 * 1024, resource.RLIM_INFINITY))
 
 
 def holder(code: str, *args: str) -> subprocess.Popen:
@@ -100,8 +124,10 @@ def predictions(path: Path, tamper: dict | None = None) -> Path:
 def run(base: Path) -> Probes:
     from stage1_detect.detectors import build_detector, save_detector
     from synth import SynthConfig, generate_synthetic_ag
-    from tests.helpers.stage2 import TINY_HEAD, write_learnable_store
-    from store import StoreWriter
+    from tests.helpers.stage2 import TINY_HEAD, TINY_RSNET, write_learnable_store
+    from store import StoreError, StoreWriter
+    from store.records import DetectorInfo
+    from store.testing import synthetic_meta
     from store.testing import synthetic_video
     from tests.helpers.stage2 import tiny_meta
 
@@ -185,6 +211,76 @@ def run(base: Path) -> Probes:
     P.cli(A, "a store of schema 2 (before per-video checksums)", "stats", v2)
     P.cli(A, "--store: no store at the path", "train", "--config", recipe, "--store", base / "nothing.h5", "--out",
           base / "r0", "--no-progress")
+    # issue 19
+    busy_dead = base / "orphaned.h5"
+    h = holder("""
+        import multiprocessing as mp
+        from store.writer import lock_part
+        lock = lock_part(sys.argv[1], "rank0")
+        ready = mp.get_context("fork").Event()
+        def work():
+            ready.set()
+            time.sleep(300)
+        worker = mp.get_context("fork").Process(target=work)
+        worker.start()
+        ready.wait(30)
+        open(sys.argv[2], "w").write(str(worker.pid))
+    """, str(busy_dead), str(base / "worker.pid"))
+    worker_pid = int((base / "worker.pid").read_text())
+    h.kill()  # the main process alone, as the OOM killer does; its forked worker lives on
+    h.wait()
+    try:
+        P.cli(A, "`detect` rerun at once after its main process alone was SIGKILLed (a forked worker still alive)",
+              "detect", ag, "--store", busy_dead, "--weights", det, "--workers", "0", pick="written to")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker_pid, signal.SIGKILL)
+    nan_det = base / "nan_detector.pth"
+    torch.manual_seed(0)
+    broken = build_detector("small", {"min_size": 120, "max_size": 160})
+    with torch.no_grad():
+        for prm in broken.model.roi_heads.parameters():
+            prm.fill_(float("nan"))
+    save_detector(broken, nan_det)
+    P.cli(A, "--weights: a detector with NaN weights", "detect", ag, "--store", base / "nan.h5", "--weights", nan_det,
+          "--workers", "0")
+    nanstore = base / "nan_features.h5"
+    with StoreWriter(nanstore, tiny_meta()) as w:
+        rec = synthetic_video(tiny_meta(), "v000.mp4", seed=1, split="train")
+        feats = rec.gt_features.copy()
+        feats[0, :2] = np.nan
+        w.write_video(dataclasses.replace(rec, gt_features=feats))
+    P.cli(A, "NaN features in a store (valid checksums): `store check`", "store", "check", nanstore, pick="PROBLEM")
+    classes_ag = base / "ag_latin1"
+    shutil.copytree(ag, classes_ag)
+    cf = classes_ag / "annotations" / "object_classes.txt"
+    cf.write_bytes(cf.read_bytes().replace(b"bag", b"b\xe4g"))
+    P.cli(A, "a class file that is not UTF-8 (Latin-1)", "detect", classes_ag, "--store", base / "l.h5", "--weights",
+          det)
+    P.cli(A, "`stats --out` into the store's folder", "stats", store, "--out", store / "stats")
+    lost = write_learnable_store(base / "lost.h5", n_train=2, n_val=0)
+    with StoreWriter(lost, tiny_meta()) as w:  # a second segment
+        w.write_video(synthetic_video(tiny_meta(), "extra.mp4", seed=5))
+    sorted(lost.glob("*.h5"))[0].unlink()
+    P.cli(A, "a segment deleted, the manifest its only record: `store check`", "store", "check", lost, pick="PROBLEM")
+    other = synthetic_meta(feature_dim=16, union_shape=(8,), source={"dataset": "synthetic",
+                                                                       "reader": {"min_frames": 1}},
+                           detector=DetectorInfo("synthetic", {"score_thresh": 0.5, "nms": 0.4}, "0" * 64))
+    mixed = write_learnable_store(base / "mixed.h5", n_train=2, n_val=0)
+    P.record(A, "a part written with another detector's settings (the meta check)", "(StoreMeta.incompatibility)", 1,
+             str(StoreError(mixed, tiny_meta().incompatibility(other) or "")))
+    big = write_learnable_store(base / "big.h5", n_train=30, n_val=0)
+    if mounted_ok(base / "tiny_merge", "150k"):
+        try:
+            P.subprocess(A, "a full disk during `store merge` (a 150 KB tmpfs, free-space check off)", "-c",
+                         "import store.check as c; c._check_free_space = lambda dst, store: None", "store", "merge",
+                         big, base / "tiny_merge" / "m.h5")
+        finally:
+            subprocess.run(["umount", str(base / "tiny_merge")], capture_output=True)
+    else:
+        P.record(A, "a full disk during `store merge`", "(needs root for a tmpfs)", -1, "skipped")
+    P.subprocess(A, "`store merge` under a file size limit (ulimit -f 50 KB)", "store", "merge", big,
+                 base / "limited.h5", preexec=limit_file_size)
 
     # --- train -----------------------------------------------------------------------------------
     T = "train"
@@ -257,6 +353,47 @@ def run(base: Path) -> Probes:
     wrong_ds = write_learnable_store(base / "val_only.h5", n_train=0, n_val=2)
     P.cli(T, "--store with no train split", "train", "--config", recipe, "--store", wrong_ds, "--out", base / "rv",
           "--no-progress")
+    # issue 19: every option checked before the first step of work
+    (base / "notglove.txt").write_text("hello world\nfoo bar\n")
+    (base / "glove50.txt").write_text("person " + " ".join(["0.1"] * 50) + "\n")
+    for what, content in (
+            ("`glove:` a text file that is not GloVe", {**good, "glove": str(base / "notglove.txt")}),
+            ("`glove:` vectors of another width (50-d for embed_dim 8)", {**good, "glove": str(base / "glove50.txt")}),
+            ("`val_split: vall` (no such split)", {**good, "val_split": "vall"}),
+            ("`head_cfg.num_heads: 3` (the width 8 is not divisible)", {**good, "head_cfg": {**TINY_HEAD, "num_heads": 3}}),
+            ("`rsnet.max_frames: 1`", {**good, "rsnet": {**TINY_RSNET, "max_frames": 1}}),
+            ("`seed: 2**70` (beyond 64 bits)", {**good, "seed": 2**70}),
+            ("`lr: 1e300` (beyond float32)", {**good, "lr": 1e300}),
+    ):
+        bad.write_text(yaml.safe_dump(content))
+        P.cli(T, f"recipe: {what}", "train", "--config", bad, "--out", base / "rb", "--no-progress")
+    bad.write_text(yaml.safe_dump(good) + "lr: 0.5\n")
+    P.cli(T, "recipe: a YAML key given twice (`lr`)", "train", "--config", bad, "--out", base / "rb", "--no-progress")
+    P.cli(T, "`--device tpu`", "train", "--config", recipe, "--out", base / "rb", "--no-progress", "--device", "tpu")
+    P.cli(T, "`--device cuda:7` (no such device here)", "train", "--config", recipe, "--out", base / "rb",
+          "--no-progress", "--device", "cuda:7")
+    nodet = base / "nodet.h5"
+    with StoreWriter(nodet, tiny_meta()) as w:
+        for i in range(2):
+            w.write_video(synthetic_video(tiny_meta(), f"v{i}.mp4", seed=i, split="train", no_detections=True))
+    P.subprocess(T, "--mode sgdet on a store without detections (a warning before any work; the demo's detector "
+                    "of one epoch finds nothing)", "train", "--config", recipe, "--store", nodet, "--mode", "sgdet",
+                 "--out", base / "rn", "--no-progress", pick="WARNING")
+    bad.write_text(yaml.safe_dump({**good, "store": str(nanstore)}))
+    P.cli(T, "a store with NaN features (valid checksums)", "train", "--config", bad, "--out", base / "rnan",
+          "--no-progress")
+    bad.write_text(yaml.safe_dump({**good, "lr": 1e30, "epochs": 1}))
+    P.cli(T, "`lr: 1e30` (the weights blow up)", "train", "--config", bad, "--out", base / "rlr", "--no-progress")
+    if mounted_ok(base / "tiny_train", "400k"):
+        try:
+            P.subprocess(T, "a full disk during `train` (a 400 KB tmpfs)", "train", "--config", recipe, "--out",
+                         base / "tiny_train" / "run", "--no-progress", "--set", "head_cfg.hidden=64")
+        finally:
+            subprocess.run(["umount", str(base / "tiny_train")], capture_output=True)
+    else:
+        P.record(T, "a full disk during `train`", "(needs root for a tmpfs)", -1, "skipped")
+    P.subprocess(T, "`train` under a file size limit (ulimit -f 50 KB)", "train", "--config", recipe, "--out",
+                 base / "limited_run", "--no-progress", "--set", "head_cfg.hidden=64", preexec=limit_file_size)
 
     # --- eval --------------------------------------------------------------------------------------
     E = "eval"
@@ -290,6 +427,35 @@ def run(base: Path) -> Probes:
           predictions(base / "dup.npz", {"frame_names": lambda n: np.array([n[0], n[0]])}))
     P.cli(E, "--iou-threshold 7", "eval", "--predictions", good_preds, "--iou-threshold", "7")
     P.cli(E, "--semi-threshold -3", "eval", "--predictions", good_preds, "--semi-threshold", "-3")
+
+    def nan(a):
+        a[0, 1] = np.nan
+        return a
+
+    P.cli(E, "--predictions: a NaN probability", "eval", "--predictions",
+          predictions(base / "nan.npz", {"pred_attention": nan}))
+    P.cli(E, "--predictions: a header that is not JSON", "eval", "--predictions",
+          predictions(base / "hdr.npz", {"header": lambda h: np.array("{'format': not json")}))
+    P.cli(E, "--predictions of PREDCLS with --mode sgdet", "eval", "--predictions", good_preds, "--mode", "sgdet")
+
+    # --- compare -----------------------------------------------------------------------------------
+    C = "compare"
+    with_test = base / "with_test.h5"
+    with StoreWriter(with_test, tiny_meta()) as w:
+        for i, split in enumerate(("train", "train", "val", "test")):
+            w.write_video(synthetic_video(tiny_meta(), f"v{i}.mp4", seed=i, split=split))
+    ra, rbad = base / "a.yaml", base / "c.yaml"
+    ra.write_text(yaml.safe_dump({**good, "store": str(with_test)}))
+    rbad.write_text(yaml.safe_dump({**good, "store": str(with_test), "head_cfg": {**TINY_HEAD, "num_heads": 3}}))
+    t0 = time.perf_counter()
+    P.cli(C, "--seeds 0-99999999 (a huge range)", "compare", "--config", ra, "--seeds", "0-99999999", "--out",
+          base / "cmp")
+    P.cli(C, "--seeds 99999999999999999999999 (beyond 64 bits)", "compare", "--config", ra, "--seeds",
+          "99999999999999999999999", "--out", base / "cmp")
+    P.cli(C, "a third variant whose head widths the constructor rejects (checked before the first trains)",
+          "compare", "--config", ra, "--config", ra, "--config", rbad, "--name", "a", "--name", "b", "--name", "c",
+          "--seeds", "0", "--out", base / "cmp", "--no-progress")
+    assert time.perf_counter() - t0 < 60, "compare probes should fail before any training"
 
     # --- train-detector -----------------------------------------------------------------------------
     D = "train-detector"

@@ -15,7 +15,15 @@ of the trials, in random order):
 * ``rename``: between two writes, right after the n-th ``os.replace`` / ``os.rename`` returns
   (e.g. last.pth in place, best.pth and the logs not yet).
 
-The last two run the command through this script's ``_child`` mode, which wraps those two
+Then ``--main-kills`` trials (10 by default) of a fourth kind:
+
+* ``main``: SIGKILL of the command's main process alone, as the kernel's OOM killer sends it,
+  after a delay drawn as for ``time``, while its DataLoader workers (``detect --workers 1``,
+  ``train --set num_workers=1``) may live on. The rerun starts at once: it must not be refused
+  for a lock that a worker still holds, and no process of the killed command may be left when
+  it ends (``orphans``).
+
+The fsync and rename kinds run the command through this script's ``_child`` mode, which wraps those two
 functions; the command itself is unchanged. Then the command is run again to completion (a
 rerun of `detect`, `train --resume`), and the result must equal the reference:
 
@@ -29,8 +37,8 @@ Data: ``cli.py synth`` (6 videos of 5 frames, 160x120), a random-weights ``small
 (configs/demo_sttran.yaml, SGDET, 3 epochs, dropout on). Every run uses one torch thread, so
 runs are bit-for-bit comparable.
 
-    python bench/crash.py                 # 20 kills each, about 15 min on 2 cores
-    python bench/crash.py --kills 5
+    python bench/crash.py                 # 20 kills each and 10 of the main process alone, about 25 min
+    python bench/crash.py --kills 0 --main-kills 10   # the main-process kills only, about 12 min
 
 Figures go to stdout and ``bench/results/crash.json`` (work files under bench/results/crash_work).
 """
@@ -118,8 +126,10 @@ def _cli(args: list[str], *, kind: str = "none", n: int = 0, count_file: str = "
     return proc.returncode
 
 
-def _killed_after(args: list[str], delay: float) -> tuple[int, float]:
-    """Exit code of the command killed after ``delay`` seconds, and its seconds alive."""
+def _killed_after(args: list[str], delay: float, *, main_only: bool = False) -> tuple[int, float, int]:
+    """Exit code of the command killed after ``delay`` seconds, its seconds alive, and its process
+    group's id. ``main_only``: SIGKILL its main process alone (as the OOM killer does), not its
+    group (its DataLoader workers, which may outlive it)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "_child", "none", "0", "-", *args]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -127,8 +137,18 @@ def _killed_after(args: list[str], delay: float) -> tuple[int, float]:
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    return proc.wait(), time.perf_counter() - t0
+        os.kill(proc.pid, signal.SIGKILL) if main_only else os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait(), time.perf_counter() - t0, proc.pid
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _counted(args: list[str], work: Path) -> tuple[float, dict[str, int]]:
@@ -151,17 +171,18 @@ def _kinds(rng: random.Random, n: int) -> list[str]:
 
 def _trial(rng: random.Random, kind: str, args: list[str], duration: float, counts: dict[str, int],
            reset: Callable[[], None]) -> dict:
-    if kind == "time":
+    if kind in ("time", "main"):
         # The reference's duration is one sample of a shared machine's speed: a run that ends
         # before its kill is started again (``reset``), its delay drawn over that run's own length.
         for attempt in range(1, 4):
             delay = rng.uniform(counts["start"], duration)
-            rc, alive = _killed_after(args, delay)
+            rc, alive, pgid = _killed_after(args, delay, main_only=kind == "main")
             if rc == -signal.SIGKILL:
                 break
             reset()
             duration = min(duration, alive)
-        return {"kind": kind, "at": round(delay, 2), "attempts": attempt, "killed": rc == -signal.SIGKILL}
+        trial = {"kind": kind, "at": round(delay, 2), "attempts": attempt, "killed": rc == -signal.SIGKILL}
+        return {**trial, "pgid": pgid} if kind == "main" else trial
     n = rng.randint(1, max(1, counts[kind]))
     rc = _cli(args, kind=kind, n=n)
     return {"kind": kind, "at": n, "of": counts[kind], "killed": rc == -signal.SIGKILL}
@@ -169,16 +190,28 @@ def _trial(rng: random.Random, kind: str, args: list[str], duration: float, coun
 
 def _kill_and_resume(command: str, rng: random.Random, kills: int, args_of: Callable[[Path], list[str]],
                      target: Path, duration: float, counts: dict[str, int],
-                     same: Callable[[Path], str]) -> list[dict]:
+                     same: Callable[[Path], str], kinds: list[str] | None = None) -> list[dict]:
     """``kills`` trials: run ``command`` into a fresh ``target``, kill it (:func:`_trial`), run it
-    again to completion, and compare with the reference (``same`` returns a problem or "")."""
+    again to completion, and compare with the reference (``same`` returns a problem or "").
+    ``kinds``: the kinds of kill (default: :func:`_kinds`). After a ``main`` kill the rerun starts
+    at once; a refusal (a lock still held) is a failed trial, as is a process of the killed
+    command alive when the rerun ends."""
     trials = []
-    for k, kind in enumerate(_kinds(rng, kills)):
+    for k, kind in enumerate(kinds or _kinds(rng, kills)):
         shutil.rmtree(target, ignore_errors=True)
         trial = _trial(rng, kind, args_of(target), duration, counts,
                        reset=lambda: shutil.rmtree(target, ignore_errors=True))
-        _cli(args_of(target))
-        trial["problem"] = same(target)
+        pgid = trial.pop("pgid", None)
+        try:
+            _cli(args_of(target))
+            trial["problem"] = same(target)
+        except RuntimeError as e:  # the rerun failed, e.g. refused: a lock still held
+            trial["problem"] = f"rerun failed: {str(e).strip().splitlines()[-1][:300]}"
+        if pgid is not None:
+            trial["orphans"] = _group_alive(pgid)
+            if trial["orphans"]:
+                os.killpg(pgid, signal.SIGKILL)
+                trial["problem"] = trial["problem"] or "a process of the killed command outlived the rerun"
         trial["ok"] = not trial["problem"]
         trials.append(trial)
         print(f"{command} kill {k + 1:2d}: {trial}", flush=True)
@@ -259,6 +292,8 @@ def setup(work: Path) -> dict[str, Path]:
 def main() -> None:
     ap = argparse.ArgumentParser(description="SIGKILL detect and train at random moments; resumed == uninterrupted")
     ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--main-kills", type=int, default=10,
+                    help="trials killing the main process alone (the OOM killer's way), per command")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "results" / "crash_work")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "crash.json")
@@ -285,6 +320,9 @@ def main() -> None:
         # the rerun continues what was committed
         results["detect"] = _kill_and_resume("detect", rng, args.kills, detect_args, work / "trial.h5", duration,
                                              counts, same=lambda store: _same_store(store, reference))
+        results["detect_main"] = _kill_and_resume("detect_main", rng, args.main_kills, detect_args, work / "trial.h5",
+                                                  duration, counts, same=lambda store: _same_store(store, reference),
+                                                  kinds=["main"] * args.main_kills)
 
     if args.only in (None, "train"):
         def train_args(run: Path) -> list[str]:
@@ -299,13 +337,19 @@ def main() -> None:
         # --resume: continue (or start, without last.pth) and repair
         results["train"] = _kill_and_resume("train", rng, args.kills, train_args, work / "trial_run", duration,
                                             counts, same=lambda run: _same_run(run, ref_run))
+        # with a DataLoader worker (num_workers may change on --resume; the batches are the same)
+        results["train_main"] = _kill_and_resume(
+            "train_main", rng, args.main_kills, lambda run: [*train_args(run), "--set", "num_workers=1"],
+            work / "trial_run", duration, counts, same=lambda run: _same_run(run, ref_run),
+            kinds=["main"] * args.main_kills)
 
     summary = {cmd: {"ok": sum(t["ok"] for t in ts), "trials": len(ts), "killed": sum(t["killed"] for t in ts),
-                     "by_kind": {kind: sum(t["kind"] == kind for t in ts) for kind in ("time", "fsync", "rename")}}
+                     "by_kind": {kind: sum(t["kind"] == kind for t in ts) for kind in ("time", "fsync", "rename", "main")},
+                     "orphans": sum(bool(t.get("orphans")) for t in ts)}
                for cmd, ts in results.items()}
     for cmd, s in summary.items():
         print(f"{cmd}: {s['ok']}/{s['trials']} resumed runs equal the uninterrupted one "
-              f"({s['killed']} killed before the end; kinds {s['by_kind']})")
+              f"({s['killed']} killed before the end; kinds {s['by_kind']}; {s['orphans']} left a process behind)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"summary": summary, "trials": results, "seed": args.seed,
                                     "seconds": time.perf_counter() - started}, indent=2))

@@ -144,7 +144,12 @@ def read_vocabulary(root: Path | str) -> Vocabulary:
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise AnnotationError(path, "missing (is the root an Action Genome download?)")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise AnnotationError(path, f"not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}): a class "
+                                    f"file is one class name a line, in UTF-8") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 # --- pickles -----------------------------------------------------------------------------

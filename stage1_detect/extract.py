@@ -33,8 +33,10 @@ read is skipped, reported at the end and logged in ``extraction_log.jsonl`` besi
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -53,7 +55,9 @@ from stage1_detect.frame_detector import FrameDetector
 from stage1_detect.frames import FrameError, FrameSource, open_frame_source
 from store import DetectorInfo, StoreMeta, StoreWriter, UnionMode, VideoRecord
 from store.boxes import union_boxes
-from store.files import sha256_of
+from store.check import non_finite_arrays
+from store.errors import NonFiniteError
+from store.files import die_with_parent, sha256_of
 from store.pairing import stored_pairs
 from store.runtime import code_revision
 from store.schema import FRAME_SIZE_DTYPE, RANGE_DTYPE, ROW_ARRAYS, TABLE_PREFIX, arrays_of, resolve_trailing
@@ -313,8 +317,11 @@ def extract(root: Path | str, store_path: Path | str, detector: FrameDetector, *
     summary = ExtractSummary(store=store_path, videos_skipped_committed=len(videos) - len(todo))
     log_path = store_path.parent / f"{store_path.name}.extraction_log.jsonl"
     background = _BackgroundWriter(writer)
+    # The workers die with this process (a SIGKILL of it alone, as the OOM killer sends, included)
+    # and do not hold the part's lock (store.files): a rerun proceeds at once.
     loader = DataLoader(VideoFrames(todo, source, config.rescale_frames), batch_size=1, num_workers=config.num_workers,
-                        collate_fn=_first, prefetch_factor=2 if config.num_workers else None)
+                        collate_fn=_first, prefetch_factor=2 if config.num_workers else None,
+                        worker_init_fn=functools.partial(die_with_parent, parent=os.getpid()))
     bar = tqdm(total=sum(len(v.frames) for v in todo), unit="frame", desc=f"detect rank {rank}",
                disable=not progress)
     batches = iter(loader)
@@ -326,7 +333,13 @@ def extract(root: Path | str, store_path: Path | str, detector: FrameDetector, *
                 _log_event(log_path, {"video": video.name, "error": images, "rank": rank})
                 bar.update(len(video.frames))
                 continue
-            background.put(video_record(video, images, detector, meta, batch_size=config.batch_size, device=device))
+            record = video_record(video, images, detector, meta, batch_size=config.batch_size, device=device)
+            broken = non_finite_arrays(record)
+            if broken:  # NaN weights give NaN features with valid checksums: stop before storing any
+                raise NonFiniteError(f"{video.name}: the detector's outputs are not finite (NaN or inf) in "
+                                     f"{', '.join(broken)}: its weights or this video's frames are broken; the video "
+                                     f"was not written (videos before it are committed)")
+            background.put(record)
             summary.videos_written += 1
             summary.frames += len(video.frames)
             bar.update(len(video.frames))

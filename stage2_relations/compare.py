@@ -48,10 +48,10 @@ from stage2_relations.evaluation import MeanRecall
 from stage2_relations.evaluation.seeds import (EVAL_METRICS, MEAN_RECALL, Aggregate, Difference, Summary,  # noqa: F401
                                                TableRow, aggregate, format_table2, paired_difference,
                                                parse_seeds, summarize, table_row)
-from stage2_relations.recipe import RESUME_MAY_CHANGE, TrainConfig, load_config
+from stage2_relations.recipe import RESUME_MAY_CHANGE, TrainConfig, check_run_inputs, load_config
 from stage2_relations.train import load_checkpoint, read_checkpoint, run_checkpoint, train
 from stage2_relations.views import OBJECT_SCORES, ViewOptions
-from store.errors import ConfigError, UserError, load_yaml_mapping
+from store.errors import ConfigError, InputError, UserError, load_yaml_mapping
 from store.files import sha256_of, write_json
 from store.reader import store_location
 from store.runtime import resolve_device
@@ -180,6 +180,25 @@ def check_store(variants: Sequence[Variant]) -> int:
         raise ConfigError(f"{path}: no {SPLIT!r} split (it has {', '.join(splits) or 'no videos'}); "
                           f"compare evaluates on the test split")
     return len(test)
+
+
+def check_variants(variants: Sequence[Variant]) -> None:
+    """Every variant's device, recipe inputs and model (:func:`~stage2_relations.recipe.check_run_inputs`,
+    with the test split's videos for RS-Net's ``max_frames``), before the first is trained: a
+    width the head rejects in the third variant used to surface after the first two had trained.
+    A recipe error names the variant and its recipe file."""
+    from store import open_store
+
+    st = open_store(variants[0].config.store, verify=False)
+    try:
+        for v in variants:
+            try:
+                resolve_device(v.config.device)
+                check_run_inputs(v.config, st, splits=(SPLIT,))
+            except (ConfigError, InputError) as e:
+                raise type(e)(f"variant {v.name!r} ({v.recipe or 'no recipe file'}): {e}") from None
+    finally:
+        st.close()
 
 
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -320,8 +339,9 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
     """Train (or resume, or reuse) and evaluate every variant x seed into ``out_dir`` (the
     layout and the rules of reuse are in the module docstring); returns a :class:`Comparison`.
     Raises ValueError for an unknown rule or a store without a test split, and
-    :class:`RunMismatch` for a run folder of another config, before anything is trained.
-    ``trust_checkpoints``: read the run folders' checkpoints with full pickle (may run code)."""
+    :class:`RunMismatch` for a run folder of another config, and every variant's recipe error
+    (:func:`check_variants`), before anything is trained. ``trust_checkpoints``: read the run
+    folders' checkpoints with full pickle (may run code)."""
     variants, seeds, rules = list(variants), list(seeds), list(dict.fromkeys(rules))
     if not seeds:
         raise ConfigError("no seeds")
@@ -329,6 +349,7 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
         if rule not in OBJECT_SCORES:
             raise ConfigError(f"unknown object-scores rule {rule!r}; known: {', '.join(OBJECT_SCORES)}")
     test_videos = check_store(variants)
+    check_variants(variants)
     out_dir = Path(out_dir)
     plan = [(v, s, dataclasses.replace(v.config, seed=s), out_dir / v.name / f"seed{s}")
             for v in variants for s in seeds]

@@ -10,13 +10,15 @@ file, ``--set KEY``, ``--lr``) and the field.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from stage2_relations.heads import HEADS, RSNet, head_class
+from stage2_relations.evaluation.seeds import MAX_SEED
+from stage2_relations.heads import HEADS, HeadContext, RSNet, build_model, head_class
 from stage2_relations.views import ASSIGNMENTS, NEGATIVE_LABELS, OBJECT_SCORES, SGDET_BOXES, ViewOptions
 from store.errors import (
     ConfigError,
@@ -26,9 +28,10 @@ from store.errors import (
     check_keywords,
     load_yaml_mapping,
     one_of,
-    positive,
 )
 from store.modes import Mode
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ class TrainConfig:
         return dataclasses.replace(options, **required)
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
 # Ranges and choices of the recipe's fields (types come from the annotations).
 RULES = {
     "mode": one_of(*(m.value for m in Mode)),
@@ -108,13 +113,14 @@ RULES = {
     "object_scores": one_of(*OBJECT_SCORES),
     "negative_labels": one_of(*NEGATIVE_LABELS),
     "epochs": at_least(1),
-    "lr": positive(),
+    # AdamW keeps lr in float32 arithmetic: above its largest value the first step overflows
+    "lr": (lambda v: 0 < v < FLOAT32_MAX, f"> 0 and below {FLOAT32_MAX:.3g} (float32's largest)"),
     "weight_decay": at_least(0),
     "grad_clip": at_least(0),
     "videos_per_batch": at_least(1),
     "num_workers": at_least(0),
     "threads": at_least(0),
-    "seed": at_least(0),
+    "seed": (lambda v: 0 <= v <= MAX_SEED, f"in 0..{MAX_SEED}"),
     "negative_ratio": at_least(0),
     "negative_iou": between(0, 1),
     "plateau_factor": between(0, 1, lo_open=True, hi_open=True),
@@ -147,6 +153,62 @@ def check_config(data: dict[str, Any], where: Callable[[str], str] | str) -> Tra
         check_keywords(RSNet.__init__, values["rsnet"], skip=("head",), what="rsnet",
                        where=lambda k: origin(f"rsnet.{k}"))
     return TrainConfig(**values)
+
+
+def head_context(cfg: TrainConfig, meta, derived: dict[str, Any] | None = None) -> HeadContext:
+    """What a recipe's head is built from besides its recipe: the store's ``meta`` (vocabulary,
+    feature and union sizes), the mode, and ``derived`` (:func:`stage2_relations.train.derive`)."""
+    return HeadContext(vocabulary=meta.vocabulary, mode=Mode(cfg.mode), feature_dim=meta.feature_dim,
+                       union_shape=tuple(meta.union_shape), derived=derived or {})
+
+
+BUILD_ERRORS = (ValueError, TypeError, RuntimeError, AssertionError)
+"""What a head's or torch's constructor raises for widths it rejects (torch's attention asserts)."""
+
+
+def check_run_inputs(cfg: TrainConfig, store, *, glove: bool = True, splits: tuple[str, ...] = ()) -> None:
+    """Everything a run of ``cfg`` needs beyond its own fields, checked before any work (``train``
+    before its first step, ``compare`` for every variant before it trains the first), each a
+    one-line error naming the field or file:
+
+    * ``val_split`` is a split of ``store`` (an open :class:`~store.Store`); only the default,
+      ``val``, may be absent (the run then trains without validation, as documented);
+    * SGDET: the training split holds detections (else a warning, logged);
+    * ``glove`` (when ``glove``) is a GloVe file of the head's embedding width holding class words;
+    * the model builds from ``head_cfg`` / ``rsnet`` for this store (widths the constructor rejects);
+    * RS-Net's ``max_frames`` covers the longest video of the training and validation splits and
+      of ``splits`` (compare's test split).
+    """
+    names = store.videos()
+    present = sorted({store.split_of(v) for v in names})
+    if cfg.val_split != TrainConfig.val_split and cfg.val_split not in present:
+        raise ConfigError(f"val_split: {cfg.val_split!r} is not a split of {cfg.store} (its splits: "
+                          f"{', '.join(present) or 'none'}): the run would train without validation")
+    train_videos = store.videos(cfg.train_split)
+    if Mode(cfg.mode) is Mode.SGDET and train_videos and not any(store.num_rows(v, "detections") for v in train_videos):
+        # A warning, not an error: the demo's one-epoch detector finds nothing, and its pipeline
+        # must still run end to end; a real run learns of it before any work, not from its results.
+        log.warning("%s: none of its %d %r videos holds a detection: SGDET trains on the detector's boxes, so this "
+                    "run learns nothing of them (a detector that found nothing, or a store extracted without one)",
+                    cfg.store, len(train_videos), cfg.train_split)
+    head = head_class(cfg.head)
+    context = head_context(cfg, store.meta)
+    derived = head.placeholder_derived(dict(cfg.head_cfg), context)
+    if glove and cfg.glove:
+        derived["class_embeddings"] = head.glove_class_embeddings(cfg.glove, dict(cfg.head_cfg), store.meta.vocabulary)
+    try:
+        model = build_model(cfg.head, cfg.head_cfg, cfg.rsnet, head_context(cfg, store.meta, derived))
+    except BUILD_ERRORS as e:
+        raise ConfigError(f"the recipe's head_cfg / rsnet: the model cannot be built: "
+                          f"{(str(e).strip() or type(e).__name__).splitlines()[0]}") from None
+    max_frames = getattr(model, "max_frames", None)
+    if max_frames is not None:
+        used = [v for split in dict.fromkeys((cfg.train_split, cfg.val_split, *splits)) for v in store.videos(split)]
+        longest = max(used, key=lambda v: store.num_rows(v, "frames"), default=None)
+        if longest is not None and store.num_rows(longest, "frames") > max_frames:
+            raise ConfigError(f"rsnet.max_frames: {max_frames} is fewer than the frames of video {longest!r} "
+                              f"({store.num_rows(longest, 'frames')}, split {store.split_of(longest)!r}): RS-Net "
+                              f"cannot take it; set it to the longest video's frames or more")
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None,
@@ -194,4 +256,5 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
 
 
-__all__ = ["RESUME_MAY_CHANGE", "RULES", "TrainConfig", "check_config", "load_config", "parse_override"]
+__all__ = ["BUILD_ERRORS", "RESUME_MAY_CHANGE", "RULES", "TrainConfig", "check_config", "check_run_inputs",
+           "head_context", "load_config", "parse_override"]

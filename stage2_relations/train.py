@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -40,22 +42,23 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from stage2_relations.data import Collator, VideoDataset, epoch_order
-from stage2_relations.heads import HeadContext, build_model, count_parameters, head_class
-from stage2_relations.recipe import RESUME_MAY_CHANGE, TrainConfig, check_config
+from stage2_relations.heads import build_model, count_parameters, head_class
+from stage2_relations.recipe import BUILD_ERRORS, RESUME_MAY_CHANGE, TrainConfig, check_config, check_run_inputs, head_context
 from store import StoreError, open_store
-from store.reader import identity_difference, store_location
-from store.errors import ConfigError, InputError, UserError, load_yaml_mapping
+from store.errors import ConfigError, InputError, NonFiniteError, UserError, load_yaml_mapping
 from store.files import (
     WriterLock,
     atomic_write,
     copy_file,
     describe_os_error,
+    die_with_parent,
     load_torch,
     save_torch,
     write_json,
     write_text,
 )
 from store.modes import Mode
+from store.reader import identity_difference, store_location
 from store.run_folder import claim_run_folder
 from store.runtime import distributed_rank, provenance, resolve_device
 from store.threads import torch_threads
@@ -78,9 +81,7 @@ def derive(cfg: TrainConfig, train_ds: VideoDataset) -> dict[str, Any]:
 def build_from_config(cfg: TrainConfig, meta, derived: dict[str, Any] | None = None) -> torch.nn.Module:
     """The model of a recipe for a store's metadata (vocabulary, feature and union sizes) and
     what :func:`derive` computed."""
-    context = HeadContext(vocabulary=meta.vocabulary, mode=Mode(cfg.mode), feature_dim=meta.feature_dim,
-                          union_shape=tuple(meta.union_shape), derived=derived or {})
-    return build_model(cfg.head, cfg.head_cfg, cfg.rsnet, context)
+    return build_model(cfg.head, cfg.head_cfg, cfg.rsnet, head_context(cfg, meta, derived))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -88,8 +89,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train_one_epoch(model: torch.nn.Module, loss_fn: Callable, loader, optimizer, *, device: torch.device,
-                    grad_clip: float, progress: bool = True, desc: str = "") -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of each loss term (and 'total'), frames/s."""
+                    grad_clip: float, progress: bool = True, desc: str = "", epoch: int | None = None) -> dict[str, float]:
+    """One pass over ``loader``; returns the mean of each loss term (and 'total'), frames/s.
+    ``epoch`` (1-based) names the epoch in a :class:`NonFiniteError`."""
     model.train()
     sums: dict[str, float] = {}
     steps, frames, t0 = 0, 0, time.perf_counter()
@@ -97,7 +99,8 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: Callable, loader, optimizer
     bar = tqdm(batches, total=len(loader), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     try:
         for batch in bar:
-            train_step(model, loss_fn, batch, optimizer, device=device, grad_clip=grad_clip, sums=sums)
+            train_step(model, loss_fn, batch, optimizer, device=device, grad_clip=grad_clip, sums=sums,
+                       where=f"{'epoch ' + str(epoch) + ', ' if epoch is not None else ''}step {steps + 1}")
             steps += 1
             frames += batch.num_frames
             bar.set_postfix(loss=f"{sums['total'] / steps:.3f}")
@@ -112,23 +115,50 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: Callable, loader, optimizer
 
 
 def train_step(model: torch.nn.Module, loss_fn: Callable, batch, optimizer, *, device: torch.device,
-               grad_clip: float, sums: dict[str, float]) -> None:
-    """Loss dict -> sum -> finite check -> backward -> clip -> step; adds the losses to ``sums``."""
+               grad_clip: float, sums: dict[str, float], where: str = "") -> None:
+    """Loss dict -> sum -> finite check -> backward -> finite gradient check -> clip -> step; adds
+    the losses to ``sums``. A non-finite loss or gradient is a :class:`NonFiniteError` naming
+    ``where`` (epoch and step), the videos and the likely cause (:func:`non_finite_cause`)."""
     batch = batch.to(device)
     out = model(batch)
     losses = loss_fn(out, batch)
     total = sum(losses.values())
     if not torch.isfinite(total):
-        raise FloatingPointError(f"non-finite loss in {batch.video_names}: "
-                                 f"{ {k: float(v) for k, v in losses.items()} }")
+        terms = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items())
+        raise NonFiniteError(f"{where + ': ' if where else ''}the loss is not finite ({terms}) in "
+                             f"{', '.join(batch.video_names)}: {non_finite_cause(model, batch, optimizer)}")
     optimizer.zero_grad(set_to_none=True)
     total.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    # The norm is needed for the check; max_norm inf scales by 1, which changes no value.
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    if not torch.isfinite(norm):
+        raise NonFiniteError(f"{where + ': ' if where else ''}the gradients are not finite (the loss was "
+                             f"{float(total.detach()):.4g}) in {', '.join(batch.video_names)}: "
+                             f"{non_finite_cause(model, batch, optimizer)}")
     optimizer.step()
     for k, v in losses.items():
         sums[k] = sums.get(k, 0.0) + float(v.detach())
     sums["total"] = sums.get("total", 0.0) + float(total.detach())
+
+
+def non_finite_cause(model: torch.nn.Module, batch, optimizer) -> str:
+    """Why a step went non-finite, looked for only once it has: inputs of the batch (the store's
+    features), weights (an earlier step, a learning rate too large), or else the step itself."""
+    for f in dataclasses.fields(batch):
+        value = getattr(batch, f.name)
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            return (f"its input {f.name} holds {int((~torch.isfinite(value)).sum())} non-finite values: the store's "
+                    f"data is not finite (`cli.py store check` names each video)")
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    lr = optimizer.param_groups[0]["lr"]
+    if bad:
+        return (f"the weights are not finite ({bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}) after "
+                f"an earlier step: a learning rate too large (lr {lr:g})?")
+    largest = max((float(p.detach().abs().max()) for p in model.parameters() if p.numel()), default=0.0)
+    if largest > 1e6:  # trained weights of these heads stay within a few units
+        return (f"the weights have grown to |w| = {largest:.3g} in earlier steps: a learning rate too large "
+                f"(lr {lr:g})?")
+    return f"the inputs and weights are finite: the step overflowed (lr {lr:g}; try a lower lr or grad_clip)"
 
 
 def make_loader(dataset: VideoDataset, order: list[int], cfg: TrainConfig, train: bool, device: torch.device) -> DataLoader:
@@ -136,7 +166,8 @@ def make_loader(dataset: VideoDataset, order: list[int], cfg: TrainConfig, train
     return DataLoader(dataset, batch_size=cfg.videos_per_batch, sampler=order, num_workers=cfg.num_workers,
                       collate_fn=Collator.of(dataset), pin_memory=device.type == "cuda",
                       multiprocessing_context=st.mp_context if cfg.num_workers else None,
-                      persistent_workers=False)
+                      persistent_workers=False,
+                      worker_init_fn=functools.partial(die_with_parent, parent=os.getpid()))
 
 
 RUN_FILES = ("config.yaml", "run.json", "derived.pt", "log.csv", "log.json", "last.pth", "best.pth")
@@ -294,6 +325,10 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
     is_main = rank == 0
+    store = open_store(cfg.store, verify=cfg.verify_checksums)
+    meta = store.meta
+    # Before any work, --overwrite's removal included; a resumed run has its embeddings in last.pth.
+    check_run_inputs(cfg, store, glove=overwrite or not (resume and (out_dir / "last.pth").exists()))
     ckpt = None
     if is_main:
         ckpt = prepare_run_folder(out_dir, cfg, resume=resume, overwrite=overwrite, trust=trust)
@@ -301,8 +336,6 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
         ckpt = read_checkpoint(out_dir / "last.pth", trust=trust)
 
     torch.manual_seed(cfg.seed)
-    store = open_store(cfg.store, verify=cfg.verify_checksums)
-    meta = store.meta
     store_id = store.identity()
     if ckpt is not None:
         check_run_store(ckpt, store_id, run=out_dir / "last.pth", store_path=cfg.store,
@@ -325,7 +358,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
     derived = ckpt.get("derived", {}) if ckpt is not None else derive(cfg, train_ds)
     try:
         model = build_from_config(cfg, meta, derived).to(device)
-    except (ValueError, TypeError, RuntimeError) as e:
+    except BUILD_ERRORS as e:
         raise ConfigError(f"the recipe's head_cfg / rsnet: the model cannot be built: {str(e).splitlines()[0]}") from e
     n_params = count_parameters(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -371,7 +404,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
         order = epoch_order(len(train_ds), cfg.seed, epoch, rank=rank, world_size=world)
         loader = make_loader(train_ds, order, cfg, True, device)
         stats = train_one_epoch(net, model.loss, loader, optimizer, device=device, grad_clip=cfg.grad_clip,
-                                progress=progress and is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+                                progress=progress and is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}", epoch=epoch + 1)
         val: dict[str, float] = {}
         if is_main and val_ds is not None:
             results, _, _, speed = score_model(model, val_ds, device=device, constraints=("with",),
@@ -420,8 +453,10 @@ def _save_epoch(out_dir: Path, ckpt: dict[str, Any], history: list[dict], improv
         _write_logs(out_dir, history)
     except OSError as e:
         done = int(ckpt["epoch"]) - 1
+        intact = (f"the run is intact up to epoch {done} (last.pth)" if done
+                  else "no epoch was saved yet (--resume starts from epoch 1)")
         raise UserError(f"{out_dir}: cannot write the checkpoint of epoch {ckpt['epoch']}: {describe_os_error(e)}; "
-                        f"the run is intact up to epoch {done} (last.pth): fix that and --resume") from e
+                        f"{intact}: fix that and --resume") from e
 
 
 def _write_logs(out_dir: Path, history: list[dict]) -> None:

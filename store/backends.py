@@ -19,6 +19,7 @@ by side, so that a change to one is made, and reviewed, beside the other.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -187,6 +188,11 @@ class SegmentReader:
     def read_str(self, key: str, start: int | None = None, stop: int | None = None) -> list[str]: ...
     def bytes_on_disk(self, key: str) -> int: ...
 
+    def absent_shards(self, key: str) -> list[tuple[int, int]]:
+        """Row ranges ``[lo, hi)`` of array ``key`` whose file is not on disk (zarr's shards),
+        from a listing, without reading data. An HDF5 segment is one file: none."""
+        return []
+
     def read_many(self, requests: list[tuple[str, int, int]]) -> list[np.ndarray]:
         """Several ``(key, start, stop)`` slices; backends may issue them concurrently."""
         return [self.read(k, a, b) for k, a, b in requests]
@@ -299,11 +305,23 @@ class H5SegmentWriter(SegmentWriter):
         del ds
         try:
             _h5_call(self._f.close)
-        except OSError:
+        except (OSError, RuntimeError):  # HDF5's "Can't destroy cache" after a failed write
             if strict:
                 raise
 
     def abort(self) -> None:
+        if not self.in_memory:
+            # A write that failed (a full disk, a file size limit) leaves HDF5 with dirty metadata
+            # that every handle's release and the close flush, failing again (a flood of "Exception
+            # ignored" tracebacks) and, at exit, crashing the interpreter. The file is discarded:
+            # send those writes to /dev/null (HDF5's descriptor now points there), so they succeed.
+            with contextlib.suppress(Exception):
+                fd = self._f.id.get_vfd_handle()
+                null = os.open(os.devnull, os.O_RDWR)
+                try:
+                    os.dup2(null, fd)
+                finally:
+                    os.close(null)
         try:
             self._close()
         finally:
@@ -682,6 +700,23 @@ class ZarrSegmentReader(SegmentReader):
         self._ensure()
         d = self.path / key
         return sum(p.stat().st_size for p in d.rglob("*") if p.is_file() and p.name != "zarr.json")
+
+    def absent_shards(self, key: str) -> list[tuple[int, int]]:
+        """Row ranges ``[lo, hi)`` of array ``key`` whose shard file is not in the array's folder.
+        zarr writes no file for a shard that holds only the fill value (0), so an absent file is
+        that or a lost one: the per-video checksums tell them apart (``store.check``)."""
+        a = self._array(key)
+        rows = int(a.shape[0]) if a.shape else 0
+        try:
+            step = int(tuple(a.metadata.chunk_grid.chunk_shape)[0])
+            encode = a.metadata.encode_chunk_key
+        except (AttributeError, TypeError, IndexError):  # another zarr version: cannot tell
+            return []
+        folder = self.path / key
+        present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+        tail = (0,) * (len(a.shape) - 1)
+        return [(s * step, min(rows, (s + 1) * step)) for s in range(-(-rows // max(step, 1)))
+                if encode((s,) + tail) not in present]
 
 
 WRITERS = {"hdf5": H5SegmentWriter, "zarr": ZarrSegmentWriter}

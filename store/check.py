@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from store.backends import backend_of_suffix
+from store.backends import READERS, backend_of_suffix, checksum_of
 from store.files import WriterLock, describe_os_error
 from store.manifest import MANIFEST, SegmentIndex, manifest_checksum
 from store.reader import Layout, Store, check_no_duplicates, find_layout, open_store, scan_segment
@@ -20,7 +20,21 @@ from store.writer import write_segment
 
 log = logging.getLogger(__name__)
 
-# Small arrays needed for the row-level index checks (features are covered by checksums).
+
+def non_finite_arrays(record) -> list[str]:
+    """``"det_features (12 of 96 values)"`` for each float array of a :class:`~store.VideoRecord`
+    that holds a NaN or an infinity (empty: all finite). A detector with broken weights writes
+    such values with valid checksums; the extraction refuses them (stage1_detect.extract) and the
+    deep check reports them."""
+    out = []
+    for spec in ROW_ARRAYS:
+        if np.dtype(spec.dtype).kind != "f":
+            continue
+        values = np.asarray(getattr(record, spec.field))
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            out.append(f"{spec.field} ({bad} of {values.size} values)")
+    return out
 
 
 def check_store(path: str | Path, *, deep: bool = True, backend: str | None = None,
@@ -34,7 +48,7 @@ def check_store(path: str | Path, *, deep: bool = True, backend: str | None = No
     CRC-32C recorded at write time, every stored index points inside its frame (relation
     subject/object among the GT objects, pair subject/object among the joint GT + detection
     boxes), the small flags are 0/1, 0 for the person (:meth:`VideoRecord.validate`'s index
-    checks), and ``manifest.json``, rebuilt from the segments, equals the one on disk (for
+    checks), every float value is finite (:func:`non_finite_arrays`), and ``manifest.json``, rebuilt from the segments, equals the one on disk (for
     every segment it lists as current).
     """
     try:
@@ -59,6 +73,8 @@ def check_store(path: str | Path, *, deep: bool = True, backend: str | None = No
         fresh.append(index)
         if deep:
             problems.extend(_deep_segment(Layout(p, layout.backend, None, (p,)), meta, index))
+        else:
+            problems.extend(_lost_shards(p, layout.backend, meta, index))
     if not layout.segments:
         problems.append(StoreError(layout.path, "store has no committed segments"))
     if not problems:
@@ -94,8 +110,47 @@ def _deep_segment(segment: Layout, meta: StoreMeta, index: SegmentIndex) -> list
                 rec._validate_indices(f"video {v!r}")
             except ValueError as e:
                 problems.append(StoreError(path, f"bad index: {e}"))
+            bad_values = non_finite_arrays(rec)
+            if bad_values:
+                problems.append(StoreError(path, f"video {v!r} holds values that are not finite (NaN or inf) in "
+                                                 f"{', '.join(bad_values)}: the detector's outputs were broken; "
+                                                 f"re-extract it"))
     finally:
         store.close()
+    return problems
+
+
+def _lost_shards(path: Path, backend: str, meta: StoreMeta, index: SegmentIndex) -> list[StoreError]:
+    """The quick check's look for deleted zarr shards: list each array's shard files (no data
+    read); a video whose rows lie wholly in absent shards must have the checksum of zeros (zarr
+    writes no file for a shard of fill values only, e.g. ``rel_subject``, always 0); a video that
+    also has rows in a present shard is read and checked (only those)."""
+    if backend != "zarr":
+        return []
+    problems: list[StoreError] = []
+    dims = meta.dims()
+    with READERS[backend](path) as seg:
+        crc = None
+        for j, spec in enumerate(ROW_ARRAYS):
+            absent = seg.absent_shards(spec.key)
+            if not absent:
+                continue
+            if crc is None:
+                crc = seg.read("videos/crc32c")
+            row_bytes = int(np.prod(resolve_trailing(spec, dims), dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+            for vi, (v, (lo, hi)) in enumerate(zip(index.videos, index.ranges[spec.table])):
+                lo, hi = int(lo), int(hi)
+                gone = sum(max(0, min(hi, b) - max(lo, a)) for a, b in absent)
+                if not gone:
+                    continue
+                if gone == hi - lo:
+                    ok = checksum_of(np.zeros((hi - lo) * row_bytes, np.uint8)) == int(crc[vi, j])
+                else:
+                    ok = checksum_of(seg.read(spec.key, lo, hi)) == int(crc[vi, j])
+                if not ok:
+                    problems.append(StoreError(path, f"video {v!r}: its rows of {spec.key!r} lie in a shard file "
+                                                     f"that is missing (deleted or lost): re-extract the video or "
+                                                     f"restore the file"))
     return problems
 
 
@@ -115,6 +170,10 @@ def _manifest_problems(folder: Path, fresh: list[SegmentIndex], meta: StoreMeta 
     if version != SCHEMA_VERSION:
         return [StoreError(path, f"schema_version {version!r}, not {SCHEMA_VERSION}: {fix}")]
     problems = []
+    by_file = {s.file: s for s in fresh}
+    lost = [name for name in entries if name not in by_file]
+    if lost:  # then the manifest is the only record of those segments' videos: never advise deleting it
+        fix = f"keep {MANIFEST} (it is the only record of the videos of {', '.join(lost)})"
     if doc.get("checksum") != manifest_checksum(doc["segments"]):
         problems.append(StoreError(path, f"its checksum does not match its content: edited by hand or damaged "
                                          f"(readers ignore it); {fix}"))
@@ -124,11 +183,15 @@ def _manifest_problems(folder: Path, fresh: list[SegmentIndex], meta: StoreMeta 
         return [StoreError(path, f"unreadable meta ({type(e).__name__}: {e}): {fix}")]
     if meta is not None and listed.incompatibility(meta):
         problems.append(StoreError(path, f"its meta is not the segments' ({listed.incompatibility(meta)}): {fix}"))
-    by_file = {s.file: s for s in fresh}
     for name, entry in entries.items():
         seg = by_file.get(name)
         if seg is None:
-            problems.append(StoreError(path, f"lists segment {name}, which is not in the folder: {fix}"))
+            shown = ", ".join(entry.videos[:3]) + (f" and {len(entry.videos) - 3} more" if len(entry.videos) > 3 else "")
+            count = f"{len(entry.videos)} video{'' if len(entry.videos) == 1 else 's'}"
+            problems.append(StoreError(path, f"lists segment {name} ({count}: {shown}), which is "
+                                             f"not in the folder: restore the file, or rerun `detect` to extract "
+                                             f"those videos again; keep {MANIFEST} until then, it is the only record "
+                                             f"of what the segment held"))
             continue
         if (entry.size, entry.mtime_ns) != (seg.size, seg.mtime_ns):
             continue  # out of date: readers rescan that segment
@@ -146,10 +209,30 @@ def _manifest_problems(folder: Path, fresh: list[SegmentIndex], meta: StoreMeta 
 def _check_free_space(dst: Path, store) -> None:
     """Fail before writing when the destination's file system lacks room for the merged arrays."""
     need = _array_bytes(store)
+    limit = _file_size_limit()
+    if limit is not None and need > limit:  # HDF5 writing past it fails in every handle's release
+        raise StoreError(dst, f"needs about {_size(need)} in one file; this process may write files of at most "
+                              f"{_size(limit)} (ulimit -f): {describe_os_error(OSError(27, ''))}")
     free = shutil.disk_usage(dst.parent).free
     if free < need * 1.02 + (16 << 20):
-        raise StoreError(dst, f"needs about {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free on its file system: "
-                              f"{describe_os_error(OSError(28, ''))}")
+        raise StoreError(dst, f"needs about {_size(need * 1.02 + (16 << 20))}, {_size(free)} free on its file "
+                              f"system: {describe_os_error(OSError(28, ''))}")
+
+
+def _file_size_limit() -> int | None:
+    """This process's largest file in bytes (RLIMIT_FSIZE, ``ulimit -f``), or None without one."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def _size(n: float) -> str:
+    """``"12.3 MB"``, ``"1.50 GB"``: a size as a person reads it."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} KB"
 
 
 def _array_bytes(store) -> int:

@@ -78,6 +78,11 @@ class InputError(UserError, ValueError):
     """An input file that is not what the command expects (garbage, truncated, another kind)."""
 
 
+class NonFiniteError(UserError, FloatingPointError):
+    """A NaN or an infinity where numbers enter: a detector's outputs, a store's features, a
+    training step's loss or gradients. Names where (the video, the epoch and step)."""
+
+
 # --- recipes: one-line checks of a dataclass's fields ----------------------------------------
 
 
@@ -210,6 +215,33 @@ def check_keywords(func: Callable[..., Any], cfg: Mapping[str, Any], *, skip: tu
                 raise ConfigError(f"{origin(key)}: {what}.{key}: must be {_type_name(hint)}, got {value!r}")
 
 
+def _strict_loader() -> type:
+    """yaml's SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the
+    last silently: a recipe saying ``lr`` twice trained with the second)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, int] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base" merges on purpose
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.get(key)
+                    except TypeError:  # an unhashable key: the base class reports it
+                        continue
+                    if first is not None:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} is given twice (first at line {first}); YAML would keep the "
+                                        f"last one silently: give it once", key_node.start_mark)
+                    seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
 BASE_KEY = "base"
 """A recipe's field naming the recipe it extends (a path relative to the recipe's folder)."""
 
@@ -231,7 +263,7 @@ def load_yaml_mapping(path: str | Path, _extending: tuple[Path, ...] = ()) -> di
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read the recipe ({e.strerror if isinstance(e, OSError) else e})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -253,5 +285,5 @@ def load_yaml_mapping(path: str | Path, _extending: tuple[Path, ...] = ()) -> di
     return {**load_yaml_mapping(base_path, chain), **data}
 
 
-__all__ = ["BASE_KEY", "ConfigError", "InputError", "UserError", "at_least", "between", "check_fields", "check_keywords",
+__all__ = ["BASE_KEY", "ConfigError", "InputError", "NonFiniteError", "UserError", "at_least", "between", "check_fields", "check_keywords",
            "load_yaml_mapping", "one_of", "positive"]

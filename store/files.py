@@ -9,7 +9,10 @@
   process dies (even by SIGKILL), so a stale lock never blocks; a second writer fails at once
   with :class:`LockedError` naming the folder and the holder's pid. The holder records the
   temporary files it creates in the lock file, so the next holder removes exactly those a
-  crash left (and nothing that merely looks like one).
+  crash left (and nothing that merely looks like one). The lock is the holder's alone: a
+  forked child (a DataLoader worker) closes its copy at once (:func:`os.register_at_fork`), so
+  a kill of the holder alone (the OOM killer's way) frees it, whatever its children do; and
+  :func:`die_with_parent` makes a DataLoader worker die with the process that started it.
 * :func:`load_torch`: ``torch.load`` with one-line errors for an empty, truncated, text or
   foreign file. It loads weights only (tensors and plain values): a file whose pickle names any
   other Python callable is refused with one line naming it, before anything in it runs, unless
@@ -28,7 +31,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
+import sys
+import weakref
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -80,11 +86,30 @@ def atomic_write(path: Path | str, mode: str = "wb", tmp: Path | None = None) ->
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.filename is None:  # a write's error names no file ("File too large"): name the one being written
+            raise OSError(e.errno, e.strerror or describe_os_error(e), str(path)) from e
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def os_error_in(e: BaseException) -> OSError | None:
+    """The OSError behind ``e`` (itself, or its cause or context): torch's zip writer turns a full
+    disk into ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos`` raised while
+    handling the OSError."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def plain_data(obj: Any, where: str = "the checkpoint") -> Any:
@@ -133,7 +158,13 @@ def save_torch(obj: Any, path: Path | str) -> None:
 
     obj = plain_data(obj, str(path))
     with atomic_write(path) as fh:
-        torch.save(obj, fh)
+        try:
+            torch.save(obj, fh)
+        except RuntimeError as e:
+            cause = os_error_in(e)
+            if cause is None:
+                raise
+            raise OSError(cause.errno, cause.strerror, str(path)) from e
 
 
 def write_text(path: Path | str, text: str) -> None:
@@ -185,6 +216,43 @@ class LockedError(UserError):
     """Another process holds the lock of a folder (or of a part of a store)."""
 
 
+_HELD: "weakref.WeakSet[WriterLock]" = weakref.WeakSet()
+"""The locks this process holds, closed in every child it forks."""
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child: close the copies of the parent's lock descriptors. A ``flock`` belongs
+    to the open file description, which a fork shares: a child that kept its copy would hold the
+    lock after its parent died (a DataLoader worker outliving a SIGKILLed ``detect``, every rerun
+    refused). Closing the copy leaves the parent's lock as it is."""
+    for lock in list(_HELD):
+        if lock._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock._fd)
+            lock._fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(worker_id: int = 0, *, parent: int | None = None) -> None:
+    """A DataLoader ``worker_init_fn`` (``functools.partial(die_with_parent, parent=os.getpid())``):
+    on Linux the kernel SIGKILLs this worker when the thread that started it dies (prctl
+    ``PR_SET_PDEATHSIG``), and a worker whose parent is already gone exits now. Elsewhere it does
+    nothing (torch's own watchdog notices a dead parent within seconds when the worker is idle)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if parent is not None and os.getppid() != parent:  # it died before the prctl
+        os._exit(1)
+
+
 class WriterLock:
     """An exclusive lock that dies with its process, held while writing ``folder``.
 
@@ -233,6 +301,7 @@ class WriterLock:
                 break
             os.close(fd)
         self._fd = fd
+        _HELD.add(self)
         self.previous = _read_state(fd)
         self._state = {"pid": os.getpid(), "host": socket.gethostname(),
                        "since": _dt.datetime.now().isoformat(timespec="seconds"), "temps": []}
@@ -275,6 +344,7 @@ class WriterLock:
                 with contextlib.suppress(OSError):
                     self._save()
         finally:
+            _HELD.discard(self)
             os.close(self._fd)
             self._fd = None
 
@@ -438,8 +508,9 @@ def _is_zip(path: Path) -> bool:
         return fh.read(4) == b"PK\x03\x04"
 
 
-__all__ = ["LockedError", "TRUST_HINT", "WriterLock", "atomic_write", "copy_file", "describe_os_error", "fsync_dir",
-           "load_torch", "plain_data", "refused_global", "remove_temps", "temp_path", "write_json", "write_text"]
+__all__ = ["LockedError", "TRUST_HINT", "WriterLock", "atomic_write", "copy_file", "describe_os_error", "die_with_parent",
+           "fsync_dir", "load_torch", "os_error_in", "plain_data", "refused_global", "remove_temps", "temp_path",
+           "write_json", "write_text"]
 
 
 def sha256_of(path: Path | str, chunk: int = 1 << 20) -> str:

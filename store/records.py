@@ -146,8 +146,38 @@ class StoreMeta:
         names = {"vocabulary": "vocabulary", "feature_dim": "feature size", "union_shape": "union feature size"}
         for k in a:
             if a[k] != b.get(k):
+                if isinstance(a[k], dict) and isinstance(b.get(k), dict):  # only the keys that differ, not two dumps
+                    diffs = "; ".join(f"{key}: {_short(here)} here, {_short(want)} expected"
+                                      for key, here, want in _dict_differences(b[k], a[k]))
+                    return f"{names.get(k, k)} differs from the rest of the store in {diffs}"
                 return f"{names.get(k, k)} differs from the rest of the store: {b.get(k)!r} here, {a[k]!r} expected"
         return None
+
+
+def _dict_differences(here: dict, want: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, value here, value expected) for each key whose values differ; nested dicts
+    are walked, a key absent on one side is ``<absent>``."""
+    out = []
+    for key in sorted(set(here) | set(want), key=str):
+        a, b = here.get(key, _ABSENT), want.get(key, _ABSENT)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _dict_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+_ABSENT = _Absent()
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 _OFFSET_FIELDS = {t: f"{TABLE_PREFIX[t]}_offsets" for t in ROW_TABLES}

@@ -24,12 +24,31 @@ def distributed_rank() -> tuple[int, int, int]:
 
 
 def resolve_device(device: str):
-    """``torch.device`` of a device name; 'auto' is CUDA when present, else the CPU."""
+    """``torch.device`` of a device name; 'auto' is CUDA when present, else the CPU. A name torch
+    does not know, or a CUDA device this machine lacks (``cuda:7`` with one GPU), is a
+    :class:`~store.errors.ConfigError` naming it."""
     import torch
+
+    from store.errors import ConfigError
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device {device!r}: not a device name ('cpu', 'cuda', 'cuda:1' or 'auto')") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device {device!r}: this machine has {count} CUDA device(s), cuda:0"
+                              f"{f' to cuda:{count - 1}' if count > 1 else ''}")
+    elif dev.type not in ("cpu", "meta") and dev.type != "mps":
+        raise ConfigError(f"device {device!r}: this code runs on 'cpu' or 'cuda'")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {device!r}: MPS is not available on this machine")
+    return dev
 
 
 def cuda_missing(device: str) -> bool:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from store.files import atomic_write
+from store.records import StoreError
 from store.reader import open_store
 from store.boxes import box_iou_plus_one
 from store.schema import ROW_ARRAYS, ROW_TABLES
@@ -149,9 +150,22 @@ def summary(tables: dict[str, pd.DataFrame]) -> str:
     return "\n".join(lines)
 
 
-def write_tables(tables: dict[str, pd.DataFrame], out: str | Path, fmt: str = "csv") -> list[Path]:
-    """Write every table to ``out/NAME.csv`` (or ``.parquet``, which needs pyarrow)."""
+def check_tables_folder(out: str | Path, store: str | Path) -> None:
+    """:class:`StoreError` when ``out`` is the store ``store`` or lies inside it."""
+    inside, root = Path(out).resolve(), Path(store).resolve()
+    if inside == root or root in inside.parents:
+        raise StoreError(out, f"is inside the store {store}: write the tables outside it (`detect` refuses a store "
+                              f"folder that holds other files)")
+
+
+def write_tables(tables: dict[str, pd.DataFrame], out: str | Path, fmt: str = "csv",
+                 store: str | Path | None = None) -> list[Path]:
+    """Write every table to ``out/NAME.csv`` (or ``.parquet``, which needs pyarrow). ``out``
+    may not be, or lie inside, ``store`` (the store the tables describe): a store's folder holds
+    only what its writers put there, and ``detect`` refuses one with other files."""
     out = Path(out)
+    if store is not None:
+        check_tables_folder(out, store)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, df in tables.items():

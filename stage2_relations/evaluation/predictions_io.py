@@ -168,7 +168,14 @@ def _read_npz(path: Path, loaded: Any) -> PredictionsFile:
         keys = set(z.files)
         if "header" not in keys:
             raise InputError(f"{path}: not a {PREDICTIONS_FORMAT} file (no 'header' array)")
-        header = json.loads(str(z["header"][()]))
+        try:
+            header = json.loads(str(z["header"][()]))
+        except ValueError as e:  # a header written by hand or by another tool
+            raise InputError(f"{path}: its 'header' array is not the JSON this format writes ({e.msg} at character "
+                             f"{e.pos})" if isinstance(e, json.JSONDecodeError) else
+                             f"{path}: its 'header' array is not one JSON text ({e})") from None
+        if not isinstance(header, dict):
+            raise InputError(f"{path}: its 'header' is JSON {type(header).__name__}, not the object this format writes")
         if header.get("format") != PREDICTIONS_FORMAT:
             raise InputError(f"{path}: format {header.get('format')!r}, expected {PREDICTIONS_FORMAT!r}")
         if header.get("format_version") != PREDICTIONS_FORMAT_VERSION:
@@ -196,10 +203,14 @@ def _read_npz(path: Path, loaded: Any) -> PredictionsFile:
                 box_offsets=z["gt_box_offsets"], gt_boxes=z["gt_boxes"], gt_labels=z["gt_labels"],
                 relation_offsets=z["gt_relation_offsets"], gt_relations=z["gt_relations"], frame_names=names,
             )
+    try:
+        mode, vocabulary = Mode(header["mode"]), Vocabulary.from_dict(header["vocabulary"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{path}: its header lacks a valid mode and vocabulary ({type(e).__name__}: {e})") from None
     return PredictionsFile(
         predictions=predictions,
         ground_truth=ground_truth,
-        mode=Mode(header["mode"]),
-        vocabulary=Vocabulary.from_dict(header["vocabulary"]),
+        mode=mode,
+        vocabulary=vocabulary,
         metadata=header.get("metadata", {}),
     )

@@ -24,6 +24,7 @@ import numpy as np
 
 from store.errors import InputError
 from store.files import atomic_write, write_text
+from store.modes import Mode
 from store.vocabulary import ACTION_GENOME, Vocabulary
 
 from .metrics import EvaluationResult, evaluate_all
@@ -189,6 +190,10 @@ def evaluate_predictions_file(
     :func:`~.metrics.evaluate`. Returns ({constraint: result}, the predictions file).
     """
     pf = read_predictions(predictions_path)
+    if mode is not None and Mode(mode) is not pf.mode:  # the table would carry the other mode's name
+        raise InputError(f"{predictions_path}: holds {pf.mode.value} predictions (its header's mode); scoring them as "
+                         f"{Mode(mode).value} would print a {Mode(mode).value.upper()} table of another task: evaluate "
+                         f"them as {pf.mode.value} (leave out --mode)")
     predictions, ground_truth = pf.predictions, pf.ground_truth
     if ground_truth_path is not None:
         gf = read_predictions(ground_truth_path)
@@ -219,5 +224,5 @@ def evaluate_predictions_file(
             vocabulary=pf.vocabulary, **kwargs,
         )
     except ValueError as e:  # the protocol's checks of the file's content (scores, ids, frame counts)
-        raise InputError(str(e)) from e
+        raise InputError(f"{predictions_path}: {e}") from e
     return results, pf

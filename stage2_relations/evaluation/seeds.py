@@ -102,18 +102,36 @@ def aggregate(per_seed: Mapping[str, Mapping[str, Mapping[int, float]]],
     return out
 
 
+MAX_SEED = 2**32 - 1
+"""The largest seed a run takes: ``epoch_order`` seeds a 64-bit generator with
+``seed * 100003 + epoch``, and 32 bits is the common width of a seed (numpy's legacy one)."""
+MAX_SEEDS = 1000
+"""The most seeds one ``--seeds`` may name: each is a training run of every variant."""
+
+
 def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` or ``"0-4"`` (inclusive) or a mix (``"0-2,7"``) -> seeds in the given order."""
-    seeds: list[int] = []
+    """``"0,1,2"`` or ``"0-4"`` (inclusive) or a mix (``"0-2,7"``) -> seeds in the given order.
+    ValueError (one line) for anything else, a seed above :data:`MAX_SEED` or more than
+    :data:`MAX_SEEDS` seeds, counted before any range is expanded."""
+    parts = []
     for part in (p.strip() for p in str(text).split(",")):
         m = re.fullmatch(r"(-?\d+)(?:\s*-\s*(\d+))?", part)
         if not m:
             raise ValueError(f"seeds must look like 0,1,2 or 0-4; cannot read {part!r} in {text!r}")
+        if len(m.group(1).lstrip("-")) > 20 or len(m.group(2) or "") > 20:  # int() of a huge text is slow
+            raise ValueError(f"seed {part!r} is above the largest seed, {MAX_SEED}")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) is not None else lo
         if hi < lo:
             raise ValueError(f"empty seed range {part!r}")
-        seeds += list(range(lo, hi + 1))
+        if lo < 0 or hi > MAX_SEED:
+            raise ValueError(f"seed {lo if lo < 0 else hi} in {part!r} is outside 0..{MAX_SEED}")
+        parts.append((lo, hi))
+    count = sum(hi - lo + 1 for lo, hi in parts)
+    if count > MAX_SEEDS:
+        raise ValueError(f"{text!r} names {count} seeds, more than {MAX_SEEDS} (each is a training run of every "
+                         f"variant); give fewer")
+    seeds = [s for lo, hi in parts for s in range(lo, hi + 1)]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"a seed is repeated in {text!r}")
     return seeds

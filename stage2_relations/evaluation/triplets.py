@@ -94,16 +94,32 @@ def ground_truth_triplets(gt: GroundTruthSet, vocabulary: Vocabulary = ACTION_GE
     )
 
 
+def _check_finite(name: str, arr: np.ndarray, pred: PredictionSet) -> None:
+    """A NaN or an infinity is not a probability a softmax can fix: say where it is."""
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        offsets = pred.box_offsets if name == "pred_scores" else pred.pair_offsets
+        frame = int(np.searchsorted(offsets, row, side="right")) - 1
+        where = f" (frame {pred.frame_names[frame]!r})" if 0 <= frame < len(pred.frame_names) else ""
+        n = int(bad.sum())
+        raise ValueError(f"{name} holds {n} value{'s that are' if n > 1 else ' that is'} not finite (NaN or inf), the "
+                         f"first in row {row}{where}: the model's outputs were not finite")
+
+
 def _check_predictions(pred: PredictionSet, vocabulary: Vocabulary) -> None:
     for group, name in zip(GROUP_ORDER, ("pred_attention", "pred_spatial", "pred_contacting")):
         start, end = vocabulary.group_range(group)
         arr = getattr(pred, name)
         if arr.shape[1] != end - start:
             raise ValueError(f"{name} has width {arr.shape[1]}, the vocabulary's {group.value} group has {end - start}")
+        _check_finite(name, arr, pred)
         if arr.size and not (np.all(arr >= 0.0) and np.all(arr <= 1.0)):
             raise ValueError(f"{name} must hold probabilities in [0, 1] (apply softmax / sigmoid to logits first)")
     for name in ("pred_scores", "pred_pair_scores"):
         arr = getattr(pred, name)
+        if arr is not None:
+            _check_finite(name, arr, pred)
         if arr is not None and arr.size and not (np.all(arr >= 0.0) and np.all(arr <= 1.0)):
             raise ValueError(f"{name} must lie in [0, 1]")
     if pred.pred_labels.size and (pred.pred_labels.min() < 0 or pred.pred_labels.max() >= vocabulary.num_objects):

@@ -185,7 +185,7 @@ def test_a_truncated_last_pth_is_one_line(stores, tmp_path):
     ({}, ["--set", "weight_decay=-1"], "--set weight_decay=-1: weight_decay: must be >= 0, got -1.0"),
     ({}, ["--set", "head_cfg.hidden=big"], "--set head_cfg.hidden=big: head_cfg.hidden: must be an integer, got 'big'"),
     ({}, ["--set", "plateau_factor=1.5"], "--set plateau_factor=1.5: plateau_factor: must be in (0, 1), got 1.5"),
-    ({}, ["--lr", "-1"], "--lr: lr: must be > 0, got -1.0"),
+    ({}, ["--lr", "-1"], "--lr: lr: must be > 0 and below 3.4e+38 (float32's largest), got -1.0"),
     ({}, ["--set", "head_cfg.hidden=-8"], "the recipe's head_cfg / rsnet: the model cannot be built: Trying to create "
      "tensor with negative dimension -8: [-8, 16]"),
 ])
