@@ -48,6 +48,11 @@ class FrameSource(abc.ABC):
     def available(self, video: str) -> bool:
         """Whether this source has anything for ``video``."""
 
+    @abc.abstractmethod
+    def frame_numbers(self, video: str) -> list[int]:
+        """Every frame number :meth:`read` can give for ``video``, ascending (for a video
+        without annotations, whose frames no key lists: ``cli.py predict``)."""
+
 
 class PngFrames(FrameSource):
     """``ROOT/frames/VIDEO.mp4/NNNNNN.png``."""
@@ -59,6 +64,14 @@ class PngFrames(FrameSource):
 
     def available(self, video: str) -> bool:
         return (self.root / "frames" / video).is_dir()
+
+    def frame_numbers(self, video: str) -> list[int]:
+        folder = self.path(video, 0).parent
+        if not folder.is_dir():
+            raise FrameError(folder, "missing frame folder")
+        suffix = self.path(video, 0).suffix
+        return sorted(int(p.stem) for p in folder.iterdir()
+                      if p.suffix == suffix and len(p.stem) == 6 and p.stem.isdigit())
 
     def read(self, video: str, frame_numbers: Sequence[int]) -> list[np.ndarray]:
         frames = []
@@ -86,6 +99,19 @@ class Mp4Frames(FrameSource):
 
     def available(self, video: str) -> bool:
         return self.path(video).is_file()
+
+    def frame_numbers(self, video: str) -> list[int]:
+        import av
+
+        path = self.path(video)
+        try:
+            with av.open(str(path)) as container:
+                count = sum(1 for _ in container.decode(video=0))  # the number :meth:`read` gives each
+        except FileNotFoundError:
+            raise FrameError(path, "missing video") from None
+        except av.error.FFmpegError as e:
+            raise FrameError(path, f"undecodable video: {e}") from e
+        return list(range(count))
 
     def read(self, video: str, frame_numbers: Sequence[int]) -> list[np.ndarray]:
         import av
