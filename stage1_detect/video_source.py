@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from stage1_detect.ag_annotations import FrameAnnotation, Split, VideoAnnotation
 from stage1_detect.extract import ExtractConfig, ExtractSummary, store_meta, write_videos
 from stage1_detect.frame_detector import FrameDetector
@@ -199,3 +201,11 @@ def detect_videos(paths: dict[str, Path], store_path: Path | str, detector: Fram
                            progress=progress, start=start)
     summary.failed.extend(failed.values())
     return summary
+
+
+def read_keyed_frames(video: str, path: Path | str, numbers: Sequence[int]) -> dict[str, np.ndarray]:
+    """``{frame key: uint8 (H, W, 3) RGB}`` of the frames ``numbers`` of the video ``video`` at
+    ``path`` (an mp4 file or a folder of frames), by the rules above (``cli.py view``'s pictures)."""
+    source = LooseVideos({video: Path(path)})
+    numbers = sorted(set(int(n) for n in numbers))
+    return dict(zip((source.key(video, n) for n in numbers), source.read(video, numbers)))

@@ -416,15 +416,38 @@ def documents_from_predictions(path: Path | str, *, name: str | None = None) -> 
     config = meta.get("config") or {}
     run = {"name": name or path.stem, "checkpoint": meta.get("checkpoint"), "head": config.get("head"),
            "rsnet": pred.pred_pair_scores is not None, "mode": pf.mode.value}
+    sizes, root, detector = _store_frames(config.get("store"), by_video)
     docs = []
     for video, idx in by_video.items():
         preds = [pred.frame(i) for i in idx]
         gts = [gt.frame(i) for i in idx] if gt is not None else None
-        sizes = [_frame_size(p, g) for p, g in zip(preds, gts or [None] * len(preds))]
-        frames = frame_documents([names[i] for i in idx], sizes, preds, pf.vocabulary, pf.mode, gts)
-        docs.append(document(video, frames, vocabulary=pf.vocabulary, run=run, detector={},
-                             frames_selected="the frames the evaluation scores"))
+        frame_sizes = [sizes.get(names[i]) or _frame_size(p, g) for i, p, g in
+                       zip(idx, preds, gts or [None] * len(preds))]
+        frames = frame_documents([names[i] for i in idx], frame_sizes, preds, pf.vocabulary, pf.mode, gts)
+        source = None
+        if root is not None:  # the AG frame dump, else the video
+            found = [p for p in (root / "frames" / video, root / "videos" / video) if p.exists()]
+            source = str(found[0]) if found else None
+        docs.append(document(video, frames, vocabulary=pf.vocabulary, run=run, detector=detector,
+                             frames_selected="the frames the evaluation scores", source=source))
     return docs
+
+
+def _store_frames(store_path: str | None, videos: dict[str, list[int]]) -> tuple[dict, Path | None, dict]:
+    """Frame sizes ``{frame name: (width, height)}``, the dataset root and the detector of the
+    store an evaluated run read, when it is still there (otherwise nothing: the page does
+    without)."""
+    if not store_path or not Path(store_path).exists():
+        return {}, None, {}
+    store = open_store(store_path)
+    sizes, present = {}, set(store.videos())
+    for video in videos:
+        if video in present:
+            rec = store.read_video(video, fields=("gt_small",))
+            sizes.update({n: (int(w), int(h)) for n, (w, h) in zip(rec.frame_names, rec.frame_sizes.tolist())})
+    root = store.meta.source.get("root")
+    detector = {"arch": store.meta.detector.arch, "weights_sha256": store.meta.detector.weights_sha256}
+    return sizes, (Path(root) if root else None), detector
 
 
 def _frame_size(pred: FramePredictions, gt: FrameGroundTruth | None) -> tuple[int, int]:
