@@ -121,3 +121,123 @@ def test_predict_on_the_evaluated_frames_gives_the_evaluated_triplets(pipeline, 
         rows = list(csv.DictReader(f))
     assert len(rows) == compared
     assert float(rows[0]["score"]) == doc["frames"][0]["triplets"][0]["score"]
+
+
+def _cli(*args, code: int = 0) -> str:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def test_frame_numbers_are_what_read_gives(pipeline, tmp_path):
+    """The listing of an mp4 and of a frame folder follows the reading rule of stage1_detect.frames."""
+    video = sorted((pipeline["root"] / "videos").iterdir())[0]
+    folder = pipeline["root"] / "frames" / video.name
+    source = LooseVideos({"a.mp4": video, video.name: folder})
+    numbers = source.frame_numbers("a.mp4")
+    assert len(numbers) > 5 and numbers == sorted(numbers)
+    assert source.read("a.mp4", numbers[-1:])[0].shape == (120, 160, 3)
+    with pytest.raises(FrameError, match="ends before"):
+        source.read("a.mp4", [numbers[-1] + 1])
+    pngs = sorted(int(p.stem) for p in folder.glob("*.png"))
+    assert source.frame_numbers(video.name) == pngs
+    assert source.key(video.name, pngs[0]) == f"{video.name}/{pngs[0]:06d}.png"
+    # AG's key of a frame is the same whether the frame comes from the mp4 or the PNG dump
+    assert source.key("a.mp4", pngs[0]) == f"a.mp4/{pngs[0]:06d}.png"
+
+
+def test_find_videos_names_what_it_cannot_use(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match="notes.txt: not an .mp4 file"):
+        find_videos([tmp_path / "notes.txt"])
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("000001.png", "000002.jpg"):
+        (mixed / name).write_bytes(b"")
+    with pytest.raises(InputError, match="both .png and .jpg"):
+        find_videos([mixed])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        (tmp_path / d / "clip.mp4").write_bytes(b"")
+    with pytest.raises(InputError, match="a second video named 'clip.mp4'"):
+        find_videos([tmp_path / "a", tmp_path / "b"])
+
+
+def test_schema_rejects_what_it_does_not_describe(pipeline, tmp_path):
+    pf = read_predictions(pipeline["preds"])
+    video = pf.predictions.frame_names[0].split("/")[0]
+    (doc,) = [d for d in documents_from_predictions(pipeline["preds"]) if d["video"] == video]
+    validate(doc)
+    assert json_schema()["properties"]["schema_version"] == {"const": 1}
+    broken = json.loads(json.dumps(doc))
+    broken["frames"][0]["triplets"][0]["score"] = 1.5
+    with pytest.raises(InputError, match=r"\$\.frames\[0\]\.triplets\[0\]\.score: 1.5 outside"):
+        validate(broken)
+    del broken["frames"][0]["boxes"]
+    with pytest.raises(InputError, match="missing 'boxes'"):
+        validate(broken)
+
+
+def test_predict_refuses_another_detector_and_a_non_sgdet_run(pipeline, tmp_path):
+    run = load_sgdet_run(pipeline["run"])
+    with pytest.raises(ConfigError, match="is not the one of the run's store"):
+        check_detector(run, "0" * 64, "small")
+    cfg = TrainConfig(store=str(pipeline["store"]), mode="predcls", head="sttran", head_cfg=TINY_HEAD, epochs=1,
+                      videos_per_batch=2, preload=True, device="cpu", seed=0)
+    train(cfg, tmp_path / "predcls", progress=False, echo=lambda line: None)
+    with pytest.raises(ConfigError, match="a predcls run; predict needs an SGDET run"):
+        load_sgdet_run(tmp_path / "predcls")
+
+
+def test_predict_and_view_from_the_command_line(pipeline, tmp_path):
+    """predict on a frame folder and an mp4 outside the dataset, resumed; a rerun with another
+    frame rate is refused; view of predict's output and of the evaluated run, read in Chromium."""
+    from selenium.webdriver.common.by import By
+
+    from tests.helpers.browser import assert_not_blank, chromium, wait_for
+
+    videos = sorted((pipeline["root"] / "videos").iterdir())
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(videos[0], clips / videos[0].name)
+    shutil.copytree(pipeline["root"] / "frames" / videos[1].name, clips / "dump")  # a folder of PNG frames
+    out = tmp_path / "out"
+    args = ["predict", clips / videos[0].name, clips / "dump", "--run", pipeline["run"], "--weights",
+            pipeline["weights"], "--out", out, "--every", "3", "--device", "cpu", "--threads", "1"]
+    printed = _cli(*args)
+    assert "predict: 2 videos" in printed and "0 already done" in printed
+    docs = {p.stem: read_document(p) for p in out.glob("*.json") if p.name != "scene_graphs.schema.json"}
+    assert set(docs) == {videos[0].name, "dump"}
+    mp4 = docs[videos[0].name]
+    every = LooseVideos({"v": videos[0]}).frame_numbers("v")[::3]
+    assert [f["number"] for f in mp4["frames"]] == every
+    assert mp4["source"] == str((clips / videos[0].name).resolve()) and mp4["run"]["rsnet"]
+    assert [f["key"] for f in docs["dump"]["frames"]] == [
+        f"dump/{p.name}" for p in sorted((clips / "dump").glob("*.png"))][::3]
+    assert json.loads((out / "scene_graphs.schema.json").read_text()) == json_schema()
+    assert "0 videos" in _cli(*args) and "2 already done" in _cli(*args)  # resumed: nothing to redo
+    refused = _cli(*args[:-6], "--every", "2", "--device", "cpu", "--threads", "1", code=1)
+    assert "cannot append" in refused and "every 2. frame" in refused  # not two frame selections in one store
+
+    page_dir = tmp_path / "page"
+    printed = _cli("view", out, pipeline["preds"], "--name", "predict", "--name", "eval", "--out", page_dir,
+                   "--video", videos[0].name)
+    assert "view: 1 videos, 2 run(s)" in printed and (page_dir / "index.html").as_uri() in printed
+    assert len(list((page_dir / "frames").rglob("*.jpg"))) == len(mp4["frames"])
+    with chromium() as driver:
+        driver.get((page_dir / "index.html").as_uri())
+        wait_for(driver, '.run[data-run="0"] table.trips')
+        rows = driver.find_elements(By.CSS_SELECTOR, '.run[data-run="0"] table.trips tr[data-rank]')
+        frame = mp4["frames"][0]
+        name = lambda i: f"{frame['boxes'][i]['label']}#{i}"  # noqa: E731
+        expected = [[name(t["subject"]), t["predicate"], name(t["object"]), f"{t['score']:.4f}"]
+                    for t in frame["triplets"][:10]]
+        assert [[td.text for td in r.find_elements(By.TAG_NAME, "td")][1:5] for r in rows] == expected
+        image = driver.find_element(By.CSS_SELECTOR, '.run[data-run="0"] .pic img')
+        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) == 160
+        assert_not_blank(driver.get_screenshot_as_png())
