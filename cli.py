@@ -710,7 +710,7 @@ def view_command(inputs, out, names, videos, max_videos, top_k, max_triplets, no
     by score); filters by score, top-K and predicate group. Pictures come from each video's
     source (the mp4 or the frames folder predict read, the AG root of an evaluated store).
     """
-    from stage1_detect.video_source import read_keyed_frames
+    from stage1_detect.video_source import read_document_frames
     from stage2_relations.viewer import ViewOptions, load_run, write_page
 
     if names and len(names) != len(inputs):
@@ -718,14 +718,7 @@ def view_command(inputs, out, names, videos, max_videos, top_k, max_triplets, no
     runs = [load_run(path, names[i] if names else None) for i, path in enumerate(inputs)]
     chosen = list(videos) or sorted({d["video"] for r in runs for d in r.documents})
     chosen = chosen[:max_videos] if max_videos else chosen
-
-    def read_frames(doc):
-        if doc.get("source") is None:
-            return {}
-        return read_keyed_frames(doc["video"], doc["source"], [f["number"] for f in doc["frames"]
-                                                              if f["number"] is not None])
-
-    page = write_page(runs, out, read_frames=None if no_pictures else read_frames, videos=chosen,
+    page = write_page(runs, out, read_frames=None if no_pictures else read_document_frames, videos=chosen,
                       options=ViewOptions(top_k=top_k, max_triplets=max_triplets))
     click.echo(f"view: {len(chosen)} videos, {len(runs)} run(s) -> {page.resolve().as_uri()}")
 

@@ -209,3 +209,12 @@ def read_keyed_frames(video: str, path: Path | str, numbers: Sequence[int]) -> d
     source = LooseVideos({video: Path(path)})
     numbers = sorted(set(int(n) for n in numbers))
     return dict(zip((source.key(video, n) for n in numbers), source.read(video, numbers)))
+
+
+def read_document_frames(doc: dict) -> dict[str, np.ndarray]:
+    """The pictures of a scene-graph document (``stage2_relations.scene_graphs``): its frames'
+    ``number`` read from its ``source`` (an mp4 or a frame folder); none without a source."""
+    numbers = [f["number"] for f in doc["frames"] if f["number"] is not None]
+    if doc.get("source") is None or not numbers:
+        return {}
+    return read_keyed_frames(doc["video"], doc["source"], numbers)

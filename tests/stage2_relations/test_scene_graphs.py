@@ -241,3 +241,22 @@ def test_predict_and_view_from_the_command_line(pipeline, tmp_path):
         image = driver.find_element(By.CSS_SELECTOR, '.run[data-run="0"] .pic img')
         assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) == 160
         assert_not_blank(driver.get_screenshot_as_png())
+
+
+def test_the_demo_ends_with_the_page(pipeline):
+    from demo import write_demo_page
+
+    lines = []
+    page = write_demo_page(pipeline["base"], {"STTran + RS-Net": pipeline["run"]}, detector=pipeline["weights"],
+                           videos=2, echo=lines.append)
+    tested = {n.split("/")[0] for n in read_predictions(pipeline["preds"]).predictions.frame_names}
+    n = min(2, len(tested))
+    assert lines == [f"[page] scene graphs of {n} test videos, STTran + RS-Net | STTran + RS-Net, every frame "
+                     f"(predict): open {page.resolve().as_uri()}"]
+    data = sorted((page.parent / "data").glob("*.js"))
+    assert len(data) == n and len(list((page.parent / "frames").rglob("*.jpg"))) > 0
+    first = json.loads(data[0].read_text().removeprefix("SG.loaded(").rstrip().removesuffix(");"))
+    evaluated, predicted = first["runs"]
+    # predict read every frame of the video, the evaluation its annotated SGDET frames only
+    assert sum(f is not None for f in predicted) == len(first["frames"]) > sum(f is not None for f in evaluated) > 0
+    assert all("gt" in f for f in evaluated if f is not None)
