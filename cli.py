@@ -364,8 +364,9 @@ def demo(out: Path, videos: int, seed: int, detector_epochs: int, device: str) -
     detector from scratch, extract every video into a feature store, check it and print its
     statistics, train STTran and STTran + RS-Net (SGDET, the paper's headline setting, with the
     tiny demo recipes) from the store, evaluate both on the test split and print them in a
-    table shaped like the RS-Net paper's Table 2. Every step is a command of its own; see the
-    README.
+    table shaped like the RS-Net paper's Table 2, then write the page of `view` for a few
+    test videos (both runs evaluated, and `predict` on every frame of one) and print where it
+    is. Every step is a command of its own; see the README.
     """
     from demo import run_demo
 
