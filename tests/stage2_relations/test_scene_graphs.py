@@ -13,12 +13,9 @@ import csv
 import json
 import shutil
 
-import numpy as np
 import pytest
-import torch
 
 from stage1_detect.action_genome import ReaderOptions
-from stage1_detect.detectors import build_detector, load_detector, save_detector
 from stage1_detect.extract import ExtractConfig, extract
 from stage1_detect.frames import FrameError
 from stage1_detect.video_source import FrameSelection, LooseVideos, detect_videos, find_videos
@@ -30,10 +27,10 @@ from stage2_relations.recipe import TrainConfig
 from stage2_relations.scene_graphs import (check_detector, documents_from_predictions, json_schema,
                                            load_sgdet_run, read_document, validate, write_scene_graphs)
 from stage2_relations.train import train
-from store import open_store
 from store.errors import ConfigError, InputError
 from store.modes import Mode
 from synth import SynthConfig, generate_synthetic_ag
+from tests.helpers.detector import person_finding_detector
 from tests.helpers.stage2 import TINY_HEAD, TINY_RSNET
 
 PERSON = 1
@@ -51,13 +48,8 @@ def pipeline(tmp_path_factory):
     root = base / "ag"
     generate_synthetic_ag(root, SynthConfig(videos=8, frames_per_video=5, width=160, height=120, seed=0),
                           progress=False)
-    torch.manual_seed(0)
-    detector = build_detector("small", SETTINGS)
-    with torch.no_grad():
-        detector.model.roi_heads.box_predictor.cls_score.bias[PERSON] += 3.0
     weights = base / "detector.pth"
-    save_detector(detector, weights)
-    detector, sha = load_detector(weights)
+    detector, sha = person_finding_detector(weights, SETTINGS, person=PERSON)
     store = base / "store.h5"
     extract(root, store, detector, weights_sha256=sha, reader_options=READER, config=EXTRACT, progress=False)
     cfg = TrainConfig(store=str(store), mode="sgdet", head="sttran", head_cfg=TINY_HEAD, rsnet=TINY_RSNET, epochs=1,
