@@ -146,7 +146,9 @@ class FrameSelection:
             raise ValueError(f"every must be at least 1, got {self.every}")
 
     def describe(self) -> str:
-        return f"{len(self.keys)} listed frame keys" if self.keys is not None else f"every {self.every}. frame"
+        if self.keys is not None:
+            return f"{len(self.keys)} listed frame keys"
+        return "every frame" if self.every == 1 else f"one frame in {self.every}"
 
     def numbers(self, source: LooseVideos, video: str) -> list[int]:
         numbers = source.frame_numbers(video)

@@ -19,7 +19,6 @@ is described by :func:`json_schema` (also written beside the outputs as
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import logging
@@ -368,10 +367,15 @@ def write_scene_graphs(store_path: Path | str, run: SgdetRun, out_dir: Path | st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SCHEMA_FILE).write_text(json.dumps(json_schema(), indent=1))
-    store = open_store(store_path)
+    with open_store(store_path) as store:
+        return _write_scene_graphs(store, run, out_dir, sources=sources or {}, device=device, progress=progress)
+
+
+def _write_scene_graphs(store, run: SgdetRun, out_dir: Path, *, sources: dict[str, Path], device: str,
+                        progress: bool) -> PredictSummary:
     meta = store.meta
     if (meta.feature_dim, meta.union_shape) != (run.meta.feature_dim, run.meta.union_shape):
-        raise ConfigError(f"{store_path}: features {meta.feature_dim}, unions {meta.union_shape}; the run was "
+        raise ConfigError(f"{store.path}: features {meta.feature_dim}, unions {meta.union_shape}; the run was "
                           f"trained on {run.meta.feature_dim}, {run.meta.union_shape}")
     options = eval_view_options(run.config, Mode.SGDET)
     summary = PredictSummary(out=out_dir)
@@ -379,6 +383,7 @@ def write_scene_graphs(store_path: Path | str, run: SgdetRun, out_dir: Path | st
     for video in tqdm(store.videos("test"), desc="scene graphs", unit="video", disable=not progress):
         done = out_dir / f"{video}.json"
         if done.exists() and json.loads(done.read_text()).get("run", {}).get("checkpoint") == str(run.checkpoint):
+            log.info("%s: scene graphs of this checkpoint already written, skipped", video)
             summary.videos_skipped += 1
             continue
         ds = UnannotatedVideos(store, "test", Mode.SGDET, train=False, options=options, videos=[video])
@@ -386,7 +391,7 @@ def write_scene_graphs(store_path: Path | str, run: SgdetRun, out_dir: Path | st
         rec = store.read_video(video, fields=("gt_small",))
         frames = frame_documents(names, [tuple(s) for s in rec.frame_sizes.tolist()], preds, meta.vocabulary,
                                  Mode.SGDET)
-        source = (sources or {}).get(video)
+        source = sources.get(video)
         doc = document(video, frames, vocabulary=meta.vocabulary, run=run.describe(), detector=detector,
                        frames_selected=str(meta.source.get("frames", "")),
                        source=None if source is None else str(Path(source).resolve()))

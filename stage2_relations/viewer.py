@@ -108,13 +108,11 @@ def _frame_data(frame: dict, options: ViewOptions) -> dict:
     base = _base_ranks(frame)
     kept = [(t, b) for t, b in zip(frame["triplets"], base)
             if t["rank"] < options.max_triplets or b < options.max_triplets]
-    used = sorted({i for t, _ in kept for i in (t["subject"], t["object"])})
     out = {
         "boxes": [[*(round(v, 1) for v in b["box"]), b["label_id"], _round(b["score"])] for b in frame["boxes"]],
         "trip": [[t["subject"], t["object"], t["predicate_id"], _round(t["score"]), _round(t["predicate_score"]),
                   -1 if t["relevance"] is None else _round(t["relevance"]),
                   -1 if t["hit"] is None else int(t["hit"]), t["rank"], b] for t, b in kept],
-        "used": used,
     }
     gt = frame.get("ground_truth")
     if gt is not None:

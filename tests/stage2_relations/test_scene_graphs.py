@@ -73,6 +73,7 @@ def _predict(pipeline, paths, out, selection):
     return summary, write_scene_graphs(store, run, out / "graphs", sources=paths, progress=False)
 
 
+@pytest.mark.slow  # the pipeline fixture: about 25 s
 def test_predict_on_the_evaluated_frames_gives_the_evaluated_triplets(pipeline, tmp_path):
     pf = read_predictions(pipeline["preds"])
     names = list(pf.predictions.frame_names)
@@ -125,6 +126,7 @@ def _cli(*args, code: int = 0) -> str:
     return result.output
 
 
+@pytest.mark.slow  # the pipeline fixture: about 25 s
 def test_frame_numbers_are_what_read_gives(pipeline, tmp_path):
     """The listing of an mp4 and of a frame folder follows the reading rule of stage1_detect.frames."""
     video = sorted((pipeline["root"] / "videos").iterdir())[0]
@@ -160,6 +162,7 @@ def test_find_videos_names_what_it_cannot_use(tmp_path):
         find_videos([tmp_path / "a", tmp_path / "b"])
 
 
+@pytest.mark.slow  # the pipeline fixture: about 25 s
 def test_schema_rejects_what_it_does_not_describe(pipeline, tmp_path):
     pf = read_predictions(pipeline["preds"])
     video = pf.predictions.frame_names[0].split("/")[0]
@@ -175,6 +178,7 @@ def test_schema_rejects_what_it_does_not_describe(pipeline, tmp_path):
         validate(broken)
 
 
+@pytest.mark.slow  # the pipeline fixture: about 25 s
 def test_predict_refuses_another_detector_and_a_non_sgdet_run(pipeline, tmp_path):
     run = load_sgdet_run(pipeline["run"])
     with pytest.raises(ConfigError, match="is not the one of the run's store"):
@@ -186,6 +190,7 @@ def test_predict_refuses_another_detector_and_a_non_sgdet_run(pipeline, tmp_path
         load_sgdet_run(tmp_path / "predcls")
 
 
+@pytest.mark.slow  # the pipeline fixture: about 25 s
 def test_predict_and_view_from_the_command_line(pipeline, tmp_path):
     """predict on a frame folder and an mp4 outside the dataset, resumed; a rerun with another
     frame rate is refused; view of predict's output and of the evaluated run, read in Chromium."""
@@ -214,7 +219,7 @@ def test_predict_and_view_from_the_command_line(pipeline, tmp_path):
     assert json.loads((out / "scene_graphs.schema.json").read_text()) == json_schema()
     assert "0 videos" in _cli(*args) and "2 already done" in _cli(*args)  # resumed: nothing to redo
     refused = _cli(*args[:-6], "--every", "2", "--device", "cpu", "--threads", "1", code=1)
-    assert "cannot append" in refused and "every 2. frame" in refused  # not two frame selections in one store
+    assert "cannot append" in refused and "one frame in 2" in refused  # not two frame selections in one store
 
     page_dir = tmp_path / "page"
     printed = _cli("view", out, pipeline["preds"], "--name", "predict", "--name", "eval", "--out", page_dir,
@@ -235,6 +240,7 @@ def test_predict_and_view_from_the_command_line(pipeline, tmp_path):
         assert_not_blank(driver.get_screenshot_as_png())
 
 
+@pytest.mark.slow  # the pipeline fixture: about 25 s
 def test_the_demo_ends_with_the_page(pipeline):
     from demo import write_demo_page
 
