@@ -245,7 +245,7 @@ tr.sup td{color:#999;text-decoration:line-through}
 .tl td{width:14px;height:14px;padding:0;border:1px solid #fff}
 .tl td.gt{outline:2px solid #d33;outline-offset:-2px}.tl td.gtok{outline:2px solid #2a2;outline-offset:-2px}
 .tl th{font-weight:normal;font-size:11px;padding-right:6px}
-.tl th.cur{background:#dbe9ff}
+.tl th.cur{background:#dbe9ff}.tl th.runname{text-align:left;padding-top:6px}.tl td.none{background:repeating-linear-gradient(45deg,#fff,#fff 3px,#eee 3px,#eee 5px)!important}
 .note{color:#666;font-size:12px}
 </style></head><body>
 <header>
@@ -306,18 +306,18 @@ function timeline(f){
  d.runs.forEach(frs=>frs.forEach(fr=>{if(!fr)return;fr.trip.filter(t=>shown(t,f)).forEach(t=>keys.add(labelKey(fr,t)));
   if(fr.gt)fr.gt.trip.filter(t=>f.groups.includes(groupOf(t[2]))).forEach(t=>keys.add(gtKey(fr,t)));}));
  const rows=[...keys].sort();
- let s="";
+ if(!rows.length)return "<div class='note'>no triplet passes the filters</div>";
+ let s=`<table class="tl"><tr><th></th>`+d.frames.map((fm,j)=>`<th class="${j===S.frame?"cur":""}">${j+1}</th>`).join("")+"</tr>";
  d.runs.forEach((frs,ri)=>{
   const best=frs.map(fr=>{const m={};if(fr)fr.trip.filter(t=>shown(t,f)).forEach(t=>{const k=labelKey(fr,t);m[k]=Math.max(m[k]||0,t[3]);});return m;});
   const top=Math.max(1e-12,...best.flatMap(m=>Object.values(m)));
   const gt=frs.map(fr=>{const m={};if(fr&&fr.gt)fr.gt.trip.forEach(t=>{const k=gtKey(fr,t);m[k]=m[k]||(t[3]>=0&&t[3]<f.k);});return m;});
-  s+=`<table class="tl" data-run="${ri}"><tr><th><b>${esc(H.runs[ri].name)}</b></th>`+d.frames.map((fm,j)=>`<th class="${j===S.frame?"cur":""}">${j+1}</th>`).join("")+"</tr>";
-  rows.forEach(k=>{s+=`<tr><th>${esc(k)}</th>`;for(let j=0;j<n;j++){const v=best[j][k]||0,g=gt[j][k];
-   const cls=g===undefined?"":g?"gtok":"gt";
-   s+=`<td class="${cls}" title="${esc(k)} frame ${j+1}: ${v.toFixed(3)}" style="background:rgba(42,111,219,${v>0?0.1+0.9*v/top:0})" data-score="${v}"></td>`;}
-   s+="</tr>";});
-  s+="</table>";});
- return s||"<div class='note'>no triplet passes the filters</div>";}
+  s+=`<tr><th colspan="${n+1}" class="runname"><b>${esc(H.runs[ri].name)}</b></th></tr>`;
+  rows.forEach(k=>{s+=`<tr data-run="${ri}"><th>${esc(k)}</th>`;for(let j=0;j<n;j++){const v=best[j][k]||0,g=gt[j][k];
+   const cls=(frs[j]?"":"none ")+(g===undefined?"":g?"gtok":"gt");
+   s+=`<td class="${cls}" title="${esc(k)} frame ${j+1}: ${v.toFixed(4)}" style="background:rgba(42,111,219,${v>0?0.1+0.9*v/top:0})" data-score="${v}"></td>`;}
+   s+="</tr>";});});
+ return s+"</table>";}
 function render(){
  const f=filters();$("minval").textContent=f.min.toFixed(2);
  if(!S.data){return;}

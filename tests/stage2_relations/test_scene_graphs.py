@@ -13,6 +13,7 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from stage1_detect.action_genome import ReaderOptions
@@ -137,11 +138,18 @@ def test_frame_numbers_are_what_read_gives(pipeline, tmp_path):
     assert source.read("a.mp4", numbers[-1:])[0].shape == (120, 160, 3)
     with pytest.raises(FrameError, match="ends before"):
         source.read("a.mp4", [numbers[-1] + 1])
+    assert len(source.read("a.mp4", numbers[:1])) == 1
     pngs = sorted(int(p.stem) for p in folder.glob("*.png"))
     assert source.frame_numbers(video.name) == pngs
     assert source.key(video.name, pngs[0]) == f"{video.name}/{pngs[0]:06d}.png"
-    # AG's key of a frame is the same whether the frame comes from the mp4 or the PNG dump
-    assert source.key("a.mp4", pngs[0]) == f"a.mp4/{pngs[0]:06d}.png"
+    # Frame N of the mp4 is the PNG NNNNNN.png of the dump (up to codec loss), and has its key
+    assert source.key("a.mp4", pngs[-1]) == f"a.mp4/{pngs[-1]:06d}.png"
+    inner = [n for n in pngs if n + 1 <= numbers[-1]]
+    dumped = source.read(video.name, inner)
+    same = np.mean([np.abs(d.astype(float) - p).mean() for d, p in zip(source.read("a.mp4", inner), dumped)])
+    next_ = np.mean([np.abs(d.astype(float) - p).mean() for d, p in zip(source.read("a.mp4", [n + 1 for n in inner]),
+                                                                       dumped)])
+    assert same < 8 and same < next_, (same, next_)
 
 
 def test_find_videos_names_what_it_cannot_use(tmp_path):

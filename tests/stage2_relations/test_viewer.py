@@ -153,7 +153,14 @@ def test_page_in_chromium_shows_the_triplets_hits_and_suppressions(tmp_path):
         shown = _rows(driver, 1)
         assert [(c, cells[:5]) for c, cells in shown] == _expected(docs[1], 1, 10, ("attention", "contacting"))
         assert len(shown) == 4
-        timeline = driver.find_elements(By.CSS_SELECTOR, '.tl[data-run="1"] tr th:first-child')
+        timeline = driver.find_elements(By.CSS_SELECTOR, '.tl tr[data-run="1"] th')
         labels = {e.text for e in timeline}
         assert "person – looking_at – cup" in labels and "cup – behind – person" not in labels
+        # the over-time row of (person, holding, cup): predicted in both frames; the GT of frame 2
+        # has it, recalled within the top-10 (green outline)
+        (row,) = [r for r in driver.find_elements(By.CSS_SELECTOR, '.tl tr[data-run="1"]')
+                  if r.find_element(By.TAG_NAME, "th").text == "person – holding – cup"]
+        cells = row.find_elements(By.TAG_NAME, "td")
+        assert [c.get_attribute("class").strip() for c in cells] == ["", "gtok"]
+        assert [float(c.get_attribute("data-score")) for c in cells] == pytest.approx([0.1125, 0.07], rel=1e-3)
         assert_not_blank(driver.get_screenshot_as_png())
