@@ -682,8 +682,8 @@ def predict_command(videos, run_dir, weights, arch, backend, d2_config, class_ma
                                  selection=FrameSelection(every=every, keys=keys),
                                  config=ExtractConfig(batch_size=batch_size, num_workers=num_workers, segment_mb=0),
                                  device=device)
-        summary = write_scene_graphs(out / "detections.h5", run, out, sources=paths, device=device)
-    click.echo(summary.line())
+        if detected.videos_written or detected.videos_skipped_committed:
+            click.echo(write_scene_graphs(out / "detections.h5", run, out, sources=paths, device=device).line())
     if detected.failed:
         click.echo(f"predict: {len(detected.failed)} failed: " + "; ".join(detected.failed[:5]), err=True)
         sys.exit(3)

@@ -16,6 +16,7 @@ extracted by :func:`stage1_detect.extract.write_videos`, the loop of ``detect``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from stage1_detect.extract import ExtractConfig, ExtractSummary, store_meta, wri
 from stage1_detect.frame_detector import FrameDetector
 from stage1_detect.frames import FrameError, FrameSource, Mp4Frames, PngFrames
 from store.errors import InputError
+from store.records import StoreError
 from store.vocabulary import Vocabulary
 from store.writer import lock_part
 
@@ -146,8 +148,9 @@ class FrameSelection:
             raise ValueError(f"every must be at least 1, got {self.every}")
 
     def describe(self) -> str:
-        if self.keys is not None:
-            return f"{len(self.keys)} listed frame keys"
+        if self.keys is not None:  # the digest tells two lists of one length apart
+            digest = hashlib.sha1("\n".join(sorted(self.keys)).encode()).hexdigest()[:10]
+            return f"{len(self.keys)} listed frame keys ({digest})"
         return "every frame" if self.every == 1 else f"one frame in {self.every}"
 
     def numbers(self, source: LooseVideos, video: str) -> list[int]:
@@ -183,6 +186,10 @@ def detect_videos(paths: dict[str, Path], store_path: Path | str, detector: Fram
     start = time.time()
     store_path = Path(store_path)
     source = LooseVideos(paths)
+    earlier = _selection_of(store_path)
+    if earlier is not None and earlier != selection.describe():
+        raise StoreError(store_path, f"holds the frames of another selection ({earlier}, not "
+                                     f"{selection.describe()}): write into another output folder")
     lock = lock_part(store_path, "rank0")
     failed: dict[str, str] = {}
     try:
@@ -193,7 +200,10 @@ def detect_videos(paths: dict[str, Path], store_path: Path | str, detector: Fram
         videos = []
         for name in paths:
             try:
-                videos.append(unannotated_video(source, name, selection.numbers(source, name)))
+                numbers = selection.numbers(source, name)
+                if not numbers:
+                    raise InputError(f"{paths[name]}: none of its frames is selected ({selection.describe()})")
+                videos.append(unannotated_video(source, name, numbers))
             except (FrameError, InputError) as e:
                 failed[name] = str(e)
     except BaseException:
@@ -203,6 +213,19 @@ def detect_videos(paths: dict[str, Path], store_path: Path | str, detector: Fram
                            progress=progress, start=start)
     summary.failed.extend(failed.values())
     return summary
+
+
+def _selection_of(store_path: Path) -> str | None:
+    """The frame selection an earlier ``predict`` wrote into ``store_path`` (None: no store yet)."""
+    from store import open_store
+
+    if not store_path.is_dir():
+        return None
+    try:
+        with open_store(store_path) as store:
+            return store.meta.source.get("frames")
+    except StoreError:  # nothing committed yet: any selection may start it
+        return None
 
 
 def read_keyed_frames(video: str, path: Path | str, numbers: Sequence[int]) -> dict[str, np.ndarray]:

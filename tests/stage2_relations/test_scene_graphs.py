@@ -227,7 +227,12 @@ def test_predict_and_view_from_the_command_line(pipeline, tmp_path):
     assert json.loads((out / "scene_graphs.schema.json").read_text()) == json_schema()
     assert "0 videos" in _cli(*args) and "2 already done" in _cli(*args)  # resumed: nothing to redo
     refused = _cli(*args[:-6], "--every", "2", "--device", "cpu", "--threads", "1", code=1)
-    assert "cannot append" in refused and "one frame in 2" in refused  # not two frame selections in one store
+    assert "holds the frames of another selection (one frame in 3, not one frame in 2)" in refused
+    (clips / "broken.mp4").write_bytes(b"not a video " * 300)  # reported; the other video goes on
+    failed = _cli("predict", clips / "broken.mp4", clips / videos[0].name, *args[3:7], "--out", tmp_path / "out2",
+                  "--every", "3", "--device", "cpu", "--threads", "1", code=3)
+    assert "1 failed: " in failed and "broken.mp4: undecodable video" in failed and "predict: 1 videos" in failed
+    assert read_document(tmp_path / "out2" / f"{videos[0].name}.json")["frames"] == mp4["frames"]
 
     page_dir = tmp_path / "page"
     printed = _cli("view", out, pipeline["preds"], "--name", "predict", "--name", "eval", "--out", page_dir,
