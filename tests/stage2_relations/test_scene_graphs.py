@@ -233,6 +233,10 @@ def test_predict_and_view_from_the_command_line(pipeline, tmp_path):
                   "--every", "3", "--device", "cpu", "--threads", "1", code=3)
     assert "1 failed: " in failed and "broken.mp4: undecodable video" in failed and "predict: 1 videos" in failed
     assert read_document(tmp_path / "out2" / f"{videos[0].name}.json")["frames"] == mp4["frames"]
+    (tmp_path / "keys.txt").write_text("another.mp4/000001.png\n")
+    failed = _cli("predict", clips / videos[0].name, *args[3:7], "--out", tmp_path / "out3", "--frames",
+                  tmp_path / "keys.txt", "--device", "cpu", "--threads", "1", code=3)
+    assert f"{videos[0].name}: none of its frames is selected (1 listed frame keys (" in failed
 
     page_dir = tmp_path / "page"
     printed = _cli("view", out, pipeline["preds"], "--name", "predict", "--name", "eval", "--out", page_dir,

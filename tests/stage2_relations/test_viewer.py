@@ -164,3 +164,27 @@ def test_page_in_chromium_shows_the_triplets_hits_and_suppressions(tmp_path):
         assert [c.get_attribute("class").strip() for c in cells] == ["", "gtok"]
         assert [float(c.get_attribute("data-score")) for c in cells] == pytest.approx([0.1125, 0.07], rel=1e-3)
         assert_not_blank(driver.get_screenshot_as_png())
+
+
+def test_bad_inputs_of_view_and_predict_say_what_is_wrong(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    def cli(*args):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        return result.exit_code, result.output
+
+    (tmp_path / "broken.json").write_text('{"format": "dsgg-scene-graphs", "schema_version": 1}')
+    (tmp_path / "future.json").write_text('{"format": "dsgg-scene-graphs", "schema_version": 9}')
+    assert cli("view", tmp_path / "broken.json", "--out", tmp_path / "p") == (
+        1, f"Error: {tmp_path / 'broken.json'}: $: missing 'video'\n")
+    assert cli("view", tmp_path / "future.json", "--out", tmp_path / "p") == (
+        1, f"Error: {tmp_path / 'future.json'}: schema version 9, this code reads 1\n")
+    assert cli("view", _file(tmp_path, rsnet=False), "--out", tmp_path / "p", "--video", "nothere.mp4") == (
+        1, "Error: video 'nothere.mp4' is in none of the runs\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "keys.txt").write_text("v.mp4/000001.png\n")
+    code, out = cli("predict", tmp_path / "keys.txt", "--run", tmp_path / "run", "--weights", tmp_path / "keys.txt",
+                    "--out", tmp_path / "o", "--every", "2", "--frames", tmp_path / "keys.txt")
+    assert (code, out.splitlines()[-1]) == (2, "Error: give --every or --frames, not both")
