@@ -41,7 +41,7 @@ from stage2_relations.evaluation.triplets import GROUP_ORDER, ground_truth_tripl
 from stage2_relations.train import load_checkpoint, run_checkpoint
 from store import StoreMeta, VideoRecord, open_store
 from store.errors import ConfigError, InputError
-from store.files import atomic_write
+from store.files import atomic_write, sha256_of
 from store.modes import Mode
 from store.vocabulary import Vocabulary
 
@@ -98,9 +98,11 @@ def json_schema() -> dict:
     doc = _obj({
         "format": {"const": FORMAT}, "schema_version": {"const": SCHEMA_VERSION}, "video": _STR,
         "source": {"type": ["string", "null"]},
-        "run": _obj({"name": _STR, "checkpoint": {"type": ["string", "null"]}, "head": {"type": ["string", "null"]},
+        "run": _obj({"name": _STR, "checkpoint": {"type": ["string", "null"]},
+                     "checkpoint_sha256": {"type": ["string", "null"]}, "head": {"type": ["string", "null"]},
                      "rsnet": {"type": "boolean"}, "mode": _STR}),
         "detector": {"type": "object"}, "frames_selected": _STR, "constraint": {"const": Constraint.WITH.value},
+        "computed": {"oneOf": [{"type": "null"}, _obj({"device": _STR, "torch_threads": _INT})]},
         "vocabulary": _obj({"objects": _arr(_STR), "predicates": _arr(_STR),
                             "groups": {"type": "object", "additionalProperties": _arr(_INT, 2)}}),
         "frames": _arr(frame),
@@ -239,10 +241,12 @@ def frame_documents(frame_names: Sequence[str], frame_sizes: Sequence[tuple[int,
 
 
 def document(video: str, frames: list[dict], *, vocabulary: Vocabulary, run: dict, detector: dict,
-             frames_selected: str, source: str | None = None) -> dict:
-    """One video's document (:func:`json_schema`)."""
+             frames_selected: str, source: str | None = None, computed: dict | None = None) -> dict:
+    """One video's document (:func:`json_schema`); ``computed``: the device and torch thread
+    count of the model's run (scores differ in the last bits with them), None when unknown."""
     return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "video": video, "source": source, "run": run,
             "detector": detector, "frames_selected": frames_selected, "constraint": Constraint.WITH.value,
+            "computed": computed,
             "vocabulary": {"objects": list(vocabulary.objects), "predicates": list(vocabulary.predicates),
                            "groups": {g.value: list(vocabulary.group_range(g)) for g in GROUP_ORDER}},
             "frames": frames}
@@ -319,10 +323,12 @@ class SgdetRun:
     model: torch.nn.Module
     config: Any
     checkpoint: Path
+    checkpoint_sha256: str
     meta: StoreMeta
 
     def describe(self) -> dict:
-        return {"name": self.checkpoint.parent.name, "checkpoint": str(self.checkpoint), "head": self.config.head,
+        return {"name": self.checkpoint.parent.name, "checkpoint": str(self.checkpoint),
+                "checkpoint_sha256": self.checkpoint_sha256, "head": self.config.head,
                 "rsnet": self.config.rsnet is not None, "mode": Mode.SGDET.value}
 
 
@@ -333,7 +339,8 @@ def load_sgdet_run(run_dir: Path | str, device: str = "cpu") -> SgdetRun:
     model, cfg, _ = load_checkpoint(ckpt_path, device=device)
     if Mode(cfg.mode) is not Mode.SGDET:
         raise ConfigError(f"{ckpt_path}: a {cfg.mode} run; predict needs an SGDET run (it sees detections only)")
-    return SgdetRun(model=model, config=cfg, checkpoint=ckpt_path, meta=open_store(cfg.store).meta)
+    return SgdetRun(model=model, config=cfg, checkpoint=ckpt_path, checkpoint_sha256=sha256_of(ckpt_path),
+                    meta=open_store(cfg.store).meta)
 
 
 def check_detector(run: SgdetRun, weights_sha256: str, arch: str) -> None:
@@ -363,7 +370,7 @@ def write_scene_graphs(store_path: Path | str, run: SgdetRun, out_dir: Path | st
                        progress: bool = True) -> PredictSummary:
     """Run ``run`` on every video of ``store_path`` (split test, from
     :func:`stage1_detect.video_source.detect_videos`) and write ``OUT/VIDEO.json`` and ``.csv``
-    per video; videos whose JSON exists for this checkpoint are skipped (resumable)."""
+    per video; videos whose JSON exists for this checkpoint (same sha256) are skipped (resumable)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SCHEMA_FILE).write_text(json.dumps(json_schema(), indent=1))
@@ -382,7 +389,8 @@ def _write_scene_graphs(store, run: SgdetRun, out_dir: Path, *, sources: dict[st
     detector = {"arch": meta.detector.arch, "weights_sha256": meta.detector.weights_sha256}
     for video in tqdm(store.videos("test"), desc="scene graphs", unit="video", disable=not progress):
         done = out_dir / f"{video}.json"
-        if done.exists() and json.loads(done.read_text()).get("run", {}).get("checkpoint") == str(run.checkpoint):
+        if done.exists() and json.loads(done.read_text()).get("run", {}).get("checkpoint_sha256") == \
+                run.checkpoint_sha256:
             log.info("%s: scene graphs of this checkpoint already written, skipped", video)
             summary.videos_skipped += 1
             continue
@@ -394,7 +402,8 @@ def _write_scene_graphs(store, run: SgdetRun, out_dir: Path, *, sources: dict[st
         source = sources.get(video)
         doc = document(video, frames, vocabulary=meta.vocabulary, run=run.describe(), detector=detector,
                        frames_selected=str(meta.source.get("frames", "")),
-                       source=None if source is None else str(Path(source).resolve()))
+                       source=None if source is None else str(Path(source).resolve()),
+                       computed={"device": str(device), "torch_threads": torch.get_num_threads()})
         write_document(doc, out_dir)
         summary.videos_written += 1
         summary.frames += len(frames)
@@ -419,7 +428,8 @@ def documents_from_predictions(path: Path | str, *, name: str | None = None) -> 
         by_video.setdefault(n.split("/", 1)[0], []).append(i)
     meta = pf.metadata or {}
     config = meta.get("config") or {}
-    run = {"name": name or path.stem, "checkpoint": meta.get("checkpoint"), "head": config.get("head"),
+    run = {"name": name or path.stem, "checkpoint": meta.get("checkpoint"), "checkpoint_sha256": None,
+           "head": config.get("head"),
            "rsnet": pred.pred_pair_scores is not None, "mode": pf.mode.value}
     sizes, root, detector = _store_frames(config.get("store"), by_video)
     docs = []

@@ -15,6 +15,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from stage1_detect.action_genome import ReaderOptions
 from stage1_detect.extract import ExtractConfig, extract
@@ -27,8 +28,9 @@ from stage2_relations.evaluation.triplets import rank_triplets
 from stage2_relations.recipe import TrainConfig
 from stage2_relations.scene_graphs import (check_detector, documents_from_predictions, json_schema,
                                            load_sgdet_run, read_document, validate, write_scene_graphs)
-from stage2_relations.train import train
+from stage2_relations.train import run_checkpoint, train
 from store.errors import ConfigError, InputError
+from store.files import sha256_of
 from store.modes import Mode
 from synth import SynthConfig, generate_synthetic_ag
 from tests.helpers.detector import person_finding_detector
@@ -88,6 +90,8 @@ def test_predict_on_the_evaluated_frames_gives_the_evaluated_triplets(pipeline, 
     assert summary.failed == [] and written.videos_written == 1
     doc = read_document(tmp_path / "out" / "graphs" / f"{video}.json")  # validates against the schema
     assert [f["key"] for f in doc["frames"]] == keys
+    assert doc["run"]["checkpoint_sha256"] == sha256_of(run_checkpoint(pipeline["run"]))  # what resuming compares
+    assert doc["computed"] == {"device": "cpu", "torch_threads": torch.get_num_threads()}
 
     # The evaluation's triplets of those frames, from the saved predictions.
     idx = [names.index(k) for k in keys]
