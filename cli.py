@@ -253,6 +253,42 @@ def train_detector_command(root: Path, out: Path, config_path: Path | None, devi
                f"{val}, {result.seconds / 60:.1f} min -> {result.checkpoint}")
 
 
+def detector_options(command):
+    """The detector's options that `detect` and `predict` share (every backend)."""
+    return _apply(command, [
+        click.option("--arch", help="Architecture of a bare torchvision state dict (small, r50-fpn, r101-c4)."),
+        click.option("--backend", type=click.Choice(["torchvision", "detectron2"]), default="torchvision",
+                     show_default=True,
+                     help="Detector library. detectron2 is optional, built from source (docs/detectron2.md)."),
+        click.option("--config", "d2_config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="detectron2 config (yacs YAML, e.g. a model zoo faster_rcnn_*.yaml); --backend detectron2 "
+                          "only."),
+        click.option("--class-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="YAML: detectron2 model class (name or index) -> AG object or null, for a model whose "
+                          "classes are not AG's 36; --backend detectron2 only."),
+    ])
+
+
+def _load_detector(weights: Path, arch: str | None, backend: str, d2_config: Path | None, class_map: Path | None,
+                   vocabulary):
+    """(detector, weights sha256) of `detector_options`; ``vocabulary()`` gives the AG vocabulary
+    that a detectron2 class map maps to."""
+    if backend == "detectron2":
+        from stage1_detect.frame_detector import require_detectron2
+
+        require_detectron2()  # before anything is read: one line saying how to get it
+        if d2_config is None or arch is not None:
+            raise click.UsageError("--backend detectron2 takes --config CFG.yaml (and no --arch)")
+        from stage1_detect.detectron2_backend import load_detectron2_detector
+
+        return load_detectron2_detector(d2_config, weights, vocabulary=vocabulary(), class_map=class_map)
+    if d2_config is not None or class_map is not None:
+        raise click.UsageError("--config and --class-map are options of --backend detectron2")
+    from stage1_detect.detectors import load_detector
+
+    return load_detector(weights, arch=arch)
+
+
 @main.command("detect")
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--store", "store_path", required=True, type=click.Path(path_type=Path),
@@ -260,14 +296,7 @@ def train_detector_command(root: Path, out: Path, config_path: Path | None, devi
 @click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Detector checkpoint (from train-detector or convert-ag-detector, or a torchvision state dict with "
                    "--arch; with --backend detectron2, a detectron2 .pkl or .pth).")
-@click.option("--arch", help="Architecture of a bare torchvision state dict (small, r50-fpn, r101-c4).")
-@click.option("--backend", type=click.Choice(["torchvision", "detectron2"]), default="torchvision", show_default=True,
-              help="Detector library. detectron2 is optional, built from source (docs/detectron2.md).")
-@click.option("--config", "d2_config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="detectron2 config (yacs YAML, e.g. a model zoo faster_rcnn_*.yaml); --backend detectron2 only.")
-@click.option("--class-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="YAML: detectron2 model class (name or index) -> AG object or null, for a model whose classes "
-                   "are not AG's 36; --backend detectron2 only.")
+@detector_options
 @click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]),
               help="Splits to extract (repeatable; default all).")
 @click.option("--union", "union_mode", type=click.Choice(["pooled", "map"]), default="pooled", show_default=True,
@@ -308,23 +337,9 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
     from stage1_detect.extract import ExtractConfig, extract
     from store.runtime import distributed_rank
 
-    if backend == "detectron2":
-        from stage1_detect.frame_detector import require_detectron2
+    from stage1_detect.action_genome import read_vocabulary
 
-        require_detectron2()  # before anything is read: one line saying how to get it
-        if d2_config is None or arch is not None:
-            raise click.UsageError("--backend detectron2 takes --config CFG.yaml (and no --arch)")
-        from stage1_detect.action_genome import read_vocabulary
-        from stage1_detect.detectron2_backend import load_detectron2_detector
-
-        detector, sha = load_detectron2_detector(d2_config, weights, vocabulary=read_vocabulary(root),
-                                                 class_map=class_map)
-    else:
-        if d2_config is not None or class_map is not None:
-            raise click.UsageError("--config and --class-map are options of --backend detectron2")
-        from stage1_detect.detectors import load_detector
-
-        detector, sha = load_detector(weights, arch=arch)
+    detector, sha = _load_detector(weights, arch, backend, d2_config, class_map, lambda: read_vocabulary(root))
     rank, world, _ = distributed_rank()
     config = ExtractConfig(splits=tuple(splits) or ("train", "val", "test"), batch_size=batch_size,
                            num_workers=num_workers, frame_source=frame_source, rescale_frames=rescale_frames,
@@ -362,8 +377,9 @@ def demo(out: Path, videos: int, seed: int, detector_epochs: int, device: str) -
     detector from scratch, extract every video into a feature store, check it and print its
     statistics, train STTran and STTran + RS-Net (SGDET, the paper's headline setting, with the
     tiny demo recipes) from the store, evaluate both on the test split and print them in a
-    table shaped like the RS-Net paper's Table 2. Every step is a command of its own; see the
-    README.
+    table shaped like the RS-Net paper's Table 2, then write the page of `view` for a few
+    test videos (both runs evaluated, and `predict` on every frame of one) and print where it
+    is. Every step is a command of its own; see the README.
     """
     from demo import run_demo
 
@@ -632,6 +648,102 @@ def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_
                  "predictions_metadata": pf.metadata}
         paths = write_report(results, out_dir, vocabulary=pf.vocabulary, mean_recall=MeanRecall(mean_recall), extra=extra)
         click.echo(f"wrote {', '.join(p.name for p in paths.values())} to {out_dir}")
+
+
+@main.command("predict")
+@click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A trained SGDET `train` run folder (best.pth, else last.pth); its store must still exist.")
+@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The detector the run's store was extracted with (as `detect --weights`).")
+@detector_options
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: VIDEO.json and VIDEO.csv per video, scene_graphs.schema.json, and detections.h5 "
+                   "(the detector's store). Rerun to resume.")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Predict every N-th frame (from the first).")
+@click.option("--frames", "frame_list", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A file of frame keys, one per line (VIDEO/NNNNNN.png): exactly these frames, e.g. the "
+                   "annotated ones, to get what `eval` scores.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per forward.")
+@click.option("--workers", "num_workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader workers decoding frames.")
+@DEVICE_OPTION
+@THREADS_OPTION
+def predict_command(videos, run_dir, weights, arch, backend, d2_config, class_map, out, every, frame_list, batch_size,
+                    num_workers, device, threads) -> None:
+    """Scene graphs of videos without annotations: mp4 files, folders of NNNNNN.png/.jpg frames
+    or folders of mp4 files, anywhere.
+
+    The detector writes the chosen frames into a store (as `detect`, without GT), the run's
+    SGDET test view and model run on it (as `eval`), and each video gets OUT/VIDEO.json (boxes,
+    labels, scores, every pair's predicate probabilities and RS-Net's relevance, the triplets
+    under the with constraint; schema in OUT/scene_graphs.schema.json, docs/predict.md) and
+    OUT/VIDEO.csv (one row per triplet). A temporal head sees the predicted frames as the
+    video: other frames, other context; --frames with a video's annotated frames gives
+    exactly what `eval` scores. `cli.py view OUT` draws them.
+    """
+    from stage1_detect.extract import ExtractConfig
+    from stage1_detect.video_source import FrameSelection, detect_videos, find_videos
+    from stage2_relations.scene_graphs import check_detector, load_sgdet_run, write_scene_graphs
+    from store.threads import torch_threads
+
+    if frame_list is not None and every != 1:
+        raise click.UsageError("give --every or --frames, not both")
+    keys = None if frame_list is None else frozenset(
+        line.strip() for line in frame_list.read_text().splitlines() if line.strip())
+    device = _device(device)
+    paths = find_videos(videos)
+    with torch_threads(threads, num_workers) as n_threads:
+        run = load_sgdet_run(run_dir, device=device)
+        detector, sha = _load_detector(weights, arch, backend, d2_config, class_map, lambda: run.meta.vocabulary)
+        check_detector(run, sha, detector.describe().arch)
+        click.echo(f"predict: {len(paths)} videos, {device}, {n_threads} torch threads", err=True)
+        detected = detect_videos(paths, out / "detections.h5", detector, weights_sha256=sha,
+                                 vocabulary=run.meta.vocabulary, union_mode=run.meta.union_mode.value,
+                                 selection=FrameSelection(every=every, keys=keys),
+                                 config=ExtractConfig(batch_size=batch_size, num_workers=num_workers, segment_mb=0),
+                                 device=device)
+        if detected.videos_written or detected.videos_skipped_committed:
+            click.echo(write_scene_graphs(out / "detections.h5", run, out, sources=paths, device=device).line())
+    if detected.failed:
+        click.echo(f"predict: {len(detected.failed)} failed: " + "; ".join(detected.failed[:5]), err=True)
+        sys.exit(3)
+
+
+@main.command("view")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the page: index.html, data/ and frames/ (replaced).")
+@click.option("--name", "names", multiple=True, help="A name per input, in order (default: its folder or file name).")
+@click.option("--video", "videos", multiple=True, help="Only this video (repeatable; default: every video).")
+@click.option("--max-videos", type=click.IntRange(min=0), default=0, help="At most this many videos (0: all).")
+@click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True, help="The page's initial cut.")
+@click.option("--max-triplets", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Triplets kept per frame and run (by rank, and by rank without RS-Net's relevance).")
+@click.option("--no-pictures", is_flag=True, help="Draw boxes on blank frames instead of reading the videos.")
+def view_command(inputs, out, names, videos, max_videos, top_k, max_triplets, no_pictures) -> None:
+    """A static HTML page of scene graphs, opened from disk (no network): INPUTS are `predict`
+    output folders (or VIDEO.json files) and predictions files of `eval --save-predictions`
+    (.npz, with ground truth: hits and misses), one run each, side by side.
+
+    Per video: the frames with boxes and labels, the chosen frame's triplets and RS-Net's
+    relevance, the ground truth recalled or missed, the pairs RS-Net pushed below the cut, and
+    the scene graph over time (a row per subject-predicate-object, a column per frame, shaded
+    by score); filters by score, top-K and predicate group. Pictures come from each video's
+    source (the mp4 or the frames folder predict read, the AG root of an evaluated store).
+    """
+    from stage1_detect.video_source import read_document_frames
+    from stage2_relations.viewer import ViewOptions, load_run, write_page
+
+    if names and len(names) != len(inputs):
+        raise click.UsageError(f"give one --name per input ({len(inputs)}), or none")
+    runs = [load_run(path, names[i] if names else None) for i, path in enumerate(inputs)]
+    chosen = list(videos) or sorted({d["video"] for r in runs for d in r.documents})
+    chosen = chosen[:max_videos] if max_videos else chosen
+    page = write_page(runs, out, read_frames=None if no_pictures else read_document_frames, videos=chosen,
+                      options=ViewOptions(top_k=top_k, max_triplets=max_triplets))
+    click.echo(f"view: {len(chosen)} videos, {len(runs)} run(s) -> {page.resolve().as_uri()}")
 
 
 def _parse_seeds(ctx: click.Context, param: click.Parameter, text: str) -> list[int]:

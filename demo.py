@@ -76,4 +76,46 @@ def run_demo(out: Path, *, videos: int = 80, seed: int = 0, detector_epochs: int
     echo(format_table2(rows, reference="STTran",
                        title="SGDET, test split, with constraint (as the RS-Net paper's Table 2; one seed: "
                              "an anecdote, see `cli.py compare` for seeds)"))
+    write_demo_page(out, runs, detector=out / "detector" / "detector.pth", device=device, echo=echo)
     echo(f"demo finished in {(time.time() - started) / 60:.1f} min")
+
+
+def write_demo_page(out: Path, runs: dict[str, Path], *, detector: Path, videos: int = 4, device: str = "cpu",
+                    echo: Callable[[str], None] = print) -> Path:
+    """The demo's last step: the page of ``cli.py view`` (``out/view/page/index.html``) for the
+    first ``videos`` test videos: each run evaluated (``eval --save-predictions``: hits and
+    misses), side by side, and ``cli.py predict`` with the last run (RS-Net) on every frame of
+    the first of them, its mp4 copied out of the dataset (``out/view/clips``)."""
+    from stage1_detect.extract import ExtractConfig
+    from stage1_detect.video_source import detect_videos, find_videos, read_document_frames
+    from stage2_relations.scene_graphs import check_detector, load_sgdet_run, write_scene_graphs
+    from stage2_relations.viewer import load_run, write_page
+
+    view = out / "view"
+    shutil.rmtree(view, ignore_errors=True)  # made afresh from this demo's runs
+    shown = []
+    for name, run_dir in runs.items():
+        path = view / f"{run_dir.name}_test.npz"
+        evaluate_checkpoint(run_dir=run_dir, split="test", max_videos=videos, save_predictions=path,
+                            out_dir=view / "eval" / run_dir.name, device=device, echo=lambda line: None,
+                            num_frames_png=0)
+        shown.append(load_run(path, name))
+    first = shown[0].documents[0]["video"]
+    clips = view / "clips"
+    clips.mkdir(parents=True)
+    shutil.copy(out / "ag" / "videos" / first, clips / first)
+    name, run_dir = list(runs.items())[-1]
+    run = load_sgdet_run(run_dir, device=device)
+    frame_detector, sha = load_detector(detector)
+    check_detector(run, sha, frame_detector.describe().arch)
+    paths = find_videos([clips / first])
+    detect_videos(paths, view / "predict" / "detections.h5", frame_detector, weights_sha256=sha,
+                  vocabulary=run.meta.vocabulary, union_mode=run.meta.union_mode.value,
+                  config=ExtractConfig(num_workers=0, segment_mb=0), device=device, progress=False)
+    write_scene_graphs(view / "predict" / "detections.h5", run, view / "predict", sources=paths, device=device,
+                       progress=False)
+    shown.append(load_run(view / "predict", f"{name}, every frame (predict)"))
+    page = write_page(shown, view / "page", read_frames=read_document_frames, progress=False)
+    echo(f"[page] scene graphs of {len(shown[0].documents)} test videos, {' | '.join(r.name for r in shown)}: open "
+         f"{page.resolve().as_uri()}")
+    return page

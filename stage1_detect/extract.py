@@ -57,7 +57,7 @@ from store import DetectorInfo, StoreMeta, StoreWriter, UnionMode, VideoRecord
 from store.boxes import union_boxes
 from store.check import non_finite_arrays
 from store.errors import NonFiniteError
-from store.files import die_with_parent, sha256_of
+from store.files import WriterLock, die_with_parent, sha256_of
 from store.pairing import stored_pairs
 from store.runtime import code_revision
 from store.schema import FRAME_SIZE_DTYPE, RANGE_DTYPE, ROW_ARRAYS, TABLE_PREFIX, arrays_of, resolve_trailing
@@ -147,7 +147,9 @@ def video_record(video: VideoAnnotation, images: Sequence[np.ndarray], detector:
                  for im in images[start:start + batch_size]]
         maps = detector.encode(batch)
         detections = detector.detect(maps)
-        gt_boxes = [np.asarray(f.boxes(), specs["gt_boxes"].dtype) for f in frames]
+        # A frame without a person box (a video without annotations: cli.py predict) stores no GT.
+        gt_boxes = [np.asarray(f.boxes() if f.has_person else np.zeros((0, 4)), specs["gt_boxes"].dtype)
+                    for f in frames]
         gt_pooled = detector.pool(maps, [torch.from_numpy(b).to(device) for b in gt_boxes])
 
         # Every array as the store will hold it, then the pairs from those values.
@@ -156,10 +158,10 @@ def video_record(video: VideoAnnotation, images: Sequence[np.ndarray], detector:
             feats, dists = gt_pooled[fi]
             values = {
                 "gt_boxes": gt_boxes[fi],
-                "gt_labels": frame.labels(person),
+                "gt_labels": frame.labels(person)[:len(gt_boxes[fi])],
                 "gt_features": feats.cpu().numpy(),
                 "gt_dists": dists.cpu().numpy(),
-                "gt_small": np.array([False, *[o.small for o in frame.objects]]),
+                "gt_small": np.array([False, *[o.small for o in frame.objects]])[:len(gt_boxes[fi])],
                 "det_boxes": det.boxes.cpu().numpy(),
                 "det_scores": det.scores.cpu().numpy(),
                 "det_labels": det.labels.cpu().numpy(),
@@ -306,7 +308,21 @@ def extract(root: Path | str, store_path: Path | str, detector: FrameDetector, *
             chosen = sorted(ag.videos(split), key=lambda v: v.name)
             videos.extend(chosen[: config.max_videos] if config.max_videos else chosen)
         videos = [v for i, v in enumerate(videos) if i % world_size == rank]
+    except BaseException:
+        lock.release()
+        raise
+    return write_videos(videos, source, detector, meta, store_path, lock=lock, config=config, device=device,
+                        rank=rank, progress=progress, start=start)
 
+
+def write_videos(videos: Sequence[VideoAnnotation], source: FrameSource, detector: FrameDetector, meta: StoreMeta,
+                 store_path: Path, *, lock: WriterLock, config: ExtractConfig = ExtractConfig(), device: str = "cpu",
+                 rank: int = 0, progress: bool = True, start: float | None = None) -> ExtractSummary:
+    """Detect and write ``videos`` (their ``frames`` read from ``source``) into the store part
+    ``rank{rank}`` whose ``lock`` the caller holds (released here); committed videos are
+    skipped. :func:`extract` for AG, ``cli.py predict`` for videos without annotations."""
+    start = time.time() if start is None else start
+    try:
         writer = StoreWriter(store_path, meta, part=f"rank{rank}", backend=config.backend,
                              segment_bytes=config.segment_mb << 20, compression=config.compression, lock=lock)
     except BaseException:

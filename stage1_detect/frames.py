@@ -64,6 +64,11 @@ class FrameSource(abc.ABC):
     def frame_path(self, video: str, number: int) -> str:
         """How an error names frame ``number`` of ``video`` (a file, or a video and a key)."""
 
+    @abc.abstractmethod
+    def frame_numbers(self, video: str) -> list[int]:
+        """Every frame number :meth:`read` can give for ``video``, ascending (for a video
+        without annotations, whose frames no key lists: ``cli.py predict``)."""
+
     def read_sized(self, video: str, frame_numbers: Sequence[int], sizes: Sequence[tuple[int, int]], *,
                    rescale: bool = False) -> list[np.ndarray]:
         """:meth:`read`, each frame checked against its annotated ``(width, height)``.
@@ -102,6 +107,14 @@ class PngFrames(FrameSource):
 
     def available(self, video: str) -> bool:
         return (self.root / "frames" / video).is_dir()
+
+    def frame_numbers(self, video: str) -> list[int]:
+        folder = self.path(video, 0).parent
+        if not folder.is_dir():
+            raise FrameError(folder, "missing frame folder")
+        suffix = self.path(video, 0).suffix
+        return sorted(int(p.stem) for p in folder.iterdir()
+                      if p.suffix == suffix and len(p.stem) == 6 and p.stem.isdigit())
 
     def read(self, video: str, frame_numbers: Sequence[int]) -> list[np.ndarray]:
         frames = []
@@ -309,7 +322,7 @@ class Mp4Frames(FrameSource):
     def available(self, video: str) -> bool:
         return self.path(video).is_file()
 
-    def numbers(self, video: str) -> list[int]:
+    def frame_numbers(self, video: str) -> list[int]:
         """Every frame number the dump command writes for ``video`` (decodes the whole video)."""
         return self._decode(video, None)[0]
 

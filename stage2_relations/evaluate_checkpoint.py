@@ -22,6 +22,7 @@ from stage2_relations.evaluation.predict import as_sets, plot_frames, score_mode
 from stage2_relations.evaluation.structures import Constraint
 from stage2_relations.heads import count_parameters, head_class
 from stage2_relations.train import load_checkpoint, run_checkpoint
+from stage2_relations.views import ViewOptions
 from store.errors import ConfigError, InputError, UserError
 from store.modes import Mode
 from store.run_folder import check_output_file
@@ -49,12 +50,7 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
     model, cfg, ckpt = load_checkpoint(ckpt_path, device=device, store_path=store_path, trust=trust_checkpoint,
                                        splits=(split,))
     mode = Mode(mode or cfg.mode)
-    changes = {k: v for k, v in (("sgdet_boxes", sgdet_boxes), ("object_scores", object_scores)) if v is not None}
-    options = dataclasses.replace(cfg.view_options(), negatives=False, **changes)
-    required = head_class(cfg.head).required_view_options()  # DSG-DETR: the pair pool, raw SGDET boxes
-    if mode is Mode.SGDET and required.get("sgdet_boxes", options.sgdet_boxes) != options.sgdet_boxes:
-        raise ConfigError(f"head {cfg.head!r} rebuilds the SGDET test boxes from the stored detections: "
-                          f"it needs sgdet_boxes {required['sgdet_boxes']!r}, not {options.sgdet_boxes!r}")
+    options = eval_view_options(cfg, mode, sgdet_boxes=sgdet_boxes, object_scores=object_scores)
     ds = VideoDataset(cfg.store, split, mode, train=False, options=options, max_videos=max_videos)
     if not len(ds):
         raise InputError(f"{cfg.store}: no videos in split {split!r}")
@@ -100,6 +96,19 @@ def _is_predictions_file(path: Path) -> bool:
     return True
 
 
+def eval_view_options(cfg, mode: Mode, *, sgdet_boxes: str | None = None,
+                      object_scores: str | None = None) -> ViewOptions:
+    """The test view of a run's recipe (``cfg``, a TrainConfig) in ``mode``, with the given
+    overrides; raises ConfigError when the head needs other SGDET boxes."""
+    changes = {k: v for k, v in (("sgdet_boxes", sgdet_boxes), ("object_scores", object_scores)) if v is not None}
+    options = dataclasses.replace(cfg.view_options(), negatives=False, **changes)
+    required = head_class(cfg.head).required_view_options()  # DSG-DETR: the pair pool, raw SGDET boxes
+    if mode is Mode.SGDET and required.get("sgdet_boxes", options.sgdet_boxes) != options.sgdet_boxes:
+        raise ConfigError(f"head {cfg.head!r} rebuilds the SGDET test boxes from the stored detections: "
+                          f"it needs sgdet_boxes {required['sgdet_boxes']!r}, not {options.sgdet_boxes!r}")
+    return options
+
+
 def _frame_sizes(ds: VideoDataset, names: Sequence[str]) -> list[tuple[int, int]]:
     sizes = []
     for v in ds.videos:
@@ -108,4 +117,4 @@ def _frame_sizes(ds: VideoDataset, names: Sequence[str]) -> list[tuple[int, int]
     return sizes
 
 
-__all__ = ["evaluate_checkpoint"]
+__all__ = ["evaluate_checkpoint", "eval_view_options"]

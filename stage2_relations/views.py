@@ -189,7 +189,7 @@ def gt_selection(rec: VideoRecord, f: int, mode: Mode) -> np.ndarray:
     if Mode(mode) is Mode.PREDCLS:
         return np.arange(g.stop - g.start, dtype=np.int64)
     small = rec.gt_small[g].astype(bool)
-    small[0] = False
+    small[:1] = False  # the person; a frame of a video without annotations has no GT objects
     return np.flatnonzero(~small).astype(np.int64)
 
 

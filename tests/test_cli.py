@@ -76,6 +76,7 @@ def test_mode_choices_come_from_mode():
 def test_demo_runs_the_pipeline(tmp_path):
     out = run("demo", "--out", tmp_path / "demo", "--videos", "6", "--detector-epochs", "1", "--device", "cpu")
     assert "[5/7] store check ok" in out and "[7/7] STTran + RS-Net, test split:" in out
+    assert (tmp_path / "demo" / "view" / "page" / "index.html").as_uri() in out
     store = open_store(tmp_path / "demo" / "store.h5")
     # 6 videos: the reader keeps those with 3 or more frames, split 10% train -> val.
     assert len(store.videos()) >= 3

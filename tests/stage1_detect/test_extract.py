@@ -26,7 +26,6 @@ from PIL import Image
 from torch.testing import assert_close
 
 from stage1_detect.action_genome import ReaderOptions, load_action_genome
-from stage1_detect.detectors import build_detector, load_detector, save_detector
 from stage1_detect.extract import ExtractConfig, extract, video_record
 from stage1_detect.frames import PngFrames
 from synth import SynthConfig, generate_synthetic_ag
@@ -34,6 +33,7 @@ from store import check_store, open_store
 from store.boxes import union_boxes
 from store.pairing import PairIndex, sttran_assignment, stored_pairs
 from tests.helpers import REPO
+from tests.helpers.detector import person_finding_detector
 
 CLI = [sys.executable, str(REPO / "cli.py")]
 PERSON = 1
@@ -55,13 +55,8 @@ def data(tmp_path_factory):
     root = base / "ag"
     summary = generate_synthetic_ag(root, SynthConfig(videos=5, frames_per_video=5, width=160, height=120, seed=0),
                                     progress=False)
-    torch.manual_seed(0)
-    detector = build_detector("small", SETTINGS)
-    with torch.no_grad():
-        detector.model.roi_heads.box_predictor.cls_score.bias[PERSON] += 3.0
     weights = base / "detector.pth"
-    save_detector(detector, weights)
-    detector, sha = load_detector(weights)
+    detector, sha = person_finding_detector(weights, SETTINGS, person=PERSON)
     store = base / "reference.h5"
     result = extract(root, store, detector, weights_sha256=sha, reader_options=READER, config=CONFIG,
                      progress=False)

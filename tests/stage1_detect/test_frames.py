@@ -234,7 +234,7 @@ def _dump(root: Path, name: str) -> dict[int, np.ndarray]:
 def test_every_picture_is_the_dump_commands(dumped, name):
     theirs = _dump(dumped, name)
     source = Mp4Frames(dumped)
-    assert source.numbers(name) == sorted(theirs)  # the same keys, the last ones included
+    assert source.frame_numbers(name) == sorted(theirs)  # the same keys, the last ones included
     ours = source.read(name, sorted(theirs))
     for number, image in zip(sorted(theirs), ours):
         assert np.array_equal(image, theirs[number]), (name, number)
