@@ -89,6 +89,9 @@ class LooseVideos(FrameSource):
     def read(self, video: str, frame_numbers: Sequence[int]):
         return self._source(video).read(video, frame_numbers)
 
+    def frame_path(self, video: str, number: int) -> str:
+        return self._source(video).frame_path(video, number)
+
     def key(self, video: str, number: int) -> str:
         """The frame key: AG's ``VIDEO/NNNNNN.png`` for an mp4, the file's name for a folder."""
         suffix = ".png" if video in self._mp4.files else self._folders.folders[video][1]
