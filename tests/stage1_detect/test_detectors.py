@@ -32,7 +32,7 @@ from synth import SynthConfig, generate_synthetic_ag
 
 PERSON = 1
 # 160x120 frames processed at their own size (scale 1); stride 8 maps of 20x16 (padded).
-TINY = {"score_thresh": 0.0, "min_size": 120, "max_size": 160, "detections_per_img": 30}
+TINY = {"score_thresh": 0.0, "min_size": 120, "max_size": 160, "max_detections": 30}
 
 
 def _small(seed: int = 0, **settings):
@@ -158,7 +158,8 @@ def test_detect_boxes_are_in_original_pixels(frames):
 
 
 def _person_biased(single_person: bool):
-    det = _small(single_person=single_person)
+    # Detections by score, so that the cap's cut reads as a prefix.
+    det = _small(single_person=single_person, detection_order="score")
     with torch.no_grad():
         det.model.roi_heads.box_predictor.cls_score.bias[PERSON] += 4.0
     return det
@@ -180,9 +181,9 @@ def test_single_person_rule(frames):
         # budget the dropped person boxes used goes to the next best other detections.
         others = d.boxes[d.labels != PERSON]
         assert_close(others[: int((~persons).sum())], all_d.boxes[~persons], rtol=0, atol=0)
-    cap = _person_biased(True).settings.detections_per_img
+    cap = _person_biased(True).settings.max_detections
     uncapped = _person_biased(False)
-    uncapped.settings = dataclasses.replace(uncapped.settings, detections_per_img=1 << 20)
+    uncapped.settings = dataclasses.replace(uncapped.settings, max_detections=0)
     for d, u in zip(one, uncapped.detect(maps)):
         u_others = u.boxes[u.labels != PERSON]
         assert len(u) > cap  # the cap has something to cut

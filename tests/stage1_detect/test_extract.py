@@ -39,7 +39,7 @@ PERSON = 1
 # 10 proposals x 36 classes, at most 16 detections, of which one person box (the raised
 # person logit makes many person boxes, the single-person rule keeps one, and the cap of 16
 # counts after that rule): exactly 16 a frame.
-SETTINGS = {"score_thresh": 0.0, "detections_per_img": 16, "rpn_post_nms_top_n_test": 10, "min_size": 120,
+SETTINGS = {"score_thresh": 0.0, "max_detections": 16, "rpn_post_nms_top_n_test": 10, "min_size": 120,
             "max_size": 160}
 # The CLI's reader defaults: the reference must read what `detect` reads (extract itself
 # turns mark_small on).
