@@ -25,6 +25,7 @@ import torch
 from torch.testing import assert_close
 
 from stage1_detect.action_genome import ReaderOptions, load_action_genome
+from stage1_detect.detection_step import sttran_positions
 from stage1_detect.detectors import build_detector, load_detector, save_detector
 from stage1_detect.extract import ExtractConfig, extract, video_record
 from stage1_detect.frames import PngFrames
@@ -160,13 +161,15 @@ def test_stored_features_equal_direct_pooling(data):
     name = sorted(data["records"])[0]
     rec, video = data["records"][name], videos[name]
     images = PngFrames(data["root"]).read(name, [f.frame_number for f in video.frames])
+    # Frame i's place in STTran's SGDET frame list decides whether its boxes are clipped.
+    positions = sttran_positions([any(not o.small for o in f.objects) for f in video.frames], READER.min_frames)
     for i, image in enumerate(images):
         maps = det.encode([torch.from_numpy(image).permute(2, 0, 1)])
         g, d, p = (rec.frame_rows(t, i) for t in ("gt_objects", "detections", "pairs"))
         ((gt_f, gt_dist),) = det.pool(maps, [torch.from_numpy(rec.gt_boxes[g])])
         assert_close(torch.from_numpy(rec.gt_features[g]).float(), gt_f, rtol=2e-3, atol=2e-3)
         assert_close(torch.from_numpy(rec.gt_dists[g]).float(), gt_dist, rtol=2e-3, atol=1e-4)
-        ((detection,),) = [det.detect(maps)]
+        ((detection,),) = [det.detect(maps, [positions[i]])]
         assert_close(torch.from_numpy(rec.det_boxes[d]), detection.boxes, rtol=0, atol=1e-3)
         assert_close(torch.from_numpy(rec.det_features[d]).float(), detection.features, rtol=2e-3, atol=2e-3)
         assert rec.det_labels[d].tolist() == detection.labels.tolist()
@@ -207,6 +210,7 @@ class _PerfectDetector:
         self.detector = detector
         self.pending = [f.boxes()[::-1].copy() for f in frames]
         self.labels = [f.labels(PERSON)[::-1].copy() for f in frames]
+        self.positions = []
 
     def encode(self, images):
         return self.detector.encode(images)
@@ -217,9 +221,10 @@ class _PerfectDetector:
     def pool_map(self, maps, boxes):
         return self.detector.pool_map(maps, boxes)
 
-    def detect(self, maps):
+    def detect(self, maps, positions=None):
         from stage1_detect.frame_detector import FrameDetections
 
+        self.positions.append(list(positions))
         out = []
         for _ in maps.original_sizes:
             boxes, labels = torch.from_numpy(self.pending.pop(0)), torch.from_numpy(self.labels.pop(0))
@@ -238,8 +243,13 @@ def test_pairs_of_perfect_detections_serve_the_sgdet_training_view(data):
     images = PngFrames(data["root"]).read(video.name, [f.frame_number for f in video.frames])
     with open_store(data["store"]) as s:
         meta = s.meta
-    rec = video_record(video, images, _PerfectDetector(data["detector"], video.frames), meta, batch_size=3)
+    perfect = _PerfectDetector(data["detector"], video.frames)
+    rec = video_record(video, images, perfect, meta, batch_size=3)
     rec.validate(meta)
+    # Each batch of 3 frames came with the frames' places in STTran's SGDET frame list.
+    kept = [any(not o.small for o in f.objects) for f in video.frames]
+    want = sttran_positions(kept, READER.min_frames)
+    assert perfect.positions == [want[i:i + 3] for i in range(0, len(want), 3)]
     assert rec.differences(data["records"][video.name]) == [
         "det_offsets", "det_boxes", "det_scores", "det_labels", "det_dists", "det_features",
         "pair_offsets", "pair_subject", "pair_object", "pair_union"]
