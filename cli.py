@@ -274,12 +274,24 @@ def train_detector_command(root: Path, out: Path, config_path: Path | None, devi
 @click.option("--compress", multiple=True, type=click.Choice(["gt_objects", "gt_relations", "detections", "pairs"]),
               help="Compress this table with zstd (repeatable); slower reads, ~10%% smaller on features.")
 @click.option("--max-videos", type=click.IntRange(min=0), default=0, help="At most this many videos per split (trials).")
+@click.option("--nms-space", type=click.Choice(["original", "resized"]),
+              help="Per-class NMS on boxes in original-frame pixels (STTran; the checkpoint's setting when not given) "
+                   "or in the resized image's (torchvision).")
+@click.option("--max-detections", type=click.IntRange(min=0),
+              help="Keep at most this many detections a frame, best first (STTran: 0, every one).")
+@click.option("--clip", "clip_rule", type=click.Choice(["sttran", "all"]),
+              help="Clip the boxes of the first frame of each of STTran's chunks of 10 only (sttran), or of all.")
+@click.option("--scale", "box_scale", type=click.Choice(["one", "per-axis"]),
+              help="Map boxes to the original frame by one scale (STTran) or by one ratio per axis.")
+@click.option("--detection-order", type=click.Choice(["class", "score"]),
+              help="Store a frame's detections class by class, each by score (STTran), or by score.")
 @extraction_reader_options
 @DEVICE_OPTION
 @THREADS_OPTION
 def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None, backend: str, d2_config: Path | None,
                    class_map: Path | None, splits, union_mode, frame_source, batch_size, num_workers, segment_mb,
-                   compress, max_videos, device, threads, **options) -> None:
+                   compress, max_videos, nms_space, max_detections, clip_rule, box_scale, detection_order, device,
+                   threads, **options) -> None:
     """Run the detector once over every annotated frame of ROOT into a feature store.
 
     One store serves every mode (PREDCLS, SGCLS, SGDET): it holds the objects of the full
@@ -290,18 +302,27 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
     the videos into its own part of the same store. Videos whose frames cannot be read are
     skipped and listed at the end and in STORE.extraction_log.jsonl.
 
+    After the network, the torchvision backend runs STTran's detector step (docs/ag_detector.md);
+    --nms-space, --max-detections, --clip, --scale and --detection-order choose otherwise, and
+    the store's meta records the choice.
+
     --backend detectron2 --config CFG.yaml --weights W.pkl reads a detectron2 Faster R-CNN
-    (C4 or FPN) instead, into the same store (docs/detectron2.md).
+    (C4 or FPN) instead, into the same store (docs/detectron2.md); it keeps detectron2's inference.
     """
     from stage1_detect.extract import ExtractConfig, extract
     from store.runtime import distributed_rank
 
+    step = {k: v for k, v in {"nms_space": nms_space, "max_detections": max_detections, "clip": clip_rule,
+                              "box_scale": box_scale, "detection_order": detection_order}.items() if v is not None}
     if backend == "detectron2":
         from stage1_detect.frame_detector import require_detectron2
 
         require_detectron2()  # before anything is read: one line saying how to get it
         if d2_config is None or arch is not None:
             raise click.UsageError("--backend detectron2 takes --config CFG.yaml (and no --arch)")
+        if step:
+            raise click.UsageError("--nms-space, --max-detections, --clip, --scale and --detection-order are options of "
+                                   "the torchvision backend (detectron2 keeps its own inference)")
         from stage1_detect.action_genome import read_vocabulary
         from stage1_detect.detectron2_backend import load_detectron2_detector
 
@@ -312,7 +333,7 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
             raise click.UsageError("--config and --class-map are options of --backend detectron2")
         from stage1_detect.detectors import load_detector
 
-        detector, sha = load_detector(weights, arch=arch)
+        detector, sha = load_detector(weights, arch=arch, settings=step)
     rank, world, _ = distributed_rank()
     config = ExtractConfig(splits=tuple(splits) or ("train", "val", "test"), batch_size=batch_size,
                            num_workers=num_workers, frame_source=frame_source, union_mode=union_mode,

@@ -392,6 +392,35 @@ def test_union_maps(data, tmp_path):
     assert_close(torch.from_numpy(rec.pair_union[p]).float(), direct, rtol=2e-3, atol=2e-3)
 
 
+def test_detector_step_options_are_recorded_in_the_store(data, tmp_path):
+    """The reference store holds STTran's step (recorded in the meta, detections class by class);
+    `detect --nms-space resized --max-detections 5 --clip all --scale per-axis --detection-order
+    score` writes the former step, and its meta says so."""
+    step = ("nms_space", "max_detections", "clip", "box_scale", "detection_order")
+    with open_store(data["store"]) as s:
+        assert {k: s.meta.detector.settings[k] for k in step} == {
+            "nms_space": "original", "max_detections": 16, "clip": "sttran", "box_scale": "one",
+            "detection_order": "class"}  # 16: the fixture's cap (SETTINGS)
+    for rec in data["records"].values():
+        for i in range(rec.num_frames):
+            labels = rec.det_labels[rec.frame_rows("detections", i)]
+            assert labels[0] == PERSON and (np.diff(labels) >= 0).all()  # the person first, then by class
+    store = tmp_path / "options.h5"
+    run = _detect([data["root"], "--store", store, "--weights", data["weights"], "--device", "cpu", "--workers", "0",
+                   "--split", "test", "--frames", "png", "--nms-space", "resized", "--max-detections", "5",
+                   "--clip", "all", "--scale", "per-axis", "--detection-order", "score"])
+    assert run.returncode == 0, run.stderr
+    with open_store(store) as s:
+        assert {k: s.meta.detector.settings[k] for k in step} == {
+            "nms_space": "resized", "max_detections": 5, "clip": "all", "box_scale": "per-axis",
+            "detection_order": "score"}
+        (name,) = s.videos()
+        rec = s.read_video(name)
+    assert (np.diff(rec.det_offsets) == 5).all()
+    for i in range(rec.num_frames):
+        assert (np.diff(rec.det_scores[rec.frame_rows("detections", i)]) <= 0).all()
+
+
 def test_mp4_frames_give_the_same_store_and_a_missing_video_is_reported(data, tmp_path):
     root = tmp_path / "ag"
     shutil.copytree(data["root"] / "annotations", root / "annotations")
