@@ -4,8 +4,8 @@
 interface extraction uses) for every architecture of the registry below:
 
 * ``encode(images)`` runs the backbone once and returns :class:`FeatureMaps`;
-* ``detect(maps)`` gives :class:`FrameDetections` per image: boxes (xyxy, pixels of the
-  original frame), scores, labels, the full class distribution and one feature per box;
+* ``detect(maps, positions)`` gives :class:`FrameDetections` per image: boxes (xyxy, pixels of
+  the original frame), scores, labels, the full class distribution and one feature per box;
 * ``pool(maps, boxes)`` gives the feature and class distribution of any boxes (GT boxes,
   union boxes) from the same feature maps;
 * ``pool_map(maps, boxes)`` gives STTran's RoIAlign 7x7 map of boxes (union features);

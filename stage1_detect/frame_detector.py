@@ -72,7 +72,8 @@ def require_detectron2() -> None:
 class FrameDetections:
     """Detections of one frame.
 
-    boxes: float32 (n, 4) xyxy, pixels of the original frame; scores: float32 (n,);
+    boxes: float32 (n, 4) xyxy, pixels of the original frame (past its right and bottom edge
+    where STTran's detector step leaves a frame unclipped); scores: float32 (n,);
     labels: int64 (n,), 1..C-1; class_dists: float32 (n, C) softmax including background
     (column 0); features: float32 (n, D).
     """
