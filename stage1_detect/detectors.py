@@ -113,7 +113,8 @@ class DetectorSettings:
     clip: ClipRule = ClipRule.STTRAN
     """Which frames' boxes are clipped: STTran's (the first of each chunk of 10) or all."""
     box_scale: BoxScale = BoxScale.ONE
-    """Boxes map to the original frame by one scale (STTran) or by one ratio per axis."""
+    """Boxes map between the original frame and the resized image (detections, and the GT and
+    union boxes pooled) by one scale (STTran) or by one ratio per axis."""
     detection_order: DetectionOrder = DetectionOrder.CLASS
     """A frame's detections class by class, each by score (STTran), or by score."""
     detection_features: str = "proposal"
