@@ -13,9 +13,10 @@ interface extraction uses) for every architecture of the registry below:
 
 After the network, every architecture here runs STTran's detector step
 (:mod:`stage1_detect.detection_step`: which frames are clipped, one scale, per-class NMS in
-original pixels, no cap, detections class by class), each part a named setting. A detection's
-score is its class probability from the proposal it was regressed from. Its feature and class distribution are, by default, that
-proposal's too, as STTran's object detector takes them (``detection_features='proposal'``);
+original pixels, no cap, detections class by class), each part a named setting. A
+detection's score is its class probability from the proposal it was regressed from. Its
+feature and class distribution are, by default, that proposal's too, as STTran's object
+detector takes them (``detection_features='proposal'``);
 ``'repool'`` pools the final box again instead. The distribution keeps background: STTran's
 softmax over the 36 foreground logits is this one renormalised without index 0.
 
@@ -74,10 +75,10 @@ from stage1_detect.legacy_rcnn import apply_legacy_conventions
 from store.errors import InputError
 from store.files import load_torch, save_torch, sha256_of
 
-# Caffe's BGR pixel means, on 0..255 pixels (jwyang/faster-rcnn.pytorch cfg.PIXEL_MEANS).
-CAFFE_BGR_MEANS = (102.9801, 115.9465, 122.7717)
 log = logging.getLogger(__name__)
 
+# Caffe's BGR pixel means, on 0..255 pixels (jwyang/faster-rcnn.pytorch cfg.PIXEL_MEANS).
+CAFFE_BGR_MEANS = (102.9801, 115.9465, 122.7717)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
