@@ -225,6 +225,24 @@ def test_save_and_load_detector_round_trip(frames, tmp_path):
     assert load_detector(path, settings={"score_thresh": 0.2})[0].settings.score_thresh == 0.2
 
 
+def test_a_checkpoint_from_before_the_step_options_runs_sttran_step(tmp_path):
+    """A checkpoint saved before the detector step had options carries torchvision's cap
+    (``detections_per_img: 100``) and none of the step's keys: the cap is dropped and STTran's
+    step applies (no cap, NMS in original pixels, per-chunk clipping, one scale, class order)."""
+    path = tmp_path / "old.pth"
+    save_detector(_small(seed=3), path)
+    checkpoint = torch.load(path, weights_only=True)
+    for key in ("nms_space", "max_detections", "clip", "box_scale", "detection_order"):
+        del checkpoint["settings"][key]
+    checkpoint["settings"]["detections_per_img"] = 100
+    torch.save(checkpoint, path)
+    loaded, _ = load_detector(path)
+    s = loaded.settings
+    assert (s.max_detections, s.nms_space.value, s.clip.value, s.box_scale.value, s.detection_order.value) == (
+        0, "original", "sttran", "one", "class")
+    assert "detections_per_img" not in s.to_dict()
+
+
 def test_load_weights_of_a_torchvision_state_dict(frames, tmp_path):
     source = _small(seed=1)
     path = tmp_path / "tv.pth"
