@@ -266,19 +266,36 @@ def detector_options(command):
         click.option("--class-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="YAML: detectron2 model class (name or index) -> AG object or null, for a model whose "
                           "classes are not AG's 36; --backend detectron2 only."),
+        click.option("--nms-space", type=click.Choice(["original", "resized"]),
+                     help="Per-class NMS on boxes in original-frame pixels (STTran; the checkpoint's setting when not given) "
+                          "or in the resized image's (torchvision)."),
+        click.option("--max-detections", type=click.IntRange(min=0),
+                     help="Keep at most this many detections a frame, best first (STTran: 0, every one)."),
+        click.option("--clip", "clip_rule", type=click.Choice(["sttran", "all"]),
+                     help="Clip the boxes of the first frame of each of STTran's chunks of 10 only (sttran), or of all."),
+        click.option("--scale", "box_scale", type=click.Choice(["one", "per-axis"]),
+                     help="Map boxes to the original frame by one scale (STTran) or by one ratio per axis."),
+        click.option("--detection-order", type=click.Choice(["class", "score"]),
+                     help="Store a frame's detections class by class, each by score (STTran), or by score."),
     ])
 
 
 def _load_detector(weights: Path, arch: str | None, backend: str, d2_config: Path | None, class_map: Path | None,
-                   vocabulary):
+                   vocabulary, *, nms_space=None, max_detections=None, clip_rule=None, box_scale=None,
+                   detection_order=None):
     """(detector, weights sha256) of `detector_options`; ``vocabulary()`` gives the AG vocabulary
-    that a detectron2 class map maps to."""
+    that a detectron2 class map maps to; the step options override the checkpoint's settings."""
+    step = {k: v for k, v in {"nms_space": nms_space, "max_detections": max_detections, "clip": clip_rule,
+                              "box_scale": box_scale, "detection_order": detection_order}.items() if v is not None}
     if backend == "detectron2":
         from stage1_detect.frame_detector import require_detectron2
 
         require_detectron2()  # before anything is read: one line saying how to get it
         if d2_config is None or arch is not None:
             raise click.UsageError("--backend detectron2 takes --config CFG.yaml (and no --arch)")
+        if step:
+            raise click.UsageError("--nms-space, --max-detections, --clip, --scale and --detection-order are options of "
+                                   "the torchvision backend (detectron2 keeps its own inference)")
         from stage1_detect.detectron2_backend import load_detectron2_detector
 
         return load_detectron2_detector(d2_config, weights, vocabulary=vocabulary(), class_map=class_map)
@@ -286,7 +303,7 @@ def _load_detector(weights: Path, arch: str | None, backend: str, d2_config: Pat
         raise click.UsageError("--config and --class-map are options of --backend detectron2")
     from stage1_detect.detectors import load_detector
 
-    return load_detector(weights, arch=arch)
+    return load_detector(weights, arch=arch, settings=step)
 
 
 @main.command("detect")
@@ -319,8 +336,8 @@ def _load_detector(weights: Path, arch: str | None, backend: str, d2_config: Pat
 @THREADS_OPTION
 def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None, backend: str, d2_config: Path | None,
                    class_map: Path | None, splits, union_mode, frame_source, rescale_frames, batch_size, num_workers,
-                   segment_mb,
-                   compress, max_videos, device, threads, **options) -> None:
+                   segment_mb, compress, max_videos, nms_space, max_detections, clip_rule, box_scale, detection_order,
+                   device, threads, **options) -> None:
     """Run the detector once over every annotated frame of ROOT into a feature store.
 
     One store serves every mode (PREDCLS, SGCLS, SGDET): it holds the objects of the full
@@ -331,15 +348,21 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
     the videos into its own part of the same store. Videos whose frames cannot be read are
     skipped and listed at the end and in STORE.extraction_log.jsonl.
 
+    After the network, the torchvision backend runs STTran's detector step (docs/ag_detector.md);
+    --nms-space, --max-detections, --clip, --scale and --detection-order choose otherwise, and
+    the store's meta records the choice.
+
     --backend detectron2 --config CFG.yaml --weights W.pkl reads a detectron2 Faster R-CNN
-    (C4 or FPN) instead, into the same store (docs/detectron2.md).
+    (C4 or FPN) instead, into the same store (docs/detectron2.md); it keeps detectron2's inference.
     """
     from stage1_detect.extract import ExtractConfig, extract
     from store.runtime import distributed_rank
 
     from stage1_detect.action_genome import read_vocabulary
 
-    detector, sha = _load_detector(weights, arch, backend, d2_config, class_map, lambda: read_vocabulary(root))
+    detector, sha = _load_detector(weights, arch, backend, d2_config, class_map, lambda: read_vocabulary(root),
+                                   nms_space=nms_space, max_detections=max_detections, clip_rule=clip_rule,
+                                   box_scale=box_scale, detection_order=detection_order)
     rank, world, _ = distributed_rank()
     config = ExtractConfig(splits=tuple(splits) or ("train", "val", "test"), batch_size=batch_size,
                            num_workers=num_workers, frame_source=frame_source, rescale_frames=rescale_frames,
@@ -671,7 +694,7 @@ def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_
 @DEVICE_OPTION
 @THREADS_OPTION
 def predict_command(videos, run_dir, weights, arch, backend, d2_config, class_map, out, every, frame_list, batch_size,
-                    num_workers, device, threads) -> None:
+                    num_workers, device, threads, **step) -> None:
     """Scene graphs of videos without annotations: mp4 files, folders of NNNNNN.png/.jpg frames
     or folders of mp4 files, anywhere.
 
@@ -696,7 +719,8 @@ def predict_command(videos, run_dir, weights, arch, backend, d2_config, class_ma
     paths = find_videos(videos)
     with torch_threads(threads, num_workers) as n_threads:
         run = load_sgdet_run(run_dir, device=device)
-        detector, sha = _load_detector(weights, arch, backend, d2_config, class_map, lambda: run.meta.vocabulary)
+        detector, sha = _load_detector(weights, arch, backend, d2_config, class_map, lambda: run.meta.vocabulary,
+                                       **step)
         check_detector(run, sha, detector.describe().arch)
         click.echo(f"predict: {len(paths)} videos, {device}, {n_threads} torch threads", err=True)
         detected = detect_videos(paths, out / "detections.h5", detector, weights_sha256=sha,

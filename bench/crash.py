@@ -281,7 +281,7 @@ def setup(work: Path) -> dict[str, Path]:
     weights = work / "detector.pth"
     if not weights.exists():
         torch.manual_seed(0)
-        detector = build_detector("small", {"score_thresh": 0.0, "detections_per_img": 6,
+        detector = build_detector("small", {"score_thresh": 0.0, "max_detections": 6,
                                             "rpn_post_nms_top_n_test": 8, "min_size": 120, "max_size": 160})
         with torch.no_grad():
             detector.model.roi_heads.box_predictor.cls_score.bias[1] += 3.0  # a person box in every frame

@@ -56,7 +56,7 @@ def folder_bytes(path: Path) -> int:
 
 def build(arch: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    settings = {"score_thresh": 0.0, "detections_per_img": 16, "rpn_post_nms_top_n_test": 10}
+    settings = {"score_thresh": 0.0, "max_detections": 16, "rpn_post_nms_top_n_test": 10}
     detector = build_detector(arch, settings).eval()
     with torch.no_grad():
         detector.model.roi_heads.box_predictor.cls_score.bias[detector.settings.person_label] += 3.0

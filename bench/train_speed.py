@@ -169,7 +169,7 @@ def _random_detector(arch: str, device: torch.device):
 
     torch.manual_seed(0)
     # every class scored, a raised person logit: a frame keeps about as many boxes as a trained one
-    detector = build_detector(arch, {"score_thresh": 0.0, "detections_per_img": 16}).eval()
+    detector = build_detector(arch, {"score_thresh": 0.0, "max_detections": 16}).eval()
     with torch.no_grad():
         detector.model.roi_heads.box_predictor.cls_score.bias[detector.settings.person_label] += 3.0
     return detector.to(device)

@@ -35,6 +35,8 @@ comes from (jwyang/faster-rcnn.pytorch, identical in STTran's copy under ``faste
    (``MAX_SIZE`` 1000) is commented out, so the converted settings set ``max_size`` to
    :data:`NO_LONG_SIDE_CAP`.
 
+After the network, the converted detector runs STTran's detector step by default (its
+settings leave the step's options at their defaults, :mod:`stage1_detect.detection_step`).
 What this cannot make identical is listed in ``docs/ag_detector.md``.
 """
 

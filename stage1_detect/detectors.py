@@ -4,16 +4,19 @@
 interface extraction uses) for every architecture of the registry below:
 
 * ``encode(images)`` runs the backbone once and returns :class:`FeatureMaps`;
-* ``detect(maps)`` gives :class:`FrameDetections` per image: boxes (xyxy, pixels of the
-  original frame), scores, labels, the full class distribution and one feature per box;
+* ``detect(maps, positions)`` gives :class:`FrameDetections` per image: boxes (xyxy, pixels of
+  the original frame), scores, labels, the full class distribution and one feature per box;
 * ``pool(maps, boxes)`` gives the feature and class distribution of any boxes (GT boxes,
   union boxes) from the same feature maps;
 * ``pool_map(maps, boxes)`` gives STTran's RoIAlign 7x7 map of boxes (union features);
 * ``describe()`` gives the architecture, sizes and :class:`DetectorSettings` for the store.
 
-A detection's score is its class probability from the proposal it was regressed from
-(torchvision's post-processing). Its feature and class distribution are, by default, that
-proposal's too, as STTran's object detector takes them (``detection_features='proposal'``);
+After the network, every architecture here runs STTran's detector step
+(:mod:`stage1_detect.detection_step`: which frames are clipped, one scale, per-class NMS in
+original pixels, no cap, detections class by class), each part a named setting. A
+detection's score is its class probability from the proposal it was regressed from. Its
+feature and class distribution are, by default, that proposal's too, as STTran's object
+detector takes them (``detection_features='proposal'``);
 ``'repool'`` pools the final box again instead. The distribution keeps background: STTran's
 softmax over the 36 foreground logits is this one renormalised without index 0.
 
@@ -36,6 +39,8 @@ unit (each builder sets the :class:`DetectorSettings` that the forward passes re
 from __future__ import annotations
 
 import dataclasses
+import enum
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,16 +57,25 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from stage1_detect.detection_step import (
+    BoxScale,
+    ClipRule,
+    DetectionOrder,
+    NmsSpace,
+    clips_frame,
+    detection_step,
+)
 from stage1_detect.frame_detector import (
     DetectorDescription,
     EncodedFrames,
     FrameDetections,
     FrameDetector,
-    keep_one_person,
 )
 from stage1_detect.legacy_rcnn import apply_legacy_conventions
 from store.errors import InputError
 from store.files import load_torch, save_torch, sha256_of
+
+log = logging.getLogger(__name__)
 
 # Caffe's BGR pixel means, on 0..255 pixels (jwyang/faster-rcnn.pytorch cfg.PIXEL_MEANS).
 CAFFE_BGR_MEANS = (102.9801, 115.9465, 122.7717)
@@ -91,9 +105,19 @@ class DetectorSettings:
     rpn_nms_thresh: float = 0.7
     score_thresh: float = 0.1
     nms_thresh: float = 0.4
-    detections_per_img: int = 100
     single_person: bool = True
     """Keep only the highest-scoring person box (the AG protocol has one person)."""
+    nms_space: NmsSpace = NmsSpace.ORIGINAL
+    """Per-class NMS on boxes in original-frame pixels (STTran) or in the resized image's."""
+    max_detections: int = 0
+    """Detections kept per frame, best first; 0 keeps every one (STTran)."""
+    clip: ClipRule = ClipRule.STTRAN
+    """Which frames' boxes are clipped: STTran's (the first of each chunk of 10) or all."""
+    box_scale: BoxScale = BoxScale.ONE
+    """Boxes map between the original frame and the resized image (detections, and the GT and
+    union boxes pooled) by one scale (STTran) or by one ratio per axis."""
+    detection_order: DetectionOrder = DetectionOrder.CLASS
+    """A frame's detections class by class, each by score (STTran), or by score."""
     detection_features: str = "proposal"
     """Feature and class distribution of a detection: 'proposal', those of the proposal it
     was regressed from (STTran's object detector), or 'repool', pooled again from the final
@@ -107,8 +131,17 @@ class DetectorSettings:
     """jwyang/faster-rcnn.pytorch's anchors and '+1' box decoding (:mod:`stage1_detect.legacy_rcnn`),
     for the converted AG checkpoint (see :mod:`stage1_detect.ag_checkpoint`)."""
 
+    def __post_init__(self) -> None:
+        # From a checkpoint or a store the options come back as their strings.
+        for name, kind in (("nms_space", NmsSpace), ("clip", ClipRule), ("box_scale", BoxScale),
+                           ("detection_order", DetectionOrder)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        if self.max_detections < 0:
+            raise ValueError(f"max_detections must be >= 0 (0: no cap), got {self.max_detections}")
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON values (the options as their strings), for checkpoints and the store."""
+        return {k: v.value if isinstance(v, enum.Enum) else v for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclass
@@ -118,19 +151,31 @@ class FeatureMaps(EncodedFrames):
     features: name -> float (B, C, H, W) maps of the resized, padded batch;
     batch: the resized, padded input batch (B, 3, H', W'), whose size places the anchors;
     image_sizes: (h, w) of each resized image inside the batch;
-    original_sizes: (h, w) of each frame as given.
+    original_sizes: (h, w) of each frame as given;
+    scales: the resize's one scale of each frame (min(min_size / short side, max_size / long side));
+    box_scale: how boxes map to the original frame (:class:`BoxScale`).
     """
 
     features: "OrderedDict[str, Tensor]"
     batch: Tensor
     image_sizes: list[tuple[int, int]]
+    scales: list[float]
+    box_scale: BoxScale = BoxScale.ONE
+
+    def to_resized(self, i: int, device: torch.device | str = "cpu") -> Tensor:
+        """float32 (4,) resized / original factor of x1, y1, x2, y2 for frame ``i``: the one
+        scale as float32 (STTran's ``im_info``), or each axis's ratio of sizes."""
+        if BoxScale(self.box_scale) is BoxScale.ONE:
+            return torch.full((4,), self.scales[i], dtype=torch.float32, device=device)
+        (h, w), (oh, ow) = self.image_sizes[i], self.original_sizes[i]
+        return torch.tensor([w / ow, h / oh, w / ow, h / oh], dtype=torch.float32, device=device)
 
     def scale_boxes(self, boxes: Sequence[Tensor], to_original: bool) -> list[Tensor]:
         """Map boxes between original-frame pixels and resized-image pixels."""
         out = []
-        for b, (h, w), (oh, ow) in zip(boxes, self.image_sizes, self.original_sizes):
-            ratio = torch.tensor([w / ow, h / oh, w / ow, h / oh], dtype=b.dtype, device=b.device)
-            out.append(b / ratio if to_original else b * ratio)
+        for i, b in enumerate(boxes):
+            factor = self.to_resized(i, b.device).to(b.dtype)
+            out.append(b / factor if to_original else b * factor)
         return out
 
 
@@ -150,9 +195,6 @@ class Detector(FrameDetector):
         self.settings = settings
         self.feature_dim = feature_dim
         self.map_channels = map_channels
-        # The per-image cap is applied in detect(), after the one-person rule, so that
-        # duplicate person boxes do not use up the budget before they are dropped.
-        model.roi_heads.detections_per_img = 1 << 30
         featmap_names = list(model.roi_heads.box_roi_pool.featmap_names)
         self.map_pool = MultiScaleRoIAlign(featmap_names, output_size=settings.map_size, sampling_ratio=2)
 
@@ -171,7 +213,10 @@ class Detector(FrameDetector):
         return out
 
     def forward(self, images: Sequence[Tensor], targets: list[dict[str, Tensor]] | None = None):
-        """Training: torchvision's loss dict. Boxes in ``targets`` are original-frame xyxy."""
+        """Training: torchvision's loss dict. Boxes in ``targets`` are original-frame xyxy.
+
+        (In eval mode this is torchvision's own inference, which the project does not use:
+        detections come from :meth:`encode` then :meth:`detect`, which runs STTran's step.)"""
         return self.model(self._prepare(images), targets)
 
     @torch.no_grad()
@@ -182,41 +227,55 @@ class Detector(FrameDetector):
         features = self.model.backbone(batch.tensors)
         if isinstance(features, Tensor):
             features = OrderedDict([("0", features)])
+        t = self.model.transform
+        # The scale both transforms resize by (LegacyTransform: cv2's fx = fy; torchvision's:
+        # interpolate's scale_factor), as STTran's prep_im_for_blob: 600 / short side, uncapped.
+        scales = [min(float(t.min_size[-1]) / min(h, w), float(t.max_size) / max(h, w)) for h, w in original_sizes]
         return FeatureMaps(features=features, batch=batch.tensors, image_sizes=list(batch.image_sizes),
-                           original_sizes=original_sizes)
+                           original_sizes=original_sizes, scales=scales, box_scale=self.settings.box_scale)
 
     @torch.no_grad()
-    def detect(self, maps: FeatureMaps) -> list[FrameDetections]:
-        """Detections of every frame of ``maps`` (see the module docstring)."""
+    def detect(self, maps: FeatureMaps, positions: Sequence[int] | None = None) -> list[FrameDetections]:
+        """Detections of every frame of ``maps`` (see the module docstring).
+
+        ``positions``: each frame's index in STTran's frame list of its video (-1: not in it),
+        which decides whether STTran's step clips its boxes (:func:`clips_frame`); None: every
+        frame is clipped.
+        """
         from torchvision.models.detection.image_list import ImageList
 
+        s = self.settings
         m = self.model
         heads = m.roi_heads
         images = ImageList(maps.batch, maps.image_sizes)
         proposals, _ = m.rpn(images, maps.features)
         proposal_features = heads.box_head(heads.box_roi_pool(maps.features, proposals, maps.image_sizes))
         logits, deltas = heads.box_predictor(proposal_features)
-        boxes, scores, labels = heads.postprocess_detections(logits, deltas, proposals, maps.image_sizes)
         counts = [len(p) for p in proposals]
-        sources = [_source_proposals(l, s, p) for l, s, p in
-                   zip(labels, scores, F.softmax(logits, dim=-1).split(counts))]
-        kept = [keep_one_person(l, s, self.settings.person_label) if self.settings.single_person
-                else torch.arange(len(l), device=l.device) for l, s in zip(labels, scores)]
-        # Post-processing returns detections best first, so the cap keeps the best.
-        kept = [k[: self.settings.detections_per_img] for k in kept]
-        boxes, scores, labels, sources = ([x[k] for x, k in zip(xs, kept)] for xs in (boxes, scores, labels, sources))
-        if self.settings.detection_features == "repool":
-            pooled = self._pool_resized(maps, boxes)
-        elif self.settings.detection_features == "proposal":
-            pooled = [(f[src].float(), F.softmax(l[src], dim=-1).float()) for f, l, src in
-                      zip(proposal_features.split(counts), logits.split(counts), sources)]
+        class_boxes = heads.box_coder.decode(deltas, proposals).reshape(sum(counts), -1, 4).split(counts)
+        probs = F.softmax(logits, dim=-1)
+        positions = [-1] * len(maps) if positions is None else list(positions)
+        if len(positions) != len(maps):
+            raise ValueError(f"detect: {len(positions)} frame positions for {len(maps)} frames")
+        steps = [detection_step(b, p, image_size=size, to_resized=maps.to_resized(i, p.device),
+                                clip=clips_frame(pos, s.clip), clamp_at_zero=s.clip is ClipRule.STTRAN,
+                                plus_one=s.legacy_rcnn, score_thresh=s.score_thresh, nms_thresh=s.nms_thresh,
+                                nms_space=s.nms_space, person_label=s.person_label, single_person=s.single_person,
+                                max_detections=s.max_detections, order=s.detection_order)
+                 for i, (b, p, size, pos) in enumerate(zip(class_boxes, probs.split(counts), maps.image_sizes,
+                                                           positions))]
+        boxes = [st.boxes for st in steps]
+        if s.detection_features == "repool":
+            pooled = self.pool(maps, boxes)
+        elif s.detection_features == "proposal":
+            pooled = [(f[st.proposal].float(), p[st.proposal].float()) for f, p, st in
+                      zip(proposal_features.split(counts), probs.split(counts), steps)]
         else:
-            raise ValueError(f"detection_features must be 'proposal' or 'repool', "
-                             f"got {self.settings.detection_features!r}")
-        boxes = maps.scale_boxes(boxes, to_original=True)
+            raise ValueError(f"detection_features must be 'proposal' or 'repool', got {s.detection_features!r}")
         return [
-            FrameDetections(boxes=b.float(), scores=s.float(), labels=l.long(), class_dists=d, features=f)
-            for b, s, l, (f, d) in zip(boxes, scores, labels, pooled)
+            FrameDetections(boxes=st.boxes.float(), scores=st.scores.float(), labels=st.labels.long(),
+                            class_dists=d, features=f)
+            for st, (f, d) in zip(steps, pooled)
         ]
 
     @torch.no_grad()
@@ -254,19 +313,6 @@ class Detector(FrameDetector):
 
     def info(self) -> dict[str, Any]:
         return {"arch": self.arch, "settings": self.settings.to_dict(), "feature_dim": self.feature_dim}
-
-
-def _source_proposals(labels: Tensor, scores: Tensor, probs: Tensor) -> Tensor:
-    """Index of the proposal each detection came from.
-
-    Post-processing keeps, for a (proposal, class) cell, the cell's softmax probability as
-    the score, so the source is the proposal whose probability for the detection's label
-    equals its score (bit for bit: the same computation).
-    """
-    if len(labels) == 0:
-        return torch.zeros(0, dtype=torch.long, device=probs.device)
-    cells = probs[:, labels].T  # (n_det, n_proposals)
-    return (cells - scores[:, None]).abs().argmin(dim=1)
 
 
 # --- architectures -----------------------------------------------------------------------
@@ -324,7 +370,6 @@ def _faster_rcnn(backbone: nn.Module, box_head: nn.Module, feature_dim: int, s: 
         box_predictor=FastRCNNPredictor(feature_dim, s.num_classes),
         box_score_thresh=s.score_thresh,
         box_nms_thresh=s.nms_thresh,
-        box_detections_per_img=s.detections_per_img,
         # Class-specific deltas scaled by [0.1, 0.1, 0.2, 0.2], as the AG detector.
         bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
     )
@@ -433,6 +478,11 @@ def build_detector(arch: str, settings: dict[str, Any] | None = None) -> Detecto
     if arch not in ARCHITECTURES:
         raise KeyError(f"unknown detector architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
     settings = dict(settings or {})
+    if "detections_per_img" in settings:
+        # A checkpoint written before the detector step had options: that key was torchvision's
+        # cap of 100 per frame, not a choice; STTran's step has no cap (``max_detections``).
+        log.info("detector settings: detections_per_img=%s (an older checkpoint's cap) ignored; max_detections "
+                 "is the cap now (default 0: none, as STTran)", settings.pop("detections_per_img"))
     for key in ("pixel_mean", "pixel_std", "anchor_sizes", "aspect_ratios"):
         if key in settings:
             settings[key] = tuple(settings[key])

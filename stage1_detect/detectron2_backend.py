@@ -171,8 +171,10 @@ class Detectron2Detector(FrameDetector):
         return Detectron2Frames(original_sizes=sizes, images=batch, features=features, transforms=transforms)
 
     @torch.no_grad()
-    def detect(self, encoded: Detectron2Frames) -> list[FrameDetections]:
-        """detectron2's detections of every frame (see the module docstring), best first."""
+    def detect(self, encoded: Detectron2Frames, positions: Sequence[int] | None = None) -> list[FrameDetections]:
+        """detectron2's detections of every frame (see the module docstring), best first.
+
+        detectron2 keeps its own inference: ``positions`` (STTran's per-chunk clipping) is not used."""
         predictor: FastRCNNOutputLayers = self.model.roi_heads.box_predictor
         proposals, _ = self.model.proposal_generator(encoded.images, encoded.features, None)
         features = self._box_features(encoded.features, [p.proposal_boxes for p in proposals])

@@ -18,8 +18,12 @@ those marks. What is stored per frame (see :mod:`store.schema` for the arrays):
 * GT objects: the person box first (row 0), then the reader's kept objects in file order,
   with ``small`` = 1 for those absent from the ``_filtersmall`` annotations.
 * GT relations: one row per object with any label, subject 0 (the person), multi-hot labels.
-* Detections: after the detector's post-processing (one person box kept for ``r101-c4``).
-  No assignment to GT boxes: stage 2 computes it when it loads the data (:mod:`store.pairing`).
+* Detections: after the detector's post-processing (for the torchvision backend STTran's
+  detector step, :mod:`stage1_detect.detection_step`: one person box, no cap, class by class).
+  The detector is told each frame's index in STTran's SGDET frame list of its video
+  (:func:`~stage1_detect.detection_step.sttran_positions`), since STTran clips the boxes of
+  the first frame of each chunk of 10 only. No assignment to GT boxes: stage 2 computes it
+  when it loads the data (:mod:`store.pairing`).
 * Pairs: :func:`store.pairing.stored_pairs` of the frame's boxes, over the joint index (GT
   objects ``0..G-1``, then detections ``G..G+N-1``), each with the union feature of its two
   boxes (a pair of a box with itself: the box's). The detections' class distributions go in
@@ -51,6 +55,7 @@ from tqdm.auto import tqdm
 
 from stage1_detect.action_genome import (FRAME_LIST_FILE, OBJECT_FILE, PERSON_FILE, ReaderOptions, VideoAnnotation,
                                          load_action_genome)
+from stage1_detect.detection_step import sttran_positions
 from stage1_detect.frame_detector import FrameDetector
 from stage1_detect.frames import FrameError, FrameSource, open_frame_source
 from store import DetectorInfo, StoreMeta, StoreWriter, UnionMode, VideoRecord
@@ -132,21 +137,29 @@ def _first(batch):
 
 
 def video_record(video: VideoAnnotation, images: Sequence[np.ndarray], detector: FrameDetector, meta: StoreMeta,
-                 *, batch_size: int = 8, device: str = "cpu") -> VideoRecord:
-    """Run the detector over one video's frames and assemble its :class:`VideoRecord`."""
+                 *, batch_size: int = 8, device: str = "cpu",
+                 min_frames: int = ReaderOptions.min_frames) -> VideoRecord:
+    """Run the detector over one video's frames and assemble its :class:`VideoRecord`.
+
+    ``min_frames``: the reader's, which decides whether the video is in STTran's SGDET dataset
+    and so where its frames fall in STTran's chunks of 10 (:func:`sttran_positions`)."""
     vocab = meta.vocabulary
     person = vocab.person_index
     dims = meta.dims()
     specs = {spec.field: spec for spec in ROW_ARRAYS}
     rows: dict[str, list[np.ndarray]] = {name: [] for name in specs}
     counts: dict[str, list[int]] = {prefix: [] for prefix in TABLE_PREFIX.values()}
+    if any(f.has_person for f in video.frames):
+        positions = sttran_positions([any(not o.small for o in f.objects) for f in video.frames], min_frames)
+    else:  # a video without annotations (cli.py predict): the frames given are the list STTran would batch
+        positions = list(range(len(video.frames)))
 
     for start in range(0, len(video.frames), batch_size):
         frames = video.frames[start:start + batch_size]
         batch = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).to(device)
                  for im in images[start:start + batch_size]]
         maps = detector.encode(batch)
-        detections = detector.detect(maps)
+        detections = detector.detect(maps, positions[start:start + batch_size])
         # A frame without a person box (a video without annotations: cli.py predict) stores no GT.
         gt_boxes = [np.asarray(f.boxes() if f.has_person else np.zeros((0, 4)), specs["gt_boxes"].dtype)
                     for f in frames]
@@ -312,15 +325,17 @@ def extract(root: Path | str, store_path: Path | str, detector: FrameDetector, *
         lock.release()
         raise
     return write_videos(videos, source, detector, meta, store_path, lock=lock, config=config, device=device,
-                        rank=rank, progress=progress, start=start)
+                        rank=rank, progress=progress, start=start, min_frames=reader_options.min_frames)
 
 
 def write_videos(videos: Sequence[VideoAnnotation], source: FrameSource, detector: FrameDetector, meta: StoreMeta,
                  store_path: Path, *, lock: WriterLock, config: ExtractConfig = ExtractConfig(), device: str = "cpu",
-                 rank: int = 0, progress: bool = True, start: float | None = None) -> ExtractSummary:
+                 rank: int = 0, progress: bool = True, start: float | None = None,
+                 min_frames: int = ReaderOptions.min_frames) -> ExtractSummary:
     """Detect and write ``videos`` (their ``frames`` read from ``source``) into the store part
     ``rank{rank}`` whose ``lock`` the caller holds (released here); committed videos are
-    skipped. :func:`extract` for AG, ``cli.py predict`` for videos without annotations."""
+    skipped. :func:`extract` for AG, ``cli.py predict`` for videos without annotations;
+    ``min_frames`` as in :func:`video_record`."""
     start = time.time() if start is None else start
     try:
         writer = StoreWriter(store_path, meta, part=f"rank{rank}", backend=config.backend,
@@ -349,7 +364,8 @@ def write_videos(videos: Sequence[VideoAnnotation], source: FrameSource, detecto
                 _log_event(log_path, {"video": video.name, "error": images, "rank": rank})
                 bar.update(len(video.frames))
                 continue
-            record = video_record(video, images, detector, meta, batch_size=config.batch_size, device=device)
+            record = video_record(video, images, detector, meta, batch_size=config.batch_size, device=device,
+                                  min_frames=min_frames)
             broken = non_finite_arrays(record)
             if broken:  # NaN weights give NaN features with valid checksums: stop before storing any
                 raise NonFiniteError(f"{video.name}: the detector's outputs are not finite (NaN or inf) in "

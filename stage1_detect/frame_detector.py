@@ -6,7 +6,7 @@ of a batch of frames:
 * ``encode(images) -> EncodedFrames``: run the backbone once; what it returns is the
   backend's own (feature maps, resize factors), opaque to extraction except for
   ``original_sizes``;
-* ``detect(encoded) -> list[FrameDetections]``: boxes, scores, labels, the full class
+* ``detect(encoded, positions) -> list[FrameDetections]``: boxes, scores, labels, the full class
   distribution (background at column 0, the store's vocabulary order) and one feature per
   detection;
 * ``pool(encoded, boxes) -> list[(features, class_dists)]``: the same feature and
@@ -72,7 +72,8 @@ def require_detectron2() -> None:
 class FrameDetections:
     """Detections of one frame.
 
-    boxes: float32 (n, 4) xyxy, pixels of the original frame; scores: float32 (n,);
+    boxes: float32 (n, 4) xyxy, pixels of the original frame (past its right and bottom edge
+    where STTran's detector step leaves a frame unclipped); scores: float32 (n,);
     labels: int64 (n,), 1..C-1; class_dists: float32 (n, C) softmax including background
     (column 0); features: float32 (n, D).
     """
@@ -125,8 +126,13 @@ class FrameDetector(nn.Module, abc.ABC):
         """Encode uint8 (3, H, W) RGB frames (sizes may differ) once for the calls below."""
 
     @abc.abstractmethod
-    def detect(self, encoded: EncodedFrames) -> list[FrameDetections]:
-        """Detections of every frame of ``encoded``, best first."""
+    def detect(self, encoded: EncodedFrames, positions: Sequence[int] | None = None) -> list[FrameDetections]:
+        """Detections of every frame of ``encoded``, in the backend's stored order.
+
+        ``positions``: each frame's index in STTran's frame list of its video (-1: not in it),
+        for a backend that reproduces STTran's detector step (which clips the boxes of some
+        frames only, :mod:`stage1_detect.detection_step`); None: no such list (every frame alike).
+        """
 
     @abc.abstractmethod
     def pool(self, encoded: EncodedFrames, boxes: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:

@@ -30,10 +30,11 @@ STTran's copy under ``fasterRCNN/``):
    ``lib/object_detector.py`` multiplies them in) = torchvision's ``bbox_reg_weights``
    (10, 10, 5, 5); the RPN deltas are not scaled (weights 1).
 5. **Clipping** (``bbox_transform.py: clip_boxes``): to [0, W - 1] x [0, H - 1] of the
-   resized image, for proposals and detections (torchvision: [0, W] x [0, H]).
+   resized image (torchvision: [0, W] x [0, H]): every proposal; which detections, STTran's
+   detector step decides (:mod:`stage1_detect.detection_step`).
 6. **NMS** (STTran's ``fasterRCNN/lib/model/csrc/*/nms*``, maskrcnn-benchmark's kernels):
    IoU with "+1" areas; equal to torchvision's NMS on boxes grown by one pixel to the right
-   and bottom (:func:`legacy_nms`).
+   and bottom (:func:`legacy_nms`). Used by the RPN here and per class by the detector step.
 7. **Proposal filtering** (``proposal_layer.py``): sort by foreground probability, keep
    ``RPN_PRE_NMS_TOP_N``, NMS 0.7, keep ``RPN_POST_NMS_TOP_N``; the minimum-size filter is
    commented out there, so nothing is removed for being small (torchvision drops boxes
@@ -43,6 +44,10 @@ STTran's copy under ``fasterRCNN/``):
 9. **Unpadded input**: one image (or a video's same-size frames) is not padded
    (``size_divisible=1``); padding would add feature cells, and anchors, that jwyang's
    network never sees.
+
+The box head's post-processing (STTran's ``lib/object_detector.py``: score threshold, per-class
+NMS, clipping, scale, order) is not here: :meth:`stage1_detect.detectors.Detector.detect` runs
+it for every architecture (:mod:`stage1_detect.detection_step`) with this module's clip and NMS.
 
 The conversion of the checkpoint itself (names, batch norm, the RPN's two-way softmax) and
 the settings it runs with are in :mod:`stage1_detect.ag_checkpoint`; what cannot be made
@@ -59,7 +64,6 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import boxes as box_ops
@@ -170,11 +174,6 @@ def legacy_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return box_ops.nms(boxes + boxes.new_tensor(_GROW), scores, iou_threshold)
 
 
-def legacy_batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
-    """:func:`legacy_nms` independently per value of ``idxs`` (per class)."""
-    return box_ops.batched_nms(boxes + boxes.new_tensor(_GROW), scores, idxs, iou_threshold)
-
-
 class LegacyRegionProposalNetwork(RegionProposalNetwork):
     """torchvision's RPN with jwyang's proposal layer: top ``pre_nms_top_n`` by foreground
     probability, clip to W - 1 / H - 1, "+1" NMS, top ``post_nms_top_n``; no size filter."""
@@ -204,43 +203,6 @@ class LegacyRegionProposalNetwork(RegionProposalNetwork):
             final_boxes.append(boxes[keep])
             final_scores.append(scores[keep])
         return final_boxes, final_scores
-
-
-class LegacyRoIHeads(RoIHeads):
-    """torchvision's box head post-processing with STTran's: class-specific boxes clipped to
-    W - 1 / H - 1, score > ``score_thresh``, "+1" NMS per class, no size filter; at most
-    ``detections_per_img`` kept, best first."""
-
-    @classmethod
-    def like(cls, heads: RoIHeads, *, box_coder: BoxCoder) -> "LegacyRoIHeads":
-        new = cls(heads.box_roi_pool, heads.box_head, heads.box_predictor,
-                  fg_iou_thresh=heads.proposal_matcher.high_threshold,
-                  bg_iou_thresh=heads.proposal_matcher.low_threshold,
-                  batch_size_per_image=heads.fg_bg_sampler.batch_size_per_image,
-                  positive_fraction=heads.fg_bg_sampler.positive_fraction,
-                  bbox_reg_weights=box_coder.weights, score_thresh=heads.score_thresh,
-                  nms_thresh=heads.nms_thresh, detections_per_img=heads.detections_per_img)
-        new.box_coder = box_coder
-        return new
-
-    def postprocess_detections(self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor],
-                               image_shapes: list[tuple[int, int]]):
-        num_classes = class_logits.shape[-1]
-        counts = [len(p) for p in proposals]
-        pred_boxes = self.box_coder.decode(box_regression, proposals).split(counts, 0)
-        pred_scores = torch.softmax(class_logits, -1).split(counts, 0)
-        all_boxes, all_scores, all_labels = [], [], []
-        for boxes, scores, shape in zip(pred_boxes, pred_scores, image_shapes):
-            boxes = legacy_clip(boxes, shape)[:, 1:].reshape(-1, 4)
-            labels = torch.arange(1, num_classes, device=scores.device).expand(len(scores), -1).reshape(-1)
-            scores = scores[:, 1:].reshape(-1)
-            inds = torch.where(scores > self.score_thresh)[0]
-            boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
-            keep = legacy_batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-            all_boxes.append(boxes[keep])
-            all_scores.append(scores[keep])
-            all_labels.append(labels[keep])
-        return all_boxes, all_scores, all_labels
 
 
 class LegacyTransform(GeneralizedRCNNTransform):
@@ -293,8 +255,8 @@ def apply_legacy_conventions(model: FasterRCNN, *, anchor_sizes: Sequence[float]
 
     ``model.backbone`` is the C4 body (``stem``: conv, bn, relu, max-pool). Replaces the
     stem's max-pool padding, the RPN (anchors of ``anchor_sizes`` x ``aspect_ratios``,
-    512-channel head, "+1" box coder, proposal filtering), the box head's coder and
-    post-processing, and the transform's resize (cv2's sizes and sampling, no padding to a
+    512-channel head, "+1" box coder, proposal filtering), the box head's coder, and the
+    transform's resize (cv2's sizes and sampling, no padding to a
     multiple of 32). Parameter names are unchanged; the RPN head's shapes change (512
     channels). The module docstring gives each convention and its source.
     """
@@ -304,6 +266,6 @@ def apply_legacy_conventions(model: FasterRCNN, *, anchor_sizes: Sequence[float]
     head = legacy_rpn_head(model.backbone.out_channels, anchors.num_anchors_per_location()[0])
     model.rpn = LegacyRegionProposalNetwork.like(model.rpn, anchor_generator=anchors, head=head,
                                                  box_coder=LegacyBoxCoder(model.rpn.box_coder.weights))
-    model.roi_heads = LegacyRoIHeads.like(model.roi_heads, box_coder=LegacyBoxCoder(model.roi_heads.box_coder.weights))
+    model.roi_heads.box_coder = LegacyBoxCoder(model.roi_heads.box_coder.weights)
     model.transform = LegacyTransform.like(model.transform)
     return model

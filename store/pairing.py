@@ -164,15 +164,19 @@ def sttran_test_boxes(det_boxes: np.ndarray, det_dists: np.ndarray, *, person: i
                       copy_classes: tuple[int, ...] = COPY_CLASSES,
                       nms_threshold: float = TEST_NMS_THRESHOLD) -> TestBoxes:
     """STTran's SGDET test-time steps (``ObjectClassifier.forward``, mode sgdet, eval) on one
-    frame's detections:
+    frame's detections, in the order STTran's detector gives them to the classifier (class by
+    class, each class by descending score: the order a store holds by default,
+    ``DetectorSettings.detection_order``). The order decides ties: two detections of one
+    proposal share its distribution, so in step 3 they score the same and the first survives.
 
     1. labels are the argmax of the foreground distribution (:func:`foreground`);
     2. for each class c of ``copy_classes`` in turn (``clean_class``): every box labelled c,
        copies included, gets a copy with c's probability set to 0, labelled by the argmax of
        what is left; copies follow the originals;
     3. per class (the argmax of each box's distribution), boxes by descending probability of
-       that class, NMS with the "+1" IoU at ``nms_threshold`` (0.6); kept boxes in class
-       order, then score order;
+       that class, equal ones in their order (``torch.sort``, then the NMS kernel's own sort,
+       keep ties in order for up to 16 boxes on the CPU; a stable sort here), NMS with the "+1"
+       IoU at ``nms_threshold`` (0.6); kept boxes in class order, then score order;
     4. every box is labelled with its most probable class other than the person, scored with
        that probability; the box with the highest person probability is the subject,
        labelled person and scored with its person probability.

@@ -18,12 +18,12 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import nms
 
 from stage1_detect.ag_checkpoint import CheckpointError, convert_ag_checkpoint
+from stage1_detect.detection_step import DetectionOrder, NmsSpace, detection_step
 from stage1_detect.detectors import load_detector
 from stage1_detect.legacy_rcnn import (
     LegacyAnchorGenerator,
     LegacyBoxCoder,
     LegacyRegionProposalNetwork,
-    LegacyRoIHeads,
     LegacyTransform,
     jwyang_anchors,
     legacy_clip,
@@ -134,6 +134,10 @@ def test_report_counts_and_settings(converted):
     assert saved["settings"]["legacy_rcnn"] is True and saved["settings"]["roi_size"] == 7
     assert (saved["settings"]["min_size"], saved["settings"]["max_size"]) == (600, 100_000)
     assert (saved["settings"]["rpn_pre_nms_top_n_test"], saved["settings"]["rpn_post_nms_top_n_test"]) == (6000, 100)
+    # STTran's detector step (lib/object_detector.py), as plain strings in the checkpoint.
+    step = {k: saved["settings"][k] for k in ("nms_space", "max_detections", "clip", "box_scale", "detection_order")}
+    assert step == {"nms_space": "original", "max_detections": 0, "clip": "sttran", "box_scale": "one",
+                    "detection_order": "class"}
     assert detector.settings.legacy_rcnn and detector.settings.roi_size == 7
     assert "converted faster_rcnn_ag.pth" in report.summary()
 
@@ -247,7 +251,7 @@ def test_plus_one_box_decoding_by_hand():
 
 def test_both_heads_use_the_legacy_coder(converted):
     model = converted[1].model
-    assert isinstance(model.rpn, LegacyRegionProposalNetwork) and isinstance(model.roi_heads, LegacyRoIHeads)
+    assert isinstance(model.rpn, LegacyRegionProposalNetwork)
     assert isinstance(model.rpn.box_coder, LegacyBoxCoder) and model.rpn.box_coder.weights == (1.0, 1.0, 1.0, 1.0)
     assert isinstance(model.roi_heads.box_coder, LegacyBoxCoder)
     assert model.roi_heads.box_coder.weights == (10.0, 10.0, 5.0, 5.0)
@@ -326,34 +330,49 @@ def test_rpn_proposals_equal_jwyang_proposal_layer(source, converted):
     assert_close(ours[0], expected, rtol=1e-5, atol=1e-4)
 
 
-def test_box_head_postprocessing_equals_sttran(converted):
-    """Class-specific decoding, clipping, threshold 0.1 and per-class NMS 0.4 against STTran's
-    object_detector.py loop, from random logits and deltas."""
+@pytest.mark.parametrize("first_of_chunk", [True, False])
+def test_box_head_postprocessing_equals_sttran(converted, first_of_chunk):
+    """Class-specific decoding then STTran's detector step against ``object_detector.py``'s loop
+    redone by hand from random logits and deltas: clip_boxes(..., batch_size=1) clips only the
+    chunk's first frame; PRED_BOXES /= im_scale; per class j: score > 0.1, sort, "+1" NMS 0.4 in
+    original pixels; the person keeps its first box; classes concatenated in order; clamp at 0."""
     heads = converted[1].model.roi_heads
     g = torch.Generator().manual_seed(4)
-    im_h, im_w = 96, 128
+    im_h, im_w, scale = 96, 128, torch.tensor(1.6)  # a 60x80 frame at 1.6 (float32, as im_info)
     xy = torch.rand(30, 2, generator=g) * torch.tensor([im_w - 20.0, im_h - 20.0])
-    proposals = torch.cat([xy, xy + 5 + torch.rand(30, 2, generator=g) * 40], dim=1)
+    proposals = torch.cat([xy, xy + 5 + torch.rand(30, 2, generator=g) * 40], dim=1).clamp(max=torch.tensor(
+        [im_w - 1.0, im_h - 1.0, im_w - 1.0, im_h - 1.0]))
     logits = torch.randn(30, C, generator=g) * 3
     regression = torch.randn(30, 4 * C, generator=g)
-    (boxes,), (scores,), (labels,) = heads.postprocess_detections(logits, regression, [proposals], [(im_h, im_w)])
-
     probs = F.softmax(logits, dim=1)
+    step = detection_step(heads.box_coder.decode(regression, [proposals]), probs, image_size=(im_h, im_w),
+                          to_resized=scale.repeat(4), clip=first_of_chunk, clamp_at_zero=True, plus_one=True,
+                          score_thresh=0.1, nms_thresh=0.4, nms_space=NmsSpace.ORIGINAL, person_label=1,
+                          single_person=True, max_detections=0, order=DetectionOrder.CLASS)
+
     deltas = (regression.view(-1, 4) * torch.tensor([0.1, 0.1, 0.2, 0.2])).view(30, -1)
     pred = hand_decode(proposals, deltas)
-    pred[:, 0::2], pred[:, 1::2] = pred[:, 0::2].clamp(0, im_w - 1), pred[:, 1::2].clamp(0, im_h - 1)
+    if first_of_chunk:
+        pred[:, 0::2], pred[:, 1::2] = pred[:, 0::2].clamp(0, im_w - 1), pred[:, 1::2].clamp(0, im_h - 1)
+    pred = pred / scale
     expected = []
     for j in range(1, C):
         inds = torch.nonzero(probs[:, j] > 0.1).view(-1)
         if len(inds):
             cls_scores, order = probs[inds, j].sort(descending=True)
             cls_boxes = pred[inds][order, 4 * j: 4 * j + 4]
-            expected += [(float(cls_scores[k]), j, cls_boxes[k]) for k in hand_nms(cls_boxes, 0.4)]
-    expected.sort(key=lambda e: -e[0])
+            keep = hand_nms(cls_boxes, 0.4)[: 1 if j == 1 else None]
+            expected += [(int(inds[order[k]]), j, float(cls_scores[k]), cls_boxes[k]) for k in keep]
     assert 5 < len(expected) < 100
-    assert labels.tolist() == [e[1] for e in expected]
-    assert_close(scores, torch.tensor([e[0] for e in expected]))
-    assert_close(boxes, torch.stack([e[2] for e in expected]))
+    assert step.proposal.tolist() == [e[0] for e in expected]
+    assert step.labels.tolist() == [e[1] for e in expected]  # class by class: non-decreasing
+    assert_close(step.scores, torch.tensor([e[2] for e in expected]))
+    want = torch.stack([e[3] for e in expected])
+    assert_close(step.boxes, want.clamp(min=0), rtol=1e-5, atol=1e-4)
+    # The unclipped frame has boxes past the right or bottom edge (kept, and NMS saw them),
+    # and negative corners that the final clamp set to 0.
+    past = (want[:, 2] > (im_w - 1) / scale) | (want[:, 3] > (im_h - 1) / scale)
+    assert bool(past.any()) != first_of_chunk and bool((want < 0).any()) != first_of_chunk
 
 
 def test_converted_detector_runs(converted):

@@ -32,7 +32,7 @@ from synth import SynthConfig, generate_synthetic_ag
 
 PERSON = 1
 # 160x120 frames processed at their own size (scale 1); stride 8 maps of 20x16 (padded).
-TINY = {"score_thresh": 0.0, "min_size": 120, "max_size": 160, "detections_per_img": 30}
+TINY = {"score_thresh": 0.0, "min_size": 120, "max_size": 160, "max_detections": 30}
 
 
 def _small(seed: int = 0, **settings):
@@ -158,7 +158,8 @@ def test_detect_boxes_are_in_original_pixels(frames):
 
 
 def _person_biased(single_person: bool):
-    det = _small(single_person=single_person)
+    # Detections by score, so that the cap's cut reads as a prefix.
+    det = _small(single_person=single_person, detection_order="score")
     with torch.no_grad():
         det.model.roi_heads.box_predictor.cls_score.bias[PERSON] += 4.0
     return det
@@ -180,9 +181,9 @@ def test_single_person_rule(frames):
         # budget the dropped person boxes used goes to the next best other detections.
         others = d.boxes[d.labels != PERSON]
         assert_close(others[: int((~persons).sum())], all_d.boxes[~persons], rtol=0, atol=0)
-    cap = _person_biased(True).settings.detections_per_img
+    cap = _person_biased(True).settings.max_detections
     uncapped = _person_biased(False)
-    uncapped.settings = dataclasses.replace(uncapped.settings, detections_per_img=1 << 20)
+    uncapped.settings = dataclasses.replace(uncapped.settings, max_detections=0)
     for d, u in zip(one, uncapped.detect(maps)):
         u_others = u.boxes[u.labels != PERSON]
         assert len(u) > cap  # the cap has something to cut
@@ -222,6 +223,24 @@ def test_save_and_load_detector_round_trip(frames, tmp_path):
     _assert_same_outputs(_outputs(loaded.eval(), frames), _outputs(det, frames))
     # Settings given to load_detector override the saved ones.
     assert load_detector(path, settings={"score_thresh": 0.2})[0].settings.score_thresh == 0.2
+
+
+def test_a_checkpoint_from_before_the_step_options_runs_sttran_step(tmp_path):
+    """A checkpoint saved before the detector step had options carries torchvision's cap
+    (``detections_per_img: 100``) and none of the step's keys: the cap is dropped and STTran's
+    step applies (no cap, NMS in original pixels, per-chunk clipping, one scale, class order)."""
+    path = tmp_path / "old.pth"
+    save_detector(_small(seed=3), path)
+    checkpoint = torch.load(path, weights_only=True)
+    for key in ("nms_space", "max_detections", "clip", "box_scale", "detection_order"):
+        del checkpoint["settings"][key]
+    checkpoint["settings"]["detections_per_img"] = 100
+    torch.save(checkpoint, path)
+    loaded, _ = load_detector(path)
+    s = loaded.settings
+    assert (s.max_detections, s.nms_space.value, s.clip.value, s.box_scale.value, s.detection_order.value) == (
+        0, "original", "sttran", "one", "class")
+    assert "detections_per_img" not in s.to_dict()
 
 
 def test_load_weights_of_a_torchvision_state_dict(frames, tmp_path):

@@ -289,7 +289,7 @@ def test_same_stage2_training_on_either_backend(d2, root, tmp_path):
 
     tv_store = tmp_path / "tv.h5"
     torch.manual_seed(0)
-    small = build_detector("small", {"score_thresh": 0.0, "detections_per_img": 16, "rpn_post_nms_top_n_test": 10,
+    small = build_detector("small", {"score_thresh": 0.0, "max_detections": 16, "rpn_post_nms_top_n_test": 10,
                                      "min_size": 120, "max_size": 160})
     with torch.no_grad():
         small.model.roi_heads.box_predictor.cls_score.bias[1] += 3.0

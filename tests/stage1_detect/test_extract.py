@@ -26,6 +26,8 @@ from PIL import Image
 from torch.testing import assert_close
 
 from stage1_detect.action_genome import ReaderOptions, load_action_genome
+from stage1_detect.detection_step import sttran_positions
+from stage1_detect.detectors import build_detector, load_detector, save_detector
 from stage1_detect.extract import ExtractConfig, extract, video_record
 from stage1_detect.frames import PngFrames
 from synth import SynthConfig, generate_synthetic_ag
@@ -40,7 +42,7 @@ PERSON = 1
 # 10 proposals x 36 classes, at most 16 detections, of which one person box (the raised
 # person logit makes many person boxes, the single-person rule keeps one, and the cap of 16
 # counts after that rule): exactly 16 a frame.
-SETTINGS = {"score_thresh": 0.0, "detections_per_img": 16, "rpn_post_nms_top_n_test": 10, "min_size": 120,
+SETTINGS = {"score_thresh": 0.0, "max_detections": 16, "rpn_post_nms_top_n_test": 10, "min_size": 120,
             "max_size": 160}
 # The CLI's reader defaults: the reference must read what `detect` reads (extract itself
 # turns mark_small on).
@@ -156,13 +158,15 @@ def test_stored_features_equal_direct_pooling(data):
     name = sorted(data["records"])[0]
     rec, video = data["records"][name], videos[name]
     images = PngFrames(data["root"]).read(name, [f.frame_number for f in video.frames])
+    # Frame i's place in STTran's SGDET frame list decides whether its boxes are clipped.
+    positions = sttran_positions([any(not o.small for o in f.objects) for f in video.frames], READER.min_frames)
     for i, image in enumerate(images):
         maps = det.encode([torch.from_numpy(image).permute(2, 0, 1)])
         g, d, p = (rec.frame_rows(t, i) for t in ("gt_objects", "detections", "pairs"))
         ((gt_f, gt_dist),) = det.pool(maps, [torch.from_numpy(rec.gt_boxes[g])])
         assert_close(torch.from_numpy(rec.gt_features[g]).float(), gt_f, rtol=2e-3, atol=2e-3)
         assert_close(torch.from_numpy(rec.gt_dists[g]).float(), gt_dist, rtol=2e-3, atol=1e-4)
-        ((detection,),) = [det.detect(maps)]
+        ((detection,),) = [det.detect(maps, [positions[i]])]
         assert_close(torch.from_numpy(rec.det_boxes[d]), detection.boxes, rtol=0, atol=1e-3)
         assert_close(torch.from_numpy(rec.det_features[d]).float(), detection.features, rtol=2e-3, atol=2e-3)
         assert rec.det_labels[d].tolist() == detection.labels.tolist()
@@ -203,6 +207,7 @@ class _PerfectDetector:
         self.detector = detector
         self.pending = [f.boxes()[::-1].copy() for f in frames]
         self.labels = [f.labels(PERSON)[::-1].copy() for f in frames]
+        self.positions = []
 
     def encode(self, images):
         return self.detector.encode(images)
@@ -213,9 +218,10 @@ class _PerfectDetector:
     def pool_map(self, maps, boxes):
         return self.detector.pool_map(maps, boxes)
 
-    def detect(self, maps):
+    def detect(self, maps, positions=None):
         from stage1_detect.frame_detector import FrameDetections
 
+        self.positions.append(list(positions))
         out = []
         for _ in maps.original_sizes:
             boxes, labels = torch.from_numpy(self.pending.pop(0)), torch.from_numpy(self.labels.pop(0))
@@ -234,8 +240,13 @@ def test_pairs_of_perfect_detections_serve_the_sgdet_training_view(data):
     images = PngFrames(data["root"]).read(video.name, [f.frame_number for f in video.frames])
     with open_store(data["store"]) as s:
         meta = s.meta
-    rec = video_record(video, images, _PerfectDetector(data["detector"], video.frames), meta, batch_size=3)
+    perfect = _PerfectDetector(data["detector"], video.frames)
+    rec = video_record(video, images, perfect, meta, batch_size=3)
     rec.validate(meta)
+    # Each batch of 3 frames came with the frames' places in STTran's SGDET frame list.
+    kept = [any(not o.small for o in f.objects) for f in video.frames]
+    want = sttran_positions(kept, READER.min_frames)
+    assert perfect.positions == [want[i:i + 3] for i in range(0, len(want), 3)]
     assert rec.differences(data["records"][video.name]) == [
         "det_offsets", "det_boxes", "det_scores", "det_labels", "det_dists", "det_features",
         "pair_offsets", "pair_subject", "pair_object", "pair_union"]
@@ -376,6 +387,35 @@ def test_union_maps(data, tmp_path):
     unions = union_boxes(boxes[rec.pair_subject[p]], boxes[rec.pair_object[p]])
     (direct,) = data["detector"].pool_map(maps, [torch.from_numpy(unions.astype(np.float32))])
     assert_close(torch.from_numpy(rec.pair_union[p]).float(), direct, rtol=2e-3, atol=2e-3)
+
+
+def test_detector_step_options_are_recorded_in_the_store(data, tmp_path):
+    """The reference store holds STTran's step (recorded in the meta, detections class by class);
+    `detect --nms-space resized --max-detections 5 --clip all --scale per-axis --detection-order
+    score` writes the former step, and its meta says so."""
+    step = ("nms_space", "max_detections", "clip", "box_scale", "detection_order")
+    with open_store(data["store"]) as s:
+        assert {k: s.meta.detector.settings[k] for k in step} == {
+            "nms_space": "original", "max_detections": 16, "clip": "sttran", "box_scale": "one",
+            "detection_order": "class"}  # 16: the fixture's cap (SETTINGS)
+    for rec in data["records"].values():
+        for i in range(rec.num_frames):
+            labels = rec.det_labels[rec.frame_rows("detections", i)]
+            assert labels[0] == PERSON and (np.diff(labels) >= 0).all()  # the person first, then by class
+    store = tmp_path / "options.h5"
+    run = _detect([data["root"], "--store", store, "--weights", data["weights"], "--device", "cpu", "--workers", "0",
+                   "--split", "test", "--frames", "png", "--nms-space", "resized", "--max-detections", "5",
+                   "--clip", "all", "--scale", "per-axis", "--detection-order", "score"])
+    assert run.returncode == 0, run.stderr
+    with open_store(store) as s:
+        assert {k: s.meta.detector.settings[k] for k in step} == {
+            "nms_space": "resized", "max_detections": 5, "clip": "all", "box_scale": "per-axis",
+            "detection_order": "score"}
+        (name,) = s.videos()
+        rec = s.read_video(name)
+    assert (np.diff(rec.det_offsets) == 5).all()
+    for i in range(rec.num_frames):
+        assert (np.diff(rec.det_scores[rec.frame_rows("detections", i)]) <= 0).all()
 
 
 def test_mp4_frames_give_the_same_store_and_a_missing_video_is_reported(data, tmp_path):

@@ -186,6 +186,23 @@ def test_copies_chain_and_the_subject_can_be_a_copy():
     assert t.scores.tolist() == [0.1875, 0.5, 0.3125, 0.875]
 
 
+def test_test_boxes_tie_goes_to_the_first_stored_detection():
+    # Two detections of one proposal (one distribution: cup 0.5625, bed 0.4375, i.e. the detector
+    # labelled them bed and cup) and a person far away. Both fall in the cup's NMS group with the
+    # same score 0.5625; "+1" IoU of (10, 10, 49, 49) and (12, 10, 51, 49): 38 * 40 / (3200 - 1520)
+    # = 0.905 > 0.6, so the first of the two in the given order survives. STTran's detector gives
+    # them class by class (bed before cup), which keeps the bed's box; by score it would be the cup's.
+    person = [60, 0, 99, 99]
+    x, y = [10, 10, 49, 49], [12, 10, 51, 49]
+    d = dists({PERSON: 1.0}, {CUP: 0.5625, BED: 0.4375}, {CUP: 0.5625, BED: 0.4375})
+    assert box_iou_plus_one(np.array([x], float), np.array([y], float))[0, 0] == pytest.approx(1520 / 1680)
+    for boxes in ([person, x, y], [person, y, x]):
+        t = sttran_test_boxes(np.array(boxes, float), d, person=PERSON)
+        assert t.source.tolist() == [0, 1] and t.subject == 0
+    assert nms_plus_one(np.array([x, y], float), np.array([0.5, 0.5]), 0.6).tolist() == [0]
+    assert nms_plus_one(np.array([y, x], float), np.array([0.5, 0.5]), 0.6).tolist() == [0]
+
+
 def test_test_boxes_without_detections():
     t = sttran_test_boxes(np.zeros((0, 4)), np.zeros((0, C), np.float16))
     assert t.subject == -1 and t.source.tolist() == [] and t.objects.tolist() == []

@@ -237,7 +237,7 @@ def ag(tmp_path_factory):
     generate_synthetic_ag(root, SynthConfig(videos=5, frames_per_video=5, width=160, height=120, seed=0),
                           progress=False)
     torch.manual_seed(0)
-    detector = build_detector("small", {"score_thresh": 0.0, "detections_per_img": 4, "rpn_post_nms_top_n_test": 6,
+    detector = build_detector("small", {"score_thresh": 0.0, "max_detections": 4, "rpn_post_nms_top_n_test": 6,
                                         "min_size": 120, "max_size": 160})
     weights = base / "detector.pth"
     save_detector(detector, weights)
