@@ -189,7 +189,7 @@ def test_sgdet_test_rescores_with_the_heads_distribution(tmp_path):
     logits[1, [0, PERSON, CUP]] = torch.tensor([1.0, 4.0, 0.0])
     logits[2, [0, CHAIR, BAG]] = torch.tensor([0.0, 3.0, 2.0])
     head = _head(Mode.SGDET).eval()
-    head.object_classifier.classify = lambda refined: logits
+    head.object_classifier.classify = lambda refined, extra=None: logits
     with torch.no_grad():
         out = head(batch)
     fg = logits.softmax(-1)[:, 1:]
@@ -331,3 +331,57 @@ def test_recipes(recipe):
         assert 1e4 < count_parameters(model) < 1e6
     else:
         assert cfg.head_cfg == {} and cfg.lr == 1e-5 and cfg.epochs == 10 and cfg.videos_per_batch == 1
+
+
+# --- RS-Net's extra boxes leave the GT boxes' tracks and tokens (issue 18, item 5) ---------
+
+CUP_DOWN = (150, 260, 200, 310)
+
+
+@pytest.mark.parametrize("mode", [Mode.SGCLS, Mode.PREDCLS])
+def test_rsnet_extra_boxes_leave_the_gt_tracks_and_tokens(tmp_path, mode):
+    """SGCLS / PREDCLS training with RS-Net's negatives adds the free detections as boxes. Frame
+    0: the GT person and cup at CUP_BOX; frame 1: the cup moved to CUP_DOWN, and a free cup
+    detection sits where the cup was. Tracked with the GT boxes (before the fix) that detection
+    would take the cup's track (L1 0, GIoU 1) and split the GT cup's sequence; and the BatchNorm
+    of the box embedding and of the classifier would normalise over it. Now the GT boxes' sequences,
+    refined tokens and logits equal those of the same batch without the negatives (dropout 0,
+    training mode: BatchNorm on batch statistics), and the extra box is refined alone."""
+    frames = [dict(gt=[(PERSON_BOX, PERSON), (CUP_BOX, CUP)], rel={1: [0]}, det=DETS[:2]),
+              dict(gt=[(PERSON_BOX, PERSON), (CUP_DOWN, CUP)], rel={1: [0]},
+                   det=[DETS[0], (CUP_DOWN, CUP), (CUP_BOX, CUP)])]
+    path = _store(tmp_path, frames)
+    with_neg = _batch(path, mode, True, negatives=True)
+    without = _batch(path, mode, True)
+    gt = torch.nonzero(with_neg.box_is_gt)[:, 0]
+    assert (~with_neg.box_is_gt).sum() == 1 and without.box_is_gt.all() and len(gt) == len(without.boxes) == 4
+    torch.testing.assert_close(with_neg.boxes[gt], without.boxes)
+    head = _head(mode, dropout=0.0).train()
+
+    def sequences(batch, rows):
+        index, offsets, position = head.object_sequences(batch)
+        return sorted((rows[index[a:b]].tolist(), position[a:b].tolist())
+                      for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()))
+
+    extra = int(torch.nonzero(~with_neg.box_is_gt)[0, 0])
+    # as GT indices: person (0, 2), cup (1, 3); the extra box (-1) alone at position 0
+    want = [([0, 2], [0, 1]), ([1, 3], [0, 1])]
+    as_gt = torch.full((len(with_neg.boxes),), -1, dtype=torch.long)
+    as_gt[gt] = torch.arange(len(gt))
+    assert sequences(with_neg, as_gt) == [([-1], [0])] + want
+    assert sequences(without, torch.arange(4)) == want
+    clf = head.object_classifier
+    with torch.no_grad():
+        tokens_neg = clf.tokens(with_neg, head.extra_boxes(with_neg))
+        refined_neg = clf.refine(tokens_neg, *head.object_sequences(with_neg))
+        tokens = clf.tokens(without)
+        refined = clf.refine(tokens, *head.object_sequences(without))
+        torch.testing.assert_close(tokens_neg[gt], tokens)
+        torch.testing.assert_close(refined_neg[gt], refined)
+        if mode is Mode.SGCLS:
+            logits_neg = clf.classify(refined_neg, head.extra_boxes(with_neg))
+            torch.testing.assert_close(logits_neg[gt], clf.classify(refined))
+        # the extra box's token: running statistics (eval mode), refined alone at position 0
+        alone = clf.encoder((clf.drop(tokens_neg[extra] + dsg.sinusoid(torch.zeros(1, dtype=torch.long), clf.dim)))[None])
+        torch.testing.assert_close(refined_neg[extra], alone[0, 0])
+        head.encode(with_neg)  # the whole head runs on it
