@@ -21,8 +21,29 @@ from stage2_relations.evaluation.predict import as_sets, plot_frames, score_mode
 from stage2_relations.evaluation.structures import Constraint
 from stage2_relations.heads import count_parameters, head_class
 from stage2_relations.train import load_checkpoint, run_checkpoint
+from stage2_relations.views import ViewOptions
 from store.errors import ConfigError, InputError
 from store.modes import Mode
+
+
+def test_view_options(cfg, mode: Mode, *, sgdet_boxes: str | None = None,
+                      object_scores: str | None = None) -> ViewOptions:
+    """The view a checkpoint of recipe ``cfg`` (a :class:`~stage2_relations.recipe.TrainConfig`)
+    is evaluated on in ``mode``: the recipe's, no negatives, with ``sgdet_boxes`` and
+    ``object_scores`` when given. The ``detector`` rule (SGDET only) takes STTran's test boxes
+    unless ``sgdet_boxes`` names others. Raises ConfigError for a view the head cannot use."""
+    rule = object_scores or cfg.object_scores
+    if rule == "detector" and mode is not Mode.SGDET:
+        raise ConfigError(f"object-scores rule 'detector' is an SGDET rule, not {mode.value}")
+    if rule == "detector" and sgdet_boxes is None:
+        sgdet_boxes = "sttran"
+    changes = {k: v for k, v in (("sgdet_boxes", sgdet_boxes), ("object_scores", object_scores)) if v is not None}
+    options = dataclasses.replace(cfg.view_options(), negatives=False, **changes)
+    required = head_class(cfg.head).required_view_options(rule)  # DSG-DETR: the pair pool, raw SGDET boxes
+    if mode is Mode.SGDET and required.get("sgdet_boxes", options.sgdet_boxes) != options.sgdet_boxes:
+        raise ConfigError(f"head {cfg.head!r} rebuilds the SGDET test boxes from the stored detections: "
+                          f"it needs sgdet_boxes {required['sgdet_boxes']!r}, not {options.sgdet_boxes!r}")
+    return options
 
 
 def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
@@ -41,12 +62,7 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
     ckpt_path = Path(checkpoint) if checkpoint is not None else run_checkpoint(run_dir)
     model, cfg, ckpt = load_checkpoint(ckpt_path, device=device, store_path=store_path)
     mode = Mode(mode or cfg.mode)
-    changes = {k: v for k, v in (("sgdet_boxes", sgdet_boxes), ("object_scores", object_scores)) if v is not None}
-    options = dataclasses.replace(cfg.view_options(), negatives=False, **changes)
-    required = head_class(cfg.head).required_view_options()  # DSG-DETR: the pair pool, raw SGDET boxes
-    if mode is Mode.SGDET and required.get("sgdet_boxes", options.sgdet_boxes) != options.sgdet_boxes:
-        raise ConfigError(f"head {cfg.head!r} rebuilds the SGDET test boxes from the stored detections: "
-                          f"it needs sgdet_boxes {required['sgdet_boxes']!r}, not {options.sgdet_boxes!r}")
+    options = test_view_options(cfg, mode, sgdet_boxes=sgdet_boxes, object_scores=object_scores)
     ds = VideoDataset(cfg.store, split, mode, train=False, options=options, max_videos=max_videos)
     if not len(ds):
         raise InputError(f"{cfg.store}: no videos in split {split!r}")

@@ -33,6 +33,9 @@ or in SGDET the rank of the pair's subject box), heads 3 / 6 / 17. Losses as STT
   boxes and pairs are rebuilt (:meth:`RelationBatch.with_boxes` / ``with_pairs``, union
   features from the pair pool) and the output refers to the rebuilt batch. It needs the view's
   stored detections (``sgdet_boxes: raw``) and the pool (``needs_pair_pool``).
+  ``object_scores: detector`` (not the code's rule) scores STTran's test boxes with the
+  detector's distribution instead, as the other heads do: the object transformer still refines
+  them for the relation features, the classifier's scores are not used.
 
 ``nn.TransformerEncoder`` deep-copies its layer, so the layers of each stack start from the
 same weights, as in the code. Sinusoidal positions are computed for any length (the code's

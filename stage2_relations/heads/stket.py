@@ -34,8 +34,9 @@ head, faithful to its public code (HCPLab-SYSU/STKET ``lib/stket.py``, ``lib/tra
   earlier frames with a slot, each within 2 frames of the last one taken), chronological, with a
   4-slot position embedding, no prior; output = the current frame's token. Ensemble heads.
 * Priors are learnable parameters, initialised from the training split's counts
-  (``context.derived``, :meth:`STKET.derive`); the spatial encoder and the temporal decoder own
-  separate copies and separate ``state_fc``.
+  (``context.derived``, :meth:`STKET.derive`), or from a ``TrainPrior.json``-layout file
+  (``prior_file``, :func:`~.stket_priors.load_priors_json`); the spatial encoder and the
+  temporal decoder own separate copies and separate ``state_fc``.
 
 The main output (``classify``, RS-Net's context fusion, evaluation) is the ensemble branch, or
 ``output_branch`` (``spatial`` / ``temporal``). The other branches' logits are in
@@ -237,6 +238,8 @@ class STKET(PairRepresentation, RelationHead):
     dropout [0.1], contact_threshold [0.8], contact_source ["pred"] | "gt" (at test),
     output_branch ["ensemble"] | "spatial" | "temporal", base_heads [True],
     temporal_mask ["zero_rows"] | "padding" (:data:`TEMPORAL_MASKS`),
+    prior_file [None]: where :meth:`derive` takes the priors, None = counted from the training
+    split, else a file in STKET's ``TrainPrior.json`` layout (kept here for the record only),
     initial_prior (C, P) and specific_prior (C, Cn, P): the counted priors (None: zeros, for
     parameter counts), class_embeddings (C, embed_dim) or None.
     """
@@ -249,7 +252,8 @@ class STKET(PairRepresentation, RelationHead):
                  temporal_layers: int = 2, ensemble_layers: int = 2, window_size: int = 4,
                  prior_widths: tuple[int, ...] = (128, 256, 512), dropout: float = 0.1,
                  contact_threshold: float = 0.8, contact_source: str = "pred", output_branch: str = "ensemble",
-                 base_heads: bool = True, temporal_mask: str = "zero_rows", initial_prior: torch.Tensor | None = None,
+                 base_heads: bool = True, temporal_mask: str = "zero_rows", prior_file: str | None = None,
+                 initial_prior: torch.Tensor | None = None,
                  specific_prior: torch.Tensor | None = None, class_embeddings: torch.Tensor | None = None) -> None:
         super().__init__()
         self.vocabulary = vocabulary
@@ -265,7 +269,7 @@ class STKET(PairRepresentation, RelationHead):
             raise ValueError(f"stket: window_size must be >= 2, got {window_size}")
         if temporal_mask not in TEMPORAL_MASKS:
             raise ValueError(f"stket: temporal_mask must be one of {TEMPORAL_MASKS}, got {temporal_mask!r}")
-        self.temporal_mask = temporal_mask
+        self.temporal_mask, self.prior_file = temporal_mask, prior_file
         self.contact_source, self.output_branch = contact_source, output_branch
         self.contact_threshold, self.window_size = float(contact_threshold), int(window_size)
         self.groups = [vocabulary.group_range(g) for g in (PredicateGroup.ATTENTION, PredicateGroup.SPATIAL,
@@ -311,9 +315,12 @@ class STKET(PairRepresentation, RelationHead):
 
     @classmethod
     def derive(cls, cfg: dict, dataset) -> dict[str, torch.Tensor]:
-        """The priors of the store's split that ``dataset`` trains on (:mod:`.stket_priors`)."""
-        from stage2_relations.heads.stket_priors import derive_priors
+        """The priors (:mod:`.stket_priors`): counted from the store's split that ``dataset``
+        trains on, or loaded from ``cfg["prior_file"]`` (STKET's ``TrainPrior.json`` layout)."""
+        from stage2_relations.heads.stket_priors import derive_priors, load_priors_json
 
+        if cfg.get("prior_file"):
+            return load_priors_json(cfg["prior_file"], dataset.store.meta.vocabulary)
         return derive_priors(dataset.store, dataset.split)
 
     @classmethod

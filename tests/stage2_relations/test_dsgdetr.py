@@ -385,3 +385,40 @@ def test_rsnet_extra_boxes_leave_the_gt_tracks_and_tokens(tmp_path, mode):
         alone = clf.encoder((clf.drop(tokens_neg[extra] + dsg.sinusoid(torch.zeros(1, dtype=torch.long), clf.dim)))[None])
         torch.testing.assert_close(refined_neg[extra], alone[0, 0])
         head.encode(with_neg)  # the whole head runs on it
+
+
+def test_detector_rule_scores_sgdet_boxes_with_the_detectors_distribution(tmp_path):
+    """``object_scores: detector``: DSG-DETR scores STTran's test boxes with the detector's
+    distribution, as STTran and STKET do, instead of re-scoring the raw detections with its
+    classifier (whose logits here call d1 the person). The detector calls d0 the person, d1 a
+    cup, d2 a bag: STTran's test boxes, subject d0."""
+    from stage2_relations.evaluate_checkpoint import test_view_options
+    from store.errors import ConfigError
+
+    path = _store(tmp_path, [dict(gt=[(PERSON_BOX, PERSON), (CUP_BOX, CUP)], rel={1: [0]}, det=DETS)])
+    cfg = TrainConfig(store=str(path), mode="sgdet", head="dsgdetr", sgdet_boxes="raw")
+    options = test_view_options(cfg, Mode.SGDET, object_scores="detector")
+    assert options.sgdet_boxes == "sttran" and options.object_scores == "detector" and not options.negatives
+    assert test_view_options(cfg, Mode.SGDET).sgdet_boxes == "raw"  # the code's rule: the raw detections
+    with pytest.raises(ConfigError, match="SGDET rule"):
+        test_view_options(cfg, Mode.SGCLS, object_scores="detector")
+    with pytest.raises(ConfigError, match="SGDET rule"):
+        TrainConfig(store=str(path), mode="sgcls", head="sttran", object_scores="detector").view_options()
+    # a recipe may name the rule: every head then takes STTran's boxes, DSG-DETR's pool kept
+    rule_cfg = TrainConfig(store=str(path), mode="sgdet", head="dsgdetr", object_scores="detector")
+    assert rule_cfg.view_options().sgdet_boxes == "sttran" and rule_cfg.view_options().pair_pool
+
+    batch = Collator.of(ds := VideoDataset(str(path), "train", Mode.SGDET, train=False, options=options))([ds[0]])
+    # STTran's test boxes in class order: d0 (person, the subject), d2 (bag), d1 (cup)
+    assert batch.box_labels.tolist() == [PERSON, BAG, CUP]
+    torch.testing.assert_close(batch.boxes, torch.tensor([DETS[i][0] for i in (0, 2, 1)], dtype=torch.float32))
+    logits = torch.full((3, 37), -10.0)
+    logits[0, [0, PERSON, CUP]] = torch.tensor([0.0, 1.0, 3.0])
+    logits[1, [0, PERSON, CUP]] = torch.tensor([1.0, 4.0, 0.0])
+    head = _head(Mode.SGDET).eval()
+    head.object_classifier.classify = lambda refined, extra=None: logits
+    with torch.no_grad():
+        out = head(batch)
+    assert out.batch is None  # no rebuilt boxes: the view's pairs (subject d0)
+    assert torch.equal(out.object_labels, batch.box_labels) and torch.equal(out.object_scores, batch.box_scores)
+    assert batch.pairs[:, 0].tolist() == [0, 0] and out.attention_logits.shape == (2, 3)

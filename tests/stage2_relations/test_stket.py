@@ -131,6 +131,52 @@ def test_priors_cli(tmp_path, capsys):
     assert "2 classes" in capsys.readouterr().out
 
 
+def test_priors_from_stkets_json_layout(tmp_path):
+    """``prior_file``: priors loaded from a file in STKET's ``TrainPrior.json`` layout, filled as
+    its ``lib/transformer.py`` does: initial rows by class key, specific rows by ``c_rel_idx``
+    (local contact ids), zeros elsewhere. Names are STKET's (STTran's renamed classes)."""
+    import json
+
+    from stage2_relations.heads.stket_priors import load_priors_json
+    from store.errors import FileError
+
+    cup_init = [0.0] * V.num_predicates
+    cup_init[P("looking_at")], cup_init[P("holding")], cup_init[P("not_contacting")] = 0.75, 0.5, 0.5
+    hold_row, nc_row = [0.0] * V.num_predicates, [0.0] * V.num_predicates
+    hold_row[P("holding")], nc_row[P("touching")] = 1.0, 0.25
+    data = {str(CUP): {"obj_cls_name": "cup/glass/bottle", "c_rel_name": ["holding", "not_contacting"],
+                       "c_rel_idx": [HOLDING, NC], "initial_prior": cup_init, "specific_prior": [hold_row, nc_row]}}
+    path = tmp_path / "TrainPrior.json"
+    path.write_text(json.dumps(data))
+    got = load_priors_json(path, V)
+    initial, specific = got[INITIAL_KEY], got[SPECIFIC_KEY]
+    assert initial.shape == (V.num_objects, V.num_predicates) and specific.shape == (V.num_objects, 17, V.num_predicates)
+    torch.testing.assert_close(initial[CUP], torch.tensor(cup_init))
+    torch.testing.assert_close(specific[CUP, HOLDING], torch.tensor(hold_row))
+    torch.testing.assert_close(specific[CUP, NC], torch.tensor(nc_row))
+    assert not specific[CUP, TOUCHING].any() and not initial[BOOK].any() and not specific[BOOK].any()
+    # the recipe option: derive loads the file instead of counting (the store's counts differ)
+    store = _hand_store(tmp_path / "hand.h5")
+    ds = VideoDataset(str(store), "train", Mode.PREDCLS, train=True)
+    derived = STKET.derive({"prior_file": str(path)}, ds)
+    torch.testing.assert_close(derived[INITIAL_KEY], initial)
+    assert not torch.allclose(STKET.derive({}, ds)[INITIAL_KEY][CUP], initial[CUP])
+    head = build_model("stket", {**TINY, "prior_file": str(path)}, None, _context(Mode.PREDCLS, derived))
+    torch.testing.assert_close(head.temporal_specific_prior.detach()[CUP, HOLDING], torch.tensor(hold_row))
+    # what this module writes loads back to the counted priors
+    written = tmp_path / "counted.json"
+    counted = count_priors([open_store(store).read_video(v) for v in ("a.mp4", "b.mp4")], V)
+    written.write_text(json.dumps(priors_json(counted, V)))
+    back = load_priors_json(written, V)
+    torch.testing.assert_close(back[INITIAL_KEY], counted.initial)
+    torch.testing.assert_close(back[SPECIFIC_KEY], counted.specific)
+    # a class named otherwise, or a row of another width: one line naming the file
+    for bad in ({str(BOOK): data[str(CUP)]}, {str(CUP): {**data[str(CUP)], "initial_prior": [0.0]}}):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(FileError, match="TrainPrior.json: class"):
+            load_priors_json(path, V)
+
+
 def test_full_size_parameter_count():
     head = build_head("stket", vocabulary=V, mode=Mode.SGDET, feature_dim=2048, union_shape=(1024, 7, 7))
     # spec C: object classifier 2,481,869 + relation representation 9,107,024 + spatial encoder
