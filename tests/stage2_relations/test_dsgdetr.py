@@ -176,6 +176,24 @@ def test_pair_pool_lookup_exact_and_fallback(tmp_path):
         _batch(path, Mode.SGDET, False, sgdet_boxes="raw").with_pairs(torch.tensor([[0, 1]]))
 
 
+def _hand_logits():
+    """Classifier logits (3, 37) of the detections DETS: d0 a cup (then the person), d1 the
+    person, d2 a chair (then a bag)."""
+    logits = torch.full((3, 37), -10.0)
+    logits[0, [0, PERSON, CUP]] = torch.tensor([0.0, 1.0, 3.0])
+    logits[1, [0, PERSON, CUP]] = torch.tensor([1.0, 4.0, 0.0])
+    logits[2, [0, CHAIR, BAG]] = torch.tensor([0.0, 3.0, 2.0])
+    return logits
+
+
+def _run_with_logits(batch, logits):
+    """The SGDET head at test on ``batch`` with its classifier's logits replaced by ``logits``."""
+    head = _head(Mode.SGDET).eval()
+    head.object_classifier.classify = lambda refined, extra=None: logits
+    with torch.no_grad():
+        return head(batch)
+
+
 def test_sgdet_test_rescores_with_the_heads_distribution(tmp_path):
     """The detector calls d0 the person (0.9); the head's classifier calls d1 the person, d0 a cup
     and d2 a chair (second: a bag). DSG-DETR's rule on the head's softmax over all 37 logits:
@@ -184,14 +202,8 @@ def test_sgdet_test_rescores_with_the_heads_distribution(tmp_path):
     batch = _batch(path, Mode.SGDET, False, sgdet_boxes="raw", pair_pool=True)
     det_subject = sttran_test_boxes(batch.boxes.numpy(), batch.dists.numpy())
     assert det_subject.source[det_subject.subject] == 0
-    logits = torch.full((3, 37), -10.0)
-    logits[0, [0, PERSON, CUP]] = torch.tensor([0.0, 1.0, 3.0])
-    logits[1, [0, PERSON, CUP]] = torch.tensor([1.0, 4.0, 0.0])
-    logits[2, [0, CHAIR, BAG]] = torch.tensor([0.0, 3.0, 2.0])
-    head = _head(Mode.SGDET).eval()
-    head.object_classifier.classify = lambda refined, extra=None: logits
-    with torch.no_grad():
-        out = head(batch)
+    logits = _hand_logits()
+    out = _run_with_logits(batch, logits)
     fg = logits.softmax(-1)[:, 1:]
     want = select_test_boxes(batch.boxes.numpy(), fg.double().numpy())
     assert want.source.tolist() == [1, 2, 2, 0] and want.subject == 0  # class order: person, bag, chair, cup
@@ -390,7 +402,7 @@ def test_rsnet_extra_boxes_leave_the_gt_tracks_and_tokens(tmp_path, mode):
 def test_detector_rule_scores_sgdet_boxes_with_the_detectors_distribution(tmp_path):
     """``object_scores: detector``: DSG-DETR scores STTran's test boxes with the detector's
     distribution, as STTran and STKET do, instead of re-scoring the raw detections with its
-    classifier (whose logits here call d1 the person). The detector calls d0 the person, d1 a
+    classifier (whose logits call d1 the person). The detector calls d0 the person, d1 a
     cup, d2 a bag: STTran's test boxes, subject d0."""
     from stage2_relations.evaluate_checkpoint import test_view_options
     from store.errors import ConfigError
@@ -412,13 +424,7 @@ def test_detector_rule_scores_sgdet_boxes_with_the_detectors_distribution(tmp_pa
     # STTran's test boxes in class order: d0 (person, the subject), d2 (bag), d1 (cup)
     assert batch.box_labels.tolist() == [PERSON, BAG, CUP]
     torch.testing.assert_close(batch.boxes, torch.tensor([DETS[i][0] for i in (0, 2, 1)], dtype=torch.float32))
-    logits = torch.full((3, 37), -10.0)
-    logits[0, [0, PERSON, CUP]] = torch.tensor([0.0, 1.0, 3.0])
-    logits[1, [0, PERSON, CUP]] = torch.tensor([1.0, 4.0, 0.0])
-    head = _head(Mode.SGDET).eval()
-    head.object_classifier.classify = lambda refined, extra=None: logits
-    with torch.no_grad():
-        out = head(batch)
+    out = _run_with_logits(batch, _hand_logits())
     assert out.batch is None  # no rebuilt boxes: the view's pairs (subject d0)
     assert torch.equal(out.object_labels, batch.box_labels) and torch.equal(out.object_scores, batch.box_scores)
     assert batch.pairs[:, 0].tolist() == [0, 0] and out.attention_logits.shape == (2, 3)
