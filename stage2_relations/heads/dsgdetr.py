@@ -14,7 +14,8 @@ classes run alone at position 0). STTran's classifier (Linear -> BN -> ReLU -> L
 then reads the refined features (SGCLS / SGDET), which also replace the RoI features of the
 relation feature. RS-Net's extra boxes in a PREDCLS / SGCLS training view (detections for its
 negatives; the code's views hold the GT boxes only) stay out of the GT boxes' sequences, tracks
-and BatchNorm statistics: each is refined alone (:meth:`DSGDETR.extra_boxes`).
+and BatchNorm statistics: they are sequenced by the same rule among themselves and normalised
+with the GT boxes' statistics (:meth:`DSGDETR.extra_boxes`).
 
 **Relations** (M:478-537): as STTran's (subj_fc / obj_fc now from the refined width, union
 branch, two 37 x 200 class tables), then spatial message passing (1 ``nn.TransformerEncoder``
@@ -133,27 +134,41 @@ class DSGObjectClassifier(nn.Module):
         self.encoder = encoder(self.dim, num_heads, ffn_dim, num_layers, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def _small(self, fn, x, eval_mode: bool = False):
-        """BatchNorm cannot normalise one row in training: run ``fn`` in eval mode then (or
-        whenever ``eval_mode``)."""
-        if self.training and (eval_mode or x.shape[0] < 2):
-            self.eval()
-            try:
-                return fn(x)
-            finally:
-                self.train()
-        return fn(x)
+    def _eval(self, fn, x: torch.Tensor) -> torch.Tensor:
+        """``fn(x)`` with the module in eval mode (BatchNorm's running statistics, no dropout)."""
+        if not self.training:
+            return fn(x)
+        self.eval()
+        try:
+            return fn(x)
+        finally:
+            self.train()
 
-    def _apart(self, fn, x: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
-        """``fn`` (a module with BatchNorm) over the rows of ``x`` (N, ...); with ``extra`` (N,)
-        bool, the other rows alone (their batch statistics, as without the extra rows) and the
-        extra rows in eval mode (running statistics, which they never update; no dropout)."""
-        if extra is None:
+    def _small(self, fn, x):
+        """BatchNorm cannot normalise one row in training: run ``fn`` in eval mode then."""
+        return self._eval(fn, x) if x.shape[0] < 2 else fn(x)
+
+    def _apart(self, fn: nn.Sequential, x: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        """``fn`` (a Sequential with BatchNorm1d) over the rows of ``x`` (N, D). With ``extra``
+        (N,) bool in training, every BatchNorm1d normalises all rows with the batch statistics
+        of the other rows alone and updates its running statistics from them alone, so those
+        rows come out exactly as without the extra rows, and the extra rows are normalised as
+        they are (same mode, same statistics: no train / test cue for RS-Net's scorer)."""
+        if extra is None or not self.training:
             return self._small(fn, x)
-        base, own = self._small(fn, x[~extra]), self._small(fn, x[extra], eval_mode=True)
-        out = base.new_zeros((x.shape[0], *base.shape[1:]))
-        out[~extra], out[extra] = base, own
-        return out
+        if int((~extra).sum()) < 2:  # the baseline runs eval mode on its rows: so do all rows
+            return self._eval(fn, x)
+        for layer in fn:
+            if isinstance(layer, nn.BatchNorm1d):
+                ref = x[~extra]
+                out = x.new_empty(x.shape)
+                out[~extra] = layer(ref)  # batch statistics; the running ones updated from these rows
+                mean, var = ref.mean(0), ref.var(0, unbiased=False)
+                out[extra] = (x[extra] - mean) / torch.sqrt(var + layer.eps) * layer.weight + layer.bias
+                x = out
+            else:
+                x = layer(x)
+        return x
 
     def tokens(self, batch: RelationBatch, extra: torch.Tensor | None = None) -> torch.Tensor:
         """(N, feature_dim + embed_dim + box_dim) input rows: one-hot GT class in PREDCLS (M:171),
@@ -236,8 +251,9 @@ class DSGDETR(PairRepresentation, RelationHead):
     def extra_boxes(batch: RelationBatch) -> torch.Tensor | None:
         """(N,) bool: the boxes RS-Net's negatives add to a PREDCLS / SGCLS training view (the
         detections beside the GT boxes), or None when there are none. The code's test views
-        hold the GT boxes only, so these boxes never join a GT box's sequence or its BatchNorm
-        statistics: each is refined alone (:meth:`object_sequences`)."""
+        hold the GT boxes only, so these boxes never join a GT box's sequence or track
+        (:meth:`object_sequences`: they form their own) nor its BatchNorm statistics
+        (:meth:`DSGObjectClassifier._apart`: normalised by the GT boxes' statistics)."""
         if not batch.train or batch.mode is Mode.SGDET or bool(batch.box_is_gt.all()):
             return None
         return ~batch.box_is_gt
@@ -245,16 +261,16 @@ class DSGDETR(PairRepresentation, RelationHead):
     def object_sequences(self, batch: RelationBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The object transformer's sequences over the batch's boxes, per video and by the mode's
         rule (:mod:`.tracking`): (index (T,), offsets (S+1,), position (T,)). The boxes of
-        :meth:`extra_boxes` are left out of the rule and run alone, at position 0."""
+        :meth:`extra_boxes` are sequenced by the same rule among themselves, apart from the GT
+        boxes."""
         bo, vo = batch.box_offsets.tolist(), batch.video_frame_offsets.tolist()
         box_frame = batch.box_frame.cpu().numpy()
         extra = self.extra_boxes(batch)
         extra_np = np.zeros(len(box_frame), bool) if extra is None else extra.cpu().numpy()
         groups: list[tuple[np.ndarray, np.ndarray]] = []
-        for v in range(batch.num_videos):
+        for v, part in ((v, part) for v in range(batch.num_videos) for part in (False, True)):
             b0, b1 = bo[vo[v]], bo[vo[v + 1]]
-            rows = b0 + np.flatnonzero(~extra_np[b0:b1])  # the boxes the mode's rule sequences
-            groups += [(np.array([i]), np.zeros(1, np.int64)) for i in b0 + np.flatnonzero(extra_np[b0:b1])]
+            rows = b0 + np.flatnonzero(extra_np[b0:b1] == part)  # the GT boxes, then the extra ones, apart
             if not len(rows):
                 continue
             rt = torch.from_numpy(rows).to(batch.boxes.device)

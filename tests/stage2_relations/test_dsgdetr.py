@@ -12,6 +12,7 @@ import torch
 from stage2_relations.data import Collator, VideoDataset, spatial_masks
 from stage2_relations.heads import HeadContext, build_model, count_parameters
 from stage2_relations.heads import dsgdetr as dsg
+from stage2_relations.heads.objects import center_size
 from stage2_relations.heads.tracking import (frame_number, frame_ranks, generalized_iou, group_by_class,
                                              group_by_label, track_objects)
 from stage2_relations.recipe import TrainConfig
@@ -357,8 +358,9 @@ def test_rsnet_extra_boxes_leave_the_gt_tracks_and_tokens(tmp_path, mode):
     detection sits where the cup was. Tracked with the GT boxes (before the fix) that detection
     would take the cup's track (L1 0, GIoU 1) and split the GT cup's sequence; and the BatchNorm
     of the box embedding and of the classifier would normalise over it. Now the GT boxes' sequences,
-    refined tokens and logits equal those of the same batch without the negatives (dropout 0,
-    training mode: BatchNorm on batch statistics), and the extra box is refined alone."""
+    refined tokens, logits and BatchNorm running statistics equal those of the same batch without
+    the negatives (dropout 0, training mode: BatchNorm on batch statistics), and the extra box is
+    normalised with the GT boxes' statistics and sequenced apart."""
     frames = [dict(gt=[(PERSON_BOX, PERSON), (CUP_BOX, CUP)], rel={1: [0]}, det=DETS[:2]),
               dict(gt=[(PERSON_BOX, PERSON), (CUP_DOWN, CUP)], rel={1: [0]},
                    det=[DETS[0], (CUP_DOWN, CUP), (CUP_BOX, CUP)])]
@@ -383,17 +385,29 @@ def test_rsnet_extra_boxes_leave_the_gt_tracks_and_tokens(tmp_path, mode):
     assert sequences(with_neg, as_gt) == [([-1], [0])] + want
     assert sequences(without, torch.arange(4)) == want
     clf = head.object_classifier
+    bn = clf.pos_embed[0]
+    start = bn.running_mean.clone()
     with torch.no_grad():
         tokens_neg = clf.tokens(with_neg, head.extra_boxes(with_neg))
+        running_neg = bn.running_mean.clone()
+        bn.running_mean.copy_(start)
         refined_neg = clf.refine(tokens_neg, *head.object_sequences(with_neg))
         tokens = clf.tokens(without)
         refined = clf.refine(tokens, *head.object_sequences(without))
         torch.testing.assert_close(tokens_neg[gt], tokens)
         torch.testing.assert_close(refined_neg[gt], refined)
+        torch.testing.assert_close(running_neg, bn.running_mean)  # updated from the GT boxes alone
         if mode is Mode.SGCLS:
             logits_neg = clf.classify(refined_neg, head.extra_boxes(with_neg))
             torch.testing.assert_close(logits_neg[gt], clf.classify(refined))
-        # the extra box's token: running statistics (eval mode), refined alone at position 0
+        # the extra box's box embedding: BatchNorm with the GT boxes' batch statistics (the mode
+        # the GT boxes are in: no train / test cue), then the same Linear and ReLU
+        cs = center_size(with_neg.boxes)
+        ref = cs[gt]
+        norm = (cs[extra] - ref.mean(0)) / torch.sqrt(ref.var(0, unbiased=False) + bn.eps) * bn.weight + bn.bias
+        torch.testing.assert_close(tokens_neg[extra, -clf.pos_embed[1].out_features:],
+                                   clf.pos_embed[2](clf.pos_embed[1](norm)))
+        # its own sequence (the only extra box): refined alone at position 0
         alone = clf.encoder((clf.drop(tokens_neg[extra] + dsg.sinusoid(torch.zeros(1, dtype=torch.long), clf.dim)))[None])
         torch.testing.assert_close(refined_neg[extra], alone[0, 0])
         head.encode(with_neg)  # the whole head runs on it
