@@ -602,11 +602,13 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
               help="With --run/--checkpoint, SGDET: sttran = STTran's test boxes (book/chair/food copied with "
               "their next class, per-class NMS 0.6, the most person-like box as subject); raw = the stored "
               "detections as they are. Default: the recipe's (sttran).")
-@click.option("--object-scores", type=click.Choice(["sttran", "classifier"]), default=None,
+@click.option("--object-scores", type=click.Choice(["sttran", "classifier", "detector"]), default=None,
               help="With --run/--checkpoint, SGCLS/SGDET object labels and scores: sttran = the protocol "
               "(SGDET: the detector's distribution; SGCLS: the classifier with STTran's subject and duplicate "
               "rules); classifier = the trained classifier's softmax with background (not the protocol: it "
-              "gives the baseline a learned relevance score). Default: the recipe's (sttran).")
+              "gives the baseline a learned relevance score); detector = SGDET only: STTran's test boxes and "
+              "the detector's distribution for every head, DSG-DETR included (one rule across heads). "
+              "Default: the recipe's (sttran).")
 @click.option("--constraint", "constraints", type=click.Choice(["with", "semi", "no"]), multiple=True,
               help="Graph constraint(s) to score (repeatable). Default: all three.")
 @click.option("--semi-threshold", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True,
@@ -799,7 +801,8 @@ def _parse_seeds(ctx: click.Context, param: click.Parameter, text: str) -> list[
               "(head_cfg.hidden=64).")
 @click.option("--object-scores", "rules", default="sttran", show_default=True,
               help="Comma-separated object-scores rules to evaluate each run with (sttran: the protocol; "
-              "classifier: the alternative rule, reported beside it). One pair of tables per rule.")
+              "classifier: the alternative rule, reported beside it; detector, SGDET: the detector's "
+              "distribution for every head, DSG-DETR included). One pair of tables per rule.")
 @click.option("--device", default=None, help="'cpu', 'cuda', 'cuda:1' or 'auto' (default: the recipes').")
 @THREADS_OPTION
 @click.option("--no-progress", is_flag=True, help="No tqdm bars.")

@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
+from stage2_relations.evaluate_checkpoint import eval_view_options, evaluate_checkpoint
 from stage2_relations.evaluation import MeanRecall
 from stage2_relations.evaluation.seeds import (EVAL_METRICS, MEAN_RECALL, Aggregate, Difference, Summary,  # noqa: F401
                                                TableRow, aggregate, format_table2, paired_difference,
@@ -53,6 +53,7 @@ from stage2_relations.train import load_checkpoint, read_checkpoint, run_checkpo
 from stage2_relations.views import OBJECT_SCORES, ViewOptions
 from store.errors import ConfigError, InputError, UserError, load_yaml_mapping
 from store.files import sha256_of, write_json
+from store.modes import Mode
 from store.reader import store_location
 from store.runtime import resolve_device
 
@@ -244,7 +245,7 @@ def _read_json(path: Path) -> dict | None:
 
 def evaluation_view(cfg: TrainConfig, rule: str) -> ViewOptions:
     """The test view evaluate_checkpoint builds for ``rule`` (no negatives)."""
-    return dataclasses.replace(cfg.view_options(), negatives=False, object_scores=rule)
+    return eval_view_options(cfg, Mode(cfg.mode), object_scores=rule)
 
 
 def evaluation_is_current(payload: Mapping[str, Any] | None, cfg: TrainConfig, rule: str, sha: str) -> bool:
@@ -348,6 +349,8 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
     for rule in rules:
         if rule not in OBJECT_SCORES:
             raise ConfigError(f"unknown object-scores rule {rule!r}; known: {', '.join(OBJECT_SCORES)}")
+        if rule == "detector" and any(Mode(v.config.mode) is not Mode.SGDET for v in variants):
+            raise ConfigError("object-scores rule 'detector' is an SGDET rule: run it with --mode sgdet")
     test_videos = check_store(variants)
     check_variants(variants)
     out_dir = Path(out_dir)

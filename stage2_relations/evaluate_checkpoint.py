@@ -28,6 +28,26 @@ from store.modes import Mode
 from store.run_folder import check_output_file
 
 
+def eval_view_options(cfg, mode: Mode, *, sgdet_boxes: str | None = None,
+                      object_scores: str | None = None) -> ViewOptions:
+    """The view a checkpoint of recipe ``cfg`` (a :class:`~stage2_relations.recipe.TrainConfig`)
+    is evaluated on in ``mode``: the recipe's, no negatives, with ``sgdet_boxes`` and
+    ``object_scores`` when given. The ``detector`` rule (SGDET only) takes STTran's test boxes
+    unless ``sgdet_boxes`` names others. Raises ConfigError for a view the head cannot use."""
+    rule = object_scores or cfg.object_scores
+    if rule == "detector" and mode is not Mode.SGDET:
+        raise ConfigError(f"object-scores rule 'detector' is an SGDET rule, not {mode.value}")
+    if rule == "detector" and sgdet_boxes is None:
+        sgdet_boxes = "sttran"
+    changes = {k: v for k, v in (("sgdet_boxes", sgdet_boxes), ("object_scores", object_scores)) if v is not None}
+    options = dataclasses.replace(cfg.view_options(), negatives=False, **changes)
+    required = head_class(cfg.head).required_view_options(rule)  # DSG-DETR: the pair pool, raw SGDET boxes
+    if mode is Mode.SGDET and required.get("sgdet_boxes", options.sgdet_boxes) != options.sgdet_boxes:
+        raise ConfigError(f"head {cfg.head!r} rebuilds the SGDET test boxes from the stored detections: "
+                          f"it needs sgdet_boxes {required['sgdet_boxes']!r}, not {options.sgdet_boxes!r}")
+    return options
+
+
 def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
                         store_path: str | None = None, split: str = "test", mode: str | None = None,
                         sgdet_boxes: str | None = None, object_scores: str | None = None,
@@ -94,19 +114,6 @@ def _is_predictions_file(path: Path) -> bool:
     except (UserError, ValueError, OSError):
         return False
     return True
-
-
-def eval_view_options(cfg, mode: Mode, *, sgdet_boxes: str | None = None,
-                      object_scores: str | None = None) -> ViewOptions:
-    """The test view of a run's recipe (``cfg``, a TrainConfig) in ``mode``, with the given
-    overrides; raises ConfigError when the head needs other SGDET boxes."""
-    changes = {k: v for k, v in (("sgdet_boxes", sgdet_boxes), ("object_scores", object_scores)) if v is not None}
-    options = dataclasses.replace(cfg.view_options(), negatives=False, **changes)
-    required = head_class(cfg.head).required_view_options()  # DSG-DETR: the pair pool, raw SGDET boxes
-    if mode is Mode.SGDET and required.get("sgdet_boxes", options.sgdet_boxes) != options.sgdet_boxes:
-        raise ConfigError(f"head {cfg.head!r} rebuilds the SGDET test boxes from the stored detections: "
-                          f"it needs sgdet_boxes {required['sgdet_boxes']!r}, not {options.sgdet_boxes!r}")
-    return options
 
 
 def _frame_sizes(ds: VideoDataset, names: Sequence[str]) -> list[tuple[int, int]]:

@@ -52,7 +52,8 @@ class TrainConfig:
     sgdet_boxes: str = "sttran"
     """SGDET test boxes (validation here, and the default of eval): 'sttran' or 'raw'."""
     object_scores: str = "sttran"
-    """SGCLS / SGDET test object labels and scores: 'sttran' (the protocol) or 'classifier'."""
+    """SGCLS / SGDET test object labels and scores: 'sttran' (the protocol), 'classifier' or
+    'detector' (SGDET: the detector's distribution for every head, DSG-DETR included)."""
     negatives: bool | None = None
     """Pairs without a relation in the training view; None: with RS-Net only (the baselines
     train on positives, as their papers do)."""
@@ -92,7 +93,9 @@ class TrainConfig:
         (:meth:`~stage2_relations.heads.base.RelationHead.required_view_options`; DSG-DETR: the
         pair pool and, in SGDET, the raw detections, which a recipe naming other boxes contradicts)."""
         negatives = self.rsnet is not None if self.negatives is None else bool(self.negatives)
-        required = head_class(self.head).required_view_options()
+        if self.object_scores == "detector" and Mode(self.mode) is not Mode.SGDET:
+            raise ConfigError(f"object_scores: detector is an SGDET rule; the recipe's mode is {self.mode}")
+        required = head_class(self.head).required_view_options(self.object_scores)
         if Mode(self.mode) is Mode.SGDET and required.get("sgdet_boxes", self.sgdet_boxes) != self.sgdet_boxes:
             raise ConfigError(f"head {self.head!r} needs sgdet_boxes: {required['sgdet_boxes']} (it rebuilds the SGDET "
                               f"test boxes itself); the recipe says {self.sgdet_boxes!r}")

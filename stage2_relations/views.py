@@ -38,7 +38,7 @@ from store.boxes import paired_box_iou_continuous
 from store.pairing import ASSIGNMENTS, SGDET_BOXES, PairIndex, assign, legacy_subject, sttran_test_boxes
 from store.modes import Mode
 
-OBJECT_SCORES = ("sttran", "classifier")
+OBJECT_SCORES = ("sttran", "classifier", "detector")
 NEGATIVE_LABELS = ("detector", "assigned")
 
 
@@ -56,7 +56,10 @@ class ViewOptions:
                    duplicate rules) or ``classifier`` (the trained classifier's softmax over
                    every class, background included, its best object class; pairs with the
                    GT person in SGCLS). ``classifier`` is not the protocol: it gives the
-                   baseline a learned relevance score (see docs/stage2.md).
+                   baseline a learned relevance score (see docs/stage2.md). ``detector``
+                   (SGDET only): STTran's test boxes and the detector's distribution for every
+                   head, DSG-DETR included (which re-scores them under ``sttran``), so that
+                   heads compare under one rule.
     negatives:     add RS-Net's negatives to the training view.
     negative_labels: the class a box that only negative pairs use gets for the pairs' class
                    embeddings in SGDET training: ``detector`` (its best class other than the

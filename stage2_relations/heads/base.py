@@ -153,11 +153,14 @@ class RelationHead(nn.Module):
     other keyword argument of ``__init__`` is a recipe key (``head_cfg``)."""
 
     @classmethod
-    def required_view_options(cls) -> dict[str, Any]:
-        """The :class:`~stage2_relations.views.ViewOptions` fields the head needs; the trainer
-        and the evaluation apply them over the recipe's."""
+    def required_view_options(cls, object_scores: str = "sttran") -> dict[str, Any]:
+        """The :class:`~stage2_relations.views.ViewOptions` fields the head needs under the
+        object-scores rule ``object_scores``; the trainer and the evaluation apply them over the
+        recipe's. The ``detector`` rule takes STTran's SGDET test boxes for every head."""
         out: dict[str, Any] = {"pair_pool": True} if cls.needs_pair_pool else {}
-        if cls.sgdet_test_boxes is not None:
+        if object_scores == "detector":
+            out["sgdet_boxes"] = "sttran"
+        elif cls.sgdet_test_boxes is not None:
             out["sgdet_boxes"] = cls.sgdet_test_boxes
         return out
 

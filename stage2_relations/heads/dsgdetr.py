@@ -12,7 +12,10 @@ argmax class in SGDET), with sinusoidal positions added once to the input (then 
 index in the sequence in PREDCLS / SGCLS, the rank of the box's frame in SGDET (its single-box
 classes run alone at position 0). STTran's classifier (Linear -> BN -> ReLU -> Linear(1024, 37))
 then reads the refined features (SGCLS / SGDET), which also replace the RoI features of the
-relation feature.
+relation feature. RS-Net's extra boxes in a PREDCLS / SGCLS training view (detections for its
+negatives; the code's views hold the GT boxes only) stay out of the GT boxes' sequences, tracks
+and BatchNorm statistics: they are sequenced by the same rule among themselves and normalised
+with the GT boxes' statistics (:meth:`DSGDETR.extra_boxes`).
 
 **Relations** (M:478-537): as STTran's (subj_fc / obj_fc now from the refined width, union
 branch, two 37 x 200 class tables), then spatial message passing (1 ``nn.TransformerEncoder``
@@ -31,6 +34,9 @@ or in SGDET the rank of the pair's subject box), heads 3 / 6 / 17. Losses as STT
   boxes and pairs are rebuilt (:meth:`RelationBatch.with_boxes` / ``with_pairs``, union
   features from the pair pool) and the output refers to the rebuilt batch. It needs the view's
   stored detections (``sgdet_boxes: raw``) and the pool (``needs_pair_pool``).
+  ``object_scores: detector`` (not the code's rule) scores STTran's test boxes with the
+  detector's distribution instead, as the other heads do: the object transformer still refines
+  them for the relation features, the classifier's scores are not used.
 
 ``nn.TransformerEncoder`` deep-copies its layer, so the layers of each stack start from the
 same weights, as in the code. Sinusoidal positions are computed for any length (the code's
@@ -128,24 +134,51 @@ class DSGObjectClassifier(nn.Module):
         self.encoder = encoder(self.dim, num_heads, ffn_dim, num_layers, dropout)
         self.drop = nn.Dropout(dropout)
 
+    def _eval(self, fn, x: torch.Tensor) -> torch.Tensor:
+        """``fn(x)`` with the module in eval mode (BatchNorm's running statistics, no dropout)."""
+        if not self.training:
+            return fn(x)
+        self.eval()
+        try:
+            return fn(x)
+        finally:
+            self.train()
+
     def _small(self, fn, x):
         """BatchNorm cannot normalise one row in training: run ``fn`` in eval mode then."""
-        if self.training and x.shape[0] < 2:
-            self.eval()
-            try:
-                return fn(x)
-            finally:
-                self.train()
-        return fn(x)
+        return self._eval(fn, x) if x.shape[0] < 2 else fn(x)
 
-    def tokens(self, batch: RelationBatch) -> torch.Tensor:
+    def _apart(self, fn: nn.Sequential, x: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        """``fn`` (a Sequential with BatchNorm1d) over the rows of ``x`` (N, D). With ``extra``
+        (N,) bool in training, every BatchNorm1d normalises all rows with the batch statistics
+        of the other rows alone and updates its running statistics from them alone, so those
+        rows come out exactly as without the extra rows, and the extra rows are normalised as
+        they are (same mode, same statistics: no train / test cue for RS-Net's scorer)."""
+        if extra is None or not self.training:
+            return self._small(fn, x)
+        if int((~extra).sum()) < 2:  # the baseline runs eval mode on its rows: so do all rows
+            return self._eval(fn, x)
+        for layer in fn:
+            if isinstance(layer, nn.BatchNorm1d):
+                ref = x[~extra]
+                out = x.new_empty(x.shape)
+                out[~extra] = layer(ref)  # batch statistics; the running ones updated from these rows
+                mean, var = ref.mean(0), ref.var(0, unbiased=False)
+                out[extra] = (x[extra] - mean) / torch.sqrt(var + layer.eps) * layer.weight + layer.bias
+                x = out
+            else:
+                x = layer(x)
+        return x
+
+    def tokens(self, batch: RelationBatch, extra: torch.Tensor | None = None) -> torch.Tensor:
         """(N, feature_dim + embed_dim + box_dim) input rows: one-hot GT class in PREDCLS (M:171),
-        the detector's foreground distribution otherwise (M:186, 277)."""
+        the detector's foreground distribution otherwise (M:186, 277). ``extra``: see
+        :meth:`DSGDETR.extra_boxes`."""
         if batch.mode is Mode.PREDCLS:
             sem = self.obj_embed.weight[(batch.box_labels - 1).clamp(min=0)]
         else:
             sem = foreground_distribution(batch.dists) @ self.obj_embed.weight
-        box = self._small(self.pos_embed, center_size(batch.boxes))
+        box = self._apart(self.pos_embed, center_size(batch.boxes), extra)
         return torch.cat([batch.features, sem, box], 1)
 
     def refine(self, x: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor,
@@ -153,8 +186,8 @@ class DSGObjectClassifier(nn.Module):
         """The rows ``x`` (N, d) refined over the sequences of :meth:`DSGDETR.object_sequences`."""
         return run_sequences(self.encoder, self.drop, x, index, offsets, position)
 
-    def classify(self, refined: torch.Tensor) -> torch.Tensor:
-        return self._small(self.decoder, refined)
+    def classify(self, refined: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        return self._apart(self.decoder, refined, extra)
 
 
 @register_head("dsgdetr")
@@ -214,38 +247,56 @@ class DSGDETR(PairRepresentation, RelationHead):
 
     # -- objects ---------------------------------------------------------------------------
 
+    @staticmethod
+    def extra_boxes(batch: RelationBatch) -> torch.Tensor | None:
+        """(N,) bool: the boxes RS-Net's negatives add to a PREDCLS / SGCLS training view (the
+        detections beside the GT boxes), or None when there are none. The code's test views
+        hold the GT boxes only, so these boxes never join a GT box's sequence or track
+        (:meth:`object_sequences`: they form their own) nor its BatchNorm statistics
+        (:meth:`DSGObjectClassifier._apart`: normalised by the GT boxes' statistics)."""
+        if not batch.train or batch.mode is Mode.SGDET or bool(batch.box_is_gt.all()):
+            return None
+        return ~batch.box_is_gt
+
     def object_sequences(self, batch: RelationBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The object transformer's sequences over the batch's boxes, per video and by the mode's
-        rule (:mod:`.tracking`): (index (T,), offsets (S+1,), position (T,))."""
+        rule (:mod:`.tracking`): (index (T,), offsets (S+1,), position (T,)). The boxes of
+        :meth:`extra_boxes` are sequenced by the same rule among themselves, apart from the GT
+        boxes."""
         bo, vo = batch.box_offsets.tolist(), batch.video_frame_offsets.tolist()
         box_frame = batch.box_frame.cpu().numpy()
+        extra = self.extra_boxes(batch)
+        extra_np = np.zeros(len(box_frame), bool) if extra is None else extra.cpu().numpy()
         groups: list[tuple[np.ndarray, np.ndarray]] = []
-        for v in range(batch.num_videos):
+        for v, part in ((v, part) for v in range(batch.num_videos) for part in (False, True)):
             b0, b1 = bo[vo[v]], bo[vo[v + 1]]
-            if b1 == b0:
+            rows = b0 + np.flatnonzero(extra_np[b0:b1] == part)  # the GT boxes, then the extra ones, apart
+            if not len(rows):
                 continue
+            rt = torch.from_numpy(rows).to(batch.boxes.device)
             if batch.mode is Mode.PREDCLS:
-                seqs = group_by_label(batch.box_labels[b0:b1].cpu().numpy())
-                groups += [(b0 + g, np.arange(len(g))) for g in seqs]
+                seqs = group_by_label(batch.box_labels[rt].cpu().numpy())
+                groups += [(rows[g], np.arange(len(g))) for g in seqs]
             elif batch.mode is Mode.SGDET:
-                singles, seqs = group_by_class(batch.dists[b0:b1, 1:].cpu().numpy())
-                groups += [(b0 + singles[i:i + 1], np.zeros(1, np.int64)) for i in range(len(singles))]
-                groups += [(b0 + g, frame_ranks(box_frame[b0 + g])) for g in seqs]
+                singles, seqs = group_by_class(batch.dists[rt, 1:].cpu().numpy())
+                groups += [(rows[singles[i:i + 1]], np.zeros(1, np.int64)) for i in range(len(singles))]
+                groups += [(rows[g], frame_ranks(box_frame[rows[g]])) for g in seqs]
             else:
                 sizes = batch.frame_sizes[vo[v]:vo[v + 1]].cpu().numpy().max(0)
                 seqs = track_objects(
-                    batch.boxes[b0:b1].cpu().numpy(), box_frame[b0:b1] - vo[v],
+                    batch.boxes[rt].cpu().numpy(), box_frame[rows] - vo[v],
                     np.array([frame_number(n) for n in batch.frame_names[vo[v]:vo[v + 1]]]),
-                    batch.features[b0:b1].detach().cpu().numpy(), batch.dists[b0:b1, 1:].cpu().numpy().argmax(1),
+                    batch.features[rt].detach().cpu().numpy(), batch.dists[rt, 1:].cpu().numpy().argmax(1),
                     (sizes[0], sizes[1]), **self.tracker)
-                groups += [(b0 + g, np.arange(len(g))) for g in seqs]
+                groups += [(rows[g], np.arange(len(g))) for g in seqs]
         return _flatten(groups, batch.boxes.device)
 
     def _objects(self, batch: RelationBatch) -> tuple[ObjectPredictions, RelationBatch, torch.Tensor]:
         """(objects, the batch the pairs refer to, each box's refined feature (N', d))."""
         clf = self.object_classifier
-        refined = clf.refine(clf.tokens(batch), *self.object_sequences(batch))
-        logits = clf.classify(refined) if batch.mode is not Mode.PREDCLS else None
+        extra = self.extra_boxes(batch)
+        refined = clf.refine(clf.tokens(batch, extra), *self.object_sequences(batch))
+        logits = clf.classify(refined, extra) if batch.mode is not Mode.PREDCLS else None
         if batch.mode is Mode.SGDET and not batch.train and batch.object_scores == "sttran":
             return self._sgdet_test(batch, logits, refined)
         objects = objects_from_logits(logits, batch)

@@ -24,6 +24,10 @@ for the boxes that only RS-Net's negatives use (``ViewOptions.negative_labels``)
 
 With ``object_scores: classifier`` (not the protocol) SGCLS and SGDET take the classifier's
 softmax over every class, background included, and its best object class, on the view's pairs.
+With ``object_scores: detector`` (SGDET only) every head takes the view's STTran test labels and
+scores, the detector's distribution, as the table says: the same as ``sttran`` for a head that
+follows the table, and for DSG-DETR, which re-scores the detections with its classifier under
+``sttran``, the rule the other heads use, so that RS-Net's gain compares across heads.
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ class ObjectPredictions:
 def predict_objects(classifier: ObjectClassifier | None, batch: RelationBatch) -> ObjectPredictions:
     """Labels and scores of ``batch``'s boxes by the mode's rule (module docstring); the
     classifier runs only where the rule uses it."""
-    if batch.mode is Mode.SGDET and not batch.train and batch.object_scores == "sttran":
+    if batch.mode is Mode.SGDET and not batch.train and batch.object_scores in ("sttran", "detector"):
         return ObjectPredictions(None, batch.box_labels, batch.box_scores, batch.box_labels)
     needed = batch.mode is not Mode.PREDCLS and classifier is not None
     return objects_from_logits(classifier(batch) if needed else None, batch)
@@ -129,6 +133,10 @@ def objects_from_logits(logits: torch.Tensor | None, batch: RelationBatch) -> Ob
         return ObjectPredictions(None, given, torch.ones_like(batch.box_scores), given)
     if batch.train:
         return ObjectPredictions(logits, given, batch.box_scores, batch.box_embed_labels)
+    if batch.object_scores == "detector":  # SGDET: the view's labels and scores (a head that ran its classifier)
+        if batch.mode is not Mode.SGDET:
+            raise ValueError("object_scores 'detector' is an SGDET rule")
+        return ObjectPredictions(logits, given, batch.box_scores, given)
     if batch.object_scores == "classifier":
         if logits is None:
             return ObjectPredictions(None, given, batch.box_scores, given)

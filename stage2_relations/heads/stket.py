@@ -17,11 +17,15 @@ head, faithful to its public code (HCPLab-SYSU/STKET ``lib/stket.py``, ``lib/tra
   2-slot frame embedding; a video of one frame has no window, its temporal feature is 0): the
   earlier frame's tokens take the embedded *specific* prior (mean of the class's specific rows
   over the contact set, the initial row when the set is empty; the initial prior at the video's
-  frame 0), the later frame's the initial prior. Temporal heads.
+  frame 0), the later frame's the initial prior. No token attends to a token whose feature
+  row sums to exactly 0 (STKET's mask: the padding, and any real token that happens to;
+  ``temporal_mask: padding`` masks the padding only). Temporal heads.
 * Per-class history (:func:`class_history`): STKET tracks no object; each (video, class, frame)
   slot holds one pair: the last one in training and PREDCLS, the one of highest object score
   so far at SGCLS / SGDET test. A pair reads its own slot's contact set (its own, or a
-  better-scored same-class pair's) for its specific prior.
+  better-scored same-class pair's) for its specific prior. In the training view only positive
+  pairs write the history: RS-Net's negatives read it (their own frame's slot, else themselves)
+  and never change what a positive reads, so RS-Net adds a relevance score and nothing else.
 * Auxiliary temporal prior: the specific prior of the slot of the class's latest earlier frame
   within 2 frames, else of the pair's own slot. Spatial and temporal *prior branches*: the
   embedded priors through the spatial and temporal heads.
@@ -30,8 +34,9 @@ head, faithful to its public code (HCPLab-SYSU/STKET ``lib/stket.py``, ``lib/tra
   earlier frames with a slot, each within 2 frames of the last one taken), chronological, with a
   4-slot position embedding, no prior; output = the current frame's token. Ensemble heads.
 * Priors are learnable parameters, initialised from the training split's counts
-  (``context.derived``, :meth:`STKET.derive`); the spatial encoder and the temporal decoder own
-  separate copies and separate ``state_fc``.
+  (``context.derived``, :meth:`STKET.derive`), or from a ``TrainPrior.json``-layout file
+  (``prior_file``, :func:`~.stket_priors.load_priors_json`); the spatial encoder and the
+  temporal decoder own separate copies and separate ``state_fc``.
 
 The main output (``classify``, RS-Net's context fusion, evaluation) is the ensemble branch, or
 ``output_branch`` (``spatial`` / ``temporal``). The other branches' logits are in
@@ -69,6 +74,10 @@ from store.vocabulary import PredicateGroup, Vocabulary
 BRANCHES = ("ensemble", "spatial", "temporal")
 LOSS_BRANCHES = ("spatial", "temporal", "ensemble", "spatial_prior", "temporal_prior")
 CONTACT_SOURCES = ("pred", "gt")
+TEMPORAL_MASKS = ("zero_rows", "padding")
+"""Which tokens of a temporal window no token attends to: ``zero_rows`` (STKET's
+``temporal_decoder``: every token whose feature row sums to exactly 0, the padding and any real
+token that happens to) or ``padding`` (the padding only)."""
 FRAME_GAP = 2
 """Largest gap, in frames of the video's view, between a frame and an earlier one it takes
 knowledge from (``lib/transformer.py``: ``frame_idx - previous_frame_idx <= 2``)."""
@@ -164,7 +173,8 @@ class ClassHistory:
 
 
 def class_history(video: torch.Tensor, frame: torch.Tensor, label: torch.Tensor, score: torch.Tensor, *,
-                  keep_best: bool, window: int, gap: int = FRAME_GAP) -> ClassHistory:
+                  keep_best: bool, window: int, gap: int = FRAME_GAP,
+                  writes: torch.Tensor | None = None) -> ClassHistory:
     """STKET's class-keyed history (``temporal_decoder`` / ``ensemble_decoder.forward``) of M pairs
     in order (by video, then frame): video, frame (within the video), label (the object's class)
     and score (its object score), each (M,).
@@ -175,10 +185,16 @@ def class_history(video: torch.Tensor, frame: torch.Tensor, label: torch.Tensor,
     keeps it). Earlier frames' slots are final when read. Key frames: the own frame, then the
     class's earlier frames with a slot, latest first, each taken when within ``gap`` of the last
     one taken, up to ``window`` in all.
+
+    ``writes`` (M,) bool, None for all: only these pairs write slots (and give their class a
+    frame); the others only read: their own frame's slot when a writer holds it, else
+    themselves, and the earlier frames' slots as a writer would. RS-Net's negatives are
+    readers, so the writers' history is the baseline's, negatives or not.
     """
     if window < 2:
         raise ValueError(f"stket: window_size must be >= 2, got {window}")
     v_, f_, l_, s_ = (t.tolist() for t in (video, frame, label, score))
+    w_ = [True] * len(v_) if writes is None else [bool(w) for w in writes.tolist()]
     slot: dict[tuple[int, int, int], tuple[int, float]] = {}
     frames_of: dict[tuple[int, int], list[int]] = {}
     m = len(v_)
@@ -186,13 +202,16 @@ def class_history(video: torch.Tensor, frame: torch.Tensor, label: torch.Tensor,
     for i in range(m):
         cls, t = (v_[i], l_[i]), f_[i]
         held = slot.get((*cls, t))
-        if held is None or not keep_best or s_[i] > held[1]:
-            slot[(*cls, t)] = (i, s_[i])
-        current[i] = slot[(*cls, t)][0]
         seen = frames_of.setdefault(cls, [])
-        if not seen or seen[-1] != t:
-            seen.append(t)
-        earlier = seen[:-1]
+        if w_[i]:
+            if held is None or not keep_best or s_[i] > held[1]:
+                slot[(*cls, t)] = (i, s_[i])
+            current[i] = slot[(*cls, t)][0]
+            if not seen or seen[-1] != t:
+                seen.append(t)
+        else:
+            current[i] = i if held is None else held[0]
+        earlier = seen[:-1] if seen and seen[-1] == t else seen
         previous[i] = slot[(*cls, earlier[-1])][0] if earlier and t - earlier[-1] <= gap else current[i]
         chain = [t]
         for e in reversed(earlier):
@@ -218,6 +237,9 @@ class STKET(PairRepresentation, RelationHead):
     window_size [4] (ensemble key frames), prior_widths [(128, 256, 512)] (``state_fc``),
     dropout [0.1], contact_threshold [0.8], contact_source ["pred"] | "gt" (at test),
     output_branch ["ensemble"] | "spatial" | "temporal", base_heads [True],
+    temporal_mask ["zero_rows"] | "padding" (:data:`TEMPORAL_MASKS`),
+    prior_file [None]: where :meth:`derive` takes the priors, None = counted from the training
+    split, else a file in STKET's ``TrainPrior.json`` layout (kept here for the record only),
     initial_prior (C, P) and specific_prior (C, Cn, P): the counted priors (None: zeros, for
     parameter counts), class_embeddings (C, embed_dim) or None.
     """
@@ -230,7 +252,8 @@ class STKET(PairRepresentation, RelationHead):
                  temporal_layers: int = 2, ensemble_layers: int = 2, window_size: int = 4,
                  prior_widths: tuple[int, ...] = (128, 256, 512), dropout: float = 0.1,
                  contact_threshold: float = 0.8, contact_source: str = "pred", output_branch: str = "ensemble",
-                 base_heads: bool = True, initial_prior: torch.Tensor | None = None,
+                 base_heads: bool = True, temporal_mask: str = "zero_rows", prior_file: str | None = None,
+                 initial_prior: torch.Tensor | None = None,
                  specific_prior: torch.Tensor | None = None, class_embeddings: torch.Tensor | None = None) -> None:
         super().__init__()
         self.vocabulary = vocabulary
@@ -244,6 +267,9 @@ class STKET(PairRepresentation, RelationHead):
             raise ValueError(f"stket: output_branch must be one of {BRANCHES}, got {output_branch!r}")
         if window_size < 2:
             raise ValueError(f"stket: window_size must be >= 2, got {window_size}")
+        if temporal_mask not in TEMPORAL_MASKS:
+            raise ValueError(f"stket: temporal_mask must be one of {TEMPORAL_MASKS}, got {temporal_mask!r}")
+        self.temporal_mask, self.prior_file = temporal_mask, prior_file
         self.contact_source, self.output_branch = contact_source, output_branch
         self.contact_threshold, self.window_size = float(contact_threshold), int(window_size)
         self.groups = [vocabulary.group_range(g) for g in (PredicateGroup.ATTENTION, PredicateGroup.SPATIAL,
@@ -289,9 +315,12 @@ class STKET(PairRepresentation, RelationHead):
 
     @classmethod
     def derive(cls, cfg: dict, dataset) -> dict[str, torch.Tensor]:
-        """The priors of the store's split that ``dataset`` trains on (:mod:`.stket_priors`)."""
-        from stage2_relations.heads.stket_priors import derive_priors
+        """The priors (:mod:`.stket_priors`): counted from the store's split that ``dataset``
+        trains on, or loaded from ``cfg["prior_file"]`` (STKET's ``TrainPrior.json`` layout)."""
+        from stage2_relations.heads.stket_priors import derive_priors, load_priors_json
 
+        if cfg.get("prior_file"):
+            return load_priors_json(cfg["prior_file"], dataset.store.meta.vocabulary)
         return derive_priors(dataset.store, dataset.split)
 
     @classmethod
@@ -362,13 +391,26 @@ class STKET(PairRepresentation, RelationHead):
         prior, pos = padded.new_zeros(padded.shape), padded.new_zeros(padded.shape)
         prior[group, position] = token_prior
         pos[group, position] = self.frame_embed(slot)
-        keep = ~pad.all(1)
+        if self.temporal_mask == "zero_rows":  # STKET: (sum(rel_input) == 0), real tokens included
+            pad = pad | (padded.sum(-1) == 0)
+        keep = ~pad.all(1)  # a window with no token to attend to stays out (STKET's would give NaN)
         out = padded.clone()
         out[keep] = self.temporal_decoder(padded[keep], prior[keep], pos[keep], pad[keep])
         flat = out[group, position]
         has = w.readout >= 0
         out_t[has.to(dev)] = flat[w.readout[has].to(dev)]
         return out_t
+
+    def history(self, batch: RelationBatch, labels: torch.Tensor, scores: torch.Tensor) -> ClassHistory:
+        """The per-class history (:func:`class_history`) of the batch's pairs, their object
+        labels (M,) and object scores (M,). In the training view only the positive pairs write
+        it: RS-Net's negatives read it and never change what the baseline's pairs read."""
+        frame_video, frame_start = video_frames(batch)
+        pair_frame = batch.pair_frame.cpu()
+        return class_history(frame_video[pair_frame], pair_frame - frame_start[pair_frame], labels.cpu(),
+                             scores.detach().float().cpu(), window=self.window_size,
+                             keep_best=not self.training and self.mode is not Mode.PREDCLS,
+                             writes=batch.pair_positive.cpu() if batch.train else None)
 
     def _ensemble(self, fused: torch.Tensor, history: ClassHistory) -> torch.Tensor:
         """The aggregation decoder over each pair's key-frame slots; (M, d)."""
@@ -399,11 +441,7 @@ class STKET(PairRepresentation, RelationHead):
             sets = batch.contacting_labels > 0
         else:
             sets = contact_sets(spatial.contacting.detach().sigmoid(), self.not_contacting, self.contact_threshold)
-        frame_video, frame_start = video_frames(batch)
-        pair_frame = batch.pair_frame.cpu()
-        history = class_history(frame_video[pair_frame], pair_frame - frame_start[pair_frame], labels.cpu(),
-                                objects.scores[obj].detach().float().cpu(), window=self.window_size,
-                                keep_best=not self.training and self.mode is not Mode.PREDCLS)
+        history = self.history(batch, labels, objects.scores[obj])
         current, previous = history.current.to(x.device), history.previous.to(x.device)
         t = self._temporal(s, labels, self._specific(labels, sets[current]), batch)
         temporal_prior = self._specific(labels, sets[previous])

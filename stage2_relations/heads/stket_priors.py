@@ -1,11 +1,24 @@
 """STKET's knowledge: predicate priors per object class, counted from the training split's GT.
 
-STKET (Pu et al., TIP 2024) reads them from ``data/TrainPrior.json``, written by its
-``countPrior.py``; here they are counted from the store (:func:`count_priors`) by the same
-rule, before training (:meth:`~stage2_relations.heads.stket.STKET.derive`), and travel with
-the run (``derived.pt`` and every checkpoint), so evaluation never needs the training split.
+STKET (Pu et al., TIP 2024) reads them from ``data/TrainPrior.json`` (``train.py``:
+``json.load(open('data/TrainPrior.json'))``). That file is in one early commit of its
+repository only (2327c398, deleted later while ``train.py`` still loads it), and the script
+that wrote it, ``countPrior.py``, is in no commit: the counting rule below is **reconstructed**
+from the JSON's layout and values, the loader in ``lib/transformer.py`` (which fills the
+initial rows by class and the specific rows by ``c_rel_idx``) and a public copy of a
+``countPrior`` function in another repository that writes the same layout (per video and
+contact c, the mean of the rows after a row with contact c, then the mean over videos). Two
+sources of priors, chosen by STKET's ``prior_file`` (:meth:`~stage2_relations.heads.stket.STKET.derive`):
 
-The rule (``countPrior.py``, ``countAnno``), on the GT annotations of the full (PREDCLS) set of
+* counted from the store's training split (:func:`count_priors`, the default): the
+  reconstructed rule on the split the run trains on;
+* loaded from a file in ``TrainPrior.json``'s layout (:func:`load_priors_json`): STKET's own
+  file (counted on AG's whole train split), or one this module wrote.
+
+Either way they are computed before training and travel with the run (``derived.pt`` and
+every checkpoint), so evaluation never needs the training split or the file.
+
+The rule (reconstructed ``countPrior``), on the GT annotations of the full (PREDCLS) set of
 every video of the split, whatever the training mode, small objects included:
 
 * a *row* is one GT object other than the person in one frame: a P-wide multi-hot of its
@@ -130,6 +143,48 @@ def priors_json(priors: Priors, vocabulary: Vocabulary) -> dict[str, dict]:
             "specific_prior": [priors.specific[cls, c].tolist() for c in occurs],
         }
     return out
+
+
+def load_priors_json(path: str | Path, vocabulary: Vocabulary) -> dict[str, torch.Tensor]:
+    """Priors from a file in STKET's ``TrainPrior.json`` layout (:func:`priors_json`), as
+    ``HeadContext.derived`` entries, filled as STKET's ``lib/transformer.py`` fills them: zero
+    rows, then for each class key ``initial[cls] = initial_prior`` and
+    ``specific[cls, c_rel_idx[k]] = specific_prior[k]`` (local contact ids). A class named
+    other than the vocabulary's, an index out of range or a row of the wrong width raises
+    :class:`~store.errors.FileError` naming the file and the class."""
+    from store.errors import FileError
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise FileError(path, f"cannot read STKET priors: {e.strerror or e}") from None
+    except ValueError as e:
+        raise FileError(path, f"not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise FileError(path, "STKET priors must be a JSON object keyed by class index")
+    c_num, p = vocabulary.num_objects, vocabulary.num_predicates
+    c0, c1 = vocabulary.group_range(PredicateGroup.CONTACTING)
+    initial, specific = torch.zeros(c_num, p), torch.zeros(c_num, c1 - c0, p)
+    for key, entry in data.items():
+        try:
+            cls = int(key)
+            name, init = entry.get("obj_cls_name"), entry["initial_prior"]
+            idx, rows = entry["c_rel_idx"], entry["specific_prior"]
+        except (ValueError, KeyError, AttributeError, TypeError):
+            raise FileError(path, f"class {key!r}: needs an integer key and initial_prior, c_rel_idx, "
+                                  f"specific_prior (STKET's TrainPrior.json layout)") from None
+        # STKET's names are STTran's renamed AG classes ('cup/glass/bottle' for AG's 'cup')
+        if not 0 <= cls < c_num or (name is not None and str(name).split("/")[0] != vocabulary.objects[cls]):
+            raise FileError(path, f"class {key!r} ({name!r}) is not in the store's vocabulary at that index")
+        if len(init) != p or len(idx) != len(rows) or any(len(r) != p for r in rows) \
+                or any(not 0 <= int(c) < c1 - c0 for c in idx):
+            raise FileError(path, f"class {key!r} ({name!r}): rows must be {p} wide, one specific row per "
+                                  f"c_rel_idx entry, contact ids in 0..{c1 - c0 - 1}")
+        initial[cls] = torch.tensor(init, dtype=torch.float32)
+        for c, row in zip(idx, rows):
+            specific[cls, int(c)] = torch.tensor(row, dtype=torch.float32)
+    return {INITIAL_KEY: initial, SPECIFIC_KEY: specific}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ import torch
 from stage2_relations.data import Collator, VideoDataset, spatial_masks
 from stage2_relations.heads import HeadContext, build_model, count_parameters
 from stage2_relations.heads import dsgdetr as dsg
+from stage2_relations.heads.objects import center_size
 from stage2_relations.heads.tracking import (frame_number, frame_ranks, generalized_iou, group_by_class,
                                              group_by_label, track_objects)
 from stage2_relations.recipe import TrainConfig
@@ -176,6 +177,24 @@ def test_pair_pool_lookup_exact_and_fallback(tmp_path):
         _batch(path, Mode.SGDET, False, sgdet_boxes="raw").with_pairs(torch.tensor([[0, 1]]))
 
 
+def _hand_logits():
+    """Classifier logits (3, 37) of the detections DETS: d0 a cup (then the person), d1 the
+    person, d2 a chair (then a bag)."""
+    logits = torch.full((3, 37), -10.0)
+    logits[0, [0, PERSON, CUP]] = torch.tensor([0.0, 1.0, 3.0])
+    logits[1, [0, PERSON, CUP]] = torch.tensor([1.0, 4.0, 0.0])
+    logits[2, [0, CHAIR, BAG]] = torch.tensor([0.0, 3.0, 2.0])
+    return logits
+
+
+def _run_with_logits(batch, logits):
+    """The SGDET head at test on ``batch`` with its classifier's logits replaced by ``logits``."""
+    head = _head(Mode.SGDET).eval()
+    head.object_classifier.classify = lambda refined, extra=None: logits
+    with torch.no_grad():
+        return head(batch)
+
+
 def test_sgdet_test_rescores_with_the_heads_distribution(tmp_path):
     """The detector calls d0 the person (0.9); the head's classifier calls d1 the person, d0 a cup
     and d2 a chair (second: a bag). DSG-DETR's rule on the head's softmax over all 37 logits:
@@ -184,14 +203,8 @@ def test_sgdet_test_rescores_with_the_heads_distribution(tmp_path):
     batch = _batch(path, Mode.SGDET, False, sgdet_boxes="raw", pair_pool=True)
     det_subject = sttran_test_boxes(batch.boxes.numpy(), batch.dists.numpy())
     assert det_subject.source[det_subject.subject] == 0
-    logits = torch.full((3, 37), -10.0)
-    logits[0, [0, PERSON, CUP]] = torch.tensor([0.0, 1.0, 3.0])
-    logits[1, [0, PERSON, CUP]] = torch.tensor([1.0, 4.0, 0.0])
-    logits[2, [0, CHAIR, BAG]] = torch.tensor([0.0, 3.0, 2.0])
-    head = _head(Mode.SGDET).eval()
-    head.object_classifier.classify = lambda refined: logits
-    with torch.no_grad():
-        out = head(batch)
+    logits = _hand_logits()
+    out = _run_with_logits(batch, logits)
     fg = logits.softmax(-1)[:, 1:]
     want = select_test_boxes(batch.boxes.numpy(), fg.double().numpy())
     assert want.source.tolist() == [1, 2, 2, 0] and want.subject == 0  # class order: person, bag, chair, cup
@@ -331,3 +344,101 @@ def test_recipes(recipe):
         assert 1e4 < count_parameters(model) < 1e6
     else:
         assert cfg.head_cfg == {} and cfg.lr == 1e-5 and cfg.epochs == 10 and cfg.videos_per_batch == 1
+
+
+# --- RS-Net's extra boxes leave the GT boxes' tracks and tokens (issue 18, item 5) ---------
+
+CUP_DOWN = (150, 260, 200, 310)
+
+
+@pytest.mark.parametrize("mode", [Mode.SGCLS, Mode.PREDCLS])
+def test_rsnet_extra_boxes_leave_the_gt_tracks_and_tokens(tmp_path, mode):
+    """SGCLS / PREDCLS training with RS-Net's negatives adds the free detections as boxes. Frame
+    0: the GT person and cup at CUP_BOX; frame 1: the cup moved to CUP_DOWN, and a free cup
+    detection sits where the cup was. Tracked with the GT boxes (before the fix) that detection
+    would take the cup's track (L1 0, GIoU 1) and split the GT cup's sequence; and the BatchNorm
+    of the box embedding and of the classifier would normalise over it. Now the GT boxes' sequences,
+    refined tokens, logits and BatchNorm running statistics equal those of the same batch without
+    the negatives (dropout 0, training mode: BatchNorm on batch statistics), and the extra box is
+    normalised with the GT boxes' statistics and sequenced apart."""
+    frames = [dict(gt=[(PERSON_BOX, PERSON), (CUP_BOX, CUP)], rel={1: [0]}, det=DETS[:2]),
+              dict(gt=[(PERSON_BOX, PERSON), (CUP_DOWN, CUP)], rel={1: [0]},
+                   det=[DETS[0], (CUP_DOWN, CUP), (CUP_BOX, CUP)])]
+    path = _store(tmp_path, frames)
+    with_neg = _batch(path, mode, True, negatives=True)
+    without = _batch(path, mode, True)
+    gt = torch.nonzero(with_neg.box_is_gt)[:, 0]
+    assert (~with_neg.box_is_gt).sum() == 1 and without.box_is_gt.all() and len(gt) == len(without.boxes) == 4
+    torch.testing.assert_close(with_neg.boxes[gt], without.boxes)
+    head = _head(mode, dropout=0.0).train()
+
+    def sequences(batch, rows):
+        index, offsets, position = head.object_sequences(batch)
+        return sorted((rows[index[a:b]].tolist(), position[a:b].tolist())
+                      for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()))
+
+    extra = int(torch.nonzero(~with_neg.box_is_gt)[0, 0])
+    # as GT indices: person (0, 2), cup (1, 3); the extra box (-1) alone at position 0
+    want = [([0, 2], [0, 1]), ([1, 3], [0, 1])]
+    as_gt = torch.full((len(with_neg.boxes),), -1, dtype=torch.long)
+    as_gt[gt] = torch.arange(len(gt))
+    assert sequences(with_neg, as_gt) == [([-1], [0])] + want
+    assert sequences(without, torch.arange(4)) == want
+    clf = head.object_classifier
+    bn = clf.pos_embed[0]
+    start = bn.running_mean.clone()
+    with torch.no_grad():
+        tokens_neg = clf.tokens(with_neg, head.extra_boxes(with_neg))
+        running_neg = bn.running_mean.clone()
+        bn.running_mean.copy_(start)
+        refined_neg = clf.refine(tokens_neg, *head.object_sequences(with_neg))
+        tokens = clf.tokens(without)
+        refined = clf.refine(tokens, *head.object_sequences(without))
+        torch.testing.assert_close(tokens_neg[gt], tokens)
+        torch.testing.assert_close(refined_neg[gt], refined)
+        torch.testing.assert_close(running_neg, bn.running_mean)  # updated from the GT boxes alone
+        if mode is Mode.SGCLS:
+            logits_neg = clf.classify(refined_neg, head.extra_boxes(with_neg))
+            torch.testing.assert_close(logits_neg[gt], clf.classify(refined))
+        # the extra box's box embedding: BatchNorm with the GT boxes' batch statistics (the mode
+        # the GT boxes are in: no train / test cue), then the same Linear and ReLU
+        cs = center_size(with_neg.boxes)
+        ref = cs[gt]
+        norm = (cs[extra] - ref.mean(0)) / torch.sqrt(ref.var(0, unbiased=False) + bn.eps) * bn.weight + bn.bias
+        torch.testing.assert_close(tokens_neg[extra, -clf.pos_embed[1].out_features:],
+                                   clf.pos_embed[2](clf.pos_embed[1](norm)))
+        # its own sequence (the only extra box): refined alone at position 0
+        alone = clf.encoder((clf.drop(tokens_neg[extra] + dsg.sinusoid(torch.zeros(1, dtype=torch.long), clf.dim)))[None])
+        torch.testing.assert_close(refined_neg[extra], alone[0, 0])
+        head.encode(with_neg)  # the whole head runs on it
+
+
+def test_detector_rule_scores_sgdet_boxes_with_the_detectors_distribution(tmp_path):
+    """``object_scores: detector``: DSG-DETR scores STTran's test boxes with the detector's
+    distribution, as STTran and STKET do, instead of re-scoring the raw detections with its
+    classifier (whose logits call d1 the person). The detector calls d0 the person, d1 a
+    cup, d2 a bag: STTran's test boxes, subject d0."""
+    from stage2_relations.evaluate_checkpoint import eval_view_options
+    from store.errors import ConfigError
+
+    path = _store(tmp_path, [dict(gt=[(PERSON_BOX, PERSON), (CUP_BOX, CUP)], rel={1: [0]}, det=DETS)])
+    cfg = TrainConfig(store=str(path), mode="sgdet", head="dsgdetr", sgdet_boxes="raw")
+    options = eval_view_options(cfg, Mode.SGDET, object_scores="detector")
+    assert options.sgdet_boxes == "sttran" and options.object_scores == "detector" and not options.negatives
+    assert eval_view_options(cfg, Mode.SGDET).sgdet_boxes == "raw"  # the code's rule: the raw detections
+    with pytest.raises(ConfigError, match="SGDET rule"):
+        eval_view_options(cfg, Mode.SGCLS, object_scores="detector")
+    with pytest.raises(ConfigError, match="SGDET rule"):
+        TrainConfig(store=str(path), mode="sgcls", head="sttran", object_scores="detector").view_options()
+    # a recipe may name the rule: every head then takes STTran's boxes, DSG-DETR's pool kept
+    rule_cfg = TrainConfig(store=str(path), mode="sgdet", head="dsgdetr", object_scores="detector")
+    assert rule_cfg.view_options().sgdet_boxes == "sttran" and rule_cfg.view_options().pair_pool
+
+    batch = Collator.of(ds := VideoDataset(str(path), "train", Mode.SGDET, train=False, options=options))([ds[0]])
+    # STTran's test boxes in class order: d0 (person, the subject), d2 (bag), d1 (cup)
+    assert batch.box_labels.tolist() == [PERSON, BAG, CUP]
+    torch.testing.assert_close(batch.boxes, torch.tensor([DETS[i][0] for i in (0, 2, 1)], dtype=torch.float32))
+    out = _run_with_logits(batch, _hand_logits())
+    assert out.batch is None  # no rebuilt boxes: the view's pairs (subject d0)
+    assert torch.equal(out.object_labels, batch.box_labels) and torch.equal(out.object_scores, batch.box_scores)
+    assert batch.pairs[:, 0].tolist() == [0, 0] and out.attention_logits.shape == (2, 3)

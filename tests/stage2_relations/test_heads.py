@@ -107,6 +107,27 @@ def test_head_test_views(store_path, name, rsnet, mode, object_scores):
         assert (out.object_labels[kept[:, 1]] != 1).all() and (out.object_labels[kept[:, 0]] == 1).all()
 
 
+@pytest.mark.parametrize("name", sorted(HEADS))
+@pytest.mark.parametrize("rsnet", [False, True])
+def test_detector_rule_is_one_rule_for_every_head(store_path, name, rsnet):
+    """``object_scores: detector`` (SGDET test): every head scores STTran's test boxes with the
+    detector's labels and scores, no rebuilt boxes; for a head that follows the protocol's table
+    (no re-scoring of its own) the output is exactly its ``sttran`` output."""
+    required = head_class(name).required_view_options("detector")
+    assert required["sgdet_boxes"] == "sttran"
+    batch = _batch(store_path, Mode.SGDET, False, object_scores="detector", **required)
+    model = _model(name, Mode.SGDET, rsnet, store_path=store_path).eval()
+    with torch.no_grad():
+        out = model(batch)
+        assert out.batch is None
+        assert torch.equal(out.object_labels, batch.box_labels) and torch.equal(out.object_scores, batch.box_scores)
+        if not head_class(name).needs_pair_pool:
+            same = model(_batch(store_path, Mode.SGDET, False, object_scores="sttran", **required))
+            for field in ("attention_logits", "spatial_logits", "contacting_logits", "pair_scores"):
+                a, b = getattr(out, field), getattr(same, field)
+                assert (a is None and b is None) or torch.equal(a, b)
+
+
 @pytest.mark.parametrize("token", ["learnable", "mean", "none"])
 @pytest.mark.parametrize("fusion", [True, False])
 def test_rsnet_ablations(store_path, token, fusion):

@@ -131,6 +131,52 @@ def test_priors_cli(tmp_path, capsys):
     assert "2 classes" in capsys.readouterr().out
 
 
+def test_priors_from_stkets_json_layout(tmp_path):
+    """``prior_file``: priors loaded from a file in STKET's ``TrainPrior.json`` layout, filled as
+    its ``lib/transformer.py`` does: initial rows by class key, specific rows by ``c_rel_idx``
+    (local contact ids), zeros elsewhere. Names are STKET's (STTran's renamed classes)."""
+    import json
+
+    from stage2_relations.heads.stket_priors import load_priors_json
+    from store.errors import FileError
+
+    cup_init = [0.0] * V.num_predicates
+    cup_init[P("looking_at")], cup_init[P("holding")], cup_init[P("not_contacting")] = 0.75, 0.5, 0.5
+    hold_row, nc_row = [0.0] * V.num_predicates, [0.0] * V.num_predicates
+    hold_row[P("holding")], nc_row[P("touching")] = 1.0, 0.25
+    data = {str(CUP): {"obj_cls_name": "cup/glass/bottle", "c_rel_name": ["holding", "not_contacting"],
+                       "c_rel_idx": [HOLDING, NC], "initial_prior": cup_init, "specific_prior": [hold_row, nc_row]}}
+    path = tmp_path / "TrainPrior.json"
+    path.write_text(json.dumps(data))
+    got = load_priors_json(path, V)
+    initial, specific = got[INITIAL_KEY], got[SPECIFIC_KEY]
+    assert initial.shape == (V.num_objects, V.num_predicates) and specific.shape == (V.num_objects, 17, V.num_predicates)
+    torch.testing.assert_close(initial[CUP], torch.tensor(cup_init))
+    torch.testing.assert_close(specific[CUP, HOLDING], torch.tensor(hold_row))
+    torch.testing.assert_close(specific[CUP, NC], torch.tensor(nc_row))
+    assert not specific[CUP, TOUCHING].any() and not initial[BOOK].any() and not specific[BOOK].any()
+    # the recipe option: derive loads the file instead of counting (the store's counts differ)
+    store = _hand_store(tmp_path / "hand.h5")
+    ds = VideoDataset(str(store), "train", Mode.PREDCLS, train=True)
+    derived = STKET.derive({"prior_file": str(path)}, ds)
+    torch.testing.assert_close(derived[INITIAL_KEY], initial)
+    assert not torch.allclose(STKET.derive({}, ds)[INITIAL_KEY][CUP], initial[CUP])
+    head = build_model("stket", {**TINY, "prior_file": str(path)}, None, _context(Mode.PREDCLS, derived))
+    torch.testing.assert_close(head.temporal_specific_prior.detach()[CUP, HOLDING], torch.tensor(hold_row))
+    # what this module writes loads back to the counted priors
+    written = tmp_path / "counted.json"
+    counted = count_priors([open_store(store).read_video(v) for v in ("a.mp4", "b.mp4")], V)
+    written.write_text(json.dumps(priors_json(counted, V)))
+    back = load_priors_json(written, V)
+    torch.testing.assert_close(back[INITIAL_KEY], counted.initial)
+    torch.testing.assert_close(back[SPECIFIC_KEY], counted.specific)
+    # a class named otherwise, or a row of another width: one line naming the file
+    for bad in ({str(BOOK): data[str(CUP)]}, {str(CUP): {**data[str(CUP)], "initial_prior": [0.0]}}):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(FileError, match="TrainPrior.json: class"):
+            load_priors_json(path, V)
+
+
 def test_full_size_parameter_count():
     head = build_head("stket", vocabulary=V, mode=Mode.SGDET, feature_dim=2048, union_shape=(1024, 7, 7))
     # spec C: object classifier 2,481,869 + relation representation 9,107,024 + spatial encoder
@@ -490,3 +536,121 @@ def test_training_beats_untrained(tmp_path):
     h = train(cfg, tmp_path / "run", progress=False, echo=lambda s: None)["history"]
     assert h[-1]["loss_total"] < h[0]["loss_total"]
     assert h[-1]["val_R@20"] > r20 + 0.1, (r20, h)
+
+
+# --- RS-Net's negatives read the history, never write it (issue 18, item 5) ---------------
+
+
+def _cup_and_negative_store(path):
+    """SGDET: 3 frames, each with the GT person and a GT cup (holding), detected, plus a second
+    cup detection far from it that no GT box claims: RS-Net's negative (person, second cup) of
+    the cup's class, after the positive in the frame."""
+    meta = tiny_meta()
+    frame = {"gt": [(BOX_P, PERSON), (BOX_A, CUP)], "rel": {1: [P("looking_at"), P("in_front_of"), P("holding")]},
+             "det": [(BOX_P, PERSON), (BOX_A, CUP), ((300, 300, 340, 350), CUP)]}
+    with StoreWriter(path, meta) as w:
+        w.write_video(handmade_video(meta, [frame] * 3, name="neg.mp4", split="train"))
+    return path
+
+
+def test_class_history_negatives_read_and_never_write():
+    """Frames 0, 0, 1, 1 of one cup class; pairs 1 and 3 are negatives (they come after the
+    positive of their frame, as the view puts them). Writers only: pair 2 (frame 1) reads frame
+    0's slot, pair 0 (the last *writer* there), not pair 1; pair 3 reads its frame's slot (pair 2)."""
+    t = lambda x, dt=torch.long: torch.tensor(x, dtype=dt)  # noqa: E731
+    args = (t([0, 0, 0, 0]), t([0, 0, 1, 1]), t([CUP] * 4), t([0.5] * 4, torch.float))
+    h = class_history(*args, keep_best=False, window=4, writes=t([True, False, True, False], torch.bool))
+    assert h.current.tolist() == [0, 0, 2, 2] and h.previous.tolist() == [0, 0, 0, 0]
+    keys = [row[:n] for row, n in zip(h.keys.tolist(), h.lengths.tolist())]
+    assert keys == [[0], [0], [0, 2], [0, 2]]
+    # everyone writes (the default): the last writer of frame 0 is the negative, pair 1
+    h_all = class_history(*args, keep_best=False, window=4)
+    assert h_all.previous.tolist() == [0, 1, 1, 1]
+    # a reader in a frame no writer holds reads itself, and gives its class no frame
+    h2 = class_history(t([0, 0, 0]), t([0, 1, 2]), t([CUP] * 3), t([0.5] * 3, torch.float), keep_best=False, window=4,
+                       writes=t([True, False, True], torch.bool))
+    assert h2.current.tolist() == [0, 1, 2] and h2.previous.tolist() == [0, 0, 0]
+    assert [row[:n] for row, n in zip(h2.keys.tolist(), h2.lengths.tolist())] == [[0], [0, 1], [0, 2]]
+
+
+def test_rsnet_negatives_leave_the_baselines_history_and_priors(tmp_path, monkeypatch):
+    """The same SGDET training batch with RS-Net's negatives and without them (the baseline's
+    batch: its positives): every positive reads the same history (own slot, previous slot and
+    key-frame slots, as positives), hence the same temporal priors. Before the fix a negative of
+    the cup's class, last in its frame, took the frame's slot: the next frame's positive read its
+    contact set."""
+    from stage2_relations.heads import stket
+
+    path = _cup_and_negative_store(tmp_path / "neg.h5")
+    ds = VideoDataset(str(path), "train", Mode.SGDET, train=True, options=ViewOptions(negatives=True))
+    with_neg = Collator.of(ds)([ds[0]])
+    pos = torch.nonzero(with_neg.pair_positive)[:, 0]
+    assert with_neg.pair_positive.tolist() == [True, False] * 3  # (positive, negative) in each frame
+    without = with_neg.select_pairs(pos)
+    head = _head(path, Mode.SGDET).train()
+    labels = lambda b: b.box_embed_labels[b.pairs[:, 1]]  # noqa: E731
+    assert (labels(with_neg) == CUP).all()
+    h_neg = head.history(with_neg, labels(with_neg), with_neg.box_scores[with_neg.pairs[:, 1]])
+    h_pos = head.history(without, labels(without), without.box_scores[without.pairs[:, 1]])
+    for field in ("current", "previous"):
+        assert getattr(h_neg, field)[pos].tolist() == pos[getattr(h_pos, field)].tolist()
+    assert h_neg.lengths[pos].tolist() == h_pos.lengths.tolist() == [1, 2, 3]
+    keys_neg = [row[:n] for row, n in zip(h_neg.keys[pos].tolist(), h_neg.lengths[pos].tolist())]
+    keys_pos = [pos[row[:n]].tolist() for row, n in zip(h_pos.keys.tolist(), h_pos.lengths.tolist())]
+    assert keys_neg == keys_pos == [[0], [0, 2], [0, 2, 4]]
+    # the temporal priors: positives {holding}, negatives {touching}; with the negatives present
+    # the positives' auxiliary temporal priors are still those of their positive predecessors
+    def sets_of(b):
+        s = torch.zeros(b.num_pairs, 17, dtype=torch.bool)
+        s[b.pair_positive, HOLDING] = True
+        s[~b.pair_positive, TOUCHING] = True
+        return s
+
+    batches = iter([with_neg, without])
+    monkeypatch.setattr(stket, "contact_sets", lambda probs, nc, threshold: sets_of(next(batches)))
+    tokens = []
+    head.temporal_decoder.register_forward_pre_hook(lambda m, args: tokens.append(args[1]))
+    with torch.no_grad():
+        aux_neg = head.encode(with_neg).aux["logits"]["temporal_prior"].attention[pos]
+        aux_pos = head.encode(without).aux["logits"]["temporal_prior"].attention
+        torch.testing.assert_close(aux_neg, aux_pos)
+        holding = head._specific(torch.tensor([CUP]), sets_of(without)[:1])[0]
+        torch.testing.assert_close(aux_pos, head.temporal_heads.attention(holding).expand(3, -1))
+        # the earlier frame's positive token in window (0, 1) / (1, 2) takes {holding}'s prior
+        # (window (0, 1): frame 0 takes the initial prior; window (1, 2): slot 0 is frame 1's positive)
+        torch.testing.assert_close(tokens[0][1, 0], holding)
+        torch.testing.assert_close(tokens[1][1, 0], holding)
+
+
+def test_temporal_mask_zero_rows_is_stkets_rule(tmp_path):
+    """STKET's temporal decoder masks every token whose feature row sums to exactly 0
+    (``mask = sum(rel_input) == 0``), real tokens included. Three frames, one pair each:
+    window (0, 1) holds pair 0 (slot 0) and pair 1 (slot 1), whose output pair 1 reads. Pair 0's
+    row is (1, -1, 0, ...), sum 0: by default no token attends to it, so pair 1's temporal
+    feature is the same when it becomes (2, -2, 0, ...); with ``temporal_mask: padding`` pair 1
+    attends to it and its feature changes."""
+    from stage2_relations.heads.stket import TEMPORAL_MASKS
+
+    assert TEMPORAL_MASKS == ("zero_rows", "padding")
+    path = _cup_and_negative_store(tmp_path / "neg.h5")
+    batch = _batch(path, Mode.SGDET, videos=(0,))
+    assert batch.pair_offsets.tolist() == [0, 1, 2, 3]
+    labels = torch.full((3,), CUP)
+    got = {}
+    for rule in TEMPORAL_MASKS:
+        head = _head(path, Mode.SGDET, temporal_mask=rule).eval()
+        d = head.relation_dim
+        s = torch.randn(3, d, generator=torch.Generator().manual_seed(1))
+        specific = head._specific(labels, torch.zeros(3, 17, dtype=torch.bool))
+        outs = []
+        for scale in (1.0, 2.0):
+            s[0] = 0.0
+            s[0, 0], s[0, 1] = scale, -scale
+            with torch.no_grad():
+                outs.append(head._temporal(s, labels, specific, batch)[1])
+        got[rule] = outs
+    torch.testing.assert_close(got["zero_rows"][0], got["zero_rows"][1])
+    assert not torch.allclose(got["padding"][0], got["padding"][1])
+    with pytest.raises(ValueError, match="temporal_mask"):
+        build_head("stket", vocabulary=V, mode=Mode.PREDCLS, feature_dim=16, union_shape=(8,), temporal_mask="x",
+                   **TINY)
