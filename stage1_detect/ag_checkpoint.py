@@ -52,7 +52,8 @@ import torch
 from torch import Tensor
 
 from stage1_detect.detectors import build_r101_c4, save_detector
-from store.files import load_torch, sha256_of
+from store.files import sha256_of
+from store.torch_files import load_torch
 from store.errors import UserError
 from store.run_folder import check_output_file
 

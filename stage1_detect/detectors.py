@@ -73,7 +73,8 @@ from stage1_detect.frame_detector import (
 )
 from stage1_detect.legacy_rcnn import apply_legacy_conventions
 from store.errors import InputError
-from store.files import load_torch, save_torch, sha256_of
+from store.files import sha256_of
+from store.torch_files import load_torch, save_torch
 
 log = logging.getLogger(__name__)
 

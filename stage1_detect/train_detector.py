@@ -38,7 +38,8 @@ from stage1_detect.detectors import (
 )
 from stage1_detect.frames import FrameSource, open_frame_source
 from store.errors import ConfigError, InputError, at_least, between, check_fields, load_yaml_mapping, one_of, positive
-from store.files import WriterLock, atomic_write, load_torch, save_torch, write_json, write_text
+from store.files import WriterLock, atomic_write, write_json, write_text
+from store.torch_files import load_torch, save_torch
 from store.run_folder import claim_run_folder
 from store.runtime import provenance as code_provenance
 

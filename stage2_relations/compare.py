@@ -49,7 +49,8 @@ from stage2_relations.evaluation.seeds import (EVAL_METRICS, MEAN_RECALL, Aggreg
                                                TableRow, aggregate, format_table2, paired_difference,
                                                parse_seeds, summarize, table_row)
 from stage2_relations.recipe import RESUME_MAY_CHANGE, TrainConfig, check_run_inputs, load_config
-from stage2_relations.train import load_checkpoint, read_checkpoint, run_checkpoint, train
+from stage2_relations.checkpoints import load_checkpoint, read_checkpoint, run_checkpoint
+from stage2_relations.train import train
 from stage2_relations.views import OBJECT_SCORES, ViewOptions
 from store.errors import ConfigError, InputError, UserError, load_yaml_mapping
 from store.files import sha256_of, write_json

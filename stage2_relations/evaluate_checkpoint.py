@@ -21,7 +21,7 @@ from stage2_relations.evaluation.predictions_io import read_predictions
 from stage2_relations.evaluation.predict import as_sets, plot_frames, score_model
 from stage2_relations.evaluation.structures import Constraint
 from stage2_relations.heads import count_parameters, head_class
-from stage2_relations.train import load_checkpoint, run_checkpoint
+from stage2_relations.checkpoints import load_checkpoint, run_checkpoint
 from stage2_relations.views import ViewOptions
 from store.errors import ConfigError, InputError, UserError
 from store.modes import Mode

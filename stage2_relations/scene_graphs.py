@@ -38,7 +38,7 @@ from stage2_relations.evaluation.predictions_io import read_predictions
 from stage2_relations.evaluation.structures import (Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet,
                                                     PredictionSet)
 from stage2_relations.evaluation.triplets import GROUP_ORDER, ground_truth_triplets, rank_triplets
-from stage2_relations.train import load_checkpoint, run_checkpoint
+from stage2_relations.checkpoints import load_checkpoint, run_checkpoint
 from store import StoreMeta, VideoRecord, open_store
 from store.errors import ConfigError, InputError
 from store.files import atomic_write, sha256_of

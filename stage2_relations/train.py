@@ -41,24 +41,15 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from stage2_relations.checkpoints import build_from_config, check_run_store, read_checkpoint
 from stage2_relations.data import Collator, VideoDataset, epoch_order
-from stage2_relations.heads import build_model, count_parameters, head_class
-from stage2_relations.recipe import BUILD_ERRORS, RESUME_MAY_CHANGE, TrainConfig, check_config, check_run_inputs, head_context
+from stage2_relations.heads import count_parameters, head_class
+from stage2_relations.recipe import BUILD_ERRORS, RESUME_MAY_CHANGE, TrainConfig, check_config, check_run_inputs
 from store import StoreError, open_store
 from store.errors import ConfigError, InputError, NonFiniteError, UserError, load_yaml_mapping
-from store.files import (
-    WriterLock,
-    atomic_write,
-    copy_file,
-    describe_os_error,
-    die_with_parent,
-    load_torch,
-    save_torch,
-    write_json,
-    write_text,
-)
-from store.modes import Mode
-from store.reader import identity_difference, store_location
+from store.files import WriterLock, atomic_write, copy_file, describe_os_error, die_with_parent, write_json, write_text
+from store.torch_files import load_torch, save_torch
+from store.reader import store_location
 from store.run_folder import claim_run_folder
 from store.runtime import distributed_rank, provenance, resolve_device
 from store.threads import torch_threads
@@ -76,12 +67,6 @@ def derive(cfg: TrainConfig, train_ds: VideoDataset) -> dict[str, Any]:
         derived["class_embeddings"] = head.glove_class_embeddings(cfg.glove, dict(cfg.head_cfg), train_ds.vocabulary)
     derived.update(head.derive(dict(cfg.head_cfg), train_ds))
     return derived
-
-
-def build_from_config(cfg: TrainConfig, meta, derived: dict[str, Any] | None = None) -> torch.nn.Module:
-    """The model of a recipe for a store's metadata (vocabulary, feature and union sizes) and
-    what :func:`derive` computed."""
-    return build_model(cfg.head, cfg.head_cfg, cfg.rsnet, head_context(cfg, meta, derived))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -172,7 +157,6 @@ def make_loader(dataset: VideoDataset, order: list[int], cfg: TrainConfig, train
 
 RUN_FILES = ("config.yaml", "run.json", "derived.pt", "log.csv", "log.json", "last.pth", "best.pth")
 """What ``train`` writes into a run folder (``eval`` adds its own subfolders)."""
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "history", "best_r20", "config")
 
 
 def epoch_score(row: dict[str, Any]) -> float:
@@ -189,20 +173,6 @@ def best_epoch(history: list[dict[str, Any]]) -> int | None:
         if epoch_score(row) > best:
             best, epoch = epoch_score(row), int(row["epoch"])
     return epoch
-
-
-def read_checkpoint(path: str | Path, map_location: Any = "cpu", *, trust: bool = False) -> dict[str, Any]:
-    """A relation-head checkpoint (``last.pth`` / ``best.pth``), or :class:`InputError` naming the
-    file: empty, truncated, not a PyTorch file, another kind of checkpoint (a detector's), or one
-    holding Python objects beyond tensors and plain values (refused unless ``trust``: loading
-    them could run code)."""
-    ckpt = load_torch(path, what="relation-head checkpoint", weights_only=not trust, map_location=map_location)
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        kind = ("a detector checkpoint (stage 1)" if isinstance(ckpt, dict) and "arch" in ckpt
-                else f"missing {', '.join(missing)}")
-        raise InputError(f"{path}: not a relation-head checkpoint of `train` ({kind})")
-    return ckpt
 
 
 def config_differences(saved: dict[str, Any], cfg: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -471,51 +441,4 @@ def _write_logs(out_dir: Path, history: list[dict]) -> None:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", store_path: str | None = None, *,
-                    trust: bool = False, splits: tuple[str, ...] | None = None):
-    """(model in eval mode, TrainConfig, checkpoint dict) from a ``last.pth`` / ``best.pth``;
-    the model is built for the store named by the config (or ``store_path``), which must hold
-    the run's videos of ``splits`` (those the caller reads; None: all) unchanged
-    (:func:`check_run_store`). ``trust``: see :func:`read_checkpoint`."""
-    ckpt = read_checkpoint(path, map_location=device, trust=trust)
-    cfg = check_config(dict(ckpt["config"]), f"{path} (its config)")
-    if store_path:
-        cfg = dataclasses.replace(cfg, store=str(store_path))
-    store = open_store(cfg.store)
-    check_run_store(ckpt, store.identity(), run=path, store_path=cfg.store, splits=splits)
-    meta = store.meta
-    model = build_from_config(cfg, meta, ckpt.get("derived", {})).to(device)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise InputError(f"{path}: its weights do not fit the model of its config and the store {cfg.store}: "
-                         f"{str(e).splitlines()[0]}") from None
-    model.eval()
-    return model, cfg, ckpt
-
-
-def check_run_store(ckpt: dict[str, Any], current: dict[str, Any], *, run: Path, store_path: str,
-                    splits: tuple[str, ...] | None = None) -> None:
-    """Refuse a store that is not the one the checkpoint was trained on (its recorded
-    :meth:`~store.reader.Store.identity`): another extraction, or one missing videos of
-    ``splits`` (those the caller reads; None: all). A checkpoint from before runs recorded
-    their store is not checked."""
-    recorded = ckpt.get("store")
-    if not isinstance(recorded, dict):
-        return
-    why = identity_difference(recorded, current, splits)
-    if why:
-        raise StoreError(store_path, f"not the store {run} was trained on ({recorded.get('path')}): {why}; give "
-                                     f"the run's store (--store), or train a new run on this one")
-
-
-def run_checkpoint(run_dir: str | Path) -> Path:
-    """The checkpoint a run folder is evaluated with: best.pth, else last.pth."""
-    run_dir = Path(run_dir)
-    for name in ("best.pth", "last.pth"):
-        if (run_dir / name).exists():
-            return run_dir / name
-    raise InputError(f"{run_dir}: no best.pth or last.pth (not a `train` run folder, or no epoch finished yet)")
-
-
-__all__ = ["train", "train_one_epoch", "load_checkpoint", "run_checkpoint", "build_from_config"]
+__all__ = ["train", "train_one_epoch"]

@@ -32,8 +32,9 @@ derives from :class:`store.errors.UserError`, the base of every error a user can
 
 Safety: one writer per part (an OS lock on ``.PART.lock``), writes only into a new folder or a
 store, per-video checksums verified on read (``open_store(path, verify=False)`` skips them).
-:mod:`store.files` holds the atomic writes, locks and checked ``torch.load`` that the other
-packages use for their own files.
+:mod:`store.files` holds the atomic writes and locks, :mod:`store.torch_files` the checked,
+weights-only ``torch.load`` (and ``torch.save`` of plain data) that the other packages use for
+their own files.
 """
 
 from store.check import check_store, merge

@@ -25,7 +25,7 @@ from stage2_relations.heads.stket import with_output_branch
 from stage2_relations.recipe import TrainConfig
 from stage2_relations.train import train
 from store.errors import InputError
-from store.files import load_torch, plain_data, save_torch
+from store.torch_files import load_torch, plain_data, save_torch
 from tests.helpers import REPO
 from tests.helpers.cli import error_line, run_cli
 from tests.helpers.ag import fixture_annotations, write_root

@@ -1,57 +1,12 @@
 """STKET (Pu et al., TIP 2024, "Spatial-Temporal Knowledge-Embedded Transformer") as a relation
 head, faithful to its public code (HCPLab-SYSU/STKET ``lib/stket.py``, ``lib/transformer.py``,
-``train.py``, ``scripts/train.sh``).
-
-* Relation representation: STTran's (:class:`~.layers.PairRepresentation`, 1936 wide at full
-  size), of the labels the mode's rule gives (:mod:`.objects`, STTran's object classifier,
-  which STKET copies unchanged).
-* Knowledge-embedded attention (:class:`KnowledgeLayer`): three extra linear maps in front of
-  the attention, ``q = Wq(x + p) (+ pos)``, ``k = Wk(x + p) (+ pos)``, ``v = Wv(x)``: the prior
-  embedding p enters the queries and keys, never the values. A prior is a P-wide predicate
-  distribution (:mod:`.stket_priors`) embedded by ``state_fc``: 4 linear layers, no activation.
-* Spatial encoder (2 layers) over the pairs of each frame, prior = the embedded *initial* prior
-  of the object's class; spatial heads; the contact set of each pair from the spatial
-  contacting probabilities (detached): {not_contacting} if it is the most probable, else the
-  contacts of probability >= ``contact_threshold`` (0.8), possibly none.
-* Temporal decoder (2 layers, no LayerNorm after the FFN, STTran's 2-frame windows with the
-  2-slot frame embedding; a video of one frame has no window, its temporal feature is 0): the
-  earlier frame's tokens take the embedded *specific* prior (mean of the class's specific rows
-  over the contact set, the initial row when the set is empty; the initial prior at the video's
-  frame 0), the later frame's the initial prior. No token attends to a token whose feature
-  row sums to exactly 0 (STKET's mask: the padding, and any real token that happens to;
-  ``temporal_mask: padding`` masks the padding only). Temporal heads.
-* Per-class history (:func:`class_history`): STKET tracks no object; each (video, class, frame)
-  slot holds one pair: the last one in training and PREDCLS, the one of highest object score
-  so far at SGCLS / SGDET test. A pair reads its own slot's contact set (its own, or a
-  better-scored same-class pair's) for its specific prior. In the training view only positive
-  pairs write the history: RS-Net's negatives read it (their own frame's slot, else themselves)
-  and never change what a positive reads, so RS-Net adds a relevance score and nothing else.
-* Auxiliary temporal prior: the specific prior of the slot of the class's latest earlier frame
-  within 2 frames, else of the pair's own slot. Spatial and temporal *prior branches*: the
-  embedded priors through the spatial and temporal heads.
-* Ensemble ("spatial-temporal aggregation") decoder (2 layers, as the temporal ones): per pair,
-  the features (S + T) / 2 of its class's slots at up to 4 key frames (its own frame, then
-  earlier frames with a slot, each within 2 frames of the last one taken), chronological, with a
-  4-slot position embedding, no prior; output = the current frame's token. Ensemble heads.
-* Priors are learnable parameters, initialised from the training split's counts
-  (``context.derived``, :meth:`STKET.derive`), or from a ``TrainPrior.json``-layout file
-  (``prior_file``, :func:`~.stket_priors.load_priors_json`); the spatial encoder and the
-  temporal decoder own separate copies and separate ``state_fc``.
-
-The main output (``classify``, RS-Net's context fusion, evaluation) is the ensemble branch, or
-``output_branch`` (``spatial`` / ``temporal``). The other branches' logits are in
-``aux["logits"]``. Loss: for each of the 5 branches (spatial, temporal, ensemble, spatial
-prior, temporal prior) CE on attention and BCE on the sigmoid spatial and contacting scores,
-on positive pairs, weight 1 (15 terms; the main branch's are named ``attention``, ``spatial``,
-``contacting``, the others ``<branch>_attention`` ...), plus the shared object loss.
-
-``contact_source: gt`` takes the contact sets at test from the GT contacting labels, as
-STKET's ``scripts/test.sh`` does (``-pred_contact_threshold 1.0``): a label leak, impossible
-in SGDET. Only positive pairs carry GT labels: any other pair gets the empty set, hence the
-initial prior (what STKET's code does with an empty list). Training always uses predictions.
-
-``base_heads`` keeps STKET's three heads on the raw representation (``a/s/c_rel_compress``),
-computed by STKET but never trained nor evaluated: they only count (the RS-Net paper's 219.3 M).
+``train.py``, ``scripts/train.sh``): STTran's pair representation and object classifier, a
+spatial encoder and a temporal decoder with knowledge-embedded attention (the embedded
+predicate prior enters queries and keys, never values), the per-(video, class, frame) history
+(:func:`class_history`, written by positive pairs only: RS-Net's negatives read it), the
+key-frame aggregation ("ensemble") decoder, prior branches, and its losses on 5 branches.
+Priors: :mod:`.stket_priors` (counted from the training split, or STKET's ``TrainPrior.json``
+layout). Every rule, option and quirk with its source: docs/stage2.md, "STKET".
 """
 
 from __future__ import annotations
@@ -67,7 +22,7 @@ from stage2_relations.data import RelationBatch
 from stage2_relations.heads.base import HeadContext, PredicateLogits, RelationFeatures, RelationHead, register_head
 from stage2_relations.heads.layers import PairRepresentation, PosEncoderLayer, cloned, frame_windows, pad_groups
 from stage2_relations.heads.objects import object_classifier_for
-from store.files import load_torch, save_torch
+from store.torch_files import load_torch, save_torch
 from store.modes import Mode
 from store.vocabulary import PredicateGroup, Vocabulary
 

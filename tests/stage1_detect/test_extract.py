@@ -27,7 +27,6 @@ from torch.testing import assert_close
 
 from stage1_detect.action_genome import ReaderOptions, load_action_genome
 from stage1_detect.detection_step import sttran_positions
-from stage1_detect.detectors import build_detector, load_detector, save_detector
 from stage1_detect.extract import ExtractConfig, extract, video_record
 from stage1_detect.frames import PngFrames
 from synth import SynthConfig, generate_synthetic_ag

@@ -28,7 +28,8 @@ from stage2_relations.evaluation.triplets import rank_triplets
 from stage2_relations.recipe import TrainConfig
 from stage2_relations.scene_graphs import (check_detector, documents_from_predictions, json_schema,
                                            load_sgdet_run, read_document, validate, write_scene_graphs)
-from stage2_relations.train import run_checkpoint, train
+from stage2_relations.checkpoints import run_checkpoint
+from stage2_relations.train import train
 from store.errors import ConfigError, InputError
 from store.files import sha256_of
 from store.modes import Mode

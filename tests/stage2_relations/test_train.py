@@ -141,7 +141,7 @@ def test_rsnet_learns_to_score_negatives_lower(store_path, tmp_path):
     """On the learnable store the negatives (unmatched detections) are of bystander classes:
     after training, p_{t,0} separates them from the positives on the validation videos."""
     from stage2_relations.data import collate
-    from stage2_relations.train import load_checkpoint
+    from stage2_relations.checkpoints import load_checkpoint
 
     cfg = _cfg(store_path, TINY_RSNET, epochs=12)
     result = train(cfg, tmp_path / "run", progress=False, echo=lambda s: None)
