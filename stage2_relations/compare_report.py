@@ -110,6 +110,15 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
     }
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """A matplotlib figure as a PNG at ``path`` after ``tight_layout``, written whole or not at all."""
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format="png")
+    return path
+
+
 def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
     """Grouped bars (percent) with sd error bars: one panel per rule and constraint, one group
     per metric, one bar per variant; matplotlib's Agg canvas."""
@@ -138,14 +147,10 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
         ax.set_ylabel("%")
         ax.set_title(f"{con} constraint, object scores {rule}: mean +- sd over seeds {','.join(map(str, c.seeds))}")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_write(path) as fh:
-        fig.savefig(fh, format="png")
-    return path
+    return save_figure(fig, path)
 
 
-CURVES = (("loss_total", "training loss (total)"), ("lr", "learning rate"), ("val_R@20", "validation R@20 (with)"))
+CURVES = (("loss_total", "training loss (total)"), ("lr", "learning rate"), ("val_R@20", "validation R@20 (with), %"))
 """The panels of :func:`plot_curves`: a key of a run's log.json rows and its title."""
 
 
@@ -167,6 +172,7 @@ def plot_curves(comparison: Comparison, path: str | Path) -> Path:
     are seen together; matplotlib's Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     histories = run_histories(comparison)
     fig = Figure(figsize=(12, 2.6 * len(histories) + 0.4), dpi=100)
@@ -184,13 +190,10 @@ def plot_curves(comparison: Comparison, path: str | Path) -> Path:
                 ax.set_yscale("log")
             ax.set_title(f"{variant}: {title}", fontsize=9)
             ax.set_xlabel("epoch", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if ax.lines:
                 ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_write(path) as fh:
-        fig.savefig(fh, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def write_outputs(comparison: Comparison, out_dir: str | Path, report: str | None = None) -> dict[str, Path]:
@@ -211,5 +214,5 @@ def write_outputs(comparison: Comparison, out_dir: str | Path, report: str | Non
     return paths
 
 
-__all__ = ["csv_rows", "format_report", "plot_comparison", "plot_curves", "run_histories", "to_json",
+__all__ = ["csv_rows", "format_report", "plot_comparison", "plot_curves", "run_histories", "save_figure", "to_json",
            "write_outputs"]

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from stage2_relations.compare_report import plot_curves
+from stage2_relations.compare_report import plot_curves, save_figure
 from stage2_relations.evaluation.seeds import Difference, Summary
 from stage2_relations.reproduce import HEADERS, RowResult, TableResult
 from store.files import atomic_write, write_json, write_text
@@ -200,11 +200,7 @@ def plot_table(result: TableResult, path: str | Path) -> Path:
         ax.set_title(f"Table {t.number}, {t.mode.upper()}: {panel}, ours mean +- sd over seeds "
                      f"{','.join(map(str, result.comparison.seeds))}; black: the paper")
         ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_write(path) as fh:
-        fig.savefig(fh, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def write_outputs(results: Sequence[TableResult], out_dir: str | Path, report: str) -> dict[str, Path]:
