@@ -106,6 +106,12 @@ class PublishedTable:
     rows: tuple[PublishedRow, ...]
 
     @property
+    def report_columns(self) -> tuple[str, ...]:
+        """The columns we print: the paper's, after Params and FPS where the paper has none
+        (Tables 3 and 4: the ablations change the parameter count)."""
+        return tuple(c for c in ("params", "fps") if c not in self.columns) + self.columns
+
+    @property
     def variants(self) -> list[str]:
         """The variants the table needs, in the order of its rows, each once."""
         return list(dict.fromkeys(r.variant for r in self.rows))
@@ -206,14 +212,16 @@ DOCUMENTED_STEP_S = {
     # CPU training step, seconds a frame. Full size: bench/train_speed.py (realistic setting,
     # 2 cores, 2026-11-30, README "Benchmarks"): STTran 35.7 ms, STTran + RS-Net 65.0 ms; STKET
     # and DSG-DETR scaled from STTran by the paper's parameter counts (219.3 / 126.3, 186.2 / 126.3)
-    # with RS-Net's 29.3 ms added. Small: measured with `cli.py reproduce --recipes small` on the
-    # demo store (80 videos, 2 cores, docs/reproduce.md), the training epochs' time_s a frame.
+    # with RS-Net's 29.3 ms added. Small (configs/reproduce/small.yaml): 2 epochs of `train` of
+    # each recipe in SGDET on a demo-sized store (80 synthetic videos, 690 train / 76 val frames),
+    # CPU seconds of the process on one thread over 2 x (train + val / 3) frames, 2026-12-05
+    # (SGCLS costs up to half of it: the figure errs long).
     ("full", "sttran"): 0.0357, ("full", "sttran_rsnet"): 0.0650,
     ("full", "stket"): 0.0620, ("full", "stket_rsnet"): 0.0913,
     ("full", "dsgdetr"): 0.0525, ("full", "dsgdetr_rsnet"): 0.0818,
-    ("small", "sttran"): 0.0021, ("small", "sttran_rsnet"): 0.0031,
-    ("small", "stket"): 0.0046, ("small", "stket_rsnet"): 0.0058,
-    ("small", "dsgdetr"): 0.0046, ("small", "dsgdetr_rsnet"): 0.0057,
+    ("small", "sttran"): 0.00205, ("small", "sttran_rsnet"): 0.00200,
+    ("small", "stket"): 0.00255, ("small", "stket_rsnet"): 0.00389,
+    ("small", "dsgdetr"): 0.00277, ("small", "dsgdetr_rsnet"): 0.00352,
 }
 RUN_OVERHEAD_S = 3.0
 """Seconds a run costs besides its frames (opening the store, building the model, the test
@@ -351,12 +359,12 @@ def table_rows(table: PublishedTable, comparison: Comparison) -> list[RowResult]
     """Our numbers for each row of ``table`` from the comparison of its variants."""
     rows = []
     for r in table.rows:
-        seeds = per_seed_columns(comparison, r.variant, table.columns)
+        seeds = per_seed_columns(comparison, r.variant, table.report_columns)
         values = {c: summarize([v[s] for s in sorted(v)]) for c, v in seeds.items()}
         diffs = None
         if r.baseline is not None:
-            base = per_seed_columns(comparison, r.baseline, table.columns)
-            diffs = {c: paired_difference(seeds[c], base[c]) for c in table.columns}
+            base = per_seed_columns(comparison, r.baseline, table.report_columns)
+            diffs = {c: paired_difference(seeds[c], base[c]) for c in table.report_columns}
         rows.append(RowResult(r, VARIANTS[r.variant].label, values, diffs, seeds))
     return rows
 

@@ -56,7 +56,7 @@ def paper_gain(result: TableResult, row: RowResult, column: str) -> float | None
     """The paper's difference of ``row`` from its baseline: the printed gain where the paper
     prints one, else the difference of the paper's two values (Table 4)."""
     r = row.published
-    if r.baseline is None:
+    if r.baseline is None or column not in r.values:
         return None
     if r.gain and column in r.gain:
         return float(r.gain[column])
@@ -64,16 +64,22 @@ def paper_gain(result: TableResult, row: RowResult, column: str) -> float | None
     return float(r.values[column]) - float(base.values[column])
 
 
+def _paper(row: RowResult, column: str) -> str:
+    """The paper's figure as printed, or '–' where the paper's table has no such column."""
+    value = row.published.values.get(column)
+    return "–" if value is None else f"{value:.{PAPER_DIGITS.get(column, 1)}f}"
+
+
 def _rows(result: TableResult) -> list[tuple[str, str, list[str]]]:
     """(method, run, cells) of the value rows and the difference rows, in the paper's order."""
     t = result.table
     out = []
     for row in result.rows:
-        cells = [f"{value_text(row.values[c], c)} [{row.published.values[c]:.{PAPER_DIGITS.get(c, 1)}f}]" for c in t.columns]
+        cells = [f"{value_text(row.values[c], c)} [{_paper(row, c)}]" for c in t.report_columns]
         out.append((row.published.method, row.published.variant, cells))
         if row.diffs is not None:
             cells = []
-            for c in t.columns:
+            for c in t.report_columns:
                 g = paper_gain(result, row, c)
                 cells.append(diff_text(row.diffs[c], c) + ("" if g is None else f" [{g:+.{PAPER_DIGITS.get(c, 1)}f}]"))
             out.append((f"Δ vs {row.published.baseline}", "paired", cells))
@@ -95,7 +101,7 @@ def format_markdown(results: Sequence[TableResult], header: Sequence[str] = ()) 
         "Params in millions, FPS in frames/s, metrics in percent.", ""]
     for result in results:
         t = result.table
-        table = [["method", "run"] + [_header(c) for c in t.columns]]
+        table = [["method", "run"] + [_header(c) for c in t.report_columns]]
         table += [[m, r] + cells for m, r, cells in _rows(result)]
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         lines += [f"**{table_title(result)}**", ""]
@@ -120,8 +126,8 @@ def format_latex(results: Sequence[TableResult]) -> str:
     out = ["% cli.py reproduce: ours mean $\\pm$ sd over seeds, [the RS-Net paper's figure]"]
     for result in results:
         t = result.table
-        out += [f"% {table_title(result)}", r"\begin{tabular}{ll" + "r" * len(t.columns) + "}", r"\hline",
-                " & ".join(["method", "run"] + [_latex(_header(c)) for c in t.columns]) + r" \\", r"\hline"]
+        out += [f"% {table_title(result)}", r"\begin{tabular}{ll" + "r" * len(t.report_columns) + "}", r"\hline",
+                " & ".join(["method", "run"] + [_latex(_header(c)) for c in t.report_columns]) + r" \\", r"\hline"]
         out += [" & ".join(_latex(x) for x in [m, r] + cells) + r" \\" for m, r, cells in _rows(result)]
         out += [r"\hline", r"\end{tabular}", ""]
     return "\n".join(out)
@@ -132,7 +138,7 @@ def csv_rows(results: Sequence[TableResult]) -> list[dict[str, Any]]:
     rows = []
     for result in results:
         for row in result.rows:
-            for c in result.table.columns:
+            for c in result.table.report_columns:
                 s, d = row.values[c], (row.diffs or {}).get(c)
                 g = paper_gain(result, row, c)
                 rows.append({
@@ -142,7 +148,7 @@ def csv_rows(results: Sequence[TableResult]) -> list[dict[str, Any]]:
                     "diff_vs": row.published.baseline or "", "diff_mean": "" if d is None else d.mean,
                     "diff_std": "" if d is None or d.std is None else d.std,
                     "exceeds_2sd": "" if d is None else d.flag,
-                    "paper": row.published.values[c], "paper_diff": "" if g is None else g,
+                    "paper": row.published.values.get(c, ""), "paper_diff": "" if g is None else g,
                 })
     return rows
 
@@ -156,7 +162,7 @@ def to_json(results: Sequence[TableResult]) -> dict[str, Any]:
                 "per_seed": {c: {str(k): v for k, v in s.items()} for c, s in r.per_seed.items()}}
 
     return {"tables": [{"number": x.table.number, "caption": x.table.caption, "mode": x.table.mode,
-                        "columns": list(x.table.columns), "seeds": x.comparison.seeds,
+                        "columns": list(x.table.report_columns), "seeds": x.comparison.seeds,
                         "threads": x.comparison.threads, "test_videos": x.comparison.test_videos,
                         "rows": [row(r) for r in x.rows]} for x in results]}
 

@@ -247,6 +247,9 @@ def test_reproduce_end_to_end_resumes(tmp_path, monkeypatch):
         assert f"**Table {n} (" in r.output
     # the published figures beside ours, and ours read from the runs' metrics.json
     assert "[25.1]" in r.output and "[+3.2]" in r.output and "[45.7]" in r.output and "[28.0]" in r.output
+    # Tables 3 and 4 print our parameters and frames/s too; the paper has none there
+    ablation = next(line for line in r.output.splitlines() if line.startswith("| No temporal encoder"))
+    assert ablation.split("|")[3].strip().endswith("[–]") and ablation.split("|")[5].strip().endswith("[28.0]")
     metrics = json.loads((out / "sgdet" / "sttran" / "seed0" / "eval_test_sgdet_sttran" / "metrics.json").read_text())
     row = next(line for line in r.output.splitlines() if line.startswith("| STTran† [1]"))
     assert f"| {metrics['parameters'] / 1e6:.2f} [126.3]" in row
