@@ -215,7 +215,7 @@ DOCUMENTED_STEP_S = {
     # with RS-Net's 29.3 ms added. Small (configs/reproduce/small.yaml): 2 epochs of `train` of
     # each recipe in SGDET on a demo-sized store (80 synthetic videos, 690 train / 76 val frames),
     # CPU seconds of the process on one thread over 2 x (train + val / 3) frames, 2026-12-05
-    # (SGCLS costs up to half of it: the figure errs long).
+    # (SGCLS measured 0.55-1.05 times these).
     ("full", "sttran"): 0.0357, ("full", "sttran_rsnet"): 0.0650,
     ("full", "stket"): 0.0620, ("full", "stket_rsnet"): 0.0913,
     ("full", "dsgdetr"): 0.0525, ("full", "dsgdetr_rsnet"): 0.0818,
