@@ -641,7 +641,7 @@ def _parse_seeds(ctx: click.Context, param: click.Parameter, text: str) -> list[
 @click.option("--mode", type=MODE_CHOICE,
               help="Task mode of every variant (default: the recipes', which must agree).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder: OUT/NAME/seedK/ run folders, OUT/compare.json/.csv/.png/.txt.")
+              help="Output folder: OUT/NAME/seedK/ run folders, OUT/compare.json/.csv/.png/.txt, compare_curves.png.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs of every variant (default: each recipe's).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any other recipe field for every variant, YAML value; dotted keys reach into dicts "
@@ -664,7 +664,8 @@ def compare_command(recipes, names, seeds, store, mode, out, epochs, sets, rules
     Prints, per rule, a table shaped like the RS-Net paper's Table 2 (Params (M), FPS, R@10,
     R@20, P@10, P@20, mR@10, mR@20 under the with constraint) and one for the no constraint,
     then p_t0; writes OUT/compare.json (every run and aggregate), compare.csv (one row per
-    variant x rule x metric), compare.png (bars with sd error bars) and compare.txt.
+    variant x rule x metric), compare.png (bars with sd error bars), compare_curves.png (the
+    training curves of every seed of each variant) and compare.txt.
 
     \b
     Statistics: each cell is the mean +- the sample sd (ddof=1) over seeds. Each variant
