@@ -369,16 +369,20 @@ def table_rows(table: PublishedTable, comparison: Comparison) -> list[RowResult]
     return rows
 
 
+TablePlan = tuple[PublishedTable, Path, list[Variant]]
+"""A table, the folder its runs go to (``OUT/<mode>``), its variants."""
+
+
 def plan_tables(tables: Sequence[int], recipe_set: RecipeSet, out: str | Path,
                 overrides: Mapping[str, Any] | None = None,
-                published: Mapping[int, PublishedTable] | None = None) -> list[tuple[PublishedTable, Path, list[Variant]]]:
+                published: Mapping[int, PublishedTable] | None = None) -> list[TablePlan]:
     """(table, the folder its runs go to, its variants) for each table asked for."""
     published = published or load_published()
     return [(published[n], Path(out) / published[n].mode, table_variants(published[n], recipe_set, overrides))
             for n in tables]
 
 
-def run_reproduction(plan: Sequence[tuple[PublishedTable, Path, list[Variant]]], seeds: Sequence[int], *,
+def run_reproduction(plan: Sequence[TablePlan], seeds: Sequence[int], *,
                      progress: bool = True, echo: Callable[[str], None] = print) -> list[TableResult]:
     """Train (or reuse) and evaluate each table's variants x seeds (``run_comparison`` into the
     table's mode folder), then our numbers per row."""
@@ -393,5 +397,5 @@ def run_reproduction(plan: Sequence[tuple[PublishedTable, Path, list[Variant]]],
 
 __all__ = ["VARIANTS", "VariantSpec", "PublishedRow", "PublishedTable", "load_published", "only_rows", "parse_tables",
            "RecipeSet", "load_recipe_set", "table_variants", "Estimate", "estimate_time", "step_cost",
-           "RowResult", "TableResult", "table_rows", "plan_tables", "run_reproduction", "per_seed_columns",
+           "RowResult", "TableResult", "TablePlan", "table_rows", "plan_tables", "run_reproduction", "per_seed_columns",
            "DOCUMENTED_STEP_S", "EVAL_FRACTION", "RUN_OVERHEAD_S", "TABLES", "COLUMNS", "HEADERS"]
