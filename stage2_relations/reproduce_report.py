@@ -114,7 +114,7 @@ def format_markdown(results: Sequence[TableResult], header: Sequence[str] = ()) 
 
 
 _LATEX = {"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "†": r"$^\dagger$", "–": "--", "±": r"$\pm$",
-          "ĉ": r"$\hat{c}$", "Δ": r"$\Delta$"}
+          "ĉ": r"$\hat{c}$", "Δ": r"$\Delta$", ">": r"$>$"}
 
 
 def _latex(text: str) -> str:

@@ -137,6 +137,7 @@ def test_table_rows_and_cells_by_hand():
     assert "the paper's figure (Table 2. Performance comparison" in md
     tex = format_latex([result])
     assert r"32.0 $\pm$ 2.0 [25.1]" in tex and r"STTran$^\dagger$ [1]" in tex and r"$\Delta$ vs sttran" in tex
+    assert r"+5.0 $\pm$ 1.0 $>$2sd [+3.2]" in tex
     csv = {(r["variant"], r["column"]): r for r in csv_rows([result])}
     assert csv["sttran_rsnet", "R@10"]["paper"] == 28.3 and csv["sttran_rsnet", "R@10"]["paper_diff"] == 3.2
     assert csv["sttran_rsnet", "R@10"]["diff_mean"] == pytest.approx(5.0)
