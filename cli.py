@@ -392,21 +392,29 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--detector-epochs", type=click.IntRange(min=1), default=8, show_default=True,
               help="Epochs of the small detector (configs/detector_small.yaml has 10; 8 keeps the demo near 4 min).")
+@click.option("--seeds", default="0,1,2", show_default=True,
+              callback=lambda ctx, param, text: _parse_seeds(ctx, param, text),  # defined further down
+              help="Seeds of the two relation heads (the table's mean +- sd and paired differences).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs of the relation heads (default: configs/demo_sttran*.yaml's).")
 @DEVICE_OPTION
-def demo(out: Path, videos: int, seed: int, detector_epochs: int, device: str) -> None:
+def demo(out: Path, videos: int, seed: int, detector_epochs: int, seeds: list[int], epochs: int | None,
+         device: str) -> None:
     """Run the pipeline on the built-in synthetic data.
 
     Synthesise Action Genome, read it back (PredCLS and SGDET annotations), train the small
     detector from scratch, extract every video into a feature store, check it and print its
-    statistics, train STTran and STTran + RS-Net (SGDET, the paper's headline setting, with the
-    tiny demo recipes) from the store, evaluate both on the test split and print them in a
-    table shaped like the RS-Net paper's Table 2, then write the page of `view` for a few
-    test videos (both runs evaluated, and `predict` on every frame of one) and print where it
-    is. Every step is a command of its own; see the README.
+    statistics, train STTran and STTran + RS-Net over --seeds (SGDET, the paper's headline
+    setting, with the tiny demo recipes) from the store, evaluate them on the test split and
+    print the rows of the RS-Net paper's Table 2 (`cli.py reproduce`): mean +- sd, the paired
+    differences, the paper's figures beside; then write the page of `view` for a few test
+    videos (both runs evaluated, and `predict` on every frame of one) and print where it is.
+    Every step is a command of its own; see the README.
     """
     from demo import run_demo
 
-    run_demo(out, videos=videos, seed=seed, detector_epochs=detector_epochs, device=_device(device), echo=click.echo)
+    run_demo(out, videos=videos, seed=seed, detector_epochs=detector_epochs, device=_device(device), seeds=seeds,
+             epochs=epochs, echo=click.echo)
 
 
 # --- AG checkpoint conversion ---------------------------------------------------------
@@ -794,7 +802,7 @@ def _parse_seeds(ctx: click.Context, param: click.Parameter, text: str) -> list[
 @click.option("--mode", type=MODE_CHOICE,
               help="Task mode of every variant (default: the recipes', which must agree).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder: OUT/NAME/seedK/ run folders, OUT/compare.json/.csv/.png/.txt.")
+              help="Output folder: OUT/NAME/seedK/ run folders, OUT/compare.json/.csv/.png/.txt, compare_curves.png.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs of every variant (default: each recipe's).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any other recipe field for every variant, YAML value; dotted keys reach into dicts "
@@ -820,7 +828,8 @@ def compare_command(recipes, names, seeds, store, mode, out, epochs, sets, rules
     Prints, per rule, a table shaped like the RS-Net paper's Table 2 (Params (M), FPS, R@10,
     R@20, P@10, P@20, mR@10, mR@20 under the with constraint) and one for the no constraint,
     then p_t0; writes OUT/compare.json (every run and aggregate), compare.csv (one row per
-    variant x rule x metric), compare.png (bars with sd error bars) and compare.txt.
+    variant x rule x metric), compare.png (bars with sd error bars), compare_curves.png (the
+    training curves of every seed of each variant) and compare.txt.
 
     \b
     Statistics: each cell is the mean +- the sample sd (ddof=1) over seeds. Each variant
@@ -863,6 +872,75 @@ def compare_command(recipes, names, seeds, store, mode, out, epochs, sets, rules
     click.echo(f"compare: {len(variants)} variant(s) x {len(seed_list)} seed(s), {trained} run(s) trained now, "
                f"wrote {', '.join(p.name for p in paths.values())} to {out}")
 
+
+@main.command("reproduce")
+@click.option("--store", required=True, help="Feature store every run trains and is evaluated on (test split).")
+@click.option("--tables", default="2,3,4", show_default=True,
+              help="The RS-Net paper's tables: 2 (SGDET), 3 (SGCLS), 4 (ablations, SGDET).")
+@click.option("--seeds", default="0,1,2", show_default=True, callback=_parse_seeds,
+              help="Seeds of every variant: 0,1,2 or 0-4.")
+@click.option("--recipes", "recipe_set", default="paper", show_default=True,
+              help="Recipe set: 'paper' (full-size heads, the paper's optimiser settings, 10 epochs; for a GPU), "
+              "'small' (the tiny demo heads, for a CPU and the synthetic data) or a path (configs/reproduce/).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: OUT/MODE/VARIANT/seedK/ runs, OUT/reproduce.md/.csv/.tex/.json, tableN.png.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs of every run (default: the recipes').")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Any other recipe field for every run, YAML value; dotted keys reach into dicts.")
+@click.option("--device", default=None, help="'cpu', 'cuda', 'cuda:1' or 'auto' (default: the recipes').")
+@THREADS_OPTION
+@click.option("--estimate-only", is_flag=True, help="Print the plan and its expected time; train nothing.")
+@click.option("--no-progress", is_flag=True, help="No tqdm bars.")
+def reproduce_command(store, tables, seeds, recipe_set, out, epochs, sets, device, threads, estimate_only,
+                      no_progress) -> None:
+    """The RS-Net paper's Tables 2, 3 and 4 over seeds, beside the published figures.
+
+    \b
+    Trains and evaluates (through `compare`, resumable: a rerun trains only what is missing)
+    every variant each table needs: Table 2 STTran, STKET, DSG-DETR each without and with
+    RS-Net in SGDET; Table 3 the same in SGCLS; Table 4 STTran + RS-Net and its ablations
+    (no temporal encoder, mean token, no context fusion) in SGDET. Prints first the expected
+    time (from bench/results/train_speed.json where it measured the recipe, else documented
+    per-frame figures; it says which), then each table in the paper's layout: ours as mean +-
+    sd over seeds with [the paper's figure] beside it, and the paired differences from the
+    baseline with [the paper's gain]. Writes OUT/reproduce.md, .csv, .tex, .json, and per
+    table tableN.png and tableN_curves.png (the training curves of every seed).
+    Documented in docs/reproduce.md.
+    """
+    import torch
+
+    from stage2_relations.recipe import parse_override
+    from stage2_relations.reproduce import estimate_time, load_recipe_set, parse_tables, plan_tables, run_reproduction
+    from stage2_relations.reproduce_report import format_markdown, write_outputs
+    from store.runtime import resolve_device
+    from store.threads import resolve_threads
+
+    torch.set_num_threads(resolve_threads(threads))
+    recipes = load_recipe_set(recipe_set)
+    overrides = dict(store=store, epochs=epochs, device=device)
+    overrides.update(parse_override(s) for s in sets)
+    plan = plan_tables(parse_tables(tables), recipes, out, overrides)
+    first = plan[0][2][0].config
+    if first.device != "auto" and not estimate_only:  # an estimate for a GPU may be made without one
+        _device(first.device)
+    runs = {(folder, v.name): v for _, folder, variants in plan for v in variants}
+    estimate = estimate_time([(folder, v) for (folder, _), v in runs.items()], seeds)
+    header = [f"reproduce: tables {tables} of the RS-Net paper, recipe set {recipes.name} ({recipes.path}), "
+              f"seeds {','.join(map(str, seeds))}, store {first.store}, {resolve_device(first.device)}, "
+              f"torch threads {torch.get_num_threads()}",
+              estimate.line() + "; per-frame costs from:", *[f"  {s}" for s in estimate.sources]]
+    for line in header:
+        click.echo(line)
+    if estimate_only:
+        return
+    results = run_reproduction(plan, seeds, progress=not no_progress, echo=click.echo)
+    report = format_markdown(results, header[:1])
+    click.echo("")
+    click.echo(report)
+    paths = write_outputs(results, out, report)
+    trained = sum(r.trained_now for x in results for r in x.comparison.runs)
+    click.echo(f"reproduce: {len(results)} table(s), {len(runs)} variant(s) x {len(seeds)} seed(s), "
+               f"{trained} run(s) trained now, wrote {', '.join(p.name for p in paths.values())} to {out}")
 
 if __name__ == "__main__":
     sys.exit(main())

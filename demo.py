@@ -7,16 +7,15 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from stage1_detect.action_genome import ReaderOptions, describe, load_action_genome
 from stage1_detect.detectors import load_detector
 from stage1_detect.extract import ExtractConfig, extract
 from stage1_detect.train_detector import DetectorTrainConfig, train_detector
-from stage2_relations.compare import format_table2, table_row
 from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
-from stage2_relations.recipe import load_config
-from stage2_relations.train import train
+from stage2_relations.reproduce import load_published, load_recipe_set, only_rows, plan_tables, run_reproduction
+from stage2_relations.reproduce_report import format_markdown, write_outputs
 from store import check_store
 from store.errors import UserError
 from store.stats import stats, summary
@@ -25,9 +24,12 @@ from synth import SynthConfig, generate_synthetic_ag
 
 
 def run_demo(out: Path, *, videos: int = 80, seed: int = 0, detector_epochs: int = 8, device: str = "cpu",
+             seeds: Sequence[int] = (0, 1, 2), epochs: int | None = None,
              echo: Callable[[str], None] = print) -> None:
     """Run every step into the folder ``out`` (``ag/``, ``detector/``, ``store.h5``, ``runs/``),
-    printing one line or table per step through ``echo``. ``device`` is resolved ('cpu', 'cuda')."""
+    printing one line or table per step through ``echo``. ``device`` is resolved ('cpu', 'cuda');
+    ``seed`` drives the data and the detector, ``seeds`` the relation heads (STTran and
+    STTran + RS-Net, each over every seed), ``epochs`` their epochs (None: the recipes')."""
     started = time.time()
     root = out / "ag"
     synth_summary = generate_synthetic_ag(root, SynthConfig(videos=videos, seed=seed))
@@ -59,23 +61,28 @@ def run_demo(out: Path, *, videos: int = 80, seed: int = 0, detector_epochs: int
     echo("[5/7] store check ok; statistics:")
     echo(summary(stats(store_path)))
 
-    runs = {}
-    for name, recipe in (("STTran", "demo_sttran.yaml"), ("STTran + RS-Net", "demo_sttran_rsnet.yaml")):
-        run_dir = out / "runs" / recipe.removesuffix(".yaml")
-        shutil.rmtree(run_dir, ignore_errors=True)  # the demo's own run: start it afresh
-        cfg = load_config(Path(__file__).parent / "configs" / recipe,
-                          {"store": str(store_path), "seed": seed, "device": device})
-        result = train(cfg, run_dir, progress=False, echo=lambda line: None)
-        runs[name] = run_dir
-        echo(f"[6/7] trained {name} ({cfg.mode.upper()}, {len(result['history'])} epochs, "
-             f"{result['parameters'] / 1e6:.2f} M parameters): best val R@20 {100 * result['best_r20']:.1f}")
-    rows = []
-    for name, run_dir in runs.items():
-        echo(f"[7/7] {name}, test split:")
-        rows.append(table_row(name, evaluate_checkpoint(run_dir=run_dir, split="test", device=device, echo=echo)))
-    echo(format_table2(rows, reference="STTran",
-                       title="SGDET, test split, with constraint (as the RS-Net paper's Table 2; one seed: "
-                             "an anecdote, see `cli.py compare` for seeds)"))
+    # [6/7] and [7/7]: Table 2's STTran rows over seeds, through `reproduce` (compare's runs)
+    run_root = out / "runs"
+    shutil.rmtree(run_root, ignore_errors=True)  # runs of an older store must not be reused
+    table = only_rows(load_published()[2], ("sttran", "sttran_rsnet"))
+    overrides = {"store": str(store_path), "device": device, "epochs": epochs}
+    plan = plan_tables([2], load_recipe_set("small"), run_root, overrides, published={2: table})
+    t0 = time.time()
+
+    def progress(line: str) -> None:  # one line per run: the rest is in each run folder
+        if " trained " in line:
+            echo("[6/7] " + line.removeprefix("[Table 2] "))
+
+    results = run_reproduction(plan, seeds, progress=False, echo=progress)
+    echo(f"[6/7] trained and evaluated {len(plan[0][2])} variants x {len(seeds)} seeds in "
+         f"{(time.time() - t0) / 60:.1f} min -> {plan[0][1]}")
+    report = format_markdown(results, ["SGDET, the tiny demo recipes (configs/demo_sttran*.yaml, "
+                                       f"{plan[0][2][0].config.epochs} epochs); `cli.py reproduce` for every table"])
+    paths = write_outputs(results, run_root, report)
+    echo(f"[7/7] {report}(and {', '.join(p.name for p in paths.values())} in {run_root})")
+    # the page: the first seed's runs of both variants
+    runs = {name: plan[0][1] / variant / f"seed{seeds[0]}"
+            for name, variant in (("STTran", "sttran"), ("STTran + RS-Net", "sttran_rsnet"))}
     write_demo_page(out, runs, detector=out / "detector" / "detector.pth", device=device, echo=echo)
     echo(f"demo finished in {(time.time() - started) / 60:.1f} min")
 
@@ -95,9 +102,10 @@ def write_demo_page(out: Path, runs: dict[str, Path], *, detector: Path, videos:
     shutil.rmtree(view, ignore_errors=True)  # made afresh from this demo's runs
     shown = []
     for name, run_dir in runs.items():
-        path = view / f"{run_dir.name}_test.npz"
+        tag = f"{run_dir.parent.name}_{run_dir.name}"  # variant_seedK
+        path = view / f"{tag}_test.npz"
         evaluate_checkpoint(run_dir=run_dir, split="test", max_videos=videos, save_predictions=path,
-                            out_dir=view / "eval" / run_dir.name, device=device, echo=lambda line: None,
+                            out_dir=view / "eval" / tag, device=device, echo=lambda line: None,
                             num_frames_png=0)
         shown.append(load_run(path, name))
     first = shown[0].documents[0]["video"]

@@ -1,12 +1,14 @@
 """The report of a comparison (:mod:`stage2_relations.compare`): the printed tables, and the
 files ``compare.json`` (every run and aggregate), ``compare.csv`` (one row per variant x rule x
-metric), ``compare.png`` (bars with sd error bars) and ``compare.txt``.
+metric), ``compare.png`` (bars with sd error bars), ``compare_curves.png`` (the training curves
+of every seed of each variant, from the runs' ``log.json``) and ``compare.txt``.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -108,6 +110,15 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
     }
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """A matplotlib figure as a PNG at ``path`` after ``tight_layout``, written whole or not at all."""
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format="png")
+    return path
+
+
 def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
     """Grouped bars (percent) with sd error bars: one panel per rule and constraint, one group
     per metric, one bar per variant; matplotlib's Agg canvas."""
@@ -136,15 +147,58 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
         ax.set_ylabel("%")
         ax.set_title(f"{con} constraint, object scores {rule}: mean +- sd over seeds {','.join(map(str, c.seeds))}")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_write(path) as fh:
-        fig.savefig(fh, format="png")
-    return path
+    return save_figure(fig, path)
+
+
+CURVES = (("loss_total", "training loss (total)"), ("lr", "learning rate"), ("val_R@20", "validation R@20 (with), %"))
+"""The panels of :func:`plot_curves`: a key of a run's log.json rows and its title."""
+
+
+def run_histories(comparison: Comparison) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """``{variant: {seed: log.json rows}}`` of every run of the comparison (a run without a
+    readable log.json is left out)."""
+    out: dict[str, dict[int, list[dict[str, Any]]]] = {v.name: {} for v in comparison.variants}
+    for r in comparison.runs:
+        try:
+            out[r.variant][r.seed] = json.loads((Path(r.run_dir) / "log.json").read_text())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def plot_curves(comparison: Comparison, path: str | Path) -> Path:
+    """Training curves, one row of panels per variant (total loss, learning rate, validation
+    R@20 in percent, each against the epoch), one line per seed, so that the seeds of a variant
+    are seen together; matplotlib's Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    histories = run_histories(comparison)
+    fig = Figure(figsize=(12, 2.6 * len(histories) + 0.4), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, (variant, by_seed) in enumerate(histories.items()):
+        for j, (key, title) in enumerate(CURVES):
+            ax = fig.add_subplot(len(histories), len(CURVES), i * len(CURVES) + j + 1)
+            for seed, rows in sorted(by_seed.items()):
+                points = [(row["epoch"], row[key]) for row in rows if key in row]
+                if points:
+                    e, v = zip(*points)
+                    ax.plot(e, [100 * x for x in v] if key.startswith("val_") else v, marker=".",
+                            label=f"seed {seed}")
+            if key == "lr":
+                ax.set_yscale("log")
+            ax.set_title(f"{variant}: {title}", fontsize=9)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if ax.lines:
+                ax.legend(fontsize=7)
+    return save_figure(fig, path)
 
 
 def write_outputs(comparison: Comparison, out_dir: str | Path, report: str | None = None) -> dict[str, Path]:
-    """compare.json, compare.csv, compare.png and compare.txt (the printed report) in ``out_dir``."""
+    """compare.json, compare.csv, compare.png, compare_curves.png and compare.txt (the printed
+    report) in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / f"compare.{name}" for name in ("json", "csv", "png", "txt")}
@@ -155,8 +209,10 @@ def write_outputs(comparison: Comparison, out_dir: str | Path, report: str | Non
         w.writeheader()
         w.writerows(rows)
     plot_comparison(comparison, paths["png"])
+    paths["curves"] = plot_curves(comparison, out / "compare_curves.png")
     write_text(paths["txt"], (report if report is not None else format_report(comparison)) + "\n")
     return paths
 
 
-__all__ = ["csv_rows", "format_report", "plot_comparison", "to_json", "write_outputs"]
+__all__ = ["csv_rows", "format_report", "plot_comparison", "plot_curves", "run_histories", "save_figure", "to_json",
+           "write_outputs"]

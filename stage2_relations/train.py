@@ -3,7 +3,9 @@
 A plain loop (:func:`train_one_epoch` / :func:`~stage2_relations.evaluation.predict.score_model`):
 loss dict -> sum -> finite check -> backward -> clip -> AdamW step. The learning rate follows
 ReduceLROnPlateau on the **validation** split's R@20 (with constraint). Every epoch writes
-``log.csv`` / ``log.json`` and ``last.pth``; the best validation R@20 also ``best.pth``.
+``log.csv`` / ``log.json`` and ``last.pth``; the best validation R@20 also ``best.pth``; with the
+optional ``tensorboard`` package also event files in ``tensorboard/``
+(:mod:`stage2_relations.tensorboard_log`).
 
 Exact resume: the video order of epoch e is a permutation from (seed, e), the negatives of a
 video are drawn from (seed, e, video), and the torch RNG (dropout) is reseeded from (seed, e)
@@ -45,6 +47,7 @@ from stage2_relations.checkpoints import build_from_config, check_run_store, rea
 from stage2_relations.data import Collator, VideoDataset, epoch_order
 from stage2_relations.heads import count_parameters, head_class
 from stage2_relations.recipe import BUILD_ERRORS, RESUME_MAY_CHANGE, TrainConfig, check_config, check_run_inputs
+from stage2_relations.tensorboard_log import TensorBoardLog
 from store import StoreError, open_store
 from store.errors import ConfigError, InputError, NonFiniteError, UserError, load_yaml_mapping
 from store.files import WriterLock, atomic_write, copy_file, describe_os_error, die_with_parent, write_json, write_text
@@ -367,6 +370,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
              f"{threads} threads"
              + (f"; resuming at epoch {start_epoch + 1} of {cfg.epochs}" if ckpt is not None else ""))
 
+    board = TensorBoardLog(out_dir, first_epoch=start_epoch + 1, enabled=is_main, echo=echo)  # optional event files
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         torch.manual_seed(epoch_seed(cfg.seed, epoch))
@@ -402,6 +406,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
                     "config": cfg.to_dict(), "provenance": prov, "parameters": n_params, "derived": derived,
                     "store": store_id}
             _save_epoch(out_dir, ckpt, history, improved)
+            board.epoch(row)
             vtxt = (f"val R@10/20/50 {100 * val['val_R@10']:.1f}/{100 * val['val_R@20']:.1f}/{100 * val['val_R@50']:.1f}"
                     if val else "no val split")
             echo(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['total']:.4f}  {vtxt}  lr {row['lr']:.2e}  "
@@ -410,6 +415,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
             import torch.distributed as dist
 
             dist.barrier()
+    board.close()
     return {"history": history, "best_r20": best, "parameters": n_params}
 
 

@@ -74,8 +74,12 @@ def test_mode_choices_come_from_mode():
 
 @pytest.mark.slow
 def test_demo_runs_the_pipeline(tmp_path):
-    out = run("demo", "--out", tmp_path / "demo", "--videos", "6", "--detector-epochs", "1", "--device", "cpu")
-    assert "[5/7] store check ok" in out and "[7/7] STTran + RS-Net, test split:" in out
+    out = run("demo", "--out", tmp_path / "demo", "--videos", "6", "--detector-epochs", "1", "--device", "cpu",
+              "--seeds", "0,1", "--epochs", "1")
+    assert "[5/7] store check ok" in out and "[6/7] trained and evaluated 2 variants x 2 seeds" in out
+    # the Table 2 rows over the seeds, the paper's figures beside, the paired difference
+    assert "[7/7] " in out and "| STTran† [1]" in out and "[25.1]" in out and "| Δ vs sttran" in out
+    assert (tmp_path / "demo" / "runs" / "sgdet" / "sttran_rsnet" / "seed1" / "last.pth").exists()
     assert (tmp_path / "demo" / "view" / "page" / "index.html").as_uri() in out
     store = open_store(tmp_path / "demo" / "store.h5")
     # 6 videos: the reader keeps those with 3 or more frames, split 10% train -> val.
