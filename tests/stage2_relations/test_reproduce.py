@@ -21,6 +21,7 @@ from stage2_relations.reproduce import (RUN_OVERHEAD_S, VARIANTS, Estimate, esti
                                         load_recipe_set, only_rows, parse_tables, plan_tables, table_rows)
 from stage2_relations.reproduce_report import csv_rows, format_latex, format_markdown, paper_gain
 from store.errors import ConfigError
+from store.reader import store_location
 from tests.helpers.stage2 import TINY_HEADS, TINY_RSNET, one_thread
 from tests.stage2_relations.test_compare import write_store_with_test
 
@@ -59,7 +60,7 @@ def test_every_table_variant_resolves_with_its_mode_and_ablation_option(set_name
     for table, folder, variants in plan:
         assert folder == tmp_path / table.mode
         for v in variants:
-            assert v.config.mode == table.mode and v.config.store == "unused.h5"
+            assert v.config.mode == table.mode and v.config.store == store_location("unused.h5")  # absolute: one store
             assert v.recipe == str(recipes.recipes[VARIANTS[v.name].recipe])
             if table.number == 4:
                 rsnet[v.name] = (v.config.rsnet["temporal_token"] if "temporal_token" in v.config.rsnet
