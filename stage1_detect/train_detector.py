@@ -37,7 +37,7 @@ from stage1_detect.detectors import (
     save_detector,
 )
 from stage1_detect.frames import FrameSource, open_frame_source
-from store.errors import ConfigError, InputError, at_least, between, check_fields, load_yaml_mapping, one_of, positive
+from store.errors import ConfigError, InputError, NonFiniteError, at_least, between, check_fields, load_yaml_mapping, one_of, positive
 from store.files import WriterLock, atomic_write, write_json, write_text
 from store.torch_files import load_torch, save_torch
 from store.run_folder import claim_run_folder
@@ -283,9 +283,11 @@ def _train_detector(root: Path | str, out: Path, cfg: DetectorTrainConfig, *, de
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
             losses = detector(images, targets)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {step}: "
-                                         f"{ {k: float(v) for k, v in losses.items()} }")
+            if not torch.isfinite(loss):  # one line naming where, as stage 2's trainer says it
+                terms = ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
+                raise NonFiniteError(f"{out}: the detector's loss is not finite at epoch {epoch + 1}, step {step + 1} "
+                                     f"({terms}): NaN in the frames or weights, or a learning rate ({cfg.lr:g}) "
+                                     f"that blows the weights up; nothing of this epoch was saved")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -98,3 +98,20 @@ def test_resume_gives_the_same_weights(ag, tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="stage1_detect.train_detector"):
         train_detector(ag, tmp_path / "resumed", CFG, resume=True, progress=False)  # nothing left to train
     assert "resuming a 5-epoch run with epochs=2: the learning-rate schedule changes" in caplog.text
+
+
+def test_a_non_finite_loss_is_one_line_naming_epoch_and_step(ag, tmp_path, monkeypatch):
+    from store.errors import NonFiniteError
+
+    def nan_detector(arch, settings):  # the real detector with one NaN weight: every loss is NaN
+        detector = build_detector(arch, settings)
+        with torch.no_grad():
+            detector.model.backbone.body[0].weight.view(-1)[0] = float("nan")
+        return detector
+
+    monkeypatch.setattr(td, "build_detector", nan_detector)
+    with pytest.raises(NonFiniteError) as e:
+        train_detector(ag, tmp_path / "nan", CFG, progress=False)
+    line = str(e.value)
+    assert "\n" not in line and "not finite at epoch 1, step 1" in line and str(tmp_path / "nan") in line
+    assert not (tmp_path / "nan" / "last.pth").exists()  # nothing of the epoch saved
