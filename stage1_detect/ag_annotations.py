@@ -37,10 +37,12 @@ PICKLE_GLOBALS = frozenset({
     (module, name)
     for module in ("numpy.core.multiarray", "numpy._core.multiarray")
     for name in ("_reconstruct", "scalar")
-} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("builtins", "bytes"),
+} | {("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+     ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("builtins", "bytes"),
      ("__builtin__", "bytes")})
-"""The only globals an annotation pickle may name: numpy's array, dtype and scalar reconstruction,
-and ``_codecs.encode`` and ``bytes``, which pickle protocol 2 uses to rebuild bytes (an array's data)."""
+"""The only globals an annotation pickle may name: numpy's array, dtype and scalar reconstruction
+(``_frombuffer`` for pickle protocol 5, Python 3.14's default), and ``_codecs.encode`` and
+``bytes``, which pickle protocol 2 uses to rebuild bytes (an array's data)."""
 
 
 class AnnotationUnpickler(pickle.Unpickler):

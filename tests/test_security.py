@@ -212,8 +212,10 @@ def test_a_crafted_annotation_pickle_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_real_annotation_pickles_load(ag_root):
-    """What AG's pickles hold (dicts, lists, tuples, numpy arrays and scalars) still loads."""
+@pytest.mark.parametrize("protocol", [2, 4, 5])  # 5: numpy rebuilds arrays with _frombuffer
+def test_real_annotation_pickles_load(ag_root, protocol):
+    """What AG's pickles hold (dicts, lists, tuples, numpy arrays and scalars) still loads, in
+    the protocols a user's re-saved file may have."""
     import numpy as np
 
     before = load_action_genome(ag_root).summary()
@@ -222,7 +224,7 @@ def test_real_annotation_pickles_load(ag_root):
     first = next(iter(data))
     data[first]["bbox_score"] = np.float32(0.9)  # a numpy scalar, as AG's detector scores are
     data[first]["keypoints"] = np.zeros((1, 17, 3), np.float32)
-    person.write_bytes(pickle.dumps(data, protocol=2))
+    person.write_bytes(pickle.dumps(data, protocol=protocol))
     assert load_action_genome(ag_root).summary() == before
 
 
