@@ -53,8 +53,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from stage1_detect.action_genome import (FRAME_LIST_FILE, OBJECT_FILE, PERSON_FILE, ReaderOptions, VideoAnnotation,
-                                         load_action_genome)
+from stage1_detect.action_genome import (FRAME_LIST_FILE, OBJECT_FILE, OBJECT_FILE_SMALL, PERSON_FILE, ReaderOptions,
+                                         VideoAnnotation, load_action_genome)
 from stage1_detect.detection_step import sttran_positions
 from stage1_detect.frame_detector import FrameDetector
 from stage1_detect.frames import FrameError, FrameSource, open_frame_source
@@ -227,12 +227,13 @@ def video_record(video: VideoAnnotation, images: Sequence[np.ndarray], detector:
 
 def annotations_sha256(root: Path) -> str:
     """Which dataset a store is made from, wherever it is mounted: sha256 over the sha256 of its
-    frame list and its person and object pickles. A store records it; ``detect`` refuses to
+    frame list, its person and object pickles and the ``_filtersmall`` one (the stored ``small``
+    flags and STTran's chunk positions come from it). A store records it; ``detect`` refuses to
     continue a store made from another dataset (:class:`~store.writer.StoreWriter`)."""
     import hashlib
 
     parts = [sha256_of(root / name) if (root / name).is_file() else "-"
-             for name in (FRAME_LIST_FILE, PERSON_FILE, OBJECT_FILE)]
+             for name in (FRAME_LIST_FILE, PERSON_FILE, OBJECT_FILE, OBJECT_FILE_SMALL)]
     return hashlib.sha256(" ".join(parts).encode()).hexdigest()
 
 
