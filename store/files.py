@@ -207,7 +207,7 @@ class WriterLock:
         while True:
             fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock_exclusive(fd)
             except OSError as e:
                 holder = _read_state(fd)
                 os.close(fd)
@@ -294,6 +294,22 @@ class WriterLock:
         d = dict(self.__dict__)
         d["_fd"] = None
         return d
+
+
+def _flock_exclusive(fd: int, tries: int = 20, pause: float = 0.01) -> None:
+    """``LOCK_EX | LOCK_NB``, tried again for a moment: a reader's :func:`lock_holder` holds a
+    shared lock for an instant, which must not make a starting writer fail. A lock still held
+    after ``tries`` is another writer's (the caller's OSError)."""
+    import time
+
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK) or attempt == tries - 1:
+                raise
+            time.sleep(pause)
 
 
 def lock_holder(lock_file: Path | str) -> dict[str, Any] | None:

@@ -122,3 +122,28 @@ def test_die_with_parent_exits_a_worker_whose_parent_is_already_gone():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 1 and "survived" not in out.stdout and not out.stderr, out.stderr
+
+
+def test_a_readers_instant_shared_lock_does_not_fail_a_starting_writer(tmp_path):
+    """`open_store` asks `lock_holder` whether a writer is active by taking a shared lock for an
+    instant; a writer starting in that instant waits for it instead of failing."""
+    import fcntl
+    import threading
+
+    lock_file = tmp_path / ".rank0.lock"
+    lock_file.write_text("{}")
+    reader = os.open(lock_file, os.O_RDONLY)
+    fcntl.flock(reader, fcntl.LOCK_SH)  # the reader's instant, made 50 ms long
+    threading.Timer(0.05, lambda: fcntl.flock(reader, fcntl.LOCK_UN)).start()
+    try:
+        lock = WriterLock(lock_file, folder=tmp_path, what="part 'rank0' is being written").acquire()
+        lock.release()
+    finally:
+        os.close(reader)
+    # A lock held for longer is another writer's: refused, naming it.
+    holder = WriterLock(lock_file, folder=tmp_path, what="part 'rank0' is being written").acquire()
+    try:
+        with pytest.raises(LockedError, match="is being written by another process"):
+            WriterLock(lock_file, folder=tmp_path, what="part 'rank0' is being written").acquire()
+    finally:
+        holder.release()
