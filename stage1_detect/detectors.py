@@ -230,7 +230,8 @@ class Detector(FrameDetector):
             features = OrderedDict([("0", features)])
         t = self.model.transform
         # The scale both transforms resize by (LegacyTransform: cv2's fx = fy; torchvision's:
-        # interpolate's scale_factor), as STTran's prep_im_for_blob: 600 / short side, uncapped.
+        # interpolate's scale_factor): min_size / short side, capped by max_size / long side
+        # (no cap in the AG checkpoint's settings: STTran's prep_im_for_blob, 600 / short side).
         scales = [min(float(t.min_size[-1]) / min(h, w), float(t.max_size) / max(h, w)) for h, w in original_sizes]
         return FeatureMaps(features=features, batch=batch.tensors, image_sizes=list(batch.image_sizes),
                            original_sizes=original_sizes, scales=scales, box_scale=self.settings.box_scale)

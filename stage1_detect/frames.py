@@ -349,6 +349,8 @@ class Mp4Frames(FrameSource):
         last = max(wanted, default=0) if wanted is not None else math.inf
         try:
             with av.open(str(path)) as container:  # the packets' timestamps first: no decoding
+                if not container.streams.video:
+                    raise FrameError(path, "has no video stream")
                 stream = container.streams.video[0]
                 packets = [(p.pts, p.dts) for p in container.demux(stream) if p.pts is not None and p.dts is not None]
                 codec_rate = stream.codec_context.framerate
@@ -370,9 +372,9 @@ class Mp4Frames(FrameSource):
                         break
         except FileNotFoundError:
             raise FrameError(path, "missing video") from None
-        except IndexError:
-            raise FrameError(path, "has no video stream") from None
-        except Exception as e:  # PyAV raises several types for a damaged file
+        except FrameError:
+            raise
+        except (av.error.FFmpegError, OSError, ValueError, EOFError, RuntimeError) as e:  # PyAV on a damaged file
             # An error midway loses the pictures after it, and which picture a number shows
             # depends on every timestamp before it: nothing of a damaged video is trusted.
             raise FrameError(path, f"undecodable video: {e}") from e

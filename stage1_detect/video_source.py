@@ -61,6 +61,9 @@ class _FrameFolder(PngFrames):
         folder, suffix = self.folders[video]
         return folder / f"{number:06d}{suffix}"
 
+    def available(self, video: str) -> bool:
+        return video in self.folders and self.folders[video][0].is_dir()
+
 
 class LooseVideos(FrameSource):
     """The frame source of videos found by :func:`find_videos`: mp4 files and frame folders,
