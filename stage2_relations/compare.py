@@ -50,7 +50,7 @@ from stage2_relations.evaluation.seeds import (EVAL_METRICS, MEAN_RECALL, Aggreg
                                                parse_seeds, summarize, table_row)
 from stage2_relations.recipe import RESUME_MAY_CHANGE, TrainConfig, check_run_inputs, load_config
 from stage2_relations.checkpoints import load_checkpoint, read_checkpoint, run_checkpoint
-from stage2_relations.train import train
+from stage2_relations.train import config_differences, train
 from stage2_relations.views import OBJECT_SCORES, ViewOptions
 from store.errors import ConfigError, InputError, UserError, load_yaml_mapping
 from store.files import sha256_of, write_json
@@ -203,12 +203,6 @@ def check_variants(variants: Sequence[Variant]) -> None:
         st.close()
 
 
-def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields that must match for a run folder to be reused: all but those ``train --resume``
-    lets change (:data:`~stage2_relations.recipe.RESUME_MAY_CHANGE`: device, threads, more epochs ...)."""
-    return {k: v for k, v in config.items() if k not in RESUME_MAY_CHANGE}
-
-
 def run_state(cfg: TrainConfig, run_dir: Path, *, trust: bool = False) -> dict[str, Any]:
     """What a run folder holds: {'epochs': completed epochs (0: none), 'best_r20', 'history'}.
     Raises :class:`RunMismatch`, naming the folder and the differing fields, when its saved
@@ -222,12 +216,10 @@ def run_state(cfg: TrainConfig, run_dir: Path, *, trust: bool = False) -> dict[s
         saved = ckpt["config"]
     if (run_dir / "config.yaml").exists():
         saved = load_yaml_mapping(run_dir / "config.yaml")
-    if saved is not None:
-        want, have = _comparable(cfg.to_dict()), _comparable(saved)
-        if want != have:
-            keys = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-            detail = "; ".join(f"{k}: saved {have.get(k)!r}, requested {want.get(k)!r}" for k in keys)
-            raise RunMismatch(f"{run_dir} holds a run of another config ({detail}); "
+    if saved is not None:  # train --resume's own rule (one store, relative or absolute; defaults)
+        differences = config_differences(saved, cfg, ignore=RESUME_MAY_CHANGE)
+        if differences:
+            raise RunMismatch(f"{run_dir} holds a run of another config ({'; '.join(differences)}); "
                               f"remove the folder or use another --out")
     if ckpt is None:
         return {"epochs": 0, "best_r20": None, "history": []}

@@ -178,8 +178,20 @@ def test_compare_allows_more_epochs_as_train_resume_does(trained):
 def test_compare_refuses_a_run_of_another_store(trained, tmp_path):
     store, run = trained
     other = _store(tmp_path / "other.h5", seed=3)
-    with pytest.raises(RunMismatch, match="store: saved"):
+    with pytest.raises(RunMismatch, match="store: run"):
         run_state(_cfg(other), run)
+
+
+def test_compare_takes_a_relative_and_an_absolute_store_as_one(trained, monkeypatch):
+    """compare's reuse rule is train --resume's (`config_differences`): a run folder whose
+    config names its store relative (runs made before stores were recorded absolute) is the
+    same run when compare is given the absolute path, and the other way round."""
+    store, run = trained
+    monkeypatch.chdir(store.parent)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace(str(store), store.name))
+    assert run_state(_cfg(store), run)["epochs"] == 1  # saved relative, asked absolute
+    assert run_state(_cfg(store.name), run)["epochs"] == 1  # and the other way
 
 
 # --- detect and the dataset a store was made from --------------------------------------------

@@ -281,7 +281,7 @@ def test_compare_end_to_end(tmp_path, monkeypatch):
 
     # 4. a changed config in an existing run folder is refused, naming the folder, before any training
     r3 = _invoke(*args, "--set", "lr=0.5")
-    assert r3.exit_code == 1 and str(out / "STTran" / "seed0") in r3.output and "lr: saved 0.003" in r3.output
+    assert r3.exit_code == 1 and str(out / "STTran" / "seed0") in r3.output and "lr: run 0.003, now 0.5" in r3.output
     assert calls == {"train": [], "eval": 0, "last_eval": None}
     # ... but another device is the same run
     r4 = _invoke(*args[:-1], "auto")
