@@ -714,7 +714,7 @@ def predict_command(videos, run_dir, weights, arch, backend, d2_config, class_ma
     under the with constraint; schema in OUT/scene_graphs.schema.json, docs/predict.md) and
     OUT/VIDEO.csv (one row per triplet). A temporal head sees the predicted frames as the
     video: other frames, other context; --frames with a video's annotated frames gives
-    exactly what `eval` scores. `cli.py view OUT` draws them.
+    exactly what `eval` scores. `cli.py view OUT --out PAGE` draws them.
     """
     from stage1_detect.extract import ExtractConfig
     from stage1_detect.video_source import FrameSelection, detect_videos, find_videos
@@ -910,9 +910,9 @@ def reproduce_command(store, tables, seeds, recipe_set, out, epochs, sets, devic
     import torch
 
     from stage2_relations.recipe import parse_override
-    from stage2_relations.reproduce import estimate_time, load_recipe_set, parse_tables, plan_tables, run_reproduction
+    from stage2_relations.reproduce import (device_kind, estimate_time, load_recipe_set, parse_tables, plan_tables,
+                                            run_reproduction)
     from stage2_relations.reproduce_report import format_markdown, write_outputs
-    from store.runtime import resolve_device
     from store.threads import resolve_threads
 
     torch.set_num_threads(resolve_threads(threads))
@@ -926,7 +926,7 @@ def reproduce_command(store, tables, seeds, recipe_set, out, epochs, sets, devic
     runs = {(folder, v.name): v for _, folder, variants in plan for v in variants}
     estimate = estimate_time([(folder, v) for (folder, _), v in runs.items()], seeds)
     header = [f"reproduce: tables {tables} of the RS-Net paper, recipe set {recipes.name} ({recipes.path}), "
-              f"seeds {','.join(map(str, seeds))}, store {first.store}, {resolve_device(first.device)}, "
+              f"seeds {','.join(map(str, seeds))}, store {first.store}, device {device_kind(first.device)}, "
               f"torch threads {torch.get_num_threads()}",
               estimate.line() + "; per-frame costs from:", *[f"  {s}" for s in estimate.sources]]
     for line in header:

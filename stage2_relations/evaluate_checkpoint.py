@@ -32,8 +32,8 @@ def eval_view_options(cfg, mode: Mode, *, sgdet_boxes: str | None = None,
                       object_scores: str | None = None) -> ViewOptions:
     """The view a checkpoint of recipe ``cfg`` (a :class:`~stage2_relations.recipe.TrainConfig`)
     is evaluated on in ``mode``: the recipe's, no negatives, with ``sgdet_boxes`` and
-    ``object_scores`` when given. The ``detector`` rule (SGDET only) takes STTran's test boxes
-    unless ``sgdet_boxes`` names others. Raises ConfigError for a view the head cannot use."""
+    ``object_scores`` when given. The ``detector`` rule (SGDET only) takes STTran's test boxes,
+    always (another ``sgdet_boxes`` is refused). Raises ConfigError for a view the head cannot use."""
     rule = object_scores or cfg.object_scores
     if rule == "detector" and mode is not Mode.SGDET:
         raise ConfigError(f"object-scores rule 'detector' is an SGDET rule, not {mode.value}")
@@ -43,8 +43,9 @@ def eval_view_options(cfg, mode: Mode, *, sgdet_boxes: str | None = None,
     options = dataclasses.replace(cfg.view_options(), negatives=False, **changes)
     required = head_class(cfg.head).required_view_options(rule)  # DSG-DETR: the pair pool, raw SGDET boxes
     if mode is Mode.SGDET and required.get("sgdet_boxes", options.sgdet_boxes) != options.sgdet_boxes:
-        raise ConfigError(f"head {cfg.head!r} rebuilds the SGDET test boxes from the stored detections: "
-                          f"it needs sgdet_boxes {required['sgdet_boxes']!r}, not {options.sgdet_boxes!r}")
+        why = ("the detector rule scores STTran's test boxes" if rule == "detector"
+               else f"head {cfg.head!r} rebuilds the SGDET test boxes from the stored detections")
+        raise ConfigError(f"{why}: it needs sgdet_boxes {required['sgdet_boxes']!r}, not {options.sgdet_boxes!r}")
     return options
 
 

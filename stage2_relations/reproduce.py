@@ -280,6 +280,16 @@ def step_cost(variant: Variant, device_type: str, bench: Mapping[str, Any] | Non
     return cost, source
 
 
+def device_kind(device: str) -> str:
+    """'cpu' or 'cuda' for a ``--device`` as written, without needing that device here (an
+    estimate for a GPU is made on a machine without one); 'auto' is this machine's."""
+    if device == "auto":
+        from store.runtime import resolve_device
+
+        return resolve_device(device).type
+    return device.split(":")[0]
+
+
 def estimate_time(plan: Sequence[tuple[Path, Variant]], seeds: Sequence[int],
                   bench_path: str | Path | None = BENCH_TRAIN_SPEED) -> Estimate:
     """Expected seconds of training and evaluating every (run folder parent, variant) x seed:
@@ -287,8 +297,6 @@ def estimate_time(plan: Sequence[tuple[Path, Variant]], seeds: Sequence[int],
     :data:`EVAL_FRACTION` of it, and per run the test frames once (twice with RS-Net's p_t0) plus
     :data:`RUN_OVERHEAD_S`.
     A run whose ``last.pth`` holds some epochs counts only the rest as remaining."""
-    from store.runtime import resolve_device
-
     bench = None
     if bench_path is not None and Path(bench_path).is_file():
         try:
@@ -301,8 +309,10 @@ def estimate_time(plan: Sequence[tuple[Path, Variant]], seeds: Sequence[int],
     sources: dict[str, str] = {}
     for parent, variant in plan:
         cfg = variant.config
-        frames = frames_of.setdefault(cfg.store, _split_frames(cfg.store))
-        cost, source = step_cost(variant, resolve_device(cfg.device).type, bench)
+        if cfg.store not in frames_of:
+            frames_of[cfg.store] = _split_frames(cfg.store)
+        frames = frames_of[cfg.store]
+        cost, source = step_cost(variant, device_kind(cfg.device), bench)
         sources[Path(variant.recipe or variant.name).name] = source
         epoch = cost * (frames.get(cfg.train_split, 0) + EVAL_FRACTION * frames.get(cfg.val_split, 0))
         test = cost * EVAL_FRACTION * frames.get("test", 0) * (2 if variant.rsnet else 1) + RUN_OVERHEAD_S

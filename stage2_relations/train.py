@@ -371,51 +371,53 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
              + (f"; resuming at epoch {start_epoch + 1} of {cfg.epochs}" if ckpt is not None else ""))
 
     board = TensorBoardLog(out_dir, first_epoch=start_epoch + 1, enabled=is_main, echo=echo)  # optional event files
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        torch.manual_seed(epoch_seed(cfg.seed, epoch))
-        train_ds.set_epoch(epoch)
-        order = epoch_order(len(train_ds), cfg.seed, epoch, rank=rank, world_size=world)
-        loader = make_loader(train_ds, order, cfg, True, device)
-        stats = train_one_epoch(net, model.loss, loader, optimizer, device=device, grad_clip=cfg.grad_clip,
-                                progress=progress and is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}", epoch=epoch + 1)
-        val: dict[str, float] = {}
-        if is_main and val_ds is not None:
-            results, _, _, speed = score_model(model, val_ds, device=device, constraints=("with",),
-                                                videos_per_batch=cfg.videos_per_batch)
-            r = results["with"] if "with" in results else next(iter(results.values()))
-            val = {f"val_R@{k}": float(r.recall[k]) for k in (10, 20, 50)}
-            val["val_fps"] = speed["fps"]
-        r20 = epoch_score({"loss_total": stats["total"], **val})
-        if distributed:
-            import torch.distributed as dist
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            torch.manual_seed(epoch_seed(cfg.seed, epoch))
+            train_ds.set_epoch(epoch)
+            order = epoch_order(len(train_ds), cfg.seed, epoch, rank=rank, world_size=world)
+            loader = make_loader(train_ds, order, cfg, True, device)
+            stats = train_one_epoch(net, model.loss, loader, optimizer, device=device, grad_clip=cfg.grad_clip,
+                                    progress=progress and is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}", epoch=epoch + 1)
+            val: dict[str, float] = {}
+            if is_main and val_ds is not None:
+                results, _, _, speed = score_model(model, val_ds, device=device, constraints=("with",),
+                                                    videos_per_batch=cfg.videos_per_batch)
+                r = results["with"] if "with" in results else next(iter(results.values()))
+                val = {f"val_R@{k}": float(r.recall[k]) for k in (10, 20, 50)}
+                val["val_fps"] = speed["fps"]
+            r20 = epoch_score({"loss_total": stats["total"], **val})
+            if distributed:
+                import torch.distributed as dist
 
-            box = [r20]
-            dist.broadcast_object_list(box, src=0)
-            r20 = box[0]
-        scheduler.step(r20)
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **{f"loss_{k}": v for k, v in stats.items()
-                                                                            if k != "train_fps"},
-               "train_fps": stats["train_fps"], **val, "time_s": time.perf_counter() - t0, "threads": threads}
-        history.append(row)
-        improved = r20 > best
-        best = max(best, r20)
-        if is_main:
-            ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best_r20": best,
-                    "config": cfg.to_dict(), "provenance": prov, "parameters": n_params, "derived": derived,
-                    "store": store_id}
-            _save_epoch(out_dir, ckpt, history, improved)
-            board.epoch(row)
-            vtxt = (f"val R@10/20/50 {100 * val['val_R@10']:.1f}/{100 * val['val_R@20']:.1f}/{100 * val['val_R@50']:.1f}"
-                    if val else "no val split")
-            echo(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['total']:.4f}  {vtxt}  lr {row['lr']:.2e}  "
-                 f"{stats['train_fps']:.0f} frames/s  {row['time_s']:.1f}s")
-        if distributed:
-            import torch.distributed as dist
+                box = [r20]
+                dist.broadcast_object_list(box, src=0)
+                r20 = box[0]
+            scheduler.step(r20)
+            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **{f"loss_{k}": v for k, v in stats.items()
+                                                                                if k != "train_fps"},
+                   "train_fps": stats["train_fps"], **val, "time_s": time.perf_counter() - t0, "threads": threads}
+            history.append(row)
+            improved = r20 > best
+            best = max(best, r20)
+            if is_main:
+                ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best_r20": best,
+                        "config": cfg.to_dict(), "provenance": prov, "parameters": n_params, "derived": derived,
+                        "store": store_id}
+                _save_epoch(out_dir, ckpt, history, improved)
+                board.epoch(row)
+                vtxt = (f"val R@10/20/50 {100 * val['val_R@10']:.1f}/{100 * val['val_R@20']:.1f}/{100 * val['val_R@50']:.1f}"
+                        if val else "no val split")
+                echo(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['total']:.4f}  {vtxt}  lr {row['lr']:.2e}  "
+                     f"{stats['train_fps']:.0f} frames/s  {row['time_s']:.1f}s")
+            if distributed:
+                import torch.distributed as dist
 
-            dist.barrier()
-    board.close()
+                dist.barrier()
+    finally:  # the event files closed whatever ends the loop (a non-finite step, a full disk, Ctrl-C)
+        board.close()
     return {"history": history, "best_r20": best, "parameters": n_params}
 
 
