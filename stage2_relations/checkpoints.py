@@ -51,9 +51,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", store_
     cfg = check_config(dict(ckpt["config"]), f"{path} (its config)")
     if store_path:
         cfg = dataclasses.replace(cfg, store=str(store_path))
-    store = open_store(cfg.store)
-    check_run_store(ckpt, store.identity(), run=path, store_path=cfg.store, splits=splits)
-    meta = store.meta
+    with open_store(cfg.store) as store:  # its identity and meta; the caller's data reads open their own
+        check_run_store(ckpt, store.identity(), run=path, store_path=cfg.store, splits=splits)
+        meta = store.meta
     model = build_from_config(cfg, meta, ckpt.get("derived", {})).to(device)
     try:
         model.load_state_dict(ckpt["model"])
