@@ -284,7 +284,7 @@ def _train_detector(root: Path | str, out: Path, cfg: DetectorTrainConfig, *, de
             losses = detector(images, targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):  # one line naming where, as stage 2's trainer says it
-                terms = ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
+                terms = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items())
                 raise NonFiniteError(f"{out}: the detector's loss is not finite at epoch {epoch + 1}, step {step + 1} "
                                      f"({terms}): NaN in the frames or weights, or a learning rate ({cfg.lr:g}) "
                                      f"that blows the weights up; nothing of this epoch was saved")
