@@ -93,21 +93,17 @@ def test_eval_checkpoint_refuses_a_crafted_file(run, tmp_path):
     _assert_refused(error_line(run_cli("eval", "--checkpoint", path, "--split", "val")), path, marker)
 
 
-def test_eval_run_refuses_a_crafted_best_pth(run, tmp_path):
+@pytest.mark.parametrize("name, command", [
+    ("best.pth", ("eval", "--run", "{run}", "--split", "val")),
+    ("last.pth", ("train", "--out", "{run}", "--resume", "--epochs", "2", "--no-progress")),
+])
+def test_a_run_folder_refuses_a_crafted_checkpoint(run, tmp_path, name, command):
+    """`eval --run` reads best.pth, `train --resume` last.pth: either crafted is refused."""
     marker = tmp_path / "MARKER"
     folder = tmp_path / "run"
     shutil.copytree(run, folder)
-    path = _evil_checkpoint(folder / "best.pth", marker, _ours(run / "best.pth"))
-    _assert_refused(error_line(run_cli("eval", "--run", folder, "--split", "val")), path, marker)
-
-
-def test_train_resume_refuses_a_crafted_last_pth(run, tmp_path):
-    marker = tmp_path / "MARKER"
-    folder = tmp_path / "run"
-    shutil.copytree(run, folder)
-    path = _evil_checkpoint(folder / "last.pth", marker, _ours(run / "last.pth"))
-    line = error_line(run_cli("train", "--out", folder, "--resume", "--epochs", "2", "--no-progress"))
-    _assert_refused(line, path, marker)
+    path = _evil_checkpoint(folder / name, marker, _ours(run / name))
+    _assert_refused(error_line(run_cli(*(a.format(run=folder) for a in command))), path, marker)
 
 
 def test_compare_rerun_refuses_a_crafted_last_pth(run, tmp_path):
