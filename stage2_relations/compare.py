@@ -342,8 +342,12 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
     for rule in rules:
         if rule not in OBJECT_SCORES:
             raise ConfigError(f"unknown object-scores rule {rule!r}; known: {', '.join(OBJECT_SCORES)}")
-        if rule == "detector" and any(Mode(v.config.mode) is not Mode.SGDET for v in variants):
-            raise ConfigError("object-scores rule 'detector' is an SGDET rule: run it with --mode sgdet")
+    for v in variants:  # every test view eval will build, before any training (the detector rule is SGDET's)
+        for rule in rules:
+            try:
+                evaluation_view(v.config, rule)
+            except ConfigError as e:
+                raise ConfigError(f"variant {v.name}: {e}") from None
     test_videos = check_store(variants)
     check_variants(variants)
     out_dir = Path(out_dir)

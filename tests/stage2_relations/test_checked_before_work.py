@@ -216,3 +216,18 @@ def test_overwrite_keeps_the_old_run_when_the_new_recipe_fails_its_checks(tmp_pa
     line = error_line(_train(tmp_path, {**_good(store), "glove": str(glove)}, "--overwrite"))
     assert line.startswith(f"{glove}: not a GloVe text file")
     assert (tmp_path / "run" / "last.pth").read_bytes() == before  # nothing removed before the checks
+
+
+def test_compare_checks_every_test_view_before_training(tmp_path):
+    """The object-scores rule 'detector' is SGDET's: an SGCLS comparison asking for it is refused
+    by the test view eval builds (one place), naming the variant, before anything trains."""
+    from tests.stage2_relations.test_compare import write_store_with_test
+
+    st = write_store_with_test(tmp_path / "s.h5", n_train=2, n_val=1, n_test=1)
+    path = tmp_path / "a.yaml"
+    path.write_text(yaml.safe_dump({**_good(st), "mode": "sgcls"}))
+    out = tmp_path / "cmp"
+    line = error_line(run_cli("compare", "--config", path, "--seeds", "0", "--out", out, "--no-progress",
+                              "--object-scores", "sttran,detector"))
+    assert line == "variant a: object-scores rule 'detector' is an SGDET rule, not sgcls"
+    assert not out.exists() or not any(out.rglob("last.pth"))
