@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from store.modes import Mode
+from rules.modes import Mode
 
 MODE_CHOICE = click.Choice([m.value for m in Mode])
 """The task modes, as ``--mode`` takes them."""
@@ -23,10 +23,10 @@ MODE_CHOICE = click.Choice([m.value for m in Mode])
 
 def _user_error(e: Exception) -> bool:
     """Errors that describe bad input or a problem of the machine (a full disk), and name the
-    file: shown as one line, not a traceback (store.errors.UserError and its subclasses:
+    file: shown as one line, not a traceback (common.errors.UserError and its subclasses:
     StoreError, AnnotationError, FrameError, CheckpointError, ConfigError, InputError,
     LockedError, RunMismatch)."""
-    from store.errors import UserError
+    from common.errors import UserError
 
     return isinstance(e, (UserError, OSError, EOFError))
 
@@ -35,7 +35,7 @@ def _one_line(e: Exception) -> str:
     if isinstance(e, EOFError):  # not the user's Ctrl-D: a file that ends too early
         return f"unexpected end of a file ({e or 'EOFError'}): a truncated or empty input?"
     if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, FileExistsError)):
-        from store.files import describe_os_error
+        from common.files import describe_os_error
 
         return f"{e.filename + ': ' if e.filename else ''}{describe_os_error(e)}"
     return str(e)
@@ -194,8 +194,8 @@ def dataset(root: Path, **options) -> None:
 
 
 def _device(device: str) -> str:
-    from store.errors import ConfigError
-    from store.runtime import resolve_device
+    from common.errors import ConfigError
+    from common.runtime import resolve_device
 
     try:  # a device this machine lacks or torch does not know: a usage error, before any work
         resolved = resolve_device(device)
@@ -208,7 +208,7 @@ DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
                              help="'cpu', 'cuda', 'cuda:1', or 'auto' (CUDA when present).")
 THREADS_OPTION = click.option("--threads", type=click.IntRange(min=0), default=None,
                               help="torch threads (default: the idle cores this process may use, less one per "
-                                   "DataLoader worker; store/threads.py). Results differ slightly with it: "
+                                   "DataLoader worker; common/threads.py). Results differ slightly with it: "
                                    "it is printed and recorded.")
 
 
@@ -355,10 +355,9 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
     --backend detectron2 --config CFG.yaml --weights W.pkl reads a detectron2 Faster R-CNN
     (C4 or FPN) instead, into the same store (docs/detectron2.md); it keeps detectron2's inference.
     """
-    from stage1_detect.extract import ExtractConfig, extract
-    from store.runtime import distributed_rank
-
+    from common.runtime import distributed_rank
     from stage1_detect.action_genome import read_vocabulary
+    from stage1_detect.extract import ExtractConfig, extract
 
     detector, sha = _load_detector(weights, arch, backend, d2_config, class_map, lambda: read_vocabulary(root),
                                    nms_space=nms_space, max_detections=max_detections, clip_rule=clip_rule,
@@ -368,7 +367,7 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
                            num_workers=num_workers, frame_source=frame_source, rescale_frames=rescale_frames,
                            union_mode=union_mode,
                            segment_mb=segment_mb, compression={t: "zstd" for t in compress}, max_videos=max_videos)
-    from store.threads import torch_threads
+    from common.threads import torch_threads
 
     device = _device(device)
     if device == "cuda" and world > 1:  # torchrun: each rank on its own GPU
@@ -551,9 +550,9 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
     """
     import dataclasses
 
+    from common.errors import ConfigError
     from stage2_relations.recipe import load_config, parse_override
     from stage2_relations.train import train
-    from store.errors import ConfigError
 
     if resume and overwrite:
         raise click.UsageError("give --resume or --overwrite, not both")
@@ -657,8 +656,8 @@ def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_
     if predictions_path is None:
         import torch
 
+        from common.threads import resolve_threads
         from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
-        from store.threads import resolve_threads
 
         torch.set_num_threads(resolve_threads(threads))
 
@@ -716,10 +715,10 @@ def predict_command(videos, run_dir, weights, arch, backend, d2_config, class_ma
     video: other frames, other context; --frames with a video's annotated frames gives
     exactly what `eval` scores. `cli.py view OUT --out PAGE` draws them.
     """
+    from common.threads import torch_threads
     from stage1_detect.extract import ExtractConfig
     from stage1_detect.video_source import FrameSelection, detect_videos, find_videos
     from stage2_relations.scene_graphs import check_detector, load_sgdet_run, write_scene_graphs
-    from store.threads import torch_threads
 
     if frame_list is not None and every != 1:
         raise click.UsageError("give --every or --frames, not both")
@@ -854,7 +853,7 @@ def compare_command(recipes, names, seeds, store, mode, out, epochs, sets, rules
 
     seed_list = seeds
     rule_list = [r.strip() for r in rules.split(",") if r.strip()]
-    from store.threads import resolve_threads
+    from common.threads import resolve_threads
 
     torch.set_num_threads(resolve_threads(threads))
     overrides = dict(store=store, mode=mode, epochs=epochs, device=device)
@@ -909,11 +908,17 @@ def reproduce_command(store, tables, seeds, recipe_set, out, epochs, sets, devic
     """
     import torch
 
+    from common.threads import resolve_threads
     from stage2_relations.recipe import parse_override
-    from stage2_relations.reproduce import (device_kind, estimate_time, load_recipe_set, parse_tables, plan_tables,
-                                            run_reproduction)
+    from stage2_relations.reproduce import (
+        device_kind,
+        estimate_time,
+        load_recipe_set,
+        parse_tables,
+        plan_tables,
+        run_reproduction,
+    )
     from stage2_relations.reproduce_report import format_markdown, write_outputs
-    from store.threads import resolve_threads
 
     torch.set_num_threads(resolve_threads(threads))
     recipes = load_recipe_set(recipe_set)

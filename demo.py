@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from common.errors import UserError
+from rules.modes import Mode
 from stage1_detect.action_genome import ReaderOptions, describe, load_action_genome
 from stage1_detect.detectors import load_detector
 from stage1_detect.extract import ExtractConfig, extract
@@ -17,9 +19,7 @@ from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
 from stage2_relations.reproduce import load_published, load_recipe_set, only_rows, plan_tables, run_reproduction
 from stage2_relations.reproduce_report import format_markdown, write_outputs
 from store import check_store
-from store.errors import UserError
 from store.stats import stats, summary
-from store.modes import Mode
 from synth import SynthConfig, generate_synthetic_ag
 
 

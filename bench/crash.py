@@ -243,7 +243,7 @@ def _rows(history: list[dict]) -> list[dict]:
 def _same_run(run: Path, reference: Path) -> str:
     import torch
 
-    from store.torch_files import load_torch
+    from common.torch_files import load_torch
 
     a, b = (load_torch(p / "last.pth") for p in (run, reference))
     if a["epoch"] != b["epoch"]:

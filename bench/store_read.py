@@ -41,7 +41,7 @@ LAYOUTS = {
 
 def make_videos(meta, gb: float, seed: int):
     """Yield AG-like videos until ``gb`` GB of array bytes: ~23 frames, ~3 GT objects and
-    up to 8 detections per frame, the pairs of ``store.pairing.stored_pairs``."""
+    up to 8 detections per frame, the pairs of ``rules.pairing.stored_pairs``."""
     total, i = 0, 0
     while total < gb * 1e9:
         rec = synthetic_video(meta, f"v{i:05d}.mp4", seed=seed + i, num_frames=int(16 + (i * 7) % 16),

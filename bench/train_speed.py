@@ -51,7 +51,7 @@ from results_file import save_results  # noqa: E402
 from stage2_relations.data import VideoDataset  # noqa: E402
 from stage2_relations.recipe import load_config  # noqa: E402
 from store import open_store  # noqa: E402
-from store.boxes import union_boxes  # noqa: E402
+from rules.boxes import union_boxes  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -234,12 +234,12 @@ def main() -> None:
                     help="realistic: frames a video (28: about 23 in the SGDET view, AG's 23.4 a training video)")
     ap.add_argument("--small-videos", type=int, default=8, help="small: synthetic videos (16 frames each)")
     ap.add_argument("--repeats", type=int, default=2, help="runs of the store and memory variants (fastest kept)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: store.threads' default)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: common.threads' default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dir", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--out", default="bench/results/train_speed.json")
     args = ap.parse_args()
-    from store.threads import resolve_threads
+    from common.threads import resolve_threads
 
     torch.set_num_threads(resolve_threads(args.threads))
     device = torch.device(args.device)

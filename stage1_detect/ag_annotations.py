@@ -17,7 +17,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from store.errors import FileError
+from common.errors import FileError
 from store.vocabulary import ACTION_GENOME, Vocabulary
 
 
@@ -175,8 +175,8 @@ class ReaderOptions:
 
     @classmethod
     def for_mode(cls, mode, **overrides) -> "ReaderOptions":
-        """The options the baselines use for a task mode (a :class:`store.modes.Mode`)."""
-        from store.modes import Mode
+        """The options the baselines use for a task mode (a :class:`rules.modes.Mode`)."""
+        from rules.modes import Mode
 
         return cls(**{"filter_small": Mode(mode) is not Mode.PREDCLS, **overrides})
 

@@ -51,11 +51,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from common.errors import UserError
+from common.files import sha256_of
+from common.run_folder import check_output_file
+from common.torch_files import load_torch
 from stage1_detect.detectors import build_r101_c4, save_detector
-from store.files import sha256_of
-from store.torch_files import load_torch
-from store.errors import UserError
-from store.run_folder import check_output_file
 
 log = logging.getLogger(__name__)
 

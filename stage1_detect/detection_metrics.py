@@ -5,7 +5,7 @@ greedily to unmatched ground-truth boxes of the same image with IoU >= threshold
 the area under the precision/recall curve with precision made monotone (all-point
 interpolation). mAP is the mean over the classes that have ground truth. Boxes are xyxy
 pixels; IoU uses continuous coordinates (no "+1"), as torchvision and COCO do
-(:func:`store.boxes.box_iou_continuous`).
+(:func:`rules.boxes.box_iou_continuous`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from store.boxes import box_iou_continuous
+from rules.boxes import box_iou_continuous
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:

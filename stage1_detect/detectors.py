@@ -57,6 +57,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from common.errors import InputError
+from common.files import sha256_of
+from common.torch_files import load_torch, save_torch
 from stage1_detect.detection_step import (
     BoxScale,
     ClipRule,
@@ -72,9 +75,6 @@ from stage1_detect.frame_detector import (
     FrameDetector,
 )
 from stage1_detect.legacy_rcnn import apply_legacy_conventions
-from store.errors import InputError
-from store.files import sha256_of
-from store.torch_files import load_torch, save_torch
 
 log = logging.getLogger(__name__)
 

@@ -58,6 +58,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, fast_r
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor
 
+from common.files import sha256_of
 from stage1_detect.class_map import ClassMap, read_class_map, resolve_class_map
 from stage1_detect.frame_detector import (
     DETECTION_FEATURES,
@@ -68,7 +69,6 @@ from stage1_detect.frame_detector import (
     FrameDetector,
     keep_one_person,
 )
-from store.files import sha256_of
 from store.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ those marks. What is stored per frame (see :mod:`store.schema` for the arrays):
   The detector is told each frame's index in STTran's SGDET frame list of its video
   (:func:`~stage1_detect.detection_step.sttran_positions`), since STTran clips the boxes of
   the first frame of each chunk of 10 only. No assignment to GT boxes: stage 2 computes it
-  when it loads the data (:mod:`store.pairing`).
-* Pairs: :func:`store.pairing.stored_pairs` of the frame's boxes, over the joint index (GT
+  when it loads the data (:mod:`rules.pairing`).
+* Pairs: :func:`rules.pairing.stored_pairs` of the frame's boxes, over the joint index (GT
   objects ``0..G-1``, then detections ``G..G+N-1``), each with the union feature of its two
   boxes (a pair of a box with itself: the box's). The detections' class distributions go in
   as they are stored (float16), so that stage 2, which applies the same rules to the stored
@@ -53,18 +53,25 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from stage1_detect.action_genome import (FRAME_LIST_FILE, OBJECT_FILE, OBJECT_FILE_SMALL, PERSON_FILE, ReaderOptions,
-                                         VideoAnnotation, load_action_genome)
+from common.errors import NonFiniteError
+from common.files import WriterLock, die_with_parent, sha256_of
+from common.runtime import code_revision
+from rules.boxes import union_boxes
+from rules.pairing import stored_pairs
+from stage1_detect.action_genome import (
+    FRAME_LIST_FILE,
+    OBJECT_FILE,
+    OBJECT_FILE_SMALL,
+    PERSON_FILE,
+    ReaderOptions,
+    VideoAnnotation,
+    load_action_genome,
+)
 from stage1_detect.detection_step import sttran_positions
 from stage1_detect.frame_detector import FrameDetector
 from stage1_detect.frames import FrameError, FrameSource, open_frame_source
 from store import DetectorInfo, StoreMeta, StoreWriter, UnionMode, VideoRecord
-from store.boxes import union_boxes
 from store.check import non_finite_arrays
-from store.errors import NonFiniteError
-from store.files import WriterLock, die_with_parent, sha256_of
-from store.pairing import stored_pairs
-from store.runtime import code_revision
 from store.schema import FRAME_SIZE_DTYPE, RANGE_DTYPE, ROW_ARRAYS, TABLE_PREFIX, arrays_of, resolve_trailing
 from store.vocabulary import Vocabulary
 from store.writer import lock_part
@@ -350,7 +357,7 @@ def write_videos(videos: Sequence[VideoAnnotation], source: FrameSource, detecto
     log_path = store_path.parent / f"{store_path.name}.extraction_log.jsonl"
     background = _BackgroundWriter(writer)
     # The workers die with this process (a SIGKILL of it alone, as the OOM killer sends, included)
-    # and do not hold the part's lock (store.files): a rerun proceeds at once.
+    # and do not hold the part's lock (common.files): a rerun proceeds at once.
     loader = DataLoader(VideoFrames(todo, source, config.rescale_frames), batch_size=1, num_workers=config.num_workers,
                         collate_fn=_first, prefetch_factor=2 if config.num_workers else None,
                         worker_init_fn=functools.partial(die_with_parent, parent=os.getpid()))

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from store.errors import UserError
+from common.errors import UserError
 
 DETECTRON2_INSTALL_URL = "https://detectron2.readthedocs.io/en/latest/tutorials/install.html"
 

@@ -27,7 +27,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from store.errors import FileError
+from common.errors import FileError
 
 FIRST_NUMBER = 1
 """The number of the first PNG of the dump: ffmpeg's image2 muxer ``-start_number`` default."""

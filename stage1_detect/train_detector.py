@@ -25,6 +25,12 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from common.config import at_least, between, check_fields, load_yaml_mapping, one_of, positive
+from common.errors import ConfigError, InputError, NonFiniteError
+from common.files import WriterLock, atomic_write, write_json, write_text
+from common.run_folder import claim_run_folder
+from common.runtime import provenance as code_provenance
+from common.torch_files import load_torch, save_torch
 from stage1_detect.action_genome import FrameAnnotation, ReaderOptions, load_action_genome
 from stage1_detect.detection_metrics import DetectionMAP, detection_map
 from stage1_detect.detectors import (
@@ -37,11 +43,6 @@ from stage1_detect.detectors import (
     save_detector,
 )
 from stage1_detect.frames import FrameSource, open_frame_source
-from store.errors import ConfigError, InputError, NonFiniteError, at_least, between, check_fields, load_yaml_mapping, one_of, positive
-from store.files import WriterLock, atomic_write, write_json, write_text
-from store.torch_files import load_torch, save_torch
-from store.run_folder import claim_run_folder
-from store.runtime import provenance as code_provenance
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class DetectorTrainConfig:
     @classmethod
     def from_yaml(cls, path: Path | str | None, **overrides: Any) -> "DetectorTrainConfig":
         """The recipe at ``path`` with ``overrides`` (the command's options) applied, every field
-        checked; a wrong one raises :class:`~store.errors.ConfigError` naming the file or the
+        checked; a wrong one raises :class:`~common.errors.ConfigError` naming the file or the
         option (``--lr``) and the field."""
         data = load_yaml_mapping(path) if path is not None else {}
         origin = {k: str(path) for k in data}
@@ -191,7 +192,7 @@ def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, 
     started from, as ``train`` writes them. Every file
     is written whole or not at all; one process trains into ``out`` at a time (its lock). A folder
     that holds a run is continued only with ``resume`` and replaced (its run files only) only with
-    ``overwrite`` (:func:`store.run_folder.claim_run_folder`). ``trust_checkpoint``: read
+    ``overwrite`` (:func:`common.run_folder.claim_run_folder`). ``trust_checkpoint``: read
     ``last.pth`` with full pickle (it may run code; only for a file one trusts).
     """
     out = Path(out)

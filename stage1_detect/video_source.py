@@ -25,11 +25,11 @@ from typing import Sequence
 
 import numpy as np
 
+from common.errors import InputError
 from stage1_detect.ag_annotations import FrameAnnotation, Split, VideoAnnotation
 from stage1_detect.extract import ExtractConfig, ExtractSummary, store_meta, write_videos
 from stage1_detect.frame_detector import FrameDetector
 from stage1_detect.frames import FrameError, FrameSource, Mp4Frames, PngFrames
-from store.errors import InputError
 from store.records import StoreError
 from store.vocabulary import Vocabulary
 from store.writer import lock_part

@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
+from common.errors import InputError
+from common.torch_files import load_torch
 from stage2_relations.heads import build_model
 from stage2_relations.recipe import TrainConfig, check_config, head_context
 from store import StoreError, open_store
-from store.errors import InputError
-from store.torch_files import load_torch
 from store.reader import identity_difference
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "history", "best_r20", "config")

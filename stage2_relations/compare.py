@@ -43,20 +43,32 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from common.config import load_yaml_mapping
+from common.errors import ConfigError, InputError, UserError
+from common.files import sha256_of, write_json
+from common.runtime import resolve_device
+from rules.modes import Mode
+from stage2_relations.checkpoints import load_checkpoint, read_checkpoint, run_checkpoint
 from stage2_relations.evaluate_checkpoint import eval_view_options, evaluate_checkpoint
 from stage2_relations.evaluation import MeanRecall
-from stage2_relations.evaluation.seeds import (EVAL_METRICS, MEAN_RECALL, Aggregate, Difference, Summary,  # noqa: F401
-                                               TableRow, aggregate, format_table2, paired_difference,
-                                               parse_seeds, summarize, table_row)
+from stage2_relations.evaluation.seeds import (  # noqa: F401
+    EVAL_METRICS,
+    MEAN_RECALL,
+    Aggregate,
+    Difference,
+    Summary,
+    TableRow,
+    aggregate,
+    format_table2,
+    paired_difference,
+    parse_seeds,
+    summarize,
+    table_row,
+)
 from stage2_relations.recipe import RESUME_MAY_CHANGE, TrainConfig, check_run_inputs, load_config
-from stage2_relations.checkpoints import load_checkpoint, read_checkpoint, run_checkpoint
 from stage2_relations.train import config_differences, train
 from stage2_relations.views import OBJECT_SCORES, ViewOptions
-from store.errors import ConfigError, InputError, UserError, load_yaml_mapping
-from store.files import sha256_of, write_json
-from store.modes import Mode
 from store.reader import store_location
-from store.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from common.files import atomic_write, write_json, write_text
+from common.runtime import resolve_device
 from stage2_relations.compare import CONSTRAINTS, RELATION_SCORE_METRICS, SPLIT, UNITS, Comparison
 from stage2_relations.evaluation.seeds import EVAL_METRICS, MEAN_RECALL, Aggregate, TableRow, format_cell, format_table2
-from store.files import atomic_write, write_json, write_text
-from store.runtime import resolve_device
 
 
 def _table_rows(comparison: Comparison, agg: Mapping[str, Mapping[str, Aggregate]],

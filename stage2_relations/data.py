@@ -1,6 +1,6 @@
 """Stage-2 data: videos from the feature store as :class:`RelationBatch` objects.
 
-One item of :class:`VideoDataset` is one whole video for one task :class:`~store.modes.Mode`
+One item of :class:`VideoDataset` is one whole video for one task :class:`~rules.modes.Mode`
 and view (training or test); :func:`collate` stacks several videos (``videos_per_batch``) into
 one flat batch. Everything is read through :mod:`store` (opened lazily in each DataLoader
 worker, or preloaded). What each frame becomes per mode and view, STTran's rules and RS-Net's
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rules.boxes import union_boxes
+from rules.modes import Mode
 from stage2_relations.pool import PairPool, collate_pools, video_pool
 from stage2_relations.views import FrameView, ViewOptions, frame_view, mode_frames
 from store import Store, UnionMode, VideoRecord, open_store
-from store.boxes import union_boxes
-from store.modes import Mode
 from store.vocabulary import PredicateGroup, Vocabulary
 
 MASK_SIZE = 27

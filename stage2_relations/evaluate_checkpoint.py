@@ -15,17 +15,17 @@ from typing import Callable, Sequence
 
 import torch
 
+from common.errors import ConfigError, InputError, UserError
+from common.run_folder import check_output_file
+from rules.modes import Mode
+from stage2_relations.checkpoints import load_checkpoint, run_checkpoint
 from stage2_relations.data import VideoDataset
 from stage2_relations.evaluation import MeanRecall, format_table, write_predictions, write_report
 from stage2_relations.evaluation.predictions_io import read_predictions
-from stage2_relations.evaluation.predict import as_sets, plot_frames, score_model
 from stage2_relations.evaluation.structures import Constraint
 from stage2_relations.heads import count_parameters, head_class
-from stage2_relations.checkpoints import load_checkpoint, run_checkpoint
+from stage2_relations.scoring import as_sets, plot_frames, score_model
 from stage2_relations.views import ViewOptions
-from store.errors import ConfigError, InputError, UserError
-from store.modes import Mode
-from store.run_folder import check_output_file
 
 
 def eval_view_options(cfg, mode: Mode, *, sgdet_boxes: str | None = None,
@@ -62,7 +62,7 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
     (a head without object classifier keeps the given / detector labels and scores).
     ``sgdet_boxes`` and ``object_scores`` default to the recipe's (:class:`~stage2_relations.views.ViewOptions`).
     ``save_predictions`` replaces only an earlier predictions file, never the checkpoint or another
-    file (:mod:`store.run_folder`). The checkpoint is read weights-only unless ``trust_checkpoint``.
+    file (:mod:`common.run_folder`). The checkpoint is read weights-only unless ``trust_checkpoint``.
     """
     ckpt_path = Path(checkpoint) if checkpoint is not None else run_checkpoint(run_dir)
     if save_predictions is not None:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from rules.modes import Mode
 from stage2_relations.evaluation.structures import FrameGroundTruth
 from stage2_relations.views import gt_selection
 from store import VideoRecord
-from store.modes import Mode
-
 
 GT_FIELDS = ("gt_boxes", "gt_labels", "gt_small", "rel_subject", "rel_object", "rel_labels")
 """The arrays of a stored video that :func:`frame_ground_truth` reads."""

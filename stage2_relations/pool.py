@@ -9,12 +9,12 @@ its union features would cost memory and transfers every step);
 :class:`~stage2_relations.data.RelationBatch` then carries a
 :class:`PairPool`, and its :meth:`~stage2_relations.data.RelationBatch.with_boxes` /
 :meth:`~stage2_relations.data.RelationBatch.with_pairs` build the new batch. A pair's union
-feature is found by the pair's key in the frame's joint box index (:func:`store.pairing.pair_key`,
-either order); when the store lacks the pair (it holds the pairs of :func:`store.pairing.stored_pairs`),
+feature is found by the pair's key in the frame's joint box index (:func:`rules.pairing.pair_key`,
+either order); when the store lacks the pair (it holds the pairs of :func:`rules.pairing.stored_pairs`),
 :meth:`PairPool.lookup` falls back, in order, to
 
 1. the pair (the frame's ``fallback`` box, the object): in SGDET the subject of STTran's test
-   boxes on the detector's distribution (:func:`store.pairing.sttran_test_boxes`), which the
+   boxes on the detector's distribution (:func:`rules.pairing.sttran_test_boxes`), which the
    store pairs with every other detection; in PREDCLS / SGCLS the GT person;
 2. a zero union feature (a box paired with a copy of itself, when the store does not pair them).
 
@@ -29,9 +29,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from rules.modes import Mode
+from rules.pairing import pair_key, sttran_test_boxes
 from store import VideoRecord
-from store.pairing import pair_key, sttran_test_boxes
-from store.modes import Mode
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class PairPool:
 
     box_joint: (N,) int64 each box's index in its frame's joint box index (GT boxes 0..G-1,
                detections G..G+D-1, as the store numbers them); a copy has its original's.
-    num_joint: (F,) int64 G + D of each frame (the ``num_boxes`` of :func:`store.pairing.pair_key`).
+    num_joint: (F,) int64 G + D of each frame (the ``num_boxes`` of :func:`rules.pairing.pair_key`).
     fallback:  (F,) int64 joint index of the frame's fallback subject (module docstring), -1 none.
     offsets:   (F+1,) int64, frame f's stored pairs are ``[offsets[f], offsets[f+1])``.
     keys:      (P,) int64 ``pair_key(subject, object, num_joint[f])`` of each stored pair.

@@ -1,9 +1,9 @@
 """The training recipe: :class:`TrainConfig` (one frozen dataclass, every field a recipe can
 set), its checks (:func:`check_config`: types, ranges, choices, a registered head and the
 keywords its constructor takes) and :func:`load_config` (a YAML recipe from ``configs/``,
-through :func:`store.errors.load_yaml_mapping`, plus command-line overrides).
+through :func:`common.errors.load_yaml_mapping`, plus command-line overrides).
 
-A wrong field is one :class:`~store.errors.ConfigError` line naming where it came from (the
+A wrong field is one :class:`~common.errors.ConfigError` line naming where it came from (the
 file, ``--set KEY``, ``--lr``) and the field.
 """
 
@@ -17,19 +17,12 @@ from typing import Any, Callable
 
 import yaml
 
+from common.config import at_least, between, check_fields, check_keywords, load_yaml_mapping, one_of
+from common.errors import ConfigError
+from rules.modes import Mode
 from stage2_relations.evaluation.seeds import MAX_SEED
 from stage2_relations.heads import HEADS, HeadContext, RSNet, build_model, head_class
 from stage2_relations.views import ASSIGNMENTS, NEGATIVE_LABELS, OBJECT_SCORES, SGDET_BOXES, ViewOptions
-from store.errors import (
-    ConfigError,
-    at_least,
-    between,
-    check_fields,
-    check_keywords,
-    load_yaml_mapping,
-    one_of,
-)
-from store.modes import Mode
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +74,7 @@ class TrainConfig:
     val_max_videos: int = 0
     device: str = "auto"
     threads: int = 0
-    """torch intra-op threads; 0: from the cores available and ``num_workers`` (store.threads)."""
+    """torch intra-op threads; 0: from the cores available and ``num_workers`` (common.threads)."""
     verify_checksums: bool = True
     """Check every video read from the store against its checksums (once per video per process)."""
 

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from common.config import load_yaml_mapping
+from common.errors import ConfigError
 from stage2_relations.compare import Comparison, Variant, load_variants, run_comparison
 from stage2_relations.evaluation.seeds import Difference, Summary, paired_difference, summarize
-from store.errors import ConfigError, load_yaml_mapping
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ def device_kind(device: str) -> str:
     """'cpu' or 'cuda' for a ``--device`` as written, without needing that device here (an
     estimate for a GPU is made on a machine without one); 'auto' is this machine's."""
     if device == "auto":
-        from store.runtime import resolve_device
+        from common.runtime import resolve_device
 
         return resolve_device(device).type
     return device.split(":")[0]

@@ -15,10 +15,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from common.files import atomic_write, write_json, write_text
 from stage2_relations.compare_report import plot_curves, save_figure
 from stage2_relations.evaluation.seeds import Difference, Summary
 from stage2_relations.reproduce import HEADERS, RowResult, TableResult
-from store.files import atomic_write, write_json, write_text
 
 DIGITS = {"params": 2, "fps": 2}
 """Decimals of our figures in a column (the metrics: 1, as the paper; the tiny heads' parameter

@@ -30,19 +30,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from common.errors import ConfigError, InputError
+from common.files import atomic_write, sha256_of
+from rules.modes import Mode
+from stage2_relations.checkpoints import load_checkpoint, run_checkpoint
 from stage2_relations.data import VideoDataset
 from stage2_relations.evaluate_checkpoint import eval_view_options
 from stage2_relations.evaluation.metrics import NOT_MATCHED, match_triplets
-from stage2_relations.evaluation.predict import predict
 from stage2_relations.evaluation.predictions_io import read_predictions
-from stage2_relations.evaluation.structures import (Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet,
-                                                    PredictionSet)
+from stage2_relations.evaluation.structures import Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet
 from stage2_relations.evaluation.triplets import GROUP_ORDER, ground_truth_triplets, rank_triplets
-from stage2_relations.checkpoints import load_checkpoint, run_checkpoint
+from stage2_relations.scoring import predict
 from store import StoreMeta, VideoRecord, open_store
-from store.errors import ConfigError, InputError
-from store.files import atomic_write, sha256_of
-from store.modes import Mode
 from store.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Stage-2 training: a relation head (optionally inside RS-Net) from the feature store.
 
-A plain loop (:func:`train_one_epoch` / :func:`~stage2_relations.evaluation.predict.score_model`):
+A plain loop (:func:`train_one_epoch` / :func:`~stage2_relations.scoring.score_model`):
 loss dict -> sum -> finite check -> backward -> clip -> AdamW step. The learning rate follows
 ReduceLROnPlateau on the **validation** split's R@20 (with constraint). Every epoch writes
 ``log.csv`` / ``log.json`` and ``last.pth``; the best validation R@20 also ``best.pth``; with the
@@ -43,19 +43,20 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from common.config import load_yaml_mapping
+from common.errors import ConfigError, InputError, NonFiniteError, UserError
+from common.files import WriterLock, atomic_write, copy_file, describe_os_error, die_with_parent, write_json, write_text
+from common.run_folder import claim_run_folder
+from common.runtime import distributed_rank, provenance, resolve_device
+from common.threads import torch_threads
+from common.torch_files import load_torch, save_torch
 from stage2_relations.checkpoints import build_from_config, check_run_store, read_checkpoint
 from stage2_relations.data import Collator, VideoDataset, epoch_order
 from stage2_relations.heads import count_parameters, head_class
 from stage2_relations.recipe import BUILD_ERRORS, RESUME_MAY_CHANGE, TrainConfig, check_config, check_run_inputs
 from stage2_relations.tensorboard_log import TensorBoardLog
 from store import StoreError, open_store
-from store.errors import ConfigError, InputError, NonFiniteError, UserError, load_yaml_mapping
-from store.files import WriterLock, atomic_write, copy_file, describe_os_error, die_with_parent, write_json, write_text
-from store.torch_files import load_torch, save_torch
 from store.reader import store_location
-from store.run_folder import claim_run_folder
-from store.runtime import distributed_rank, provenance, resolve_device
-from store.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
 
 def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, progress: bool,
            echo: Callable[[str], None], threads: int, trust: bool = False) -> dict[str, Any]:
-    from stage2_relations.evaluation.predict import score_model
+    from stage2_relations.scoring import score_model
 
     rank, world, local_rank = distributed_rank()
     distributed = world > 1

@@ -38,8 +38,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from store.errors import InputError, UserError
-from store.files import atomic_write
+from common.errors import InputError, UserError
+from common.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """What one frame of a stored video becomes for a task mode: its boxes, its pairs and their
-labels, built from the store with STTran's rules (:mod:`store.pairing`).
+labels, built from the store with STTran's rules (:mod:`rules.pairing`).
 
 One store serves every mode (:mod:`store.schema`): PREDCLS sees every GT object; SGCLS and
 SGDET see those of the ``_filtersmall`` annotations (``gt_small == 0``) and only the frames
@@ -33,10 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rules.boxes import paired_box_iou_continuous
+from rules.modes import Mode
+from rules.pairing import ASSIGNMENTS, SGDET_BOXES, PairIndex, assign, legacy_subject, sttran_test_boxes
 from store import VideoRecord
-from store.boxes import paired_box_iou_continuous
-from store.pairing import ASSIGNMENTS, SGDET_BOXES, PairIndex, assign, legacy_subject, sttran_test_boxes
-from store.modes import Mode
 
 OBJECT_SCORES = ("sttran", "classifier", "detector")
 NEGATIVE_LABELS = ("detector", "assigned")
@@ -347,7 +347,7 @@ def frame_view(rec: VideoRecord, f: int, mode: Mode | str, *, train: bool, optio
             only_negative = np.flatnonzero(~taken[:fr.num_det])
             parts[0]["embed"][only_negative] = labels_at_test[only_negative]
         if a.found[0] < 0 and fr.num_det:
-            from store.pairing import training_subjects
+            from rules.pairing import training_subjects
 
             subjects = training_subjects(rec.det_boxes[fr.d], rec.gt_boxes[fr.g.start:fr.g.start + 1])
             fallback = fr.num_gt + subjects[0] if subjects else None

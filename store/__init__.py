@@ -28,13 +28,11 @@ Reading (:func:`open_store`)::
 Checking and inspecting: :func:`check_store` (every check, as ``cli.py store check``),
 :func:`stats` (pandas DataFrames, as ``cli.py stats``), :func:`merge` (``cli.py store merge``).
 Every problem with a store is a :class:`StoreError` that names the file and the problem; it
-derives from :class:`store.errors.UserError`, the base of every error a user can fix.
+derives from :class:`common.errors.UserError`, the base of every error a user can fix.
 
-Safety: one writer per part (an OS lock on ``.PART.lock``), writes only into a new folder or a
-store, per-video checksums verified on read (``open_store(path, verify=False)`` skips them).
-:mod:`store.files` holds the atomic writes and locks, :mod:`store.torch_files` the checked,
-weights-only ``torch.load`` (and ``torch.save`` of plain data) that the other packages use for
-their own files.
+Safety: one writer per part (an OS lock on ``.PART.lock``, :mod:`common.files`), writes only
+into a new folder or a store, per-video checksums verified on read (``open_store(path,
+verify=False)`` skips them).
 """
 
 from store.check import check_store, merge

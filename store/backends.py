@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from store.files import errno_in_message, fsync_dir
+from common.files import errno_in_message, fsync_dir
 from store.records import StoreError, StoreMeta, VideoRecord
 from store.schema import (
     COMPRESSIONS,

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from common.files import WriterLock, describe_os_error
 from store.backends import READERS, backend_of_suffix, checksum_of
-from store.files import WriterLock, describe_os_error
 from store.manifest import MANIFEST, SegmentIndex, manifest_checksum
 from store.reader import Layout, Store, check_no_duplicates, find_layout, open_store, scan_segment
 from store.records import StoreError, StoreMeta

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from store.files import atomic_write
+from common.files import atomic_write
 from store.records import StoreMeta
 from store.schema import SCHEMA_VERSION
 
@@ -90,7 +90,7 @@ def manifest_temp_name(tag: str = "") -> str:
 
 
 def write_manifest(folder: Path, meta: StoreMeta, segments: Iterable[SegmentIndex], tag: str = "") -> None:
-    """Write ``manifest.json`` whole or not at all (:func:`~store.files.atomic_write`, under
+    """Write ``manifest.json`` whole or not at all (:func:`~common.files.atomic_write`, under
     :func:`manifest_temp_name`, which the writer's lock records)."""
     listed = [s.to_json() for s in segments]
     d = {"schema_version": SCHEMA_VERSION, "meta": meta.to_dict(), "segments": listed,

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from common.files import lock_holder
 from store.backends import BACKENDS, READERS, SUFFIX, SegmentReader, backend_of_suffix, check_schema_arrays, checksum_of
-from store.files import lock_holder
 from store.manifest import MANIFEST, SegmentIndex, compat_hash, read_manifest
 from store.records import StoreError, StoreMeta, VideoRecord
 from store.schema import ROW_ARRAYS, ROW_TABLES, TABLE_PREFIX, arrays_of

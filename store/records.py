@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from store.errors import FileError
+from common.errors import FileError
 from store.schema import (
     ROW_ARRAYS,
     ROW_TABLES,

@@ -25,11 +25,11 @@ annotations (``object_bbox_and_relationship.pkl``) with ``small`` marking those 
 ``_filtersmall`` annotations lack, so PREDCLS reads every GT object and SGCLS / SGDET the
 others; which frames and videos a mode keeps follows from the same flags (stage 2's loader).
 The SGDET training assignment of detections to GT boxes is computed when the data is loaded
-(:mod:`store.pairing`), so its rule is an option, not part of the store.
+(:mod:`rules.pairing`), so its rule is an option, not part of the store.
 
 ``pairs`` index a frame's boxes jointly: GT objects ``0 .. G-1`` (the person first), then
 detections ``G .. G+N-1``. A pair row holds the union feature of its two boxes; the pairs
-stored are every pair a stage-2 view of any mode can ask for (:func:`store.pairing.stored_pairs`:
+stored are every pair a stage-2 view of any mode can ask for (:func:`rules.pairing.stored_pairs`:
 the GT person with every GT object, the detections that can be the SGDET subject with every
 other box, ...). Relation labels are not stored per pair: a view labels its pairs from
 ``gt_relations`` and its own assignment, and negative sampling is a choice among its pairs.

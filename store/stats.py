@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from store.files import atomic_write
-from store.records import StoreError
+from common.files import atomic_write
+from rules.boxes import box_iou_plus_one
 from store.reader import open_store
-from store.boxes import box_iou_plus_one
+from store.records import StoreError
 from store.schema import ROW_ARRAYS, ROW_TABLES
 
 QUANTILES = (0.1, 0.5, 0.9)

@@ -1,7 +1,7 @@
 """Synthetic store content for tests and benchmarks: random arrays of the right shapes.
 
 :func:`synthetic_video` follows the AG conventions (person = object 1 is GT object 0 of each
-frame, relations are person -> object, pairs as :func:`store.pairing.stored_pairs` chooses
+frame, relations are person -> object, pairs as :func:`rules.pairing.stored_pairs` chooses
 them). Options give the edge cases a store must
 keep: a video with no detections, frames without relations.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rules.pairing import stored_pairs
 from store.records import DetectorInfo, StoreMeta, UnionMode, VideoRecord
-from store.pairing import stored_pairs
 from store.vocabulary import ACTION_GENOME, Vocabulary
 
 
@@ -40,7 +40,7 @@ def synthetic_video(meta: StoreMeta, name: str, *, seed: int = 0, num_frames: in
 
     About ``small_fraction`` of the objects are marked absent from the _filtersmall
     annotations. Detections are jittered copies of some GT boxes (with the GT class most
-    probable) plus random boxes; the stored pairs are :func:`store.pairing.stored_pairs`'s.
+    probable) plus random boxes; the stored pairs are :func:`rules.pairing.stored_pairs`'s.
     """
     rng = np.random.default_rng(seed)
     vocab = meta.vocabulary

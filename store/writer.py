@@ -25,8 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Iterable
 
+from common.files import WriterLock, describe_os_error
 from store.backends import BACKENDS, SUFFIX, WRITERS, backend_of_suffix, segment_temp_path
-from store.files import WriterLock, describe_os_error
 from store.manifest import MANIFEST, SegmentIndex, manifest_temp_name, write_manifest
 from store.reader import Layout, find_layout, index_segments, scan_segment
 from store.records import StoreError, StoreMeta, UnionMode, VideoRecord
@@ -88,7 +88,7 @@ def check_same_dataset(path: Path, existing: StoreMeta, meta: StoreMeta) -> None
 def lock_part(path: str | Path, part: str) -> WriterLock:
     """Take the lock of part ``part`` of the store folder ``path`` (created if missing), after
     checking that the folder is new, empty or a store. Raises StoreError (not a store folder)
-    or :class:`~store.files.LockedError` (another process writes that part)."""
+    or :class:`~common.files.LockedError` (another process writes that part)."""
     path = Path(path)
     if not _PART.match(part):
         raise ValueError(f"part {part!r} must be letters, digits, '_' or '.'")

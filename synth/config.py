@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from store.errors import ConfigError
+from common.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class SynthConfig:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from store.run_folder import RunFolderError, foreign_files
+from common.run_folder import RunFolderError, foreign_files
 from synth.annotate import annotate_frame, hidden_at
 from synth.config import SynthConfig, SynthSummary
 from synth.plan import FIRST_NUMBER, Video, frame_key, plan_video

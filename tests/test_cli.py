@@ -51,10 +51,10 @@ def test_synth_refuses_a_folder_that_is_not_synthetic(ag_root):
 def test_every_error_a_user_can_fix_takes_the_one_error_path():
     """The group prints these as one line: each is a UserError (no per-command except blocks)."""
     from cli import _user_error
+    from common.errors import ConfigError, InputError
     from stage1_detect.action_genome import AnnotationError
     from stage1_detect.ag_checkpoint import CheckpointError
     from stage2_relations.compare import RunMismatch
-    from store.errors import ConfigError, InputError
 
     for error in (AnnotationError("f.pkl", "bad"), CheckpointError("f.pth: bad"), RunMismatch("run: other"),
                   ConfigError("recipe: bad"), InputError("file: bad"), FileNotFoundError("gone")):
@@ -64,7 +64,7 @@ def test_every_error_a_user_can_fix_takes_the_one_error_path():
 
 def test_mode_choices_come_from_mode():
     from cli import MODE_CHOICE
-    from store.modes import Mode
+    from rules.modes import Mode
 
     assert list(MODE_CHOICE.choices) == [m.value for m in Mode]
     for command in ("dataset", "train", "eval", "compare"):

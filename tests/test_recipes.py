@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from common.config import load_yaml_mapping
+from common.errors import ConfigError
 from stage1_detect.train_detector import DetectorTrainConfig
 from stage2_relations.recipe import load_config
-from store.errors import ConfigError, load_yaml_mapping
 from tests.helpers import REPO
 
 RESOLVED = json.loads((REPO / "tests" / "data" / "recipes_resolved.json").read_text())

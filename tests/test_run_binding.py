@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import torch
 
+from common.run_folder import RunFolderError, claim_run_folder
 from stage2_relations.compare import RunMismatch, run_state
 from stage2_relations.recipe import TrainConfig
 from stage2_relations.train import train
 from store import StoreWriter
-from store.run_folder import RunFolderError, claim_run_folder
 from tests.helpers import REPO
 from tests.helpers.cli import error_line, run_cli
 from tests.helpers.stage2 import TINY_HEAD, learnable_video, one_thread, tiny_meta

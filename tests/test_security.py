@@ -18,17 +18,17 @@ import pytest
 import torch
 import yaml
 
+from common.errors import InputError
+from common.torch_files import load_torch, plain_data, save_torch
 from stage1_detect.action_genome import load_action_genome
 from stage1_detect.ag_annotations import AnnotationError
 from stage2_relations.compare import run_state
 from stage2_relations.heads.stket import with_output_branch
 from stage2_relations.recipe import TrainConfig
 from stage2_relations.train import train
-from store.errors import InputError
-from store.torch_files import load_torch, plain_data, save_torch
 from tests.helpers import REPO
-from tests.helpers.cli import error_line, run_cli
 from tests.helpers.ag import fixture_annotations, write_root
+from tests.helpers.cli import error_line, run_cli
 from tests.helpers.stage2 import TINY_HEAD, one_thread, write_learnable_store
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)

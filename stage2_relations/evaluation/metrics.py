@@ -25,13 +25,19 @@ from typing import Sequence
 
 import numpy as np
 
-from store.boxes import paired_box_iou_plus_one
-from store.modes import Mode
+from rules.boxes import paired_box_iou_plus_one
+from rules.modes import Mode
 from store.vocabulary import ACTION_GENOME, Vocabulary
 
 from .structures import (
-    Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet, MeanRecall, PaddedCells,
-    PrecisionDenominator, PredictionSet,
+    Constraint,
+    FrameGroundTruth,
+    FramePredictions,
+    GroundTruthSet,
+    MeanRecall,
+    PaddedCells,
+    PrecisionDenominator,
+    PredictionSet,
 )
 from .triplets import GROUP_ORDER, GroundTruthTriplets, RankedTriplets, ground_truth_triplets, rank_triplets
 

@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from store.errors import InputError
-from store.files import atomic_write
-from store.modes import Mode
+from common.errors import InputError
+from common.files import atomic_write
+from rules.modes import Mode
 from store.vocabulary import ACTION_GENOME, Vocabulary
 
 from .structures import GroundTruthSet, PredictionSet

@@ -22,9 +22,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from store.errors import InputError
-from store.files import atomic_write, write_text
-from store.modes import Mode
+from common.errors import InputError
+from common.files import atomic_write, write_text
+from rules.modes import Mode
 from store.vocabulary import ACTION_GENOME, Vocabulary
 
 from .metrics import EvaluationResult, evaluate_all

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from store.modes import Mode
+from rules.modes import Mode
 from store.vocabulary import ACTION_GENOME, PredicateGroup, Vocabulary
 
 from .structures import Constraint, GroundTruthSet, PaddedCells, PredictionSet

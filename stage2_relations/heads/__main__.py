@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from rules.modes import Mode
 from stage2_relations.heads import HEADS, HeadContext, RSNet, count_parameters, from_config, head_class
-from store.modes import Mode
 from store.vocabulary import ACTION_GENOME
 
 # RS-Net paper, Table 2 (SGDET): parameters in millions, without and with RS-Net. Its counts

@@ -27,9 +27,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from rules.modes import Mode
 from stage2_relations.data import RelationBatch
 from stage2_relations.heads.objects import ObjectPredictions, object_loss, predict_objects
-from store.modes import Mode
 from store.vocabulary import PredicateGroup, Vocabulary
 
 

@@ -30,7 +30,7 @@ or in SGDET the rank of the pair's subject box), heads 3 / 6 / 17. Losses as STT
 * SGCLS test: STTran's rule (:func:`~.objects.sgcls_test_objects`) on ``softmax(logits[:, 1:])``.
 * SGDET test: the classifier **re-scores the stored detections** with ``softmax(37 logits)[:, 1:]``
   (not renormalised, M:328), then STTran's copies of books / chairs / food, per-class NMS 0.6,
-  subject = the most person-like box (:func:`store.pairing.select_test_boxes`) on those scores;
+  subject = the most person-like box (:func:`rules.pairing.select_test_boxes`) on those scores;
   boxes and pairs are rebuilt (:meth:`RelationBatch.with_boxes` / ``with_pairs``, union
   features from the pair pool) and the output refers to the rebuilt batch. It needs the view's
   stored detections (``sgdet_boxes: raw``) and the pool (``needs_pair_pool``).
@@ -52,17 +52,36 @@ import numpy as np
 import torch
 from torch import nn
 
+from rules.modes import Mode
+from rules.pairing import select_test_boxes
 from stage2_relations.data import RelationBatch
-from stage2_relations.heads.base import (HeadContext, PredicateLogits, RelationFeatures, RelationHead, RelationOutput,
-                                         register_head)
+from stage2_relations.heads.base import (
+    HeadContext,
+    PredicateLogits,
+    RelationFeatures,
+    RelationHead,
+    RelationOutput,
+    register_head,
+)
 from stage2_relations.heads.layers import PairRepresentation, pad_groups
-from stage2_relations.heads.objects import (ObjectClassifier, ObjectPredictions, center_size, foreground_distribution,
-                                            objects_from_logits)
+from stage2_relations.heads.objects import (
+    ObjectClassifier,
+    ObjectPredictions,
+    center_size,
+    foreground_distribution,
+    objects_from_logits,
+)
 from stage2_relations.heads.sttran import STTran
-from stage2_relations.heads.tracking import (ACCEPT_COST, COST_WEIGHTS, EXPIRY_FRAMES, frame_number, frame_ranks,
-                                             group_by_class, group_by_label, track_objects)
-from store.pairing import select_test_boxes
-from store.modes import Mode
+from stage2_relations.heads.tracking import (
+    ACCEPT_COST,
+    COST_WEIGHTS,
+    EXPIRY_FRAMES,
+    frame_number,
+    frame_ranks,
+    group_by_class,
+    group_by_label,
+    track_objects,
+)
 from store.vocabulary import PredicateGroup, Vocabulary
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from store.errors import InputError
+from common.errors import InputError
 from store.vocabulary import Vocabulary
 
 
@@ -19,7 +19,7 @@ def glove_embeddings(path: str | Path, vocabulary: Vocabulary, dim: int, seed: i
     of this vocabulary are those parts); a class whose word the file lacks, the background among
     them, keeps a normal N(0, 1) draw (from ``seed``; STTran draws from torch's global RNG).
     Call this outside the head and pass the tensor in ``HeadContext.derived`` (heads do no I/O).
-    Raises :class:`~store.errors.InputError` naming the file when it cannot be one (unreadable,
+    Raises :class:`~common.errors.InputError` naming the file when it cannot be one (unreadable,
     not UTF-8, a first line that is not a word and numbers, a line of another width), when its
     vectors are not ``dim`` wide, or when it holds none of the class words: each of those
     used to leave every embedding random without a word.

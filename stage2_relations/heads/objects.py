@@ -38,8 +38,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rules.modes import Mode
 from stage2_relations.data import RelationBatch
-from store.modes import Mode
 
 
 def center_size(boxes: torch.Tensor) -> torch.Tensor:

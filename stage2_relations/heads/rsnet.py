@@ -163,8 +163,8 @@ class RSNet(nn.Module):
 
 
 if __name__ == "__main__":  # the full-size parameter count of STTran and STTran + RS-Net
+    from rules.modes import Mode
     from stage2_relations.heads.base import build_head
-    from store.modes import Mode
     from store.vocabulary import ACTION_GENOME
 
     for mode in (Mode.PREDCLS, Mode.SGDET):

@@ -18,12 +18,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.torch_files import load_torch, save_torch
+from rules.modes import Mode
 from stage2_relations.data import RelationBatch
 from stage2_relations.heads.base import HeadContext, PredicateLogits, RelationFeatures, RelationHead, register_head
 from stage2_relations.heads.layers import PairRepresentation, PosEncoderLayer, cloned, frame_windows, pad_groups
 from stage2_relations.heads.objects import object_classifier_for
-from store.torch_files import load_torch, save_torch
-from store.modes import Mode
 from store.vocabulary import PredicateGroup, Vocabulary
 
 BRANCHES = ("ensemble", "spatial", "temporal")

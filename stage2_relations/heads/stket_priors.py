@@ -151,8 +151,8 @@ def load_priors_json(path: str | Path, vocabulary: Vocabulary) -> dict[str, torc
     rows, then for each class key ``initial[cls] = initial_prior`` and
     ``specific[cls, c_rel_idx[k]] = specific_prior[k]`` (local contact ids). A class named
     other than the vocabulary's, an index out of range or a row of the wrong width raises
-    :class:`~store.errors.FileError` naming the file and the class."""
-    from store.errors import FileError
+    :class:`~common.errors.FileError` naming the file and the class."""
+    from common.errors import FileError
 
     path = Path(path)
     try:

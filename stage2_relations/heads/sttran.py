@@ -29,12 +29,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rules.modes import Mode
 from stage2_relations.data import RelationBatch
 from stage2_relations.heads.base import HeadContext, PredicateLogits, RelationFeatures, RelationHead, register_head
 from stage2_relations.heads.layers import PairRepresentation, PosEncoder, frame_windows, pad_groups
 from stage2_relations.heads.losses import multilabel_margin_loss
 from stage2_relations.heads.objects import object_classifier_for
-from store.modes import Mode
 from store.vocabulary import PredicateGroup, Vocabulary
 
 

@@ -8,9 +8,8 @@ from typing import Callable
 
 import numpy as np
 
-from stage2_relations.evaluation import (FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet,
-                                         write_predictions)
-from store.modes import Mode
+from rules.modes import Mode
+from stage2_relations.evaluation import FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet, write_predictions
 from store.vocabulary import ACTION_GENOME as VOC
 
 PERSON, CUP = VOC.person_index, VOC.object_index("cup")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rules.pairing import stored_pairs, sttran_assignment
 from store import StoreMeta, StoreWriter, VideoRecord
-from store.pairing import sttran_assignment, stored_pairs
 from store.testing import synthetic_meta, synthetic_video, synthetic_videos
 
 TINY_HEAD = dict(hidden=16, embed_dim=8, mask_channels=8, box_dim=8, object_hidden=16,
@@ -103,7 +103,7 @@ def handmade_video(meta: StoreMeta, frames: list[dict], name: str = "hand.mp4", 
     tuples, the person first), optional ``small`` (list of 0/1 per GT object), ``rel`` (dict
     GT object index -> list of predicate ids), ``det`` (list of (box, label) tuples) and
     optional ``det_dists`` ((N, C) array; default: mass 0.9 on the label). Stored pairs are
-    :func:`store.pairing.stored_pairs`'s; each pair's union feature is (subject, object, 0, ...)
+    :func:`rules.pairing.stored_pairs`'s; each pair's union feature is (subject, object, 0, ...)
     in the joint box index, so a test can read which stored pair a view used. Features of a
     box are (its joint index + 1) * 0.01 everywhere."""
     c, p, dim = meta.vocabulary.num_objects, meta.vocabulary.num_predicates, meta.feature_dim

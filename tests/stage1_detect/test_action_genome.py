@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from rules.modes import Mode
 from stage1_detect.action_genome import (
     AnnotationError,
     ReaderOptions,
@@ -18,9 +19,7 @@ from stage1_detect.action_genome import (
     load_action_genome,
     validation_videos,
 )
-from store.modes import Mode
 from store.vocabulary import ACTION_GENOME as V
-
 from tests.helpers.ag import NO_PERSON, filtersmall_view, fixture_annotations, obj, view_of, write_root
 
 NO_VAL = ReaderOptions(val_fraction=0.0)

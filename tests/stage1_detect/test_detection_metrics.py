@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rules.boxes import box_iou_continuous
 from stage1_detect.detection_metrics import average_precision, detection_map
-from store.boxes import box_iou_continuous
 
 
 def test_box_iou_unit_cases():

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from rules.pairing import sttran_test_boxes
 from stage1_detect.detection_step import (
     STTRAN_CHUNK,
     BoxScale,
@@ -24,7 +25,6 @@ from stage1_detect.detection_step import (
     sttran_positions,
 )
 from stage1_detect.detectors import FeatureMaps, build_detector
-from store.pairing import sttran_test_boxes
 
 STTRAN = dict(clamp_at_zero=True, plus_one=True, score_thresh=0.1, nms_thresh=0.4, nms_space=NmsSpace.ORIGINAL,
               person_label=1, single_person=True, max_detections=0, order=DetectionOrder.CLASS)

@@ -35,16 +35,16 @@ from detectron2.modeling.poolers import ROIPooler  # noqa: E402
 from detectron2.modeling.roi_heads import Res5ROIHeads  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402
 
+from rules.boxes import union_boxes  # noqa: E402
 from stage1_detect.action_genome import ReaderOptions, load_action_genome, read_vocabulary  # noqa: E402
 from stage1_detect.class_map import resolve_class_map  # noqa: E402
 from stage1_detect.detectors import build_detector, save_detector  # noqa: E402
 from stage1_detect.detectron2_backend import load_detectron2_detector  # noqa: E402
 from stage1_detect.frame_detector import DetectorLoadError, keep_one_person  # noqa: E402
 from stage1_detect.frames import PngFrames  # noqa: E402
-from synth import SynthConfig, generate_synthetic_ag  # noqa: E402
 from store import check_store, open_store  # noqa: E402
-from store.boxes import union_boxes  # noqa: E402
 from store.vocabulary import ACTION_GENOME  # noqa: E402
+from synth import SynthConfig, generate_synthetic_ag  # noqa: E402
 from tests.helpers import REPO  # noqa: E402
 
 CLI = [sys.executable, str(REPO / "cli.py")]

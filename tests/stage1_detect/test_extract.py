@@ -25,14 +25,14 @@ import torch
 from PIL import Image
 from torch.testing import assert_close
 
+from rules.boxes import union_boxes
+from rules.pairing import PairIndex, stored_pairs, sttran_assignment
 from stage1_detect.action_genome import ReaderOptions, load_action_genome
 from stage1_detect.detection_step import sttran_positions
 from stage1_detect.extract import ExtractConfig, extract, video_record
 from stage1_detect.frames import PngFrames
-from synth import SynthConfig, generate_synthetic_ag
 from store import check_store, open_store
-from store.boxes import union_boxes
-from store.pairing import PairIndex, sttran_assignment, stored_pairs
+from synth import SynthConfig, generate_synthetic_ag
 from tests.helpers import REPO
 from tests.helpers.detector import person_finding_detector
 

@@ -11,8 +11,8 @@ import torch
 
 import stage1_detect.train_detector as td
 from stage1_detect.detectors import build_detector
-from synth import SynthConfig, generate_synthetic_ag
 from stage1_detect.train_detector import DetectorTrainConfig, lr_at, train_detector
+from synth import SynthConfig, generate_synthetic_ag
 
 # Tiny and fast: frames processed at 64x48, 3 frames a step, the cosine part of the
 # schedule reached in the second step.
@@ -101,7 +101,7 @@ def test_resume_gives_the_same_weights(ag, tmp_path, monkeypatch, caplog):
 
 
 def test_a_non_finite_loss_is_one_line_naming_epoch_and_step(ag, tmp_path, monkeypatch):
-    from store.errors import NonFiniteError
+    from common.errors import NonFiniteError
 
     def nan_detector(arch, settings):  # the real detector with one NaN weight: every loss is NaN
         detector = build_detector(arch, settings)

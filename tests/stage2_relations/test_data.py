@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from rules.boxes import box_iou_continuous
+from rules.modes import Mode
 from stage2_relations.data import Collator, VideoDataset, epoch_order, negative_rng, spatial_masks
 from stage2_relations.views import ViewOptions, frame_view, mode_frames, sample_negatives
 from store import StoreWriter, open_store
-from store.boxes import box_iou_continuous
-from store.modes import Mode
 from tests.helpers.stage2 import handmade_video, one_thread, tiny_meta, write_random_store
 
 PERSON, CUP, BOOK = 1, 11, 5

@@ -9,21 +9,27 @@ import numpy as np
 import pytest
 import torch
 
+from rules.modes import Mode
+from rules.pairing import PairIndex, select_test_boxes, sttran_test_boxes
 from stage2_relations.data import Collator, VideoDataset, spatial_masks
 from stage2_relations.heads import HeadContext, build_model, count_parameters
 from stage2_relations.heads import dsgdetr as dsg
 from stage2_relations.heads.objects import center_size
-from stage2_relations.heads.tracking import (frame_number, frame_ranks, generalized_iou, group_by_class,
-                                             group_by_label, track_objects)
+from stage2_relations.heads.tracking import (
+    frame_number,
+    frame_ranks,
+    generalized_iou,
+    group_by_class,
+    group_by_label,
+    track_objects,
+)
 from stage2_relations.recipe import TrainConfig
 from stage2_relations.train import train
 from stage2_relations.views import ViewOptions
 from store import StoreWriter, open_store
-from store.pairing import PairIndex, select_test_boxes, sttran_test_boxes
-from store.modes import Mode
 from store.vocabulary import ACTION_GENOME
-from tests.helpers.stage2 import TINY_HEADS, TINY_RSNET, handmade_video, one_thread, tiny_meta, write_learnable_store
 from tests.helpers import REPO
+from tests.helpers.stage2 import TINY_HEADS, TINY_RSNET, handmade_video, one_thread, tiny_meta, write_learnable_store
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
@@ -418,8 +424,8 @@ def test_detector_rule_scores_sgdet_boxes_with_the_detectors_distribution(tmp_pa
     distribution, as STTran and STKET do, instead of re-scoring the raw detections with its
     classifier (whose logits call d1 the person). The detector calls d0 the person, d1 a
     cup, d2 a bag: STTran's test boxes, subject d0."""
+    from common.errors import ConfigError
     from stage2_relations.evaluate_checkpoint import eval_view_options
-    from store.errors import ConfigError
 
     path = _store(tmp_path, [dict(gt=[(PERSON_BOX, PERSON), (CUP_BOX, CUP)], rel={1: [0]}, det=DETS)])
     cfg = TrainConfig(store=str(path), mode="sgdet", head="dsgdetr", sgdet_boxes="raw")

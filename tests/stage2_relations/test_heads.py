@@ -7,16 +7,15 @@ import math
 import pytest
 import torch
 
+from rules.modes import Mode
 from stage2_relations.data import Collator, VideoDataset
 from stage2_relations.heads import HEADS, HeadContext, RSNet, build_model, count_parameters, head_class
 from stage2_relations.heads.losses import focal_loss, multilabel_margin_loss
 from stage2_relations.heads.objects import object_loss, predict_objects, sgcls_test_objects
 from stage2_relations.views import ViewOptions
 from store import StoreWriter
-from store.modes import Mode
 from store.vocabulary import ACTION_GENOME
-from tests.helpers.stage2 import one_thread, TINY_HEAD, TINY_HEADS, TINY_RSNET, tiny_meta, write_random_store
-
+from tests.helpers.stage2 import TINY_HEAD, TINY_HEADS, TINY_RSNET, one_thread, tiny_meta, write_random_store
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 

@@ -17,12 +17,12 @@ import pytest
 import torch
 
 import stage2_relations.views as views
+from rules.boxes import box_iou_continuous as box_iou
+from rules.modes import Mode
 from stage2_relations.data import Collator, VideoDataset, negative_rng
 from stage2_relations.views import ViewOptions
 from store import StoreWriter
-from store.boxes import box_iou_continuous as box_iou
 from store.testing import synthetic_video
-from store.modes import Mode
 from tests.helpers.stage2 import one_thread, tiny_meta
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)

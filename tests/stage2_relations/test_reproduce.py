@@ -15,12 +15,22 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from common.errors import ConfigError
 from stage2_relations import compare
 from stage2_relations.evaluation.seeds import Difference, Summary
-from stage2_relations.reproduce import (RUN_OVERHEAD_S, VARIANTS, Estimate, estimate_time, load_published,
-                                        load_recipe_set, only_rows, parse_tables, plan_tables, table_rows)
+from stage2_relations.reproduce import (
+    RUN_OVERHEAD_S,
+    VARIANTS,
+    Estimate,
+    estimate_time,
+    load_published,
+    load_recipe_set,
+    only_rows,
+    parse_tables,
+    plan_tables,
+    table_rows,
+)
 from stage2_relations.reproduce_report import csv_rows, format_latex, format_markdown, paper_gain
-from store.errors import ConfigError
 from store.reader import store_location
 from tests.helpers.stage2 import TINY_HEADS, TINY_RSNET, one_thread
 from tests.stage2_relations.test_compare import write_store_with_test

@@ -17,22 +17,29 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import ConfigError, InputError
+from common.files import sha256_of
+from rules.modes import Mode
 from stage1_detect.action_genome import ReaderOptions
 from stage1_detect.extract import ExtractConfig, extract
 from stage1_detect.frames import FrameError
 from stage1_detect.video_source import FrameSelection, LooseVideos, detect_videos, find_videos
+from stage2_relations.checkpoints import run_checkpoint
 from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
 from stage2_relations.evaluation.predictions_io import read_predictions
 from stage2_relations.evaluation.structures import Constraint
 from stage2_relations.evaluation.triplets import rank_triplets
 from stage2_relations.recipe import TrainConfig
-from stage2_relations.scene_graphs import (check_detector, documents_from_predictions, json_schema,
-                                           load_sgdet_run, read_document, validate, write_scene_graphs)
-from stage2_relations.checkpoints import run_checkpoint
+from stage2_relations.scene_graphs import (
+    check_detector,
+    documents_from_predictions,
+    json_schema,
+    load_sgdet_run,
+    read_document,
+    validate,
+    write_scene_graphs,
+)
 from stage2_relations.train import train
-from store.errors import ConfigError, InputError
-from store.files import sha256_of
-from store.modes import Mode
 from synth import SynthConfig, generate_synthetic_ag
 from tests.helpers.detector import person_finding_detector
 from tests.helpers.stage2 import TINY_HEAD, TINY_RSNET

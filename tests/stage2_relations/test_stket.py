@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from rules.modes import Mode
 from stage2_relations.data import Collator, VideoDataset
 from stage2_relations.heads import HeadContext, build_head, build_model, count_parameters, head_class
 from stage2_relations.heads.stket import (
@@ -26,8 +27,8 @@ from stage2_relations.heads.stket import (
 from stage2_relations.heads.stket_priors import INITIAL_KEY, SPECIFIC_KEY, count_priors, priors_json
 from stage2_relations.views import ViewOptions
 from store import StoreWriter, open_store
-from store.modes import Mode
 from store.vocabulary import ACTION_GENOME as V
+from tests.helpers import REPO
 from tests.helpers.stage2 import (
     TINY_HEADS,
     handmade_video,
@@ -36,7 +37,6 @@ from tests.helpers.stage2 import (
     write_learnable_store,
     write_random_store,
 )
-from tests.helpers import REPO
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
@@ -137,8 +137,8 @@ def test_priors_from_stkets_json_layout(tmp_path):
     (local contact ids), zeros elsewhere. Names are STKET's (STTran's renamed classes)."""
     import json
 
+    from common.errors import FileError
     from stage2_relations.heads.stket_priors import load_priors_json
-    from store.errors import FileError
 
     cup_init = [0.0] * V.num_predicates
     cup_init[P("looking_at")], cup_init[P("holding")], cup_init[P("not_contacting")] = 0.75, 0.5, 0.5
@@ -521,8 +521,8 @@ def test_recipes(recipe, tmp_path):
 
 
 def test_training_beats_untrained(tmp_path):
-    from stage2_relations.evaluation.predict import score_model
     from stage2_relations.recipe import TrainConfig
+    from stage2_relations.scoring import score_model
     from stage2_relations.train import build_from_config, derive, train
 
     store = write_learnable_store(tmp_path / "learn.h5")

@@ -14,15 +14,13 @@ import yaml
 from click.testing import CliRunner
 
 from stage2_relations.data import VideoDataset
-from stage2_relations.evaluation.predict import score_model
 from stage2_relations.recipe import TrainConfig, load_config
+from stage2_relations.scoring import score_model
 from stage2_relations.train import build_from_config, train
 from stage2_relations.views import ViewOptions
 from store import open_store
-from tests.helpers.stage2 import one_thread, TINY_HEAD, TINY_RSNET, write_learnable_store
 from tests.helpers import REPO
-
-
+from tests.helpers.stage2 import TINY_HEAD, TINY_RSNET, one_thread, write_learnable_store
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
@@ -140,8 +138,8 @@ def test_train_and_evaluate_other_modes(store_path, tmp_path, mode):
 def test_rsnet_learns_to_score_negatives_lower(store_path, tmp_path):
     """On the learnable store the negatives (unmatched detections) are of bystander classes:
     after training, p_{t,0} separates them from the positives on the validation videos."""
-    from stage2_relations.data import collate
     from stage2_relations.checkpoints import load_checkpoint
+    from stage2_relations.data import collate
 
     cfg = _cfg(store_path, TINY_RSNET, epochs=12)
     result = train(cfg, tmp_path / "run", progress=False, echo=lambda s: None)

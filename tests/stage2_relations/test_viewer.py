@@ -9,13 +9,12 @@ import json
 import numpy as np
 import pytest
 
+from common.errors import InputError
+from rules.modes import Mode
 from stage2_relations.evaluation.predictions_io import write_predictions
-from stage2_relations.evaluation.structures import (FrameGroundTruth, FramePredictions, GroundTruthSet,
-                                                    PredictionSet)
+from stage2_relations.evaluation.structures import FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet
 from stage2_relations.scene_graphs import documents_from_predictions, validate
 from stage2_relations.viewer import ViewOptions, ViewRun, _base_ranks, load_run, write_page
-from store.errors import InputError
-from store.modes import Mode
 from store.vocabulary import ACTION_GENOME as V
 from tests.helpers.browser import assert_not_blank, chromium, wait_for
 

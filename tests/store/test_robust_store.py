@@ -25,13 +25,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common.files import LockedError
 from stage1_detect.detectors import build_detector, save_detector
-from synth import SynthConfig, generate_synthetic_ag
 from store import StoreError, StoreWriter, backends, check_store, merge, open_store
-from store.files import LockedError
-from tests.helpers.store import assert_store_holds, small_meta, small_videos, write_store
+from synth import SynthConfig, generate_synthetic_ag
 from tests.helpers import REPO
-
+from tests.helpers.store import assert_store_holds, small_meta, small_videos, write_store
 
 
 def _holder(code: str, *args: str) -> subprocess.Popen:

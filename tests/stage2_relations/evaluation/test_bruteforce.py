@@ -8,12 +8,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from store.modes import Mode
-from store.vocabulary import ACTION_GENOME
+from rules.modes import Mode
 from stage2_relations.evaluation import (
-    Constraint, GroundTruthSet, MeanRecall, PaddedCells, PrecisionDenominator, PredictionSet, evaluate,
+    Constraint,
+    GroundTruthSet,
+    MeanRecall,
+    PaddedCells,
+    PrecisionDenominator,
+    PredictionSet,
+    evaluate,
 )
 from stage2_relations.evaluation.synthetic import random_frames
+from store.vocabulary import ACTION_GENOME
 
 VOC = ACTION_GENOME
 KS = (10, 20, 50, 100)

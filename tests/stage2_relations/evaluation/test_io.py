@@ -11,14 +11,21 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from store.modes import Mode
-from store.vocabulary import ACTION_GENOME as VOC
+from rules.modes import Mode
 from stage2_relations.evaluation import (
-    FrameGroundTruth, FramePredictions, GroundTruthSet, MeanRecall, PredictionSet, evaluate, evaluate_all,
-    read_predictions, write_predictions,
+    FrameGroundTruth,
+    FramePredictions,
+    GroundTruthSet,
+    MeanRecall,
+    PredictionSet,
+    evaluate,
+    evaluate_all,
+    read_predictions,
+    write_predictions,
 )
 from stage2_relations.evaluation.report import format_table, write_report
 from stage2_relations.evaluation.synthetic import random_frames
+from store.vocabulary import ACTION_GENOME as VOC
 
 PERSON, CUP, TABLE = VOC.person_index, VOC.object_index("cup"), VOC.object_index("table")
 BOXES = np.array([[0, 0, 99, 199], [10, 10, 29, 29], [50, 100, 149, 159]], float)

@@ -5,11 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from store.modes import Mode
-from store.vocabulary import ACTION_GENOME as VOC
+from rules.modes import Mode
 from stage2_relations.evaluation import (
-    Constraint, FrameGroundTruth, FramePredictions, MeanRecall, PaddedCells, PrecisionDenominator, evaluate_frames,
+    Constraint,
+    FrameGroundTruth,
+    FramePredictions,
+    MeanRecall,
+    PaddedCells,
+    PrecisionDenominator,
+    evaluate_frames,
 )
+from store.vocabulary import ACTION_GENOME as VOC
 
 LOOKING_AT, NOT_LOOKING_AT = 0, 1
 IN_FRONT_OF, BEHIND = 5, 6

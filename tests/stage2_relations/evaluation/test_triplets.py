@@ -5,13 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from store.boxes import paired_box_iou_plus_one
-from store.modes import Mode
-from store.vocabulary import ACTION_GENOME as VOC
+from rules.boxes import paired_box_iou_plus_one
+from rules.modes import Mode
 from stage2_relations.evaluation import (
-    Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet, PaddedCells, PredictionSet,
-    ground_truth_triplets, rank_triplets,
+    Constraint,
+    FrameGroundTruth,
+    FramePredictions,
+    GroundTruthSet,
+    PaddedCells,
+    PredictionSet,
+    ground_truth_triplets,
+    rank_triplets,
 )
+from store.vocabulary import ACTION_GENOME as VOC
 
 LOOKING_AT, NOT_LOOKING_AT, UNSURE = 0, 1, 2
 ABOVE, IN_FRONT_OF, BEHIND, IN = 3, 5, 6, 8

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from store.errors import InputError
-from store.files import atomic_write
+from common.errors import InputError
+from common.files import atomic_write
 
 
 def os_error_in(e: BaseException) -> OSError | None:
@@ -147,7 +147,7 @@ def refused_global(e: BaseException) -> str | None:
 
 def load_torch(path: Path | str, *, what: str = "checkpoint", weights_only: bool = True,
                map_location: Any = "cpu", mmap: bool = False) -> Any:
-    """``torch.load`` of ``path`` with an :class:`~store.errors.InputError` naming the file and
+    """``torch.load`` of ``path`` with an :class:`~common.errors.InputError` naming the file and
     what is wrong for a missing, empty (an interrupted write), truncated, text or foreign file.
 
     ``weights_only`` (the default, and what every reader passes unless its user trusts the file):

@@ -24,8 +24,8 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from store.errors import UserError
-from store.files import remove_temps
+from common.errors import UserError
+from common.files import remove_temps
 
 
 class RunFolderError(UserError):

@@ -1,4 +1,4 @@
-"""STTran's pairing rules (``store.pairing``) and the "+1 pixel" geometry (``store.boxes``),
+"""STTran's pairing rules (``rules.pairing``) and the "+1 pixel" geometry (``rules.boxes``),
 on frames small enough to work out by hand. Boxes are xyxy pixels; a "+1" width is
 ``x2 - x1 + 1``."""
 
@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from store.boxes import box_iou_continuous, box_iou_plus_one, nms_plus_one
-from store.pairing import (
+from rules.boxes import box_iou_continuous, box_iou_plus_one, nms_plus_one
+from rules.pairing import (
     PairIndex,
     person_detections,
-    sttran_assignment,
-    sttran_test_boxes,
     stored_pairs,
     strict_assignment,
+    sttran_assignment,
+    sttran_test_boxes,
 )
 from store.vocabulary import ACTION_GENOME as V
 

@@ -1,5 +1,5 @@
 """Files that are written whole or not at all, and one writer per folder (PyTorch files:
-:mod:`store.torch_files`).
+:mod:`common.torch_files`).
 
 * :func:`atomic_write` (and :func:`write_text`, :func:`write_json`, :func:`copy_file`): the
   content goes to a temporary file in the same folder (``.NAME.tmp-PID``), is flushed and
@@ -34,7 +34,7 @@ import weakref
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from store.errors import UserError
+from common.errors import UserError
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
 

@@ -1,7 +1,7 @@
 """A lock dies with its owner (issue 19): a SIGKILL of the process that holds a store part's or a
 run folder's lock, and of it alone (as the kernel's OOM killer sends it), lets a rerun take the
 lock at once, even while the owner's forked children (DataLoader workers) live on; and a
-DataLoader worker started with :func:`store.files.die_with_parent` dies with its parent.
+DataLoader worker started with :func:`common.files.die_with_parent` dies with its parent.
 
 Before, a forked worker shared the lock's open file description and held the ``flock`` after its
 parent died: every rerun was refused, naming the dead process, until the workers noticed.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from store.files import LockedError, WriterLock
+from common.files import LockedError, WriterLock
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ def test_a_forked_child_does_not_keep_the_lock_of_its_killed_parent(tmp_path):
     lock_file = tmp_path / ".rank0.lock"
     proc, pids = _start("""
         import multiprocessing as mp
-        from store.files import WriterLock
+        from common.files import WriterLock
         lock = WriterLock(sys.argv[1], folder=sys.argv[1], what="part 'rank0' is being written").acquire()
         ready = mp.get_context("fork").Event()
 
@@ -85,7 +85,7 @@ def test_a_dataloader_worker_dies_with_its_parent(tmp_path):
     proc, pids = _start("""
         import functools
         from torch.utils.data import DataLoader, Dataset
-        from store.files import die_with_parent
+        from common.files import die_with_parent
 
         class Slow(Dataset):
             def __len__(self):
@@ -116,7 +116,7 @@ def test_a_dataloader_worker_dies_with_its_parent(tmp_path):
 def test_die_with_parent_exits_a_worker_whose_parent_is_already_gone():
     code = textwrap.dedent(f"""
         import sys; sys.path[:0] = [{str(REPO)!r}]
-        from store.files import die_with_parent
+        from common.files import die_with_parent
         die_with_parent(0, parent=1)  # this process's parent is not pid 1
         print("survived")
     """)

@@ -18,12 +18,13 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from store.modes import Mode
-from store.vocabulary import Vocabulary
-
-from .metrics import EvaluationResult, evaluate_frames
-from .structures import Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet
+from rules.modes import Mode
+from stage2_relations.data import Collator
+from stage2_relations.evaluation.metrics import EvaluationResult, evaluate_frames
+from stage2_relations.evaluation.structures import Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet
+from store.vocabulary import PredicateGroup, Vocabulary
 
 
 def batch_predictions(output, batch) -> list[FramePredictions]:
@@ -59,10 +60,6 @@ def predict(model: torch.nn.Module, dataset, *, device: str | torch.device = "cp
     output), ``fps``, ``pairs`` (scored) and ``pairs_substituted`` (of those, how many took
     another pair's union feature: :mod:`stage2_relations.views`).
     """
-    from tqdm.auto import tqdm
-
-    from stage2_relations.data import Collator
-
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=videos_per_batch, shuffle=False, num_workers=num_workers,
@@ -111,8 +108,6 @@ def score_model(model: torch.nn.Module, dataset, *, device: str | torch.device =
 def as_sets(names: Sequence[str], gts: Sequence[FrameGroundTruth], preds: Sequence[FramePredictions],
             vocabulary: Vocabulary) -> tuple[GroundTruthSet, PredictionSet]:
     """The flat sets (for :func:`write_predictions`) of per-frame lists."""
-    from store.vocabulary import PredicateGroup
-
     widths = tuple(e - s for s, e in (vocabulary.group_range(g) for g in
                                        (PredicateGroup.ATTENTION, PredicateGroup.SPATIAL, PredicateGroup.CONTACTING)))
     return (GroundTruthSet.from_frames(list(gts), frame_names=list(names)),
@@ -122,8 +117,6 @@ def as_sets(names: Sequence[str], gts: Sequence[FrameGroundTruth], preds: Sequen
 def top_triplets(pred: FramePredictions, vocabulary: Vocabulary, mode: Mode, k: int = 5) -> list[tuple[int, int, int, float]]:
     """The top-``k`` triplets of a frame under the *with* constraint: (subject box, object box,
     predicate id, score), spatial ones reversed (object, person), as the protocol forms them."""
-    from store.vocabulary import PredicateGroup
-
     rows = []
     s = np.ones(len(pred.pred_labels)) if mode is Mode.PREDCLS else pred.pred_scores
     for g, probs in zip((PredicateGroup.ATTENTION, PredicateGroup.SPATIAL, PredicateGroup.CONTACTING),

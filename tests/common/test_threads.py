@@ -1,4 +1,4 @@
-"""Thread counts (``store.threads``): the default from the cores a process may use, and
+"""Thread counts (``common.threads``): the default from the cores a process may use, and
 ``train`` recording the count it ran with, which ``--resume`` may change."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from store import threads
-from store.threads import available_cores, default_threads, resolve_threads, torch_threads
+from common import threads
+from common.threads import available_cores, default_threads, resolve_threads, torch_threads
 from tests.helpers.stage2 import TINY_HEAD, one_thread, write_learnable_store
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)

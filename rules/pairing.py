@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from store.boxes import box_iou_continuous, box_iou_plus_one, nms_plus_one
+from rules.boxes import box_iou_continuous, box_iou_plus_one, nms_plus_one
 
 ASSIGNMENTS = ("sttran", "strict")
 SGDET_BOXES = ("sttran", "raw")

@@ -1,7 +1,7 @@
 """Geometry of the store's boxes: xyxy, pixels of the original frame, float.
 
 Shared by stage 1 (union boxes of pairs, detection mAP), the pairing rules of
-:mod:`store.pairing` and stage 2 (negative sampling, spatial masks). Two IoU conventions live
+:mod:`rules.pairing` and stage 2 (negative sampling, spatial masks). Two IoU conventions live
 here, named by convention: :func:`box_iou_continuous` uses continuous coordinates (area =
 (x2 - x1) * (y2 - y1)), as torchvision and COCO do; :func:`box_iou_plus_one` counts pixels
 (width = x2 - x1 + 1), as the Cython ``bbox_overlaps`` that STTran inherits from

@@ -26,10 +26,10 @@ def distributed_rank() -> tuple[int, int, int]:
 def resolve_device(device: str):
     """``torch.device`` of a device name; 'auto' is CUDA when present, else the CPU. A name torch
     does not know, or a CUDA device this machine lacks (``cuda:7`` with one GPU), is a
-    :class:`~store.errors.ConfigError` naming it."""
+    :class:`~common.errors.ConfigError` naming it."""
     import torch
 
-    from store.errors import ConfigError
+    from common.errors import ConfigError
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
