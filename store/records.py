@@ -202,7 +202,7 @@ class VideoRecord:
     Pairs:        M rows. pair_subject, pair_object (M,) i32 into the frame's joint box index
                   (GT objects 0..G-1, then detections G..G+N-1), pair_union (M, *U) f16.
 
-    Arrays are numpy by default; :meth:`to_torch` gives the same record with tensors.
+    Arrays are numpy (torch.from_numpy shares their memory where a tensor is wanted).
     """
 
     name: str
@@ -248,14 +248,6 @@ class VideoRecord:
 
     def nbytes(self) -> int:
         return sum(getattr(self, s.field).nbytes for s in ROW_ARRAYS)
-
-    def to_torch(self) -> "VideoRecord":
-        """The same record with every array a ``torch.Tensor`` (sharing memory)."""
-        import torch
-
-        changes = {f.name: torch.from_numpy(np.ascontiguousarray(getattr(self, f.name)))
-                   for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), np.ndarray)}
-        return dataclasses.replace(self, **changes)
 
     def equals(self, other: "VideoRecord") -> bool:
         """Exact equality of every field (arrays compared by dtype, shape and value)."""

@@ -1,6 +1,7 @@
-"""The layout's rules, checked on the source: no import cycle between the project's modules
-(imports inside functions included), no module much over 500 lines without its reason at
-its top, and only store/ imports h5py or zarr."""
+"""The layout's rules, checked on the source (imports inside functions included): each package
+imports only the layers below it, and the store and STTran's rules a closed list of libraries; no
+import cycle between the project's modules; no module much over 500 lines without its reason at
+its top; only store/ imports h5py or zarr."""
 
 from __future__ import annotations
 
@@ -110,4 +111,71 @@ def test_scripts_import_what_exists():
                            and importlib.util.find_spec(f"{name}.{a.name}") is None]
                 if missing:
                     problems.append(f"{path.name}:{node.lineno}: {node.module} has no {', '.join(missing)}")
+    assert not problems, "\n".join(problems)
+
+
+LAYERS = {
+    "common": set(),
+    "rules": {"common"},
+    "store": {"common", "rules"},
+    "synth": {"common", "store"},
+    "stage1_detect": {"common", "rules", "store"},
+    "stage2_relations": {"common", "rules", "store"},
+}
+"""Which packages each package may import (imports inside functions included). From the bottom:
+``common`` (errors, recipes, files, runtime: what every package uses) imports no other;
+``rules`` (STTran's protocol rules) only ``common``; ``store`` (the format) the two below it; the
+two stages never import each other; only the top-level scripts (cli, demo, the pipeline) join them."""
+
+THIRD_PARTY = {
+    "rules": {"numpy"},
+    "store": {"numpy", "pandas", "h5py", "zarr", "hdf5plugin", "google_crc32c", "tqdm", "numcodecs"},
+}
+"""Packages whose third-party imports are a closed list: STTran's rules are numpy functions, and
+the store reads and writes arrays (no torch, no YAML: it holds no model or recipe code)."""
+
+STORE_USES_OF_COMMON = {"common.errors", "common.files"}
+"""The store takes errors and atomic files from ``common``, not recipe loading or runtime."""
+
+
+def _roots(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_each_package_imports_only_the_layers_below_it():
+    modules = project_modules()
+    problems = []
+    for name, path in modules.items():
+        package = name.split(".")[0]
+        if package not in LAYERS:
+            continue
+        for other in imported_modules(name, path, modules):
+            top = other.split(".")[0]
+            if top != package and top not in LAYERS[package]:
+                problems.append(f"{path.relative_to(REPO)} imports {other}")
+            if package == "store" and top == "common" and other not in STORE_USES_OF_COMMON:
+                problems.append(f"{path.relative_to(REPO)} imports {other} (the store holds the format only)")
+    assert not problems, "\n".join(problems)
+    assert set(LAYERS) == set(PACKAGES), "every package has its place in LAYERS"
+
+
+def test_rules_and_store_import_a_closed_list_of_libraries():
+    import sys
+
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    problems = []
+    for name, path in project_modules().items():
+        package = name.split(".")[0]
+        if package not in THIRD_PARTY:
+            continue
+        for module in _roots(path):
+            top = module.split(".")[0]
+            if top not in stdlib and top not in PACKAGES and top not in THIRD_PARTY[package]:
+                problems.append(f"{path.relative_to(REPO)} imports {module}")
     assert not problems, "\n".join(problems)
