@@ -111,3 +111,23 @@ def test_scripts_import_what_exists():
                 if missing:
                     problems.append(f"{path.name}:{node.lineno}: {node.module} has no {', '.join(missing)}")
     assert not problems, "\n".join(problems)
+
+
+def test_evaluation_imports_no_torch():
+    """The protocol package is numpy in, numbers out: no module of stage2_relations/evaluation
+    imports torch, at its top, inside a function or through a project module it imports.
+    Running a model to score it is stage2_relations/scoring.py's work."""
+    modules = project_modules()
+    todo = [name for name in modules if name.startswith("stage2_relations.evaluation")]
+    reached: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in reached:
+            continue
+        reached.add(name)
+        roots = {m.split(".")[0] for node in ast.walk(ast.parse(modules[name].read_text()))
+                 for m in ([a.name for a in node.names] if isinstance(node, ast.Import)
+                           else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])}
+        assert not roots & {"torch", "torchvision"}, f"{name} imports torch (reached from stage2_relations.evaluation)"
+        todo += imported_modules(name, modules[name], modules)
+    assert {"stage2_relations.evaluation.metrics", "store.vocabulary", "rules.boxes"} <= reached  # not vacuous

@@ -82,7 +82,7 @@ from stage2_relations.heads.tracking import (
     group_by_label,
     track_objects,
 )
-from store.vocabulary import PredicateGroup, Vocabulary
+from store.vocabulary import Vocabulary
 
 
 def sinusoid(positions: torch.Tensor, d: int) -> torch.Tensor:
@@ -238,9 +238,7 @@ class DSGDETR(PairRepresentation, RelationHead):
         self.tracker = dict(swap_hw=bool(swap_hw), weights=tuple(float(w) for w in cost_weights),
                             accept=float(accept_cost), expiry=int(expiry_frames))
         c = vocabulary.num_objects
-        self.groups = [vocabulary.group_range(g) for g in (PredicateGroup.ATTENTION, PredicateGroup.SPATIAL,
-                                                           PredicateGroup.CONTACTING)]
-        na, ns, nc = (e - b for b, e in self.groups)
+        na, ns, nc = vocabulary.group_widths
         self.object_classifier = DSGObjectClassifier(
             num_classes=c, feature_dim=feature_dim, embed_dim=embed_dim, box_dim=box_dim, hidden=object_hidden,
             num_heads=num_heads, ffn_dim=object_ffn_dim, num_layers=object_layers, dropout=dropout,

@@ -28,7 +28,7 @@ The head sees RS-Net's negatives only because RS-Net asks the data for them
 (``ViewOptions.negatives``); a bare head trains on positive pairs, as the baselines do.
 
 d_m: the paper does not give it. With d_m = 640 and FFN 4 * d_m, RS-Net adds about 32 M
-parameters to a full-size STTran (``python -m stage2_relations.heads.rsnet`` prints the count),
+parameters to a full-size STTran (``python -m stage2_relations.heads`` prints the count),
 close to the paper's 126.3 M -> 158.6 M (+32.3 M).
 """
 
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from stage2_relations.data import RelationBatch
-from stage2_relations.heads.base import PredicateLogits, RelationHead, RelationOutput, count_parameters
+from stage2_relations.heads.base import PredicateLogits, RelationHead, RelationOutput
 from stage2_relations.heads.layers import PosEncoder, pad_groups
 from stage2_relations.heads.losses import focal_loss
 
@@ -87,7 +87,7 @@ class RSNet(nn.Module):
                                      nn.Linear(mlp_hidden, mlp_hidden // 2), nn.ReLU(inplace=True),
                                      nn.Linear(mlp_hidden // 2, 2))
         if self.context_fusion:
-            a, s, c = (e - b for b, e in head.groups)
+            a, s, c = head.vocabulary.group_widths
             self.fusion = nn.ModuleList([nn.Linear(d_model, a, bias=False), nn.Linear(d_model, s, bias=False),
                                          nn.Linear(d_model, c, bias=False)])
 
@@ -161,16 +161,3 @@ class RSNet(nn.Module):
             output.pair_logits, batch.pair_positive, alpha=self.focal_alpha, gamma=self.focal_gamma)
         return losses
 
-
-if __name__ == "__main__":  # the full-size parameter count of STTran and STTran + RS-Net
-    from rules.modes import Mode
-    from stage2_relations.heads.base import build_head
-    from store.vocabulary import ACTION_GENOME
-
-    for mode in (Mode.PREDCLS, Mode.SGDET):
-        for union in ((2048,), (1024, 7, 7)):
-            head = build_head("sttran", vocabulary=ACTION_GENOME, mode=mode, feature_dim=2048, union_shape=union)
-            n_head = count_parameters(head)
-            n_all = count_parameters(RSNet(head))
-            print(f"{mode.value:8s} union {str(union):14s} STTran {n_head / 1e6:6.2f} M   "
-                  f"+RS-Net {n_all / 1e6:6.2f} M   (+{(n_all - n_head) / 1e6:.2f} M)")
