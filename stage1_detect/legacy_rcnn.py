@@ -212,9 +212,9 @@ def apply_legacy_conventions(model: FasterRCNN, *, anchor_sizes: Sequence[float]
     ``model.backbone`` is the C4 body (``stem``: conv, bn, relu, max-pool). Replaces the
     stem's max-pool padding, the RPN (anchors of ``anchor_sizes`` x ``aspect_ratios``,
     512-channel head, "+1" box coder, proposal filtering), the box head's coder, and the
-    transform's resize (cv2's sizes and sampling, no padding to a
-    multiple of 32). Parameter names are unchanged; the RPN head's shapes change (512
-    channels). The module docstring gives each convention and its source.
+    transform's resize (cv2's sizes and sampling, no padding to a multiple of 32). Parameter
+    names are unchanged; the RPN head's shapes change (512 channels). docs/ag_detector.md,
+    "Conventions reconciled", gives each convention and its source.
     """
     stem_pool = model.backbone.stem[3]
     stem_pool.padding, stem_pool.ceil_mode = 0, True
