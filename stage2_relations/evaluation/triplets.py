@@ -210,8 +210,7 @@ def _with_constraint(pred, vocabulary, mode, padded, keep) -> RankedTriplets:
     c_pred = np.empty(3 * n, np.int64)
     c_p = np.empty(3 * n, np.float64)
     c_weight = np.empty(3 * n, np.float64)
-    for g, (group, rows) in enumerate(zip(GROUP_ORDER, _group_rows(pred))):
-        start, _ = vocabulary.group_range(group)
+    for g, (group, (start, _), rows) in enumerate(zip(GROUP_ORDER, vocabulary.group_ranges, _group_rows(pred))):
         pos = _emission_position(frame, pred.pair_offsets, g)
         best = rows.max(axis=1) if n else np.zeros(0)
         arg = start + (rows.argmax(axis=1) if n else np.zeros(0, np.int64))
@@ -233,8 +232,7 @@ def _semi_constraint(pred, vocabulary, mode, padded, threshold, keep) -> RankedT
     parts = []  # (frame, subject, object, predicate, p, weight, order key within frame)
     n_pairs = np.diff(pred.pair_offsets)[frame]
     local = np.arange(len(frame), dtype=np.int64) - pred.pair_offsets[frame]
-    for g, (group, rows) in enumerate(zip(GROUP_ORDER, _group_rows(pred))):
-        start, end = vocabulary.group_range(group)
+    for g, (group, (start, end), rows) in enumerate(zip(GROUP_ORDER, vocabulary.group_ranges, _group_rows(pred))):
         spatial = group == PredicateGroup.SPATIAL
         if padded == PaddedCells.RANK and end - start >= 2:
             # STTran tells a row's group by the sum of the first two cells of each block.
@@ -262,8 +260,7 @@ def _no_constraint_layout(n_pairs: int, vocabulary: Vocabulary, padded: PaddedCe
     """Per cell of one frame with ``n_pairs`` pairs, in emission order: group (0..2), local
     pair, predicate id and whether the cell is real (inside its row's block)."""
     groups, pairs, preds, real = [], [], [], []
-    for g, group in enumerate(GROUP_ORDER):
-        start, end = vocabulary.group_range(group)
+    for g, (start, end) in enumerate(vocabulary.group_ranges):
         width = vocabulary.num_predicates if padded == PaddedCells.RANK else end - start
         pid = np.arange(width) if padded == PaddedCells.RANK else np.arange(start, end)
         groups.append(np.full(n_pairs * width, g))
