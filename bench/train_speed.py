@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from epoch import epoch_batches, fresh_model, step  # noqa: E402
 from results_file import save_results  # noqa: E402
 from stage2_relations.data import VideoDataset  # noqa: E402
+from stage2_relations.heads import count_parameters  # noqa: E402
 from stage2_relations.recipe import load_config  # noqa: E402
 from store import open_store  # noqa: E402
 from rules.boxes import union_boxes  # noqa: E402
@@ -108,7 +109,7 @@ def measure(cfg, store_path: str, mode: str, detector, pngs: list[Path], *, use_
 
     model, opt = fresh()
     step(model, opt, batches[0].to(device), cfg.grad_clip)  # warm-up
-    params = sum(p.numel() for p in model.parameters())
+    params = count_parameters(model, trainable_only=False)
     del model, opt
 
     def run_store() -> float:

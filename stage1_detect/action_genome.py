@@ -1,38 +1,11 @@
-"""Reader for the Action Genome (AG) annotation release.
+"""Reader for the Action Genome (AG) annotation release (:func:`load_action_genome`).
 
-Reads the real layout (``annotations/person_bbox.pkl``,
-``annotations/object_bbox_and_relationship[_filtersmall].pkl``, the two class files)
-and applies the filters that every AG baseline applies (STTran's ``AG`` dataset), each
-as a named field of :class:`ReaderOptions` so that a user can see and change it:
-
-1. ``split``: a frame belongs to the split named in its objects' ``metadata['set']``;
-2. ``require_visible_object``: a frame is kept only if at least one object is visible;
-3. ``require_person_box``: a frame is kept only if the person detector found a box;
-4. ``visible_only``: only visible objects are kept (xywh boxes become xyxy);
-5. ``min_frames``: a video is kept only if it has at least this many frames left
-   (the baselines keep videos with *more than 2* frames, i.e. ``min_frames=3``);
-6. ``filter_small``: read ``object_bbox_and_relationship_filtersmall.pkl`` (boxes with a
-   short edge under 16 px removed), which the baselines use for SGCLS and SGDET.
-
-``mark_small`` reads the full file and marks, instead of dropping, the objects that the
-``_filtersmall`` file lacks (:attr:`ObjectAnnotation.small`), so that one reading serves
-every mode: keeping the objects with ``small`` False, the frames that keep one and the
-videos that keep ``min_frames`` such frames gives the ``filter_small`` reading (objects
-are matched by class and box, :func:`kept_in_filtersmall`; a video keeps the full reading's
-split).
-
-The baselines have no validation split; here ``val`` is a seeded, stable fraction of
-the ``train`` videos (:func:`validation_videos`), removed from ``train``.
-
-Everything returned is a frozen dataclass (defined in :mod:`stage1_detect.ag_annotations`,
-imported from here). Boxes are ``(x1, y1, x2, y2)`` in pixels of
-the original frame; relation labels are *global* predicate ids of the vocabulary
-(attention 0..2, spatial 3..8, contacting 9..25).
-
-Malformed input raises :class:`AnnotationError` naming the file and the frame. The
-per-object cases that the baselines' data would skip (a visible object whose ``bbox`` is
-None, a degenerate box) are skipped and counted in :class:`FilterReport` by default, or
-raise with ``ReaderOptions(on_bad_object="error")``.
+It reads the real layout (``annotations/*.pkl``, the two class files) and applies the filters
+every AG baseline applies (STTran's ``AG`` dataset), each a named field of
+:class:`ReaderOptions`; ``mark_small`` marks the objects ``_filtersmall`` lacks so that one
+reading serves every mode, and ``val`` is a seeded fraction of ``train``. It returns frozen
+dataclasses (:mod:`stage1_detect.ag_annotations`, imported from here): xyxy boxes in pixels of
+the original frame, global predicate ids. See docs/stage1.md, "The annotation reader".
 """
 
 from __future__ import annotations

@@ -188,9 +188,9 @@ class ReaderOptions:
 class FilterReport:
     """What the filters removed, counted per split of the pickle ('train' / 'test').
 
-    Frame counters count annotated frames, each under the first filter that dropped it
-    (in the order of the module docstring); object counters count the objects of frames
-    that passed the frame filters; ``videos_too_short`` counts videos dropped by
+    Frame counters count annotated frames, each under the first filter that dropped it (in
+    the order of docs/stage1.md, "The annotation reader"); object counters count the objects
+    of frames that passed the frame filters; ``videos_too_short`` counts videos dropped by
     ``min_frames`` and ``frames_in_short_videos`` the frames they took with them. Frames
     with an empty object list have no set and are counted under ``'unknown'``.
     """

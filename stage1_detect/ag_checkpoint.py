@@ -1,43 +1,13 @@
 """The Action Genome detector checkpoint (``faster_rcnn_ag.pth``) in our r101-c4 detector.
 
-Every AG baseline (STTran, STKET, DSG-DETR, TEMPURA) loads the same Faster R-CNN, trained
-with jwyang/faster-rcnn.pytorch and shipped with yrcong/STTran.
-:func:`convert_ag_checkpoint` renames its parameters onto torchvision's Faster R-CNN
-(:func:`stage1_detect.detectors.build_r101_c4`) and turns the RPN's two-way softmax into
-torchvision's one sigmoid logit per anchor; it writes a :func:`save_detector` checkpoint whose
-settings say ``legacy_rcnn=True``, so that ``load_detector`` (and ``detect --weights``)
-rebuild the detector with jwyang's geometry (anchors, "+1" boxes, clipping, NMS, proposal
-filtering, resize: :mod:`stage1_detect.legacy_rcnn`).
-
-Conventions of the checkpoint and of the settings it runs with, with the public file each
-comes from (jwyang/faster-rcnn.pytorch, identical in STTran's copy under ``fasterRCNN/``):
-
-1. **Parameter names** (``lib/model/faster_rcnn/resnet.py``, ``faster_rcnn.py``,
-   ``lib/model/rpn/rpn.py``): ``RCNN_base`` is ``Sequential(conv1, bn1, relu, maxpool,
-   layer1, layer2, layer3)``, ``RCNN_top`` is ``Sequential(layer4)``; the bottleneck blocks
-   use torchvision's names (conv1..3, bn1..3, downsample.0/1). See :data:`NAME_MAP`.
-2. **Batch norm**: ``nn.BatchNorm2d`` (eps 1e-5) always in eval mode (``set_bn_eval``), i.e.
-   a fixed affine map as torchvision's ``FrozenBatchNorm2d`` (eps 1e-5, buffers weight,
-   bias, running_mean, running_var); ``num_batches_tracked`` is dropped.
-3. **RPN objectness** (``rpn.py``, ``proposal_layer.py``): ``RPN_cls_score`` gives 2A
-   channels; ``reshape(x, 2)`` views them as (2, A*H, W), so channels 0..A-1 are the
-   background scores and A..2A-1 the foreground scores of anchors 0..A-1, and
-   ``proposal_layer`` keeps ``[:, A:]`` after the softmax. softmax([bg, fg])[fg] =
-   sigmoid(fg - bg), so the sigmoid logit of anchor a is ``W[A + a] - W[a]``, same for the
-   bias.
-4. **RoIAlign** (STTran's ``faster_rcnn.py``, ``config.py``): ``ROIAlign((7, 7), 1/16,
-   sampling_ratio=0)`` from maskrcnn-benchmark, i.e. torchvision's ``roi_align`` with
-   ``aligned=False`` at 7x7 (``POOLING_SIZE = 7``, ``POOLING_MODE = 'align'``); layer4's
-   stride 2 then gives 4x4 before the mean. The converted checkpoint's settings say
-   ``roi_size=7``.
-5. **Input size** (STTran's ``dataloader/action_genome.py``, ``fasterRCNN/lib/model/utils/
-   blob.py``): BGR minus the caffe means, short side scaled to 600 by cv2; the long-side cap
-   (``MAX_SIZE`` 1000) is commented out, so the converted settings set ``max_size`` to
-   :data:`NO_LONG_SIDE_CAP`.
-
-After the network, the converted detector runs STTran's detector step by default (its
-settings leave the step's options at their defaults, :mod:`stage1_detect.detection_step`).
-What this cannot make identical is listed in ``docs/ag_detector.md``.
+Every AG baseline (STTran, STKET, DSG-DETR, TEMPURA) loads the same Faster R-CNN, trained with
+jwyang/faster-rcnn.pytorch and shipped with yrcong/STTran. :func:`convert_ag_checkpoint`
+renames its parameters onto torchvision's Faster R-CNN (:data:`NAME_MAP`), turns the RPN's
+two-way softmax into one sigmoid logit per anchor (``W[A + a] - W[a]``) and writes a
+:func:`save_detector` checkpoint whose settings (:data:`LEGACY_SETTINGS`) say
+``legacy_rcnn=True``, so that ``load_detector`` rebuilds it with jwyang's geometry
+(:mod:`stage1_detect.legacy_rcnn`). Every convention with its source file, and what cannot be
+made identical: docs/ag_detector.md, "Converting" and "Conventions reconciled".
 """
 
 from __future__ import annotations

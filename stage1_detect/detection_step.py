@@ -1,37 +1,13 @@
 """STTran's detector step after the network: from class boxes and scores to stored detections.
 
-:meth:`stage1_detect.detectors.Detector.detect` runs the network (RPN, box head, class-specific
-box deltas decoded in pixels of the resized image) and hands each frame to
-:func:`detection_step`, which does what STTran's ``lib/object_detector.py`` (mode sgdet) does
-with the AG detector's output, by default:
-
-1. **Clipping** (``clip``). STTran calls jwyang's ``clip_boxes(pred_boxes, im_info, 1)`` with a
-   batch size of 1 on the chunk of (up to) :data:`STTRAN_CHUNK` = 10 frames it gives the
-   detector at a time (``im_data[counter:counter + 10]``, ``counter`` = 0, 10, 20, ... over the
-   video's frame list), so only the first frame of each chunk is clipped (to [0, W-1] x [0, H-1]
-   of the resized image, ``bbox_transform.py``); the other frames keep boxes past every edge and
-   run NMS on them (:attr:`ClipRule.STTRAN`, :func:`clips_frame`). ``all`` clips every frame.
-2. **Scale** (``box_scale``). STTran divides the boxes by the one scale of
-   ``prep_im_for_blob`` (``im_info[0, 2]`` = 600 / short side, float32) on both axes
-   (:attr:`BoxScale.ONE`); ``per-axis`` divides by resized / original size of each axis.
-3. **Per-class NMS in original pixels** (``nms_space``). STTran divides *before*
-   ``nms(cls_boxes, cls_scores, 0.4)``, so the IoU (with "+1" areas for the AG detector) is
-   taken in pixels of the original frame (:attr:`NmsSpace.ORIGINAL`); ``resized`` runs it on
-   the resized image's boxes and rescales after, as torchvision does.
-4. **Score threshold 0.1**, and for the person class only the best box.
-5. **No cap** on detections per frame (``max_detections`` 0); a number keeps that many, best
-   first.
-6. **Order** (``detection_order``): STTran concatenates the kept boxes class by class (1, the
-   person, first), each class by descending score (the NMS kernel's output order)
-   (:attr:`DetectionOrder.CLASS`); ``score`` orders a frame's detections by score.
-7. Last, STTran's ``torch.clamp(FINAL_BBOXES, 0)`` sets negative coordinates to 0, which only
-   changes the boxes of frames left unclipped (part of :attr:`ClipRule.STTRAN`).
-
-The geometry conventions stay the architecture's: the AG detector (``legacy_rcnn``) clips to
-W - 1 / H - 1, takes IoUs with "+1" areas and keeps boxes of any size (jwyang's); the other
-torchvision architectures clip to W / H, take continuous IoUs and drop boxes under 1e-2 px
-(torchvision's ``RoIHeads.postprocess_detections``). The rules and each option's line in the
-Differences list are in ``docs/ag_detector.md``.
+:meth:`stage1_detect.detectors.Detector.detect` hands each frame's class boxes and
+probabilities to :func:`detection_step`, which does by default what STTran's
+``lib/object_detector.py`` (mode sgdet) does: clipping of the first frame of each chunk of 10
+only (:class:`ClipRule`), one scale for both axes (:class:`BoxScale`), per-class NMS 0.4 in
+original pixels (:class:`NmsSpace`), score > 0.1 and the person's best box only, no cap,
+class-by-class order (:class:`DetectionOrder`), negative coordinates clamped at 0. Each rule
+with STTran's line, its option and the architectures' geometry: docs/ag_detector.md, "STTran's
+detector step" and "Differences from STTran's detector step".
 """
 
 from __future__ import annotations

@@ -1,38 +1,11 @@
 """Stage 1: run a detector once over every annotated frame and write the feature store.
 
-For every video of the chosen splits (:func:`extract`):
-
-* frames come from a :mod:`~stage1_detect.frames` source (PNG dump or the mp4), decoded in
-  DataLoader workers, one video per item;
-* the detector encodes each batch of frames once; from those maps come the detections
-  (boxes, scores, labels, class distributions, features), the features and distributions
-  of the GT boxes, and the union features of every stored pair;
-* the finished :class:`~store.VideoRecord` goes to a writer thread, so writing overlaps the
-  next video's compute; the store commits whole videos, atomically.
-
-One extraction serves every task mode (schema version 2): the reader reads the full
-annotations and marks the objects that the ``_filtersmall`` annotations lack
-(``ReaderOptions.mark_small``); stage 2 derives each mode's objects, frames and videos from
-those marks. What is stored per frame (see :mod:`store.schema` for the arrays):
-
-* GT objects: the person box first (row 0), then the reader's kept objects in file order,
-  with ``small`` = 1 for those absent from the ``_filtersmall`` annotations.
-* GT relations: one row per object with any label, subject 0 (the person), multi-hot labels.
-* Detections: after the detector's post-processing (for the torchvision backend STTran's
-  detector step, :mod:`stage1_detect.detection_step`: one person box, no cap, class by class).
-  The detector is told each frame's index in STTran's SGDET frame list of its video
-  (:func:`~stage1_detect.detection_step.sttran_positions`), since STTran clips the boxes of
-  the first frame of each chunk of 10 only. No assignment to GT boxes: stage 2 computes it
-  when it loads the data (:mod:`rules.pairing`).
-* Pairs: :func:`rules.pairing.stored_pairs` of the frame's boxes, over the joint index (GT
-  objects ``0..G-1``, then detections ``G..G+N-1``), each with the union feature of its two
-  boxes (a pair of a box with itself: the box's). The detections' class distributions go in
-  as they are stored (float16), so that stage 2, which applies the same rules to the stored
-  values, asks for exactly these pairs.
-
-Resumable (committed videos are skipped), shardable by ``rank``/``world_size`` (each rank
-writes its own part of the store), and tolerant of bad input: a video whose frames cannot be
-read is skipped, reported at the end and logged in ``extraction_log.jsonl`` beside the store.
+:func:`extract` decodes each video's frames in DataLoader workers, encodes each batch once
+with a :class:`~stage1_detect.frame_detector.FrameDetector`, builds a :class:`~store.VideoRecord`
+(GT objects with their ``small`` marks, GT relations, detections after the detector's step,
+the pairs of :func:`rules.pairing.stored_pairs` with their union features) and hands it to a
+writer thread; resumable, shardable by rank, bad videos skipped and logged. One extraction
+serves every task mode. See docs/stage1.md, "Extraction".
 """
 
 from __future__ import annotations

@@ -1,57 +1,13 @@
 """jwyang/faster-rcnn.pytorch's inference geometry as parts of torchvision's Faster R-CNN.
 
-The Action Genome detector of every baseline (STTran, STKET, DSG-DETR, TEMPURA) was trained
-with jwyang/faster-rcnn.pytorch, whose geometry differs from torchvision's in small ways that
-move every box. :func:`apply_legacy_conventions` swaps the parts of a torchvision r101-c4
-``FasterRCNN`` that differ; :func:`stage1_detect.detectors.build_r101_c4` calls it when its
-settings say ``legacy_rcnn=True`` (as a checkpoint converted by
-:mod:`stage1_detect.ag_checkpoint` does). Parameter names are unchanged, so this module knows
-nothing of checkpoints, and nothing of the detector interface.
-
-Conventions, with the public file each comes from (jwyang/faster-rcnn.pytorch, identical in
-STTran's copy under ``fasterRCNN/``):
-
-1. **Caffe stem** (``resnet.py``): ``MaxPool2d(3, stride=2, padding=0, ceil_mode=True)``;
-   torchvision's has ``padding=1``, which shifts and enlarges every feature map.
-2. **RPN head** (``rpn.py``): the 3x3 conv has 512 output channels (torchvision's ``RPNHead``
-   keeps the input's 1024), so a 512-channel head replaces it (:func:`legacy_rpn_head`).
-3. **Anchors** (``generate_anchors.py``, ``proposal_layer.py``): base window (0, 0, 15, 15),
-   centre 7.5, widths and heights ``round(sqrt(256 / r))`` and ``round(that * r)`` (numpy's
-   round, half to even) then multiplied by the scale, corners at centre +- (w - 1) / 2;
-   ratio-major then scale, as torchvision's ``AnchorGenerator`` orders them. Scales
-   [4, 8, 16, 32] (STTran's ``fasterRCNN/lib/model/utils/config.py``) at feature stride 16,
-   i.e. ``anchor_sizes`` (64, 128, 256, 512); anchor index = (y * W + x) * A + a in both.
-   Shifts are always 16 pixels per cell (torchvision infers the stride from the padded
-   image size, which is only right when the image is padded to a multiple of 16).
-4. **Box deltas** (``bbox_transform.py``): widths with "+1" (w = x2 - x1 + 1), centre
-   x1 + 0.5 w, decoded corners centre -+ 0.5 w (no "- 1" on x2: this is py-faster-rcnn's
-   ``bbox_transform_inv``, not Detectron's). The RCNN deltas are scaled by
-   ``BBOX_NORMALIZE_STDS`` (0.1, 0.1, 0.2, 0.2) (``config.py``; STTran's
-   ``lib/object_detector.py`` multiplies them in) = torchvision's ``bbox_reg_weights``
-   (10, 10, 5, 5); the RPN deltas are not scaled (weights 1).
-5. **Clipping** (``bbox_transform.py: clip_boxes``): to [0, W - 1] x [0, H - 1] of the
-   resized image (torchvision: [0, W] x [0, H]): every proposal; which detections, STTran's
-   detector step decides (:mod:`stage1_detect.detection_step`).
-6. **NMS** (STTran's ``fasterRCNN/lib/model/csrc/*/nms*``, maskrcnn-benchmark's kernels):
-   IoU with "+1" areas; equal to torchvision's NMS on boxes grown by one pixel to the right
-   and bottom (:func:`legacy_nms`). Used by the RPN here and per class by the detector step.
-7. **Proposal filtering** (``proposal_layer.py``): sort by foreground probability, keep
-   ``RPN_PRE_NMS_TOP_N``, NMS 0.7, keep ``RPN_POST_NMS_TOP_N``; the minimum-size filter is
-   commented out there, so nothing is removed for being small (torchvision drops boxes
-   under 1e-3 pixels in the RPN and 1e-2 in the box head).
-8. **Resize** (STTran's ``fasterRCNN/lib/model/utils/blob.py``): cv2's output size and
-   sampling positions (:class:`LegacyTransform`).
-9. **Unpadded input**: one image (or a video's same-size frames) is not padded
-   (``size_divisible=1``); padding would add feature cells, and anchors, that jwyang's
-   network never sees.
-
-The box head's post-processing (STTran's ``lib/object_detector.py``: score threshold, per-class
-NMS, clipping, scale, order) is not here: :meth:`stage1_detect.detectors.Detector.detect` runs
-it for every architecture (:mod:`stage1_detect.detection_step`) with this module's clip and NMS.
-
-The conversion of the checkpoint itself (names, batch norm, the RPN's two-way softmax) and
-the settings it runs with are in :mod:`stage1_detect.ag_checkpoint`; what cannot be made
-identical is listed in ``docs/ag_detector.md``.
+:func:`apply_legacy_conventions` swaps the parts of a torchvision r101-c4 ``FasterRCNN`` that
+differ from jwyang's (the code of the Action Genome detector of every baseline): the caffe stem's
+max-pool, a 512-channel RPN head, jwyang's anchors, "+1" box deltas, clipping to W - 1 / H - 1,
+"+1" NMS, proposal filtering without a size filter, cv2's resize and unpadded input.
+:func:`stage1_detect.detectors.build_r101_c4` calls it when its settings say
+``legacy_rcnn=True``. Parameter names are unchanged: this module knows nothing of checkpoints
+(:mod:`stage1_detect.ag_checkpoint`) nor of the detector interface. Each convention with the
+jwyang / STTran file it comes from: docs/ag_detector.md, "Conventions reconciled".
 """
 
 from __future__ import annotations
@@ -256,9 +212,9 @@ def apply_legacy_conventions(model: FasterRCNN, *, anchor_sizes: Sequence[float]
     ``model.backbone`` is the C4 body (``stem``: conv, bn, relu, max-pool). Replaces the
     stem's max-pool padding, the RPN (anchors of ``anchor_sizes`` x ``aspect_ratios``,
     512-channel head, "+1" box coder, proposal filtering), the box head's coder, and the
-    transform's resize (cv2's sizes and sampling, no padding to a
-    multiple of 32). Parameter names are unchanged; the RPN head's shapes change (512
-    channels). The module docstring gives each convention and its source.
+    transform's resize (cv2's sizes and sampling, no padding to a multiple of 32). Parameter
+    names are unchanged; the RPN head's shapes change (512 channels). docs/ag_detector.md,
+    "Conventions reconciled", gives each convention and its source.
     """
     stem_pool = model.backbone.stem[3]
     stem_pool.padding, stem_pool.ceil_mode = 0, True

@@ -1,33 +1,18 @@
 """``cli.py compare``: several recipes x seeds from one store; means, spreads, paired differences.
 
-Each *variant* is a recipe plus the overrides every variant shares (store, mode, epochs, ``--set``).
-For each variant and seed, :func:`run_comparison` trains a run folder, evaluates it on the test
-split under the *with* and *no* constraints for each object-scores rule, and, for RS-Net
-variants, measures p_{t,0} on the test split's positive and negative pairs
-(:func:`relation_score_summary`). The output folder::
+For each variant (a recipe plus the shared overrides) and seed, :func:`run_comparison` trains
+a run folder, evaluates it on the test split for each constraint and object-scores rule, and
+measures RS-Net's p_{t,0} (:func:`relation_score_summary`)::
 
     OUT/<variant>/seed<k>/                          a `train` run folder (config.yaml, last.pth, best.pth ...)
     OUT/<variant>/seed<k>/eval_test_<mode>_<rule>/  evaluate_checkpoint's files (metrics.json ...)
     OUT/<variant>/seed<k>/relation_scores_test_<mode>.json   p_{t,0} of positives / negatives (RS-Net)
     OUT/compare.json  compare.csv  compare.png  compare.txt
 
-**Resumable.** A run folder whose ``last.pth`` holds all the recipe's epochs is not trained
-again; one with fewer (interrupted, or more ``--epochs`` asked) resumes from ``last.pth``
-(exactly, see :mod:`stage2_relations.train`); a run folder whose saved config differs from the
-requested one in a field ``train --resume`` would refuse (anything but device, threads, workers,
-preload, checksums and more epochs), or that completed more epochs than requested, is an error
-naming the folder. An evaluation is redone only when its ``metrics.json`` is missing
-or does not match the checkpoint (sha256, stamped into metrics.json under ``compare``), the
-split, the mode, the store or the view options.
-
-**Statistics** (:mod:`stage2_relations.evaluation.seeds`). Over seeds: the mean and the
-sample standard deviation. Every variant is compared with the first (the reference) seed by
-seed: the per-seed differences (variant - reference) have a mean and a standard deviation, and
-'>2sd' flags ``|mean difference| > 2 * sd(differences)``, a screen against seed noise.
-
-Metrics are fractions in [0, 1] in the JSON and CSV (percent in the printed tables), read from
-each evaluation's metrics.json: R@K and P@K, mR@K under the dataset definition (TEMPURA's,
-the main table's, :class:`~stage2_relations.evaluation.MeanRecall`).
+Reuse: a finished run folder is not trained again, a shorter one resumes, one of another config
+is an error; an evaluation is redone only when its metrics.json does not match the checkpoint,
+split, mode, store or view options. Statistics: :mod:`stage2_relations.evaluation.seeds`. The
+rules in full: docs/stage2.md, "Comparing variants over seeds".
 """
 
 from __future__ import annotations

@@ -39,10 +39,10 @@ from stage2_relations.evaluate_checkpoint import eval_view_options
 from stage2_relations.evaluation.metrics import NOT_MATCHED, match_triplets
 from stage2_relations.evaluation.predictions_io import read_predictions
 from stage2_relations.evaluation.structures import Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet
-from stage2_relations.evaluation.triplets import GROUP_ORDER, ground_truth_triplets, rank_triplets
+from stage2_relations.evaluation.triplets import ground_truth_triplets, rank_triplets
 from stage2_relations.scoring import predict
 from store import StoreMeta, VideoRecord, open_store
-from store.vocabulary import Vocabulary
+from store.vocabulary import GROUP_ORDER, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +180,7 @@ def frame_documents(frame_names: Sequence[str], frame_sizes: Sequence[tuple[int,
     """The ``frames`` entries of a document: per frame its boxes, pairs and triplets (with
     constraint, every one, best first) and, when ``gts`` is given, its GT triplets with the rank
     at which each is recalled and each triplet's hit (IoU >= 0.5 both boxes, same labels)."""
-    pred_set = PredictionSet.from_frames(list(preds), widths=tuple(
-        e - s for s, e in (vocabulary.group_range(g) for g in GROUP_ORDER)))
+    pred_set = PredictionSet.from_frames(list(preds), widths=vocabulary.group_widths)
     most = int(np.diff(pred_set.pair_offsets).max(initial=0)) * len(GROUP_ORDER)
     ranked = rank_triplets(pred_set, constraint=Constraint.WITH, mode=mode, vocabulary=vocabulary,
                            max_per_frame=max(most, 1))
@@ -193,8 +192,7 @@ def frame_documents(frame_names: Sequence[str], frame_sizes: Sequence[tuple[int,
                                  num_predicates=vocabulary.num_predicates)
         hits, gt_rank = matches.pred_hit, matches.gt_first_rank
     group_of = {}
-    for g in GROUP_ORDER:
-        s, e = vocabulary.group_range(g)
+    for g, (s, e) in zip(GROUP_ORDER, vocabulary.group_ranges):
         group_of.update({p: g.value for p in range(s, e)})
     frames = []
     for f, (name, (w, h), pred) in enumerate(zip(frame_names, frame_sizes, preds)):
@@ -247,7 +245,7 @@ def document(video: str, frames: list[dict], *, vocabulary: Vocabulary, run: dic
             "detector": detector, "frames_selected": frames_selected, "constraint": Constraint.WITH.value,
             "computed": computed,
             "vocabulary": {"objects": list(vocabulary.objects), "predicates": list(vocabulary.predicates),
-                           "groups": {g.value: list(vocabulary.group_range(g)) for g in GROUP_ORDER}},
+                           "groups": {g.value: list(r) for g, r in zip(GROUP_ORDER, vocabulary.group_ranges)}},
             "frames": frames}
 
 

@@ -24,7 +24,7 @@ from rules.modes import Mode
 from stage2_relations.data import Collator
 from stage2_relations.evaluation.metrics import EvaluationResult, evaluate_frames
 from stage2_relations.evaluation.structures import Constraint, FrameGroundTruth, FramePredictions, GroundTruthSet, PredictionSet
-from store.vocabulary import PredicateGroup, Vocabulary
+from store.vocabulary import GROUP_ORDER, PredicateGroup, Vocabulary
 
 
 def batch_predictions(output, batch) -> list[FramePredictions]:
@@ -108,10 +108,8 @@ def score_model(model: torch.nn.Module, dataset, *, device: str | torch.device =
 def as_sets(names: Sequence[str], gts: Sequence[FrameGroundTruth], preds: Sequence[FramePredictions],
             vocabulary: Vocabulary) -> tuple[GroundTruthSet, PredictionSet]:
     """The flat sets (for :func:`write_predictions`) of per-frame lists."""
-    widths = tuple(e - s for s, e in (vocabulary.group_range(g) for g in
-                                       (PredicateGroup.ATTENTION, PredicateGroup.SPATIAL, PredicateGroup.CONTACTING)))
     return (GroundTruthSet.from_frames(list(gts), frame_names=list(names)),
-            PredictionSet.from_frames(list(preds), widths=widths, frame_names=list(names)))
+            PredictionSet.from_frames(list(preds), widths=vocabulary.group_widths, frame_names=list(names)))
 
 
 def top_triplets(pred: FramePredictions, vocabulary: Vocabulary, mode: Mode, k: int = 5) -> list[tuple[int, int, int, float]]:
@@ -119,9 +117,8 @@ def top_triplets(pred: FramePredictions, vocabulary: Vocabulary, mode: Mode, k: 
     predicate id, score), spatial ones reversed (object, person), as the protocol forms them."""
     rows = []
     s = np.ones(len(pred.pred_labels)) if mode is Mode.PREDCLS else pred.pred_scores
-    for g, probs in zip((PredicateGroup.ATTENTION, PredicateGroup.SPATIAL, PredicateGroup.CONTACTING),
-                        (pred.pred_attention, pred.pred_spatial, pred.pred_contacting)):
-        start, _ = vocabulary.group_range(g)
+    for g, (start, _), probs in zip(GROUP_ORDER, vocabulary.group_ranges,
+                                    (pred.pred_attention, pred.pred_spatial, pred.pred_contacting)):
         for i, (a, b) in enumerate(pred.pred_pairs):
             j = int(np.argmax(probs[i]))
             sc = s[a] * s[b] * probs[i, j] * (1.0 if pred.pred_pair_scores is None else pred.pred_pair_scores[i])

@@ -29,6 +29,10 @@ class PredicateGroup(str, enum.Enum):
     CONTACTING = "contacting"
 
 
+GROUP_ORDER: tuple[PredicateGroup, ...] = (PredicateGroup.ATTENTION, PredicateGroup.SPATIAL, PredicateGroup.CONTACTING)
+"""The order of the groups wherever they come as three: a head's classifiers, the predictions'
+probability blocks, :attr:`Vocabulary.group_ranges` and :attr:`Vocabulary.group_widths`."""
+
 BACKGROUND = "__background__"
 
 # Action Genome's objects in file order, with the five compound names normalised to the
@@ -119,6 +123,17 @@ class Vocabulary:
             if g == group:
                 return start, end
         raise KeyError(group)
+
+    @property
+    def group_ranges(self) -> tuple[tuple[int, int], ...]:
+        """Half-open ranges ``(start, end)`` of the three groups, in :data:`GROUP_ORDER`."""
+        return tuple(self.group_range(g) for g in GROUP_ORDER)
+
+    @property
+    def group_widths(self) -> tuple[int, ...]:
+        """Predicate counts ``(A, S, Cn)`` of the three groups, in :data:`GROUP_ORDER`: the widths
+        of a head's classifiers and of the predictions' probability blocks."""
+        return tuple(end - start for start, end in self.group_ranges)
 
     def group_of(self, predicate: int) -> PredicateGroup:
         for g, start, end in self.predicate_groups:

@@ -78,9 +78,7 @@ def test_only_the_store_imports_h5py_or_zarr():
     for name, path in project_modules().items():
         if name == "store" or name.startswith("store."):
             continue
-        roots = {m.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
-                 for m in ([a.name for a in node.names] if isinstance(node, ast.Import)
-                           else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])}
+        roots = {m.split(".")[0] for m in _roots(path)}
         assert not roots & {"h5py", "zarr", "hdf5plugin"}, name
 
 
@@ -179,3 +177,21 @@ def test_rules_and_store_import_a_closed_list_of_libraries():
             if top not in stdlib and top not in PACKAGES and top not in THIRD_PARTY[package]:
                 problems.append(f"{path.relative_to(REPO)} imports {module}")
     assert not problems, "\n".join(problems)
+
+
+def test_evaluation_imports_no_torch():
+    """The protocol package is numpy in, numbers out: no module of stage2_relations/evaluation
+    imports torch, at its top, inside a function or through a project module it imports.
+    Running a model to score it is stage2_relations/scoring.py's work."""
+    modules = project_modules()
+    todo = [name for name in modules if name.startswith("stage2_relations.evaluation")]
+    reached: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in reached:
+            continue
+        reached.add(name)
+        roots = {m.split(".")[0] for m in _roots(modules[name])}
+        assert not roots & {"torch", "torchvision"}, f"{name} imports torch (reached from stage2_relations.evaluation)"
+        todo += imported_modules(name, modules[name], modules)
+    assert {"stage2_relations.evaluation.metrics", "store.vocabulary", "rules.boxes"} <= reached  # not vacuous

@@ -39,7 +39,7 @@ from .structures import (
     PrecisionDenominator,
     PredictionSet,
 )
-from .triplets import GROUP_ORDER, GroundTruthTriplets, RankedTriplets, ground_truth_triplets, rank_triplets
+from .triplets import GroundTruthTriplets, RankedTriplets, ground_truth_triplets, rank_triplets
 
 log = logging.getLogger(__name__)
 
@@ -330,9 +330,8 @@ def evaluate_frames(
     """
     if len(ground_truth) != len(predictions):
         raise ValueError(f"{len(predictions)} frames of predictions for {len(ground_truth)} frames of ground truth")
-    widths = tuple(vocabulary.group_range(g)[1] - vocabulary.group_range(g)[0] for g in GROUP_ORDER)
     return evaluate(
         GroundTruthSet.from_frames(ground_truth),
-        PredictionSet.from_frames(predictions, widths=widths),
+        PredictionSet.from_frames(predictions, widths=vocabulary.group_widths),
         constraint=constraint, mode=mode, vocabulary=vocabulary, **kwargs,
     )

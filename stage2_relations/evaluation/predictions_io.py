@@ -1,36 +1,12 @@
 """The predictions file: one ``.npz`` of flat arrays, readable without pickle.
 
-Written by :func:`write_predictions`, read by :func:`read_predictions`; ``cli.py eval
---predictions FILE`` scores it without a model. Any project can write one with numpy alone
-(layout below, also in ``docs/evaluation.md``). ``F`` frames, ``N`` predicted boxes, ``P``
-predicted pairs, ``B`` GT boxes, ``R`` GT relations; ``A, S, C`` = sizes of the attention,
-spatial and contacting groups (3, 6, 17 on AG). Offsets are half-open per frame:
-``x_offsets[i]:x_offsets[i+1]`` are frame i's rows. Box and pair indices are local to the frame.
-
-====================== ============ =========================================================
-key                    dtype        shape / meaning
-====================== ============ =========================================================
-header                 str (0-d)    JSON: format, format_version, mode, vocabulary, metadata
-frame_names            str          (F,) e.g. ``001YG.mp4/000089.png``
-pred_box_offsets       int64        (F + 1,)
-pred_boxes             float        (N, 4) xyxy pixels of the original frame
-pred_labels            int64        (N,) object class ids of the vocabulary
-pred_scores            float        (N,) object scores in [0, 1]
-pred_pair_offsets      int64        (F + 1,)
-pred_pairs             int64        (P, 2) (person box, object box)
-pred_attention         float        (P, A) softmax probabilities
-pred_spatial           float        (P, S) sigmoid probabilities
-pred_contacting        float        (P, C) sigmoid probabilities
-pred_pair_scores       float        (P,) optional: RS-Net's p_{t,0}
-gt_box_offsets         int64        (F + 1,) optional ground truth, all five or none
-gt_boxes               float        (B, 4) xyxy
-gt_labels              int64        (B,)
-gt_relation_offsets    int64        (F + 1,)
-gt_relations           int64        (R, 3) (person box, object box, global predicate id)
-====================== ============ =========================================================
-
-Floats are written as float32 by default (what a model produces); the evaluation upcasts
-them to float64, as STTran's evaluation does.
+Written by :func:`write_predictions`, read by :func:`read_predictions` (a
+:class:`PredictionsFile`); ``cli.py eval --predictions FILE`` scores it without a model, and
+any project can write one with numpy alone. A JSON ``header``, ``frame_names`` (F,), the
+predictions (``pred_*``: boxes (N, 4) xyxy, labels, scores, pairs (P, 2), the attention,
+spatial and contacting probabilities (P, A / S / C), optional p_{t,0}) and optional ground
+truth (``gt_*``), with half-open per-frame offsets and frame-local indices. Every key's dtype
+and shape: docs/evaluation.md, "Predictions file format".
 """
 
 from __future__ import annotations

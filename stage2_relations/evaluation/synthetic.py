@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from store.vocabulary import ACTION_GENOME, PredicateGroup, Vocabulary
+from store.vocabulary import ACTION_GENOME, Vocabulary
 
 from .structures import FrameGroundTruth, FramePredictions
 
@@ -48,9 +48,7 @@ def random_frame(
     shuffle_boxes: shuffle the box order so that the person is not box 0.
     """
     person = vocabulary.person_index
-    att = vocabulary.group_range(PredicateGroup.ATTENTION)
-    spa = vocabulary.group_range(PredicateGroup.SPATIAL)
-    con = vocabulary.group_range(PredicateGroup.CONTACTING)
+    att, spa, con = vocabulary.group_ranges
     n_obj = max(1, int(rng.poisson(mean_objects - 1)) + 1)
     objects = [c for c in range(1, vocabulary.num_objects) if c != person]
     gt_boxes = np.stack([_random_box(rng) for _ in range(n_obj + 1)]).round()

@@ -23,14 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from rules.modes import Mode
-from store.vocabulary import ACTION_GENOME, PredicateGroup, Vocabulary
+from store.vocabulary import ACTION_GENOME, GROUP_ORDER, PredicateGroup, Vocabulary
 
 from .structures import Constraint, GroundTruthSet, PaddedCells, PredictionSet
 
 # Upper bound on the elements of one temporary (frames x cells) matrix during ranking.
 _CHUNK_ELEMENTS = 1 << 22
-
-GROUP_ORDER = (PredicateGroup.ATTENTION, PredicateGroup.SPATIAL, PredicateGroup.CONTACTING)
 
 
 @dataclass(frozen=True)
@@ -108,11 +106,11 @@ def _check_finite(name: str, arr: np.ndarray, pred: PredictionSet) -> None:
 
 
 def _check_predictions(pred: PredictionSet, vocabulary: Vocabulary) -> None:
-    for group, name in zip(GROUP_ORDER, ("pred_attention", "pred_spatial", "pred_contacting")):
-        start, end = vocabulary.group_range(group)
+    for group, name, width in zip(GROUP_ORDER, ("pred_attention", "pred_spatial", "pred_contacting"),
+                                  vocabulary.group_widths):
         arr = getattr(pred, name)
-        if arr.shape[1] != end - start:
-            raise ValueError(f"{name} has width {arr.shape[1]}, the vocabulary's {group.value} group has {end - start}")
+        if arr.shape[1] != width:
+            raise ValueError(f"{name} has width {arr.shape[1]}, the vocabulary's {group.value} group has {width}")
         _check_finite(name, arr, pred)
         if arr.size and not (np.all(arr >= 0.0) and np.all(arr <= 1.0)):
             raise ValueError(f"{name} must hold probabilities in [0, 1] (apply softmax / sigmoid to logits first)")
@@ -212,8 +210,7 @@ def _with_constraint(pred, vocabulary, mode, padded, keep) -> RankedTriplets:
     c_pred = np.empty(3 * n, np.int64)
     c_p = np.empty(3 * n, np.float64)
     c_weight = np.empty(3 * n, np.float64)
-    for g, (group, rows) in enumerate(zip(GROUP_ORDER, _group_rows(pred))):
-        start, _ = vocabulary.group_range(group)
+    for g, (group, (start, _), rows) in enumerate(zip(GROUP_ORDER, vocabulary.group_ranges, _group_rows(pred))):
         pos = _emission_position(frame, pred.pair_offsets, g)
         best = rows.max(axis=1) if n else np.zeros(0)
         arg = start + (rows.argmax(axis=1) if n else np.zeros(0, np.int64))
@@ -235,8 +232,7 @@ def _semi_constraint(pred, vocabulary, mode, padded, threshold, keep) -> RankedT
     parts = []  # (frame, subject, object, predicate, p, weight, order key within frame)
     n_pairs = np.diff(pred.pair_offsets)[frame]
     local = np.arange(len(frame), dtype=np.int64) - pred.pair_offsets[frame]
-    for g, (group, rows) in enumerate(zip(GROUP_ORDER, _group_rows(pred))):
-        start, end = vocabulary.group_range(group)
+    for g, (group, (start, end), rows) in enumerate(zip(GROUP_ORDER, vocabulary.group_ranges, _group_rows(pred))):
         spatial = group == PredicateGroup.SPATIAL
         if padded == PaddedCells.RANK and end - start >= 2:
             # STTran tells a row's group by the sum of the first two cells of each block.
@@ -264,8 +260,7 @@ def _no_constraint_layout(n_pairs: int, vocabulary: Vocabulary, padded: PaddedCe
     """Per cell of one frame with ``n_pairs`` pairs, in emission order: group (0..2), local
     pair, predicate id and whether the cell is real (inside its row's block)."""
     groups, pairs, preds, real = [], [], [], []
-    for g, group in enumerate(GROUP_ORDER):
-        start, end = vocabulary.group_range(group)
+    for g, (start, end) in enumerate(vocabulary.group_ranges):
         width = vocabulary.num_predicates if padded == PaddedCells.RANK else end - start
         pid = np.arange(width) if padded == PaddedCells.RANK else np.arange(start, end)
         groups.append(np.full(n_pairs * width, g))
@@ -303,11 +298,10 @@ def _no_constraint(pred, vocabulary, mode, padded, top, keep) -> RankedTriplets:
             chunk = frames[c : c + step]
             pair_idx = pred.pair_offsets[chunk][:, None] + np.arange(n_pairs)  # (f, n_pairs)
             cells = np.zeros((len(chunk), n_cells))
-            for g, group in enumerate(GROUP_ORDER):
-                start, end = vocabulary.group_range(group)
+            for g, block in enumerate(rows):
                 sel = np.flatnonzero((g_of == g) & real_of)
                 # Real cells of group g, pair-major then predicate: exactly the block values.
-                cells[:, sel] = rows[g][pair_idx].reshape(len(chunk), -1)
+                cells[:, sel] = block[pair_idx].reshape(len(chunk), -1)
             p_cells = cells
             s_cells = cells * weight[pair_idx][:, pair_of]
             best = np.argsort(-s_cells, axis=1, kind="stable")[:, :m]

@@ -30,7 +30,7 @@ from torch import nn
 from rules.modes import Mode
 from stage2_relations.data import RelationBatch
 from stage2_relations.heads.objects import ObjectPredictions, object_loss, predict_objects
-from store.vocabulary import PredicateGroup, Vocabulary
+from store.vocabulary import Vocabulary
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,6 @@ class HeadContext:
     feature_dim: int
     union_shape: tuple[int, ...]
     derived: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def group_sizes(self) -> tuple[int, int, int]:
-        """(attention, spatial, contacting) predicate counts."""
-        return tuple(e - b for b, e in (self.vocabulary.group_range(g) for g in  # type: ignore[return-value]
-                                        (PredicateGroup.ATTENTION, PredicateGroup.SPATIAL, PredicateGroup.CONTACTING)))
 
 
 @dataclass(frozen=True)
@@ -133,15 +127,15 @@ class RelationOutput:
 class RelationHead(nn.Module):
     """Base class of the relation heads (see the module docstring for the interface).
 
-    A subclass sets ``relation_dim``, ``pair_input_dim`` and ``groups`` (the predicate group
-    ranges), builds ``object_classifier`` (an :class:`~.objects.ObjectClassifier`, or None in
+    A subclass sets ``relation_dim``, ``pair_input_dim`` and ``vocabulary`` (its predicate
+    groups give the classifiers' widths, :attr:`~store.vocabulary.Vocabulary.group_widths`), builds ``object_classifier`` (an :class:`~.objects.ObjectClassifier`, or None in
     PREDCLS) and implements ``encode``, ``classify`` and ``from_config``; objects, assembly
     and the object loss are shared.
     """
 
     relation_dim: int
     pair_input_dim: int
-    groups: list[tuple[int, int]]
+    vocabulary: Vocabulary
     object_classifier: nn.Module | None  # set in __init__ (a class-level default would hide the submodule)
     needs_pair_pool: bool = False
     """The head rebuilds boxes and pairs and needs every stored union feature of its frames
@@ -227,9 +221,10 @@ class RelationHead(nn.Module):
         return losses
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Trainable parameters of a head or of RS-Net around it."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+def count_parameters(module: nn.Module, *, trainable_only: bool = True) -> int:
+    """Parameters of a head or of RS-Net around it: the trainable ones (those the run folder,
+    the evaluation and the paper's tables report), or every one with ``trainable_only=False``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 HEADS: dict[str, type[RelationHead]] = {}

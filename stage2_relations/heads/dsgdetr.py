@@ -1,46 +1,11 @@
 """DSG-DETR (Feng et al., WACV 2023, "Exploiting Long-Term Dependencies for Generating Dynamic
 Scene Graphs") as a relation head, faithful to its public code (``Shengyu-Feng/DSG-DETR``,
-``lib/sttran.py`` = M, ``lib/track.py`` = K).
-
-**Objects** (M:80-418), in every mode, PREDCLS included: a token per box
-``[RoI feature ‖ class distribution @ E_obj (36 x 200) ‖ box embedding (128)]`` (2376 wide at
-full size; STTran's :class:`~.objects.ObjectClassifier` inputs; the distribution is the one-hot
-GT class in PREDCLS, the detector's otherwise) is refined by an **object transformer**
-(``nn.TransformerEncoder``: 3 post-LN layers, 8 heads, FFN 1024, dropout 0.1) over the video's
-object sequences (:mod:`.tracking`: GT class in PREDCLS, the tracker in SGCLS, the detector's
-argmax class in SGDET), with sinusoidal positions added once to the input (then dropout): the
-index in the sequence in PREDCLS / SGCLS, the rank of the box's frame in SGDET (its single-box
-classes run alone at position 0). STTran's classifier (Linear -> BN -> ReLU -> Linear(1024, 37))
-then reads the refined features (SGCLS / SGDET), which also replace the RoI features of the
-relation feature. RS-Net's extra boxes in a PREDCLS / SGCLS training view (detections for its
-negatives; the code's views hold the GT boxes only) stay out of the GT boxes' sequences, tracks
-and BatchNorm statistics: they are sequenced by the same rule among themselves and normalised
-with the GT boxes' statistics (:meth:`DSGDETR.extra_boxes`).
-
-**Relations** (M:478-537): as STTran's (subj_fc / obj_fc now from the refined width, union
-branch, two 37 x 200 class tables), then spatial message passing (1 ``nn.TransformerEncoder``
-layer per frame, no position) and temporal message passing (3 layers over all the video's pairs
-whose **object class** is the same, chronological, sinusoidal positions: index in the sequence,
-or in SGDET the rank of the pair's subject box), heads 3 / 6 / 17. Losses as STTran's.
-
-**Object rules** (quirks of the code, kept):
-
-* SGCLS training: the class embeddings and the temporal groups take the **predicted** labels
-  (``argmax(logits[:, 1:]) + 1``, M:204); SGDET training the assigned ones (M:305).
-* SGCLS test: STTran's rule (:func:`~.objects.sgcls_test_objects`) on ``softmax(logits[:, 1:])``.
-* SGDET test: the classifier **re-scores the stored detections** with ``softmax(37 logits)[:, 1:]``
-  (not renormalised, M:328), then STTran's copies of books / chairs / food, per-class NMS 0.6,
-  subject = the most person-like box (:func:`rules.pairing.select_test_boxes`) on those scores;
-  boxes and pairs are rebuilt (:meth:`RelationBatch.with_boxes` / ``with_pairs``, union
-  features from the pair pool) and the output refers to the rebuilt batch. It needs the view's
-  stored detections (``sgdet_boxes: raw``) and the pool (``needs_pair_pool``).
-  ``object_scores: detector`` (not the code's rule) scores STTran's test boxes with the
-  detector's distribution instead, as the other heads do: the object transformer still refines
-  them for the relation features, the classifier's scores are not used.
-
-``nn.TransformerEncoder`` deep-copies its layer, so the layers of each stack start from the
-same weights, as in the code. Sinusoidal positions are computed for any length (the code's
-400 / 600-row buffers would fail beyond; identical below).
+``lib/sttran.py``, ``lib/track.py``): an object transformer over the video's object sequences
+(:mod:`.tracking`) refines STTran's object-classifier input in every mode; STTran's relation
+representation on the refined features, spatial message passing per frame and temporal message
+passing over the pairs of one object class; at SGDET test the classifier re-scores the stored
+detections and boxes and pairs are rebuilt from the pair pool. Every rule, quirk and line of
+the code it follows: docs/stage2.md, "DSG-DETR".
 """
 
 from __future__ import annotations
@@ -82,7 +47,7 @@ from stage2_relations.heads.tracking import (
     group_by_label,
     track_objects,
 )
-from store.vocabulary import PredicateGroup, Vocabulary
+from store.vocabulary import Vocabulary
 
 
 def sinusoid(positions: torch.Tensor, d: int) -> torch.Tensor:
@@ -238,9 +203,7 @@ class DSGDETR(PairRepresentation, RelationHead):
         self.tracker = dict(swap_hw=bool(swap_hw), weights=tuple(float(w) for w in cost_weights),
                             accept=float(accept_cost), expiry=int(expiry_frames))
         c = vocabulary.num_objects
-        self.groups = [vocabulary.group_range(g) for g in (PredicateGroup.ATTENTION, PredicateGroup.SPATIAL,
-                                                           PredicateGroup.CONTACTING)]
-        na, ns, nc = (e - b for b, e in self.groups)
+        na, ns, nc = vocabulary.group_widths
         self.object_classifier = DSGObjectClassifier(
             num_classes=c, feature_dim=feature_dim, embed_dim=embed_dim, box_dim=box_dim, hidden=object_hidden,
             num_heads=num_heads, ffn_dim=object_ffn_dim, num_layers=object_layers, dropout=dropout,

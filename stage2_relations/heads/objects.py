@@ -1,33 +1,8 @@
-"""The object side of every head: STTran's object classifier and the rules that turn it (or
-the detector) into the labels and scores a mode scores triplets with.
-
-STTran's ``ObjectClassifier`` (``lib/sttran.py``), which STKET and DSG-DETR reuse, classifies
-each box from its RoI feature, the embedding of its detector class distribution and an
-embedding of its box. What a head does with objects depends on the mode and the view
-(:func:`predict_objects`):
-
-=======  ==========================  =============================================================
-mode     training                    test (``object_scores: sttran``, the protocol)
-=======  ==========================  =============================================================
-PREDCLS  GT labels                   GT labels, score 1
-SGCLS    GT labels for the class     the classifier: every box its best class other than the person,
-         embeddings; CE on GT boxes  the most person-like box the subject (person), then the boxes
-                                     of the frame's most frequent class but the most probable one
-                                     relabelled with their next class; pairs (subject, every box
-                                     not labelled person)
-SGDET    the assignment's labels     the detector (the view's STTran test labels and scores); the
-         CE on every box             classifier is not run
-=======  ==========================  =============================================================
-
-In training the class embeddings take ``RelationBatch.box_embed_labels``: the labels above, but
-for the boxes that only RS-Net's negatives use (``ViewOptions.negative_labels``).
-
-With ``object_scores: classifier`` (not the protocol) SGCLS and SGDET take the classifier's
-softmax over every class, background included, and its best object class, on the view's pairs.
-With ``object_scores: detector`` (SGDET only) every head takes the view's STTran test labels and
-scores, the detector's distribution, as the table says: the same as ``sttran`` for a head that
-follows the table, and for DSG-DETR, which re-scores the detections with its classifier under
-``sttran``, the rule the other heads use, so that RS-Net's gain compares across heads.
+"""The object side of every head: STTran's object classifier (:class:`ObjectClassifier`, which
+STKET and DSG-DETR reuse), the object loss, and the rules that turn the classifier (or the
+detector) into the labels and scores a mode scores triplets with (:func:`predict_objects`,
+:func:`sgcls_test_objects`; ``object_scores`` ``sttran`` / ``classifier`` / ``detector``).
+The table of each mode's training and test rule: docs/stage2.md, "Objects".
 """
 
 from __future__ import annotations

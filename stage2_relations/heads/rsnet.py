@@ -1,35 +1,13 @@
 """RS-Net (relation scoring network) wrapped around any registered head (paper 3.3-3.5).
 
 :class:`RSNet` takes a built :class:`~.base.RelationHead` and uses only its interface
-(``encode``, ``classify``, ``assemble``, ``loss``), so a head needs no change to get RS-Net:
-
-1. ``f = head.encode(batch)``: the head's Eq. 1 relation representation ``f.pair_input``
-   (M, R_in) and its final relation feature ``f.relation`` (M, R).
-2. Spatial context encoder: ``f.pair_input`` projected to d_m; per frame the sequence
-   ``[c_t, x_1 .. x_K]`` with a learnable frame token ``c_t``, 2 layers, 4 heads.
-3. Temporal context encoder: per video ``[c_tmp, ĉ_1 .. ĉ_T]`` with a learnable video token
-   and a learnable positional embedding E_pos (max_frames + 1 rows) added to queries and keys
-   only (Eq. 4), 4 layers, 4 heads, over the whole video (no window).
-4. Relation scoring decoder: 3-layer MLP with ReLU on ``[x̂_t^k, ĉ_tmp]`` -> 2 logits; the
-   softmax's class 0 is p_{t,0}, the positive relation (Eq. 5).
-5. Context fusion: the predicate heads see ``[r_t^k, ĉ_tmp]``. A linear head on a
-   concatenation is ``W_r r + W_c c + b``; we keep the head's own classifiers as ``W_r r + b``
-   (``head.classify(r)``) and add one linear map per group from ``ĉ_tmp`` (``W_c c``). This is
-   exactly the paper's three linear heads on the fused vector, without touching the head.
-6. The triplet score is multiplied by p_{t,0} (``RelationOutput.pair_scores``, which the
-   evaluation applies), and the loss is Eq. 10: the head's losses + the focal loss (Eq. 9).
-
-Ablations (Table 4): ``temporal_token`` = "learnable" (the video token), "mean" (no temporal
-encoder: ĉ_tmp is the mean of the frames' spatial context tokens ĉ_t, the paper's ĉ_mean) or
-"none" (no temporal encoder and no video context: the decoder sees x̂ only, and context
-fusion, which needs ĉ_tmp, must be off: asking for both is an error); ``context_fusion`` on / off.
-
-The head sees RS-Net's negatives only because RS-Net asks the data for them
-(``ViewOptions.negatives``); a bare head trains on positive pairs, as the baselines do.
-
-d_m: the paper does not give it. With d_m = 640 and FFN 4 * d_m, RS-Net adds about 32 M
-parameters to a full-size STTran (``python -m stage2_relations.heads.rsnet`` prints the count),
-close to the paper's 126.3 M -> 158.6 M (+32.3 M).
+(``encode``, ``classify``, ``assemble``, ``loss``): the head's Eq. 1 representation (M, R_in)
+projected to d_m, a spatial context encoder per frame, a temporal context encoder per video,
+a relation scoring decoder giving p_{t,0} (``RelationOutput.pair_scores``), context fusion added
+to the head's own classifiers, and the focal loss on top of the head's (Eq. 10). Ablations:
+``temporal_token`` (learnable / mean / none), ``context_fusion``. d_m = 640 adds about 32 M
+parameters to a full-size STTran (``python -m stage2_relations.heads`` prints the count).
+See docs/stage2.md, "RS-Net" and "Parameter counts".
 """
 
 from __future__ import annotations
@@ -38,7 +16,7 @@ import torch
 from torch import nn
 
 from stage2_relations.data import RelationBatch
-from stage2_relations.heads.base import PredicateLogits, RelationHead, RelationOutput, count_parameters
+from stage2_relations.heads.base import PredicateLogits, RelationHead, RelationOutput
 from stage2_relations.heads.layers import PosEncoder, pad_groups
 from stage2_relations.heads.losses import focal_loss
 
@@ -87,7 +65,7 @@ class RSNet(nn.Module):
                                      nn.Linear(mlp_hidden, mlp_hidden // 2), nn.ReLU(inplace=True),
                                      nn.Linear(mlp_hidden // 2, 2))
         if self.context_fusion:
-            a, s, c = (e - b for b, e in head.groups)
+            a, s, c = head.vocabulary.group_widths
             self.fusion = nn.ModuleList([nn.Linear(d_model, a, bias=False), nn.Linear(d_model, s, bias=False),
                                          nn.Linear(d_model, c, bias=False)])
 
@@ -161,16 +139,3 @@ class RSNet(nn.Module):
             output.pair_logits, batch.pair_positive, alpha=self.focal_alpha, gamma=self.focal_gamma)
         return losses
 
-
-if __name__ == "__main__":  # the full-size parameter count of STTran and STTran + RS-Net
-    from rules.modes import Mode
-    from stage2_relations.heads.base import build_head
-    from store.vocabulary import ACTION_GENOME
-
-    for mode in (Mode.PREDCLS, Mode.SGDET):
-        for union in ((2048,), (1024, 7, 7)):
-            head = build_head("sttran", vocabulary=ACTION_GENOME, mode=mode, feature_dim=2048, union_shape=union)
-            n_head = count_parameters(head)
-            n_all = count_parameters(RSNet(head))
-            print(f"{mode.value:8s} union {str(union):14s} STTran {n_head / 1e6:6.2f} M   "
-                  f"+RS-Net {n_all / 1e6:6.2f} M   (+{(n_all - n_head) / 1e6:.2f} M)")

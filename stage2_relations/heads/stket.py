@@ -227,10 +227,8 @@ class STKET(PairRepresentation, RelationHead):
         self.temporal_mask, self.prior_file = temporal_mask, prior_file
         self.contact_source, self.output_branch = contact_source, output_branch
         self.contact_threshold, self.window_size = float(contact_threshold), int(window_size)
-        self.groups = [vocabulary.group_range(g) for g in (PredicateGroup.ATTENTION, PredicateGroup.SPATIAL,
-                                                           PredicateGroup.CONTACTING)]
-        sizes = tuple(e - b for b, e in self.groups)
-        c0 = self.groups[2][0]
+        sizes = vocabulary.group_widths
+        c0, _ = vocabulary.group_range(PredicateGroup.CONTACTING)
         try:
             self.not_contacting = vocabulary.predicate_index("not_contacting") - c0
         except KeyError:
@@ -284,9 +282,9 @@ class STKET(PairRepresentation, RelationHead):
         from stage2_relations.heads.stket_priors import INITIAL_KEY, SPECIFIC_KEY
 
         vocab = context.vocabulary
-        c0, c1 = vocab.group_range(PredicateGroup.CONTACTING)
+        _, _, n_contacting = vocab.group_widths
         c, p = vocab.num_objects, vocab.num_predicates
-        return {INITIAL_KEY: torch.zeros(c, p), SPECIFIC_KEY: torch.zeros(c, c1 - c0, p)}
+        return {INITIAL_KEY: torch.zeros(c, p), SPECIFIC_KEY: torch.zeros(c, n_contacting, p)}
 
     @classmethod
     def from_config(cls, cfg: dict, context: HeadContext) -> "STKET":
@@ -447,18 +445,3 @@ def with_output_branch(checkpoint: str | Path, branch: str, out: str | Path, *, 
     save_torch(ckpt, out)
     return out
 
-
-def parameter_counts() -> dict[str, int]:
-    """Full-size parameter counts (AG vocabulary, feature 2048) of STKET and STKET + RS-Net, per
-    mode and union feature."""
-    from stage2_relations.heads.base import count_parameters
-    from stage2_relations.heads.rsnet import RSNet
-    from store.vocabulary import ACTION_GENOME
-
-    out = {}
-    for mode in (Mode.PREDCLS, Mode.SGDET):
-        for union in ((2048,), (1024, 7, 7)):
-            head = STKET(vocabulary=ACTION_GENOME, mode=mode, feature_dim=2048, union_shape=union)
-            out[f"{mode.value} union {union}"] = count_parameters(head)
-            out[f"{mode.value} union {union} + RS-Net"] = count_parameters(RSNet(head))
-    return out

@@ -1,41 +1,11 @@
 """STKET's knowledge: predicate priors per object class, counted from the training split's GT.
 
-STKET (Pu et al., TIP 2024) reads them from ``data/TrainPrior.json`` (``train.py``:
-``json.load(open('data/TrainPrior.json'))``). That file is in one early commit of its
-repository only (2327c398, deleted later while ``train.py`` still loads it), and the script
-that wrote it, ``countPrior.py``, is in no commit: the counting rule below is **reconstructed**
-from the JSON's layout and values, the loader in ``lib/transformer.py`` (which fills the
-initial rows by class and the specific rows by ``c_rel_idx``) and a public copy of a
-``countPrior`` function in another repository that writes the same layout (per video and
-contact c, the mean of the rows after a row with contact c, then the mean over videos). Two
-sources of priors, chosen by STKET's ``prior_file`` (:meth:`~stage2_relations.heads.stket.STKET.derive`):
-
-* counted from the store's training split (:func:`count_priors`, the default): the
-  reconstructed rule on the split the run trains on;
-* loaded from a file in ``TrainPrior.json``'s layout (:func:`load_priors_json`): STKET's own
-  file (counted on AG's whole train split), or one this module wrote.
-
-Either way they are computed before training and travel with the run (``derived.pt`` and
-every checkpoint), so evaluation never needs the training split or the file.
-
-The rule (reconstructed ``countPrior``), on the GT annotations of the full (PREDCLS) set of
-every video of the split, whatever the training mode, small objects included:
-
-* a *row* is one GT object other than the person in one frame: a P-wide multi-hot of its
-  predicates (P = 26, global predicate order: attention | spatial | contacting);
-* per video and object class, the class's rows in order: by frame, then by annotation order
-  within the frame (so two objects of one class in one frame are two consecutive rows);
-* ``initial[o]`` = the mean of all rows of class o over all videos (instance-level average);
-* ``specific[o, c]``: in each video, the rows that directly follow a row with contact c (the
-  video's last row has no follower), averaged within the video; then the mean over the videos
-  that have at least one. The follower can be another object of the same class in the *same*
-  frame; the gap to it is unbounded. Zero when no video contributes.
-
-No smoothing, no normalisation. Classes without rows (background, person) keep zero rows.
-
-``python -m stage2_relations.heads.stket_priors --store S [--split train] --out priors.json``
-writes them in STKET's JSON layout (per class: ``obj_cls_name``, ``c_rel_idx``, ``c_rel_name``,
-``initial_prior``, ``specific_prior``) for inspection.
+:func:`count_priors` counts ``initial`` (C, P) and ``specific`` (C, Cn, P) with the rule
+reconstructed from STKET's ``TrainPrior.json`` (whose counting script is in no commit of its
+repository); :func:`load_priors_json` reads a file in that layout (STKET's own, or one written
+here). ``python -m stage2_relations.heads.stket_priors --store S [--split train] --out
+priors.json`` writes counted priors in it. The rule, its sources and the JSON layout:
+docs/stage2.md, "STKET's priors".
 """
 
 from __future__ import annotations

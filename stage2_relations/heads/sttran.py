@@ -35,7 +35,7 @@ from stage2_relations.heads.base import HeadContext, PredicateLogits, RelationFe
 from stage2_relations.heads.layers import PairRepresentation, PosEncoder, frame_windows, pad_groups
 from stage2_relations.heads.losses import multilabel_margin_loss
 from stage2_relations.heads.objects import object_classifier_for
-from store.vocabulary import PredicateGroup, Vocabulary
+from store.vocabulary import Vocabulary
 
 
 @register_head("sttran")
@@ -59,9 +59,7 @@ class STTran(PairRepresentation, RelationHead):
         self.mode = Mode(mode)
         self.union_shape = tuple(union_shape)
         num_classes = vocabulary.num_objects
-        self.groups = [vocabulary.group_range(g) for g in (PredicateGroup.ATTENTION, PredicateGroup.SPATIAL,
-                                                           PredicateGroup.CONTACTING)]
-        a, s, c = (e - b for b, e in self.groups)
+        a, s, c = vocabulary.group_widths
 
         self.relation_dim = self.pair_input_dim = self.build_pair_layers(
             num_classes=num_classes, feature_dim=feature_dim, union_shape=self.union_shape, hidden=hidden,

@@ -1,35 +1,9 @@
 """DSG-DETR's object sequences (``lib/track.py::get_sequence``): which boxes of a video its
-object transformer attends over together. Pure functions on one video's numpy arrays.
-
-=======  =====================================================================================
-mode     sequences (each one in box order, i.e. chronological)
-=======  =====================================================================================
-PREDCLS  one per GT label value (the person included): :func:`group_by_label` (``track.py:128-133``)
-SGDET    one per argmax class of the detector's distribution, the classes with a single box
-         kept apart: :func:`group_by_class` (``track.py:135-152``; the code calls it "a special
-         case of the proposed method": the tracker below is not run in SGDET)
-SGCLS    the clusters of an online Hungarian tracker: :func:`track_objects` (``track.py:154-251``)
-=======  =====================================================================================
-
-The tracker, frame by frame in the video's annotated-frame order, with DETR's matcher
-(``lib/matcher.py``, weights ``HungarianMatcher(0.5, 1, 1, 0.5)`` in ``train.py`` / ``test.py``):
-
-* cost[det, track] = 0.5 (1 - cos(one-hot class of the det, the track's mean one-hot))
-  + 1 (1 - cos(RoI feature, the track's mean feature)) + 1 L1(normalised cxcywh)
-  + 0.5 (-GIoU); solved with ``scipy.optimize.linear_sum_assignment``;
-* an assigned pair is **accepted when either cosine cost is < 0.5** (not a total-cost
-  threshold): the box joins the track's cluster and updates the track's box, frame number and
-  appearance (the mean over its in-image members); a rejected or unassigned box starts a new
-  track;
-* a box reaching outside the image joins (or starts) a cluster but never updates or starts a
-  track, and never enters an appearance mean;
-* a track that was not updated is dropped once ``frame number - its last frame number >= 50``
-  (raw video frame numbers, parsed from the frame names ``VIDEO.mp4/000123.png``).
-
-Boxes are normalised by ``Z = (w, h, w, h)`` where DSG-DETR's ``(w, h)`` is in fact the image's
-(height, width) (``w, h = shape`` with ``shape = im_info[:2] / scale``): x is divided by the
-height and y by the width. ``swap_hw=True`` (the default) reproduces this; ``False`` divides x
-by the width. The out-of-image test is correct either way (x + w > width, y + h > height).
+object transformer attends over together. Pure functions on one video's numpy arrays:
+:func:`group_by_label` (PREDCLS), :func:`group_by_class` (SGDET) and :func:`track_objects`
+(SGCLS: DETR's Hungarian matcher, an online tracker, DSG-DETR's swapped (height, width)
+normalisation behind ``swap_hw``). Each mode's rule, the costs, acceptance and expiry with the
+code's lines: docs/stage2.md, "DSG-DETR's object sequences".
 """
 
 from __future__ import annotations
