@@ -1,6 +1,8 @@
-"""``cli.py eval --run RUN_DIR | --checkpoint FILE``: a trained model scored on a store split.
+"""``cli.py eval``: a predictions file, or a trained model (``--run RUN_DIR | --checkpoint FILE``)
+scored on a store split (:class:`EvalRequest`, :func:`run_eval`).
 
-Writes into the output folder (default ``RUN_DIR/eval_<split>_<mode>``) the files of
+The test view a checkpoint is scored on is built by :func:`evaluation_view` alone; ``compare``
+asks the same function whether an earlier evaluation is current. For a model, :func:`evaluate_checkpoint` writes into the output folder (default ``RUN_DIR/eval_<split>_<mode>``) the files of
 :func:`~stage2_relations.evaluation.report.write_report` (metrics.json with the parameter
 count and inference speed added, metrics.csv, predicate_recall.csv/.png, table.txt) and
 ``frames.png``: a few frames with their top triplets (over the AG frame images when the
@@ -10,8 +12,9 @@ store's source dataset folder still has its ``frames/`` dump).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -22,30 +25,162 @@ from stage2_relations.checkpoints import load_checkpoint, run_checkpoint
 from stage2_relations.data import VideoDataset
 from stage2_relations.evaluation import MeanRecall, format_table, write_predictions, write_report
 from stage2_relations.evaluation.predictions_io import read_predictions
-from stage2_relations.evaluation.structures import Constraint
+from stage2_relations.evaluation.report import evaluate_predictions_file
+from stage2_relations.evaluation.structures import Constraint, PaddedCells, PrecisionDenominator
 from stage2_relations.heads import count_parameters, head_class
 from stage2_relations.scoring import as_sets, plot_frames, score_model
-from stage2_relations.views import ViewOptions
+from stage2_relations.view_options import ObjectScores, SgdetBoxes, ViewOptions
 
 
-def eval_view_options(cfg, mode: Mode, *, sgdet_boxes: str | None = None,
-                      object_scores: str | None = None) -> ViewOptions:
+@dataclass(frozen=True)
+class Protocol:
+    """The Action Genome protocol's options of one evaluation, each as
+    :func:`~stage2_relations.evaluation.metrics.evaluate` documents it; ``mean_recall`` is the
+    definition of the printed table and the plot (every definition is written)."""
+
+    constraints: tuple[Constraint, ...] = tuple(Constraint)
+    semi_threshold: float = 0.9
+    mean_recall: MeanRecall = MeanRecall.DATASET
+    padded_cells: PaddedCells = PaddedCells.RANK
+    precision_denominator: PrecisionDenominator = PrecisionDenominator.K
+    iou_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "constraints", tuple(Constraint(c) for c in self.constraints))
+        for name, kind in (("mean_recall", MeanRecall), ("padded_cells", PaddedCells),
+                           ("precision_denominator", PrecisionDenominator)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+
+    def scoring(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~stage2_relations.evaluation.metrics.evaluate` (but the constraint)."""
+        return dict(semi_threshold=self.semi_threshold, padded_cells=self.padded_cells,
+                    precision_denominator=self.precision_denominator, iou_threshold=self.iou_threshold)
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What ``cli.py eval`` is asked (its options, one field each, but ``threads``, which the
+    command applies): score ``predictions`` (a predictions file, with the GT of
+    ``ground_truth`` when given) or a model, ``run_dir`` or ``checkpoint``: exactly one source.
+
+    With a model: ``store_path`` (default the run's), ``split``, ``max_videos`` (0: all),
+    ``device``, ``save_predictions`` (a predictions file to write), ``trust_checkpoint`` (full
+    pickle) and the test view's ``sgdet_boxes`` and ``object_scores`` (default the recipe's).
+    ``mode`` defaults to the predictions file's or the run's; ``out_dir`` receives the report.
+    """
+
+    predictions: Path | None = None
+    ground_truth: Path | None = None
+    run_dir: Path | None = None
+    checkpoint: Path | None = None
+    store_path: str | None = None
+    split: str = "test"
+    save_predictions: Path | None = None
+    max_videos: int = 0
+    device: str = "cpu"
+    mode: Mode | None = None
+    sgdet_boxes: SgdetBoxes | None = None
+    object_scores: ObjectScores | None = None
+    protocol: Protocol = Protocol()
+    out_dir: Path | None = None
+    trust_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        for name, kind in (("mode", Mode), ("sgdet_boxes", SgdetBoxes), ("object_scores", ObjectScores)):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, kind(getattr(self, name)))
+
+    @classmethod
+    def from_options(cls, **options: Any) -> EvalRequest:
+        """The request of the command line's options: :class:`Protocol`'s fields go to ``protocol``
+        (``constraints`` empty: all three), the others are this class's fields by name."""
+        names = {f.name for f in dataclasses.fields(Protocol)}
+        protocol = {k: options.pop(k) for k in names if k in options}
+        if not protocol.get("constraints", True):
+            del protocol["constraints"]
+        return cls(**options, protocol=Protocol(**protocol))
+
+    @property
+    def sources(self) -> int:
+        """How many of the three sources are given (one is right)."""
+        return sum(x is not None for x in (self.predictions, self.run_dir, self.checkpoint))
+
+
+def run_eval(request: EvalRequest, echo: Callable[[str], None] = print) -> dict:
+    """Carry out ``request``: :func:`evaluate_checkpoint` for a model, else the predictions file
+    scored, its table echoed and, with ``out_dir``, its report written. Returns
+    {'results': {Constraint: EvaluationResult}, 'paths': {name: path}} (and, for a model,
+    :func:`evaluate_checkpoint`'s other keys)."""
+    protocol = request.protocol
+    if request.predictions is None:
+        return evaluate_checkpoint(
+            run_dir=request.run_dir, checkpoint=request.checkpoint, store_path=request.store_path, split=request.split,
+            mode=request.mode, sgdet_boxes=request.sgdet_boxes, object_scores=request.object_scores,
+            constraints=protocol.constraints, out_dir=request.out_dir, save_predictions=request.save_predictions,
+            mean_recall=protocol.mean_recall, max_videos=request.max_videos, device=request.device, echo=echo,
+            trust_checkpoint=request.trust_checkpoint, **protocol.scoring())
+    results, pf = evaluate_predictions_file(request.predictions, ground_truth_path=request.ground_truth,
+                                            mode=request.mode, constraints=protocol.constraints, **protocol.scoring())
+    echo(format_table(results, mean_recall=protocol.mean_recall))
+    paths = {}
+    if request.out_dir is not None:
+        extra = {"predictions": str(request.predictions),
+                 "ground_truth": str(request.ground_truth or request.predictions), "predictions_metadata": pf.metadata}
+        paths = write_report(results, request.out_dir, vocabulary=pf.vocabulary, mean_recall=protocol.mean_recall,
+                             extra=extra)
+        echo(f"wrote {', '.join(p.name for p in paths.values())} to {request.out_dir}")
+    return {"results": results, "paths": paths}
+
+
+@dataclass(frozen=True)
+class EvaluationView:
+    """What a checkpoint is scored on: a split of a store, in a mode, with a test view. Made by
+    :func:`evaluation_view` only; written into metrics.json (:meth:`describe`), where
+    ``compare`` reads it back to know whether an evaluation is current."""
+
+    store: str
+    split: str
+    mode: Mode
+    options: ViewOptions
+
+    def describe(self) -> dict[str, Any]:
+        """As metrics.json holds it (JSON writes each rule by its name, to which the enum compares equal)."""
+        return {"store": self.store, "split": self.split, "mode": self.mode.value,
+                "view": dataclasses.asdict(self.options)}
+
+    def dataset(self, max_videos: int = 0) -> VideoDataset:
+        return VideoDataset(self.store, self.split, self.mode, train=False, options=self.options,
+                            max_videos=max_videos)
+
+
+def evaluation_view(cfg, split: str, mode: Mode | str | None = None, *, sgdet_boxes: SgdetBoxes | str | None = None,
+                    object_scores: ObjectScores | str | None = None) -> EvaluationView:
+    """The :class:`EvaluationView` of a checkpoint of recipe ``cfg`` on ``split`` in ``mode``
+    (default the recipe's), its options from :func:`eval_view_options`."""
+    mode = Mode(mode or cfg.mode)
+    return EvaluationView(cfg.store, split, mode, eval_view_options(cfg, mode, sgdet_boxes=sgdet_boxes,
+                                                                    object_scores=object_scores))
+
+
+def eval_view_options(cfg, mode: Mode, *, sgdet_boxes: SgdetBoxes | str | None = None,
+                      object_scores: ObjectScores | str | None = None) -> ViewOptions:
     """The view a checkpoint of recipe ``cfg`` (a :class:`~stage2_relations.recipe.TrainConfig`)
     is evaluated on in ``mode``: the recipe's, no negatives, with ``sgdet_boxes`` and
     ``object_scores`` when given. The ``detector`` rule (SGDET only) takes STTran's test boxes,
     always (another ``sgdet_boxes`` is refused). Raises ConfigError for a view the head cannot use."""
-    rule = object_scores or cfg.object_scores
-    if rule == "detector" and mode is not Mode.SGDET:
+    rule = ObjectScores(object_scores or cfg.object_scores)
+    if rule is ObjectScores.DETECTOR and mode is not Mode.SGDET:
         raise ConfigError(f"object-scores rule 'detector' is an SGDET rule, not {mode.value}")
-    if rule == "detector" and sgdet_boxes is None:
-        sgdet_boxes = "sttran"
+    if rule is ObjectScores.DETECTOR and sgdet_boxes is None:
+        sgdet_boxes = SgdetBoxes.STTRAN
     changes = {k: v for k, v in (("sgdet_boxes", sgdet_boxes), ("object_scores", object_scores)) if v is not None}
     options = dataclasses.replace(cfg.view_options(), negatives=False, **changes)
     required = head_class(cfg.head).required_view_options(rule)  # DSG-DETR: the pair pool, raw SGDET boxes
     if mode is Mode.SGDET and required.get("sgdet_boxes", options.sgdet_boxes) != options.sgdet_boxes:
-        why = ("the detector rule scores STTran's test boxes" if rule == "detector"
+        why = ("the detector rule scores STTran's test boxes" if rule is ObjectScores.DETECTOR
                else f"head {cfg.head!r} rebuilds the SGDET test boxes from the stored detections")
-        raise ConfigError(f"{why}: it needs sgdet_boxes {required['sgdet_boxes']!r}, not {options.sgdet_boxes!r}")
+        raise ConfigError(f"{why}: it needs sgdet_boxes {SgdetBoxes(required['sgdet_boxes']).value!r}, "
+                          f"not {options.sgdet_boxes.value!r}")
     return options
 
 
@@ -70,9 +205,9 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
                           option="--save-predictions", inputs=[ckpt_path])
     model, cfg, ckpt = load_checkpoint(ckpt_path, device=device, store_path=store_path, trust=trust_checkpoint,
                                        splits=(split,))
-    mode = Mode(mode or cfg.mode)
-    options = eval_view_options(cfg, mode, sgdet_boxes=sgdet_boxes, object_scores=object_scores)
-    ds = VideoDataset(cfg.store, split, mode, train=False, options=options, max_videos=max_videos)
+    view = evaluation_view(cfg, split, mode, sgdet_boxes=sgdet_boxes, object_scores=object_scores)
+    mode = view.mode
+    ds = view.dataset(max_videos)
     if not len(ds):
         raise InputError(f"{cfg.store}: no videos in split {split!r}")
     results, names, (gts, preds), speed = score_model(model, ds, device=device, constraints=constraints,
@@ -87,8 +222,7 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
         echo(f"note: {speed['pairs_substituted']} of {speed['pairs']} scored pairs took another pair's union "
              f"feature (the store holds no feature for their own: docs/stage2.md)")
     out = Path(out_dir) if out_dir is not None else ckpt_path.parent / f"eval_{split}_{mode.value}"
-    extra = {"checkpoint": str(ckpt_path), "store": cfg.store, "split": split, "mode": mode.value,
-             "view": dataclasses.asdict(options), "parameters": n_params,
+    extra = {"checkpoint": str(ckpt_path), **view.describe(), "parameters": n_params,
              "inference": speed, "config": cfg.to_dict(), "provenance": ckpt.get("provenance", {})}
     paths = write_report(results, out, vocabulary=ds.vocabulary, mean_recall=mean_recall, extra=extra)
     # a few frames with predictions and GT relations, spread over the split
@@ -125,4 +259,5 @@ def _frame_sizes(ds: VideoDataset, names: Sequence[str]) -> list[tuple[int, int]
     return sizes
 
 
-__all__ = ["evaluate_checkpoint", "eval_view_options"]
+__all__ = ["EvalRequest", "EvaluationView", "Protocol", "eval_view_options", "evaluate_checkpoint", "evaluation_view",
+           "run_eval"]
