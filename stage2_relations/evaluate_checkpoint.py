@@ -195,7 +195,7 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
 
     ``mode`` defaults to the training mode; another mode works when the model can serve it
     (a head without object classifier keeps the given / detector labels and scores).
-    ``sgdet_boxes`` and ``object_scores`` default to the recipe's (:class:`~stage2_relations.views.ViewOptions`).
+    ``sgdet_boxes`` and ``object_scores`` default to the recipe's (:class:`~stage2_relations.view_options.ViewOptions`).
     ``save_predictions`` replaces only an earlier predictions file, never the checkpoint or another
     file (:mod:`common.run_folder`). The checkpoint is read weights-only unless ``trust_checkpoint``.
     """

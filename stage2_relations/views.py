@@ -16,6 +16,10 @@ SGDET     detections labelled by the assignment (``sttran``      STTran's test b
           stands for; (subject, the box of each GT relation)     the stored detections (``sgdet_boxes: raw``)
 ========  =====================================================  ==========================================
 
+Each row is one :class:`ViewBuilder` (:data:`BUILDERS`, by mode) whose ``train`` and ``test``
+give the boxes and the candidate pairs (:class:`Candidates`); :func:`frame_view` then finds
+each pair's union feature and samples the negatives, the same for every mode.
+
 **Negatives** (pairs without a relation) enter the training view only when
 ``ViewOptions.negatives`` is on, which RS-Net turns on: baselines train on positives alone,
 as their papers do. In SGDET they are the subject with every other box; in PREDCLS / SGCLS,
@@ -37,7 +41,7 @@ import numpy as np
 
 from rules.boxes import paired_box_iou_continuous
 from rules.modes import Mode
-from rules.pairing import PairIndex, SgdetBoxes, assign, legacy_subject, sttran_test_boxes, training_subjects
+from rules.pairing import Assignment, PairIndex, SgdetBoxes, assign, legacy_subject, sttran_test_boxes, training_subjects
 from stage2_relations.view_options import NegativeLabels, ObjectScores, ViewOptions
 from store import VideoRecord
 from store.vocabulary import ACTION_GENOME, Vocabulary
@@ -228,7 +232,8 @@ class _Frame:
                         is_gt=np.zeros(len(local), bool), features=rec.det_features[rows],
                         dists=rec.det_dists[rows] if dists is None else dists)
 
-    def assignment(self):
+    def assignment(self) -> Assignment:
+        """The SGDET training assignment (``ViewOptions.assignment``) of the frame's detections to its GT boxes."""
         rec = self.rec
         return assign(self.options.assignment, rec.det_boxes[self.d], rec.gt_boxes[self.g.start + self.sel],
                       rec.gt_labels[self.g.start + self.sel])
