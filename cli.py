@@ -593,13 +593,14 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
 
 
 def eval_options(command):
-    """`eval`'s options, each named as its :class:`~stage2_relations.evaluate_checkpoint.EvalRequest`
-    field (the protocol's as :class:`~stage2_relations.evaluate_checkpoint.Protocol`'s). The view
-    options' choices are their enums'; the protocol's are spelled out (importing their enums would
-    load the store's modules on every command; tests/test_cli.py checks that they agree)."""
+    """`eval`'s options, each named as its :class:`~stage2_relations.eval_request.EvalRequest` field
+    (the protocol's as :class:`~stage2_relations.eval_request.Protocol`'s). The view options'
+    choices are their enums'; the protocol's are spelled out (importing their enums would load the
+    store's modules on every command; tests/stage2_relations/test_eval_request.py checks that they agree)."""
     return _apply(command, [
         click.option("--predictions", "predictions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                     default=None, help="Predictions file (.npz, format in docs/evaluation.md) to score; no model needed."),
+                     default=None,
+                     help="Predictions file (.npz, format in docs/evaluation.md) to score; no model needed."),
         click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
                      help="Evaluate a trained model: a `train` run folder (best.pth, else last.pth)."),
         click.option("--checkpoint", "checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -636,7 +637,8 @@ def eval_options(command):
                      help="Graph constraint(s) to score (repeatable). Default: all three."),
         click.option("--semi-threshold", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True,
                      help="Semi constraint: keep spatial / contacting predicates with probability above this."),
-        click.option("--mean-recall", type=click.Choice(["dataset", "all_frames", "frames_with_predicate"]), default="dataset", show_default=True,
+        click.option("--mean-recall", type=click.Choice(["dataset", "all_frames", "frames_with_predicate"]),
+                     default="dataset", show_default=True,
                      help="mR definition of the printed table and the plot: dataset = per predicate over the whole "
                      "test set (TEMPURA), all_frames = mean over all frames (STKET), frames_with_predicate = mean "
                      "over frames containing the predicate (DSG-DETR). All three are always written to the "
@@ -668,19 +670,21 @@ def eval_command(threads: int | None, **options) -> None:
     """
     import dataclasses
 
-    from stage2_relations.evaluate_checkpoint import EvalRequest, run_eval
+    from stage2_relations.eval_request import EvalRequest, score_predictions
 
     request = EvalRequest.from_options(**options)
     if request.sources != 1:
         raise click.UsageError("give exactly one of --predictions, --run, --checkpoint")
-    if request.predictions is None:
-        import torch
+    if request.predictions is not None:
+        score_predictions(request, echo=click.echo)
+        return
+    import torch
 
-        from common.threads import resolve_threads
+    from common.threads import resolve_threads
+    from stage2_relations.evaluate_checkpoint import evaluate_request
 
-        torch.set_num_threads(resolve_threads(threads))
-        request = dataclasses.replace(request, device=_device(request.device))
-    run_eval(request, echo=click.echo)
+    torch.set_num_threads(resolve_threads(threads))
+    evaluate_request(dataclasses.replace(request, device=_device(request.device)), echo=click.echo)
 
 
 @main.command("predict")

@@ -1,8 +1,11 @@
-"""``cli.py eval``: a predictions file, or a trained model (``--run RUN_DIR | --checkpoint FILE``)
-scored on a store split (:class:`EvalRequest`, :func:`run_eval`).
+"""``cli.py eval --run RUN_DIR | --checkpoint FILE``: a trained model scored on a store split
+(:func:`evaluate_checkpoint`, or :func:`evaluate_request` for the command's
+:class:`~stage2_relations.eval_request.EvalRequest`).
 
-The test view a checkpoint is scored on is built by :func:`evaluation_view` alone; ``compare``
-asks the same function whether an earlier evaluation is current. For a model, :func:`evaluate_checkpoint` writes into the output folder (default ``RUN_DIR/eval_<split>_<mode>``) the files of
+The split and test view a checkpoint is scored on are built by :func:`evaluation_view` alone;
+``compare`` asks the same function whether an earlier evaluation is current.
+
+Writes into the output folder (default ``RUN_DIR/eval_<split>_<mode>``) the files of
 :func:`~stage2_relations.evaluation.report.write_report` (metrics.json with the parameter
 count and inference speed added, metrics.csv, predicate_recall.csv/.png, table.txt) and
 ``frames.png``: a few frames with their top triplets (over the AG frame images when the
@@ -25,111 +28,11 @@ from stage2_relations.checkpoints import load_checkpoint, run_checkpoint
 from stage2_relations.data import VideoDataset
 from stage2_relations.evaluation import MeanRecall, format_table, write_predictions, write_report
 from stage2_relations.evaluation.predictions_io import read_predictions
-from stage2_relations.evaluation.report import evaluate_predictions_file
-from stage2_relations.evaluation.structures import Constraint, PaddedCells, PrecisionDenominator
+from stage2_relations.eval_request import EvalRequest
+from stage2_relations.evaluation.structures import Constraint
 from stage2_relations.heads import count_parameters, head_class
 from stage2_relations.scoring import as_sets, plot_frames, score_model
 from stage2_relations.view_options import ObjectScores, SgdetBoxes, ViewOptions
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """The Action Genome protocol's options of one evaluation, each as
-    :func:`~stage2_relations.evaluation.metrics.evaluate` documents it; ``mean_recall`` is the
-    definition of the printed table and the plot (every definition is written)."""
-
-    constraints: tuple[Constraint, ...] = tuple(Constraint)
-    semi_threshold: float = 0.9
-    mean_recall: MeanRecall = MeanRecall.DATASET
-    padded_cells: PaddedCells = PaddedCells.RANK
-    precision_denominator: PrecisionDenominator = PrecisionDenominator.K
-    iou_threshold: float = 0.5
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "constraints", tuple(Constraint(c) for c in self.constraints))
-        for name, kind in (("mean_recall", MeanRecall), ("padded_cells", PaddedCells),
-                           ("precision_denominator", PrecisionDenominator)):
-            object.__setattr__(self, name, kind(getattr(self, name)))
-
-    def scoring(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`~stage2_relations.evaluation.metrics.evaluate` (but the constraint)."""
-        return dict(semi_threshold=self.semi_threshold, padded_cells=self.padded_cells,
-                    precision_denominator=self.precision_denominator, iou_threshold=self.iou_threshold)
-
-
-@dataclass(frozen=True)
-class EvalRequest:
-    """What ``cli.py eval`` is asked (its options, one field each, but ``threads``, which the
-    command applies): score ``predictions`` (a predictions file, with the GT of
-    ``ground_truth`` when given) or a model, ``run_dir`` or ``checkpoint``: exactly one source.
-
-    With a model: ``store_path`` (default the run's), ``split``, ``max_videos`` (0: all),
-    ``device``, ``save_predictions`` (a predictions file to write), ``trust_checkpoint`` (full
-    pickle) and the test view's ``sgdet_boxes`` and ``object_scores`` (default the recipe's).
-    ``mode`` defaults to the predictions file's or the run's; ``out_dir`` receives the report.
-    """
-
-    predictions: Path | None = None
-    ground_truth: Path | None = None
-    run_dir: Path | None = None
-    checkpoint: Path | None = None
-    store_path: str | None = None
-    split: str = "test"
-    save_predictions: Path | None = None
-    max_videos: int = 0
-    device: str = "cpu"
-    mode: Mode | None = None
-    sgdet_boxes: SgdetBoxes | None = None
-    object_scores: ObjectScores | None = None
-    protocol: Protocol = Protocol()
-    out_dir: Path | None = None
-    trust_checkpoint: bool = False
-
-    def __post_init__(self) -> None:
-        for name, kind in (("mode", Mode), ("sgdet_boxes", SgdetBoxes), ("object_scores", ObjectScores)):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, kind(getattr(self, name)))
-
-    @classmethod
-    def from_options(cls, **options: Any) -> EvalRequest:
-        """The request of the command line's options: :class:`Protocol`'s fields go to ``protocol``
-        (``constraints`` empty: all three), the others are this class's fields by name."""
-        names = {f.name for f in dataclasses.fields(Protocol)}
-        protocol = {k: options.pop(k) for k in names if k in options}
-        if not protocol.get("constraints", True):
-            del protocol["constraints"]
-        return cls(**options, protocol=Protocol(**protocol))
-
-    @property
-    def sources(self) -> int:
-        """How many of the three sources are given (one is right)."""
-        return sum(x is not None for x in (self.predictions, self.run_dir, self.checkpoint))
-
-
-def run_eval(request: EvalRequest, echo: Callable[[str], None] = print) -> dict:
-    """Carry out ``request``: :func:`evaluate_checkpoint` for a model, else the predictions file
-    scored, its table echoed and, with ``out_dir``, its report written. Returns
-    {'results': {Constraint: EvaluationResult}, 'paths': {name: path}} (and, for a model,
-    :func:`evaluate_checkpoint`'s other keys)."""
-    protocol = request.protocol
-    if request.predictions is None:
-        return evaluate_checkpoint(
-            run_dir=request.run_dir, checkpoint=request.checkpoint, store_path=request.store_path, split=request.split,
-            mode=request.mode, sgdet_boxes=request.sgdet_boxes, object_scores=request.object_scores,
-            constraints=protocol.constraints, out_dir=request.out_dir, save_predictions=request.save_predictions,
-            mean_recall=protocol.mean_recall, max_videos=request.max_videos, device=request.device, echo=echo,
-            trust_checkpoint=request.trust_checkpoint, **protocol.scoring())
-    results, pf = evaluate_predictions_file(request.predictions, ground_truth_path=request.ground_truth,
-                                            mode=request.mode, constraints=protocol.constraints, **protocol.scoring())
-    echo(format_table(results, mean_recall=protocol.mean_recall))
-    paths = {}
-    if request.out_dir is not None:
-        extra = {"predictions": str(request.predictions),
-                 "ground_truth": str(request.ground_truth or request.predictions), "predictions_metadata": pf.metadata}
-        paths = write_report(results, request.out_dir, vocabulary=pf.vocabulary, mean_recall=protocol.mean_recall,
-                             extra=extra)
-        echo(f"wrote {', '.join(p.name for p in paths.values())} to {request.out_dir}")
-    return {"results": results, "paths": paths}
 
 
 @dataclass(frozen=True)
@@ -242,6 +145,17 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
     return {"results": results, "parameters": n_params, "speed": speed, "paths": paths}
 
 
+def evaluate_request(request: EvalRequest, echo: Callable[[str], None] = print) -> dict:
+    """:func:`evaluate_checkpoint` of ``request`` (a run folder or a checkpoint)."""
+    protocol = request.protocol
+    return evaluate_checkpoint(
+        run_dir=request.run_dir, checkpoint=request.checkpoint, store_path=request.store_path, split=request.split,
+        mode=request.mode, sgdet_boxes=request.sgdet_boxes, object_scores=request.object_scores,
+        constraints=protocol.constraints, out_dir=request.out_dir, save_predictions=request.save_predictions,
+        mean_recall=protocol.mean_recall, max_videos=request.max_videos, device=request.device, echo=echo,
+        trust_checkpoint=request.trust_checkpoint, **protocol.scoring())
+
+
 def _is_predictions_file(path: Path) -> bool:
     """Whether ``path`` is a predictions file (what ``--save-predictions`` wrote before)."""
     try:
@@ -259,5 +173,4 @@ def _frame_sizes(ds: VideoDataset, names: Sequence[str]) -> list[tuple[int, int]
     return sizes
 
 
-__all__ = ["EvalRequest", "EvaluationView", "Protocol", "eval_view_options", "evaluate_checkpoint", "evaluation_view",
-           "run_eval"]
+__all__ = ["EvaluationView", "eval_view_options", "evaluate_checkpoint", "evaluate_request", "evaluation_view"]

@@ -41,7 +41,15 @@ import numpy as np
 
 from rules.boxes import paired_box_iou_continuous
 from rules.modes import Mode
-from rules.pairing import Assignment, PairIndex, SgdetBoxes, assign, legacy_subject, sttran_test_boxes, training_subjects
+from rules.pairing import (
+    Assignment,
+    PairIndex,
+    SgdetBoxes,
+    assign,
+    legacy_subject,
+    sttran_test_boxes,
+    training_subjects,
+)
 from stage2_relations.view_options import NegativeLabels, ObjectScores, ViewOptions
 from store import VideoRecord
 from store.vocabulary import ACTION_GENOME, Vocabulary

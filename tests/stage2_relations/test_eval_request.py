@@ -12,7 +12,8 @@ from cli import main
 from rules.modes import Mode
 from rules.pairing import SgdetBoxes
 from stage2_relations.compare import CONSTRAINTS, SPLIT, evaluation_is_current, scored_view
-from stage2_relations.evaluate_checkpoint import EvalRequest, EvaluationView, Protocol, evaluation_view
+from stage2_relations.eval_request import EvalRequest, Protocol
+from stage2_relations.evaluate_checkpoint import EvaluationView, evaluation_view
 from stage2_relations.evaluation.structures import Constraint, MeanRecall, PaddedCells, PrecisionDenominator
 from stage2_relations.recipe import check_config
 from stage2_relations.view_options import ObjectScores
