@@ -8,6 +8,7 @@ in one place (``python cli.py --help``); no command body does more than parse, c
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import sys
@@ -16,9 +17,15 @@ from pathlib import Path
 import click
 
 from rules.modes import Mode
+from stage2_relations.view_options import ObjectScores, SgdetBoxes
 
 MODE_CHOICE = click.Choice([m.value for m in Mode])
 """The task modes, as ``--mode`` takes them."""
+
+
+def _choice(kind: type[enum.Enum]) -> click.Choice:
+    """The values of a ``str`` enum of options, as an option takes them."""
+    return click.Choice([m.value for m in kind])
 
 
 def _user_error(e: Exception) -> bool:
@@ -585,61 +592,75 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
 # --- evaluation commands ------------------------------------------------------------
 
 
+def eval_options(command):
+    """`eval`'s options, each named as its :class:`~stage2_relations.eval_request.EvalRequest` field
+    (the protocol's as :class:`~stage2_relations.eval_request.Protocol`'s). The view options'
+    choices are their enums'; the protocol's are spelled out (importing their enums would load the
+    store's modules on every command; tests/stage2_relations/test_eval_request.py checks that they agree)."""
+    return _apply(command, [
+        click.option("--predictions", "predictions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     default=None,
+                     help="Predictions file (.npz, format in docs/evaluation.md) to score; no model needed."),
+        click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+                     help="Evaluate a trained model: a `train` run folder (best.pth, else last.pth)."),
+        click.option("--checkpoint", "checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     default=None, help="Evaluate a trained model from this checkpoint file."),
+        click.option("--store", "store_path", default=None,
+                     help="With --run/--checkpoint: the store (default: the run's)."),
+        click.option("--split", default="test", show_default=True, help="With --run/--checkpoint: the split to score."),
+        click.option("--save-predictions", "save_predictions", type=click.Path(dir_okay=False, path_type=Path),
+                     default=None,
+                     help="With --run/--checkpoint: write the predictions and GT (.npz, docs/evaluation.md)."),
+        click.option("--max-videos", type=click.IntRange(min=0), default=0,
+                     help="With --run/--checkpoint: at most this many videos."),
+        click.option("--device", default="cpu", show_default=True,
+                     help="With --run/--checkpoint: 'cpu', 'cuda', 'auto'."),
+        THREADS_OPTION,
+        click.option("--ground-truth", "ground_truth", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     default=None, help="File with the gt_ arrays, when the predictions file has none. "
+                     "Frames are matched by name; a GT frame without predictions counts 0."),
+        click.option("--mode", type=MODE_CHOICE, default=None,
+                     help="Task; defaults to the mode stored in the predictions file, or the run's. PREDCLS takes "
+                     "object scores as 1. One store serves every mode."),
+        click.option("--sgdet-boxes", type=_choice(SgdetBoxes), default=None,
+                     help="With --run/--checkpoint, SGDET: sttran = STTran's test boxes (book/chair/food copied with "
+                     "their next class, per-class NMS 0.6, the most person-like box as subject); raw = the stored "
+                     "detections as they are. Default: the recipe's (sttran)."),
+        click.option("--object-scores", type=_choice(ObjectScores), default=None,
+                     help="With --run/--checkpoint, SGCLS/SGDET object labels and scores: sttran = the protocol "
+                     "(SGDET: the detector's distribution; SGCLS: the classifier with STTran's subject and duplicate "
+                     "rules); classifier = the trained classifier's softmax with background (not the protocol: it "
+                     "gives the baseline a learned relevance score); detector = SGDET only: STTran's test boxes and "
+                     "the detector's distribution for every head, DSG-DETR included (one rule across heads). "
+                     "Default: the recipe's (sttran)."),
+        click.option("--constraint", "constraints", type=click.Choice(["with", "semi", "no"]), multiple=True,
+                     help="Graph constraint(s) to score (repeatable). Default: all three."),
+        click.option("--semi-threshold", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True,
+                     help="Semi constraint: keep spatial / contacting predicates with probability above this."),
+        click.option("--mean-recall", type=click.Choice(["dataset", "all_frames", "frames_with_predicate"]),
+                     default="dataset", show_default=True,
+                     help="mR definition of the printed table and the plot: dataset = per predicate over the whole "
+                     "test set (TEMPURA), all_frames = mean over all frames (STKET), frames_with_predicate = mean "
+                     "over frames containing the predicate (DSG-DETR). All three are always written to the "
+                     "JSON/CSV."),
+        click.option("--padded-cells", type=click.Choice(["rank", "ignore"]), default="rank", show_default=True,
+                     help="rank: reproduce STTran, whose zero-padded 26-wide rows let score-0 cells of other groups "
+                     "be ranked (no constraint) or chosen (with / semi); ignore: the corrected protocol."),
+        click.option("--precision-denominator", type=click.Choice(["k", "returned"]), default="k", show_default=True,
+                     help="P@K divides a frame's hits by K, or by min(K, triplets the frame returned)."),
+        click.option("--iou-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+                     help="Both boxes of a match need IoU >= this ('+1 pixel' convention)."),
+        click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Write metrics.json, metrics.csv, predicate_recall.csv/.png and table.txt here."),
+        click.option("--trust-checkpoint", is_flag=True,
+                     help="With --run/--checkpoint: read the checkpoint with full pickle (runs code from the file: "
+                          "only for a file you trust)."),
+    ])
+
+
 @main.command("eval")
-@click.option("--predictions", "predictions_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Predictions file (.npz, format in docs/evaluation.md) to score; no model needed.")
-@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Evaluate a trained model: a `train` run folder (best.pth, else last.pth).")
-@click.option("--checkpoint", "checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Evaluate a trained model from this checkpoint file.")
-@click.option("--store", "store_path", default=None, help="With --run/--checkpoint: the store (default: the run's).")
-@click.option("--split", default="test", show_default=True, help="With --run/--checkpoint: the split to score.")
-@click.option("--save-predictions", "save_predictions", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="With --run/--checkpoint: write the predictions and GT (.npz, docs/evaluation.md).")
-@click.option("--max-videos", type=click.IntRange(min=0), default=0, help="With --run/--checkpoint: at most this many videos.")
-@click.option("--device", default="cpu", show_default=True, help="With --run/--checkpoint: 'cpu', 'cuda', 'auto'.")
-@THREADS_OPTION
-@click.option("--ground-truth", "ground_truth_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="File with the gt_ arrays, when the predictions file has none. "
-              "Frames are matched by name; a GT frame without predictions counts 0.")
-@click.option("--mode", type=MODE_CHOICE, default=None,
-              help="Task; defaults to the mode stored in the predictions file, or the run's. PREDCLS takes "
-              "object scores as 1. One store serves every mode.")
-@click.option("--sgdet-boxes", type=click.Choice(["sttran", "raw"]), default=None,
-              help="With --run/--checkpoint, SGDET: sttran = STTran's test boxes (book/chair/food copied with "
-              "their next class, per-class NMS 0.6, the most person-like box as subject); raw = the stored "
-              "detections as they are. Default: the recipe's (sttran).")
-@click.option("--object-scores", type=click.Choice(["sttran", "classifier", "detector"]), default=None,
-              help="With --run/--checkpoint, SGCLS/SGDET object labels and scores: sttran = the protocol "
-              "(SGDET: the detector's distribution; SGCLS: the classifier with STTran's subject and duplicate "
-              "rules); classifier = the trained classifier's softmax with background (not the protocol: it "
-              "gives the baseline a learned relevance score); detector = SGDET only: STTran's test boxes and "
-              "the detector's distribution for every head, DSG-DETR included (one rule across heads). "
-              "Default: the recipe's (sttran).")
-@click.option("--constraint", "constraints", type=click.Choice(["with", "semi", "no"]), multiple=True,
-              help="Graph constraint(s) to score (repeatable). Default: all three.")
-@click.option("--semi-threshold", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True,
-              help="Semi constraint: keep spatial / contacting predicates with probability above this.")
-@click.option("--mean-recall", type=click.Choice(["dataset", "all_frames", "frames_with_predicate"]),
-              default="dataset", show_default=True,
-              help="mR definition of the printed table and the plot: dataset = per predicate over the whole "
-              "test set (TEMPURA), all_frames = mean over all frames (STKET), frames_with_predicate = mean "
-              "over frames containing the predicate (DSG-DETR). All three are always written to the JSON/CSV.")
-@click.option("--padded-cells", type=click.Choice(["rank", "ignore"]), default="rank", show_default=True,
-              help="rank: reproduce STTran, whose zero-padded 26-wide rows let score-0 cells of other groups "
-              "be ranked (no constraint) or chosen (with / semi); ignore: the corrected protocol.")
-@click.option("--precision-denominator", type=click.Choice(["k", "returned"]), default="k", show_default=True,
-              help="P@K divides a frame's hits by K, or by min(K, triplets the frame returned).")
-@click.option("--iou-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
-              help="Both boxes of a match need IoU >= this ('+1 pixel' convention).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write metrics.json, metrics.csv, predicate_recall.csv/.png and table.txt here.")
-@click.option("--trust-checkpoint", is_flag=True,
-              help="With --run/--checkpoint: read the checkpoint with full pickle (runs code from the file: only "
-                   "for a file you trust).")
-def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_predictions, max_videos, device,
-                 threads, ground_truth_path, mode, sgdet_boxes, object_scores, constraints, semi_threshold, mean_recall,
-                 padded_cells, precision_denominator, iou_threshold, out_dir, trust_checkpoint) -> None:
+@eval_options
+def eval_command(threads: int | None, **options) -> None:
     """Score a predictions file with STTran's Action Genome protocol (R@K, mR@K, P@K).
 
     Prints a table like the RS-Net paper's Tables 2 and 3 (R@10/20/50, P@10/20, mR@10/20 per
@@ -647,39 +668,23 @@ def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_
     and also writes a PNG of a few frames with their top triplets, the parameter count and the
     inference speed; --save-predictions keeps its predictions (stage2_relations.evaluation.predictions_io).
     """
-    from stage2_relations.evaluation import MeanRecall
-    from stage2_relations.evaluation.report import evaluate_predictions_file, format_table, write_report
+    import dataclasses
 
-    sources = sum(x is not None for x in (predictions_path, run_dir, checkpoint))
-    if sources != 1:
+    from stage2_relations.eval_request import EvalRequest, score_predictions
+
+    request = EvalRequest.from_options(**options)
+    if request.sources != 1:
         raise click.UsageError("give exactly one of --predictions, --run, --checkpoint")
-    if predictions_path is None:
-        import torch
-
-        from common.threads import resolve_threads
-        from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
-
-        torch.set_num_threads(resolve_threads(threads))
-
-        evaluate_checkpoint(
-            run_dir=run_dir, checkpoint=checkpoint, store_path=store_path, split=split, mode=mode,
-            sgdet_boxes=sgdet_boxes, object_scores=object_scores, constraints=constraints or ("with", "semi", "no"),
-            out_dir=out_dir, save_predictions=save_predictions,
-            mean_recall=MeanRecall(mean_recall), max_videos=max_videos, device=_device(device), echo=click.echo,
-            semi_threshold=semi_threshold, padded_cells=padded_cells, precision_denominator=precision_denominator,
-            iou_threshold=iou_threshold, trust_checkpoint=trust_checkpoint)
+    if request.predictions is not None:
+        score_predictions(request, echo=click.echo)
         return
-    results, pf = evaluate_predictions_file(
-        predictions_path, ground_truth_path=ground_truth_path, mode=mode,
-        constraints=constraints or ("with", "semi", "no"), semi_threshold=semi_threshold,
-        padded_cells=padded_cells, precision_denominator=precision_denominator, iou_threshold=iou_threshold,
-    )
-    click.echo(format_table(results, mean_recall=MeanRecall(mean_recall)))
-    if out_dir is not None:
-        extra = {"predictions": str(predictions_path), "ground_truth": str(ground_truth_path or predictions_path),
-                 "predictions_metadata": pf.metadata}
-        paths = write_report(results, out_dir, vocabulary=pf.vocabulary, mean_recall=MeanRecall(mean_recall), extra=extra)
-        click.echo(f"wrote {', '.join(p.name for p in paths.values())} to {out_dir}")
+    import torch
+
+    from common.threads import resolve_threads
+    from stage2_relations.evaluate_checkpoint import evaluate_request
+
+    torch.set_num_threads(resolve_threads(threads))
+    evaluate_request(dataclasses.replace(request, device=_device(request.device)), echo=click.echo)
 
 
 @main.command("predict")

@@ -25,14 +25,35 @@ either order (:func:`pair_key`).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import numpy as np
 
 from rules.boxes import box_iou_continuous, box_iou_plus_one, nms_plus_one
 
-ASSIGNMENTS = ("sttran", "strict")
-SGDET_BOXES = ("sttran", "raw")
+
+class AssignmentRule(str, enum.Enum):
+    """The SGDET training assignment of detections to GT boxes (``assignment`` in the recipes).
+
+    STTRAN: STTran's ``lib/funcs.py::assign_relations`` (:func:`sttran_assignment`).
+    STRICT: one detection per GT box, IoU > 0.5, the rest background (:func:`strict_assignment`).
+    """
+
+    STTRAN = "sttran"
+    STRICT = "strict"
+
+
+class SgdetBoxes(str, enum.Enum):
+    """The boxes an SGDET test view scores (``sgdet_boxes`` in the recipes).
+
+    STTRAN: STTran's test-time steps (:func:`sttran_test_boxes`).
+    RAW:    the stored detections with their detector labels and scores, the person detection
+            as the subject (:func:`legacy_subject`).
+    """
+
+    STTRAN = "sttran"
+    RAW = "raw"
 
 # STTran's ``clean_class`` calls at SGDET test: book, chair, food (AG object ids).
 COPY_CLASSES = (5, 8, 17)
@@ -118,12 +139,11 @@ def strict_assignment(det_boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np
     return Assignment(labels, found)
 
 
-def assign(rule: str, det_boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray) -> Assignment:
-    if rule == "sttran":
-        return sttran_assignment(det_boxes, gt_boxes, gt_labels)
-    if rule == "strict":
-        return strict_assignment(det_boxes, gt_boxes, gt_labels)
-    raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {rule!r}")
+def assign(rule: AssignmentRule | str, det_boxes: np.ndarray, gt_boxes: np.ndarray,
+           gt_labels: np.ndarray) -> Assignment:
+    """The assignment of ``rule`` (ValueError for a name that is none)."""
+    rule_function = {AssignmentRule.STTRAN: sttran_assignment, AssignmentRule.STRICT: strict_assignment}
+    return rule_function[AssignmentRule(rule)](det_boxes, gt_boxes, gt_labels)
 
 
 def foreground(dists: np.ndarray) -> np.ndarray:

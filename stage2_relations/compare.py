@@ -32,9 +32,8 @@ from common.config import load_yaml_mapping
 from common.errors import ConfigError, InputError, UserError
 from common.files import sha256_of, write_json
 from common.runtime import resolve_device
-from rules.modes import Mode
 from stage2_relations.checkpoints import load_checkpoint, read_checkpoint, run_checkpoint
-from stage2_relations.evaluate_checkpoint import eval_view_options, evaluate_checkpoint
+from stage2_relations.evaluate_checkpoint import EvaluationView, evaluate_checkpoint, evaluation_view
 from stage2_relations.evaluation import MeanRecall
 from stage2_relations.evaluation.seeds import (  # noqa: F401
     EVAL_METRICS,
@@ -52,7 +51,7 @@ from stage2_relations.evaluation.seeds import (  # noqa: F401
 )
 from stage2_relations.recipe import RESUME_MAY_CHANGE, TrainConfig, check_run_inputs, load_config
 from stage2_relations.train import config_differences, train
-from stage2_relations.views import OBJECT_SCORES, ViewOptions
+from stage2_relations.view_options import ObjectScores, ViewOptions
 from store.reader import store_location
 
 log = logging.getLogger(__name__)
@@ -233,19 +232,19 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def evaluation_view(cfg: TrainConfig, rule: str) -> ViewOptions:
-    """The test view evaluate_checkpoint builds for ``rule`` (no negatives)."""
-    return eval_view_options(cfg, Mode(cfg.mode), object_scores=rule)
+def scored_view(cfg: TrainConfig, rule: str) -> EvaluationView:
+    """What :func:`evaluate_checkpoint` scores a run of ``cfg`` on under ``rule``: the test split in
+    the recipe's mode (:func:`~stage2_relations.evaluate_checkpoint.evaluation_view`, eval's own)."""
+    return evaluation_view(cfg, SPLIT, object_scores=rule)
 
 
 def evaluation_is_current(payload: Mapping[str, Any] | None, cfg: TrainConfig, rule: str, sha: str) -> bool:
-    """Whether an evaluation's metrics.json was made from this checkpoint (sha256) with these
-    options: split, mode, store, test view, and both constraints present."""
+    """Whether an evaluation's metrics.json was made from this checkpoint (sha256) on this
+    :func:`scored_view` (store, split, mode, view options), with both constraints present."""
     if not payload:
         return False
-    return ((payload.get("compare") or {}).get("checkpoint_sha256") == sha and payload.get("split") == SPLIT
-            and payload.get("mode") == cfg.mode and payload.get("store") == cfg.store
-            and payload.get("view") == dataclasses.asdict(evaluation_view(cfg, rule))
+    return ((payload.get("compare") or {}).get("checkpoint_sha256") == sha
+            and all(payload.get(k) == v for k, v in scored_view(cfg, rule).describe().items())
             and set(CONSTRAINTS) <= set(payload.get("results") or {}))
 
 
@@ -337,12 +336,12 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
     if not seeds:
         raise ConfigError("no seeds")
     for rule in rules:
-        if rule not in OBJECT_SCORES:
-            raise ConfigError(f"unknown object-scores rule {rule!r}; known: {', '.join(OBJECT_SCORES)}")
+        if rule not in {r.value for r in ObjectScores}:
+            raise ConfigError(f"unknown object-scores rule {rule!r}; known: {', '.join(r.value for r in ObjectScores)}")
     for v in variants:  # every test view eval will build, before any training (the detector rule is SGDET's)
         for rule in rules:
             try:
-                evaluation_view(v.config, rule)
+                scored_view(v.config, rule)
             except ConfigError as e:
                 raise ConfigError(f"variant {v.name}: {e}") from None
     test_videos = check_store(variants)

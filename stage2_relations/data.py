@@ -26,8 +26,9 @@ from torch.utils.data import Dataset
 from rules.boxes import union_boxes
 from rules.modes import Mode
 from stage2_relations.pool import PairPool, collate_pools, video_pool
-from stage2_relations.views import FrameView, ViewOptions, frame_view, mode_frames
-from store import Store, UnionMode, VideoRecord, open_store
+from stage2_relations.view_options import ObjectScores, SgdetBoxes, ViewOptions
+from stage2_relations.views import FrameView, frame_view, mode_frames
+from store import Store, VideoRecord, open_store
 from store.vocabulary import PredicateGroup, Vocabulary
 
 MASK_SIZE = 27
@@ -83,8 +84,7 @@ class RelationBatch:
 
     video_names:  tuple of V str; frame_names: tuple of F str.
     mode:         the task :class:`Mode`; ``train``: the training view (negatives, SGDET assignment).
-    object_scores: the test-time object rule of the view, ``"sttran"`` or ``"classifier"``
-                  (:class:`~stage2_relations.views.ViewOptions`).
+    object_scores: the test-time object rule of the view (:class:`~stage2_relations.view_options.ObjectScores`).
     video_frame_offsets: (V+1,) int64, frames of video v are ``[o[v], o[v+1])``.
     frame_sizes:  (F, 2) int64 (width, height) pixels.
     box_offsets:  (F+1,) int64; box_frame (N,) int64 frame of each box.
@@ -108,7 +108,7 @@ class RelationBatch:
     pair_positive: (M,) bool, the pair has an annotated relation (RS-Net positive).
     attention_labels: (M,) int64 local attention id, -1 for none (negatives).
     spatial_labels:   (M, S) float32 multi-hot; contacting_labels (M, Cn) float32 multi-hot.
-    sgdet_boxes:  the view's SGDET test boxes, ``"sttran"`` or ``"raw"`` (:class:`~stage2_relations.views.ViewOptions`).
+    sgdet_boxes:  the view's SGDET test boxes (:class:`~rules.pairing.SgdetBoxes`).
     pool:         every union feature the store holds for the batch's frames
                   (:class:`~stage2_relations.pool.PairPool`; test views with ``ViewOptions.pair_pool``), or None;
                   :meth:`with_boxes` and :meth:`with_pairs` rebuild boxes and pairs from it.
@@ -118,7 +118,7 @@ class RelationBatch:
     frame_names: tuple[str, ...]
     mode: Mode
     train: bool
-    object_scores: str
+    object_scores: ObjectScores
     video_frame_offsets: torch.Tensor
     frame_sizes: torch.Tensor
     box_offsets: torch.Tensor
@@ -140,7 +140,7 @@ class RelationBatch:
     attention_labels: torch.Tensor
     spatial_labels: torch.Tensor
     contacting_labels: torch.Tensor
-    sgdet_boxes: str = "sttran"
+    sgdet_boxes: SgdetBoxes = SgdetBoxes.STTRAN
     pool: PairPool | None = None
 
     @property
@@ -301,7 +301,7 @@ class VideoDataset(Dataset):
 
     store:   a path (opened lazily in each worker) or an open :class:`~store.Store`.
     train:   the training view (assignment, negatives when ``options.negatives``) or the test view.
-    options: :class:`~stage2_relations.views.ViewOptions` (assignment, SGDET test boxes, object
+    options: :class:`~stage2_relations.view_options.ViewOptions` (assignment, SGDET test boxes, object
              rule, negatives and their sampling).
     min_frames: videos with fewer frames in the mode's view are left out (SGCLS / SGDET see
              only the frames with an object of the _filtersmall annotations); default: the
@@ -390,7 +390,8 @@ class VideoDataset(Dataset):
     def build(self, rec: VideoRecord) -> _VideoArrays:
         rng = negative_rng(self.seed, self.epoch, rec.name)
         frames = self.frames_of(rec)
-        views = [frame_view(rec, int(f), self.mode, train=self.train, options=self.options, rng=rng) for f in frames]
+        views = [frame_view(rec, int(f), self.mode, train=self.train, options=self.options, rng=rng,
+                            vocabulary=self.vocabulary) for f in frames]
         union = rec.pair_union
         return _VideoArrays(
             name=rec.name,
@@ -440,7 +441,8 @@ def _concat_views(views: list[FrameView], rec: VideoRecord, vocab: Vocabulary, u
 
 
 def collate(videos: Sequence[_VideoArrays], mode: Mode | str = Mode.PREDCLS, train: bool = True,
-            object_scores: str = "sttran", sgdet_boxes: str = "sttran") -> RelationBatch:
+            object_scores: ObjectScores | str = ObjectScores.STTRAN,
+            sgdet_boxes: SgdetBoxes | str = SgdetBoxes.STTRAN) -> RelationBatch:
     """Stack videos into one :class:`RelationBatch` (frame-local pair indices become global;
     the pair pool when every video carries one)."""
     mode = Mode(mode)
@@ -459,7 +461,7 @@ def collate(videos: Sequence[_VideoArrays], mode: Mode | str = Mode.PREDCLS, tra
     return RelationBatch(
         video_names=tuple(v.name for v in videos),
         frame_names=tuple(n for v in videos for n in v.frame_names),
-        mode=mode, train=train, object_scores=object_scores,
+        mode=mode, train=train, object_scores=ObjectScores(object_scores),
         video_frame_offsets=t(np.concatenate([[0], np.cumsum(frame_counts)]).astype(np.int64)),
         frame_sizes=cat("frame_sizes", torch.int64),
         box_offsets=t(box_offsets), box_frame=t(np.repeat(np.arange(len(box_counts)), box_counts).astype(np.int64)),
@@ -472,7 +474,7 @@ def collate(videos: Sequence[_VideoArrays], mode: Mode | str = Mode.PREDCLS, tra
         masks=cat("masks", torch.float32),
         pair_positive=cat("pair_positive", torch.bool), attention_labels=cat("attention_labels", torch.int64),
         spatial_labels=cat("spatial_labels", torch.float32), contacting_labels=cat("contacting_labels", torch.float32),
-        sgdet_boxes=sgdet_boxes,
+        sgdet_boxes=SgdetBoxes(sgdet_boxes),
         pool=collate_pools([v.pool for v in videos]) if videos and all(v.pool is not None for v in videos) else None,
     )
 
@@ -480,8 +482,8 @@ def collate(videos: Sequence[_VideoArrays], mode: Mode | str = Mode.PREDCLS, tra
 class Collator:
     """Picklable ``collate_fn`` for a dataset's mode and view."""
 
-    def __init__(self, mode: Mode | str, train: bool, object_scores: str = "sttran",
-                 sgdet_boxes: str = "sttran") -> None:
+    def __init__(self, mode: Mode | str, train: bool, object_scores: ObjectScores | str = ObjectScores.STTRAN,
+                 sgdet_boxes: SgdetBoxes | str = SgdetBoxes.STTRAN) -> None:
         self.mode, self.train, self.object_scores, self.sgdet_boxes = Mode(mode), train, object_scores, sgdet_boxes
 
     @classmethod
@@ -506,7 +508,3 @@ def epoch_order(num_videos: int, seed: int, epoch: int, *, shuffle: bool = True,
         order = (order * (total // max(num_videos, 1) + 1))[:total]
         order = order[rank::world_size]
     return order
-
-
-def union_is_map(meta) -> bool:
-    return meta.union_mode is UnionMode.MAP

@@ -1,4 +1,9 @@
-"""``cli.py eval --run RUN_DIR | --checkpoint FILE``: a trained model scored on a store split.
+"""``cli.py eval --run RUN_DIR | --checkpoint FILE``: a trained model scored on a store split
+(:func:`evaluate_checkpoint`, or :func:`evaluate_request` for the command's
+:class:`~stage2_relations.eval_request.EvalRequest`).
+
+The split and test view a checkpoint is scored on are built by :func:`evaluation_view` alone;
+``compare`` asks the same function whether an earlier evaluation is current.
 
 Writes into the output folder (default ``RUN_DIR/eval_<split>_<mode>``) the files of
 :func:`~stage2_relations.evaluation.report.write_report` (metrics.json with the parameter
@@ -10,8 +15,9 @@ store's source dataset folder still has its ``frames/`` dump).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -22,30 +28,62 @@ from stage2_relations.checkpoints import load_checkpoint, run_checkpoint
 from stage2_relations.data import VideoDataset
 from stage2_relations.evaluation import MeanRecall, format_table, write_predictions, write_report
 from stage2_relations.evaluation.predictions_io import read_predictions
+from stage2_relations.eval_request import EvalRequest
 from stage2_relations.evaluation.structures import Constraint
 from stage2_relations.heads import count_parameters, head_class
 from stage2_relations.scoring import as_sets, plot_frames, score_model
-from stage2_relations.views import ViewOptions
+from stage2_relations.view_options import ObjectScores, SgdetBoxes, ViewOptions
 
 
-def eval_view_options(cfg, mode: Mode, *, sgdet_boxes: str | None = None,
-                      object_scores: str | None = None) -> ViewOptions:
+@dataclass(frozen=True)
+class EvaluationView:
+    """What a checkpoint is scored on: a split of a store, in a mode, with a test view. Made by
+    :func:`evaluation_view` only; written into metrics.json (:meth:`describe`), where
+    ``compare`` reads it back to know whether an evaluation is current."""
+
+    store: str
+    split: str
+    mode: Mode
+    options: ViewOptions
+
+    def describe(self) -> dict[str, Any]:
+        """As metrics.json holds it (JSON writes each rule by its name, to which the enum compares equal)."""
+        return {"store": self.store, "split": self.split, "mode": self.mode.value,
+                "view": dataclasses.asdict(self.options)}
+
+    def dataset(self, max_videos: int = 0) -> VideoDataset:
+        return VideoDataset(self.store, self.split, self.mode, train=False, options=self.options,
+                            max_videos=max_videos)
+
+
+def evaluation_view(cfg, split: str, mode: Mode | str | None = None, *, sgdet_boxes: SgdetBoxes | str | None = None,
+                    object_scores: ObjectScores | str | None = None) -> EvaluationView:
+    """The :class:`EvaluationView` of a checkpoint of recipe ``cfg`` on ``split`` in ``mode``
+    (default the recipe's), its options from :func:`eval_view_options`."""
+    mode = Mode(mode or cfg.mode)
+    return EvaluationView(cfg.store, split, mode, eval_view_options(cfg, mode, sgdet_boxes=sgdet_boxes,
+                                                                    object_scores=object_scores))
+
+
+def eval_view_options(cfg, mode: Mode, *, sgdet_boxes: SgdetBoxes | str | None = None,
+                      object_scores: ObjectScores | str | None = None) -> ViewOptions:
     """The view a checkpoint of recipe ``cfg`` (a :class:`~stage2_relations.recipe.TrainConfig`)
     is evaluated on in ``mode``: the recipe's, no negatives, with ``sgdet_boxes`` and
     ``object_scores`` when given. The ``detector`` rule (SGDET only) takes STTran's test boxes,
     always (another ``sgdet_boxes`` is refused). Raises ConfigError for a view the head cannot use."""
-    rule = object_scores or cfg.object_scores
-    if rule == "detector" and mode is not Mode.SGDET:
+    rule = ObjectScores(object_scores or cfg.object_scores)
+    if rule is ObjectScores.DETECTOR and mode is not Mode.SGDET:
         raise ConfigError(f"object-scores rule 'detector' is an SGDET rule, not {mode.value}")
-    if rule == "detector" and sgdet_boxes is None:
-        sgdet_boxes = "sttran"
+    if rule is ObjectScores.DETECTOR and sgdet_boxes is None:
+        sgdet_boxes = SgdetBoxes.STTRAN
     changes = {k: v for k, v in (("sgdet_boxes", sgdet_boxes), ("object_scores", object_scores)) if v is not None}
     options = dataclasses.replace(cfg.view_options(), negatives=False, **changes)
     required = head_class(cfg.head).required_view_options(rule)  # DSG-DETR: the pair pool, raw SGDET boxes
     if mode is Mode.SGDET and required.get("sgdet_boxes", options.sgdet_boxes) != options.sgdet_boxes:
-        why = ("the detector rule scores STTran's test boxes" if rule == "detector"
+        why = ("the detector rule scores STTran's test boxes" if rule is ObjectScores.DETECTOR
                else f"head {cfg.head!r} rebuilds the SGDET test boxes from the stored detections")
-        raise ConfigError(f"{why}: it needs sgdet_boxes {required['sgdet_boxes']!r}, not {options.sgdet_boxes!r}")
+        raise ConfigError(f"{why}: it needs sgdet_boxes {SgdetBoxes(required['sgdet_boxes']).value!r}, "
+                          f"not {options.sgdet_boxes.value!r}")
     return options
 
 
@@ -60,7 +98,7 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
 
     ``mode`` defaults to the training mode; another mode works when the model can serve it
     (a head without object classifier keeps the given / detector labels and scores).
-    ``sgdet_boxes`` and ``object_scores`` default to the recipe's (:class:`~stage2_relations.views.ViewOptions`).
+    ``sgdet_boxes`` and ``object_scores`` default to the recipe's (:class:`~stage2_relations.view_options.ViewOptions`).
     ``save_predictions`` replaces only an earlier predictions file, never the checkpoint or another
     file (:mod:`common.run_folder`). The checkpoint is read weights-only unless ``trust_checkpoint``.
     """
@@ -70,9 +108,9 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
                           option="--save-predictions", inputs=[ckpt_path])
     model, cfg, ckpt = load_checkpoint(ckpt_path, device=device, store_path=store_path, trust=trust_checkpoint,
                                        splits=(split,))
-    mode = Mode(mode or cfg.mode)
-    options = eval_view_options(cfg, mode, sgdet_boxes=sgdet_boxes, object_scores=object_scores)
-    ds = VideoDataset(cfg.store, split, mode, train=False, options=options, max_videos=max_videos)
+    view = evaluation_view(cfg, split, mode, sgdet_boxes=sgdet_boxes, object_scores=object_scores)
+    mode = view.mode
+    ds = view.dataset(max_videos)
     if not len(ds):
         raise InputError(f"{cfg.store}: no videos in split {split!r}")
     results, names, (gts, preds), speed = score_model(model, ds, device=device, constraints=constraints,
@@ -87,8 +125,7 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
         echo(f"note: {speed['pairs_substituted']} of {speed['pairs']} scored pairs took another pair's union "
              f"feature (the store holds no feature for their own: docs/stage2.md)")
     out = Path(out_dir) if out_dir is not None else ckpt_path.parent / f"eval_{split}_{mode.value}"
-    extra = {"checkpoint": str(ckpt_path), "store": cfg.store, "split": split, "mode": mode.value,
-             "view": dataclasses.asdict(options), "parameters": n_params,
+    extra = {"checkpoint": str(ckpt_path), **view.describe(), "parameters": n_params,
              "inference": speed, "config": cfg.to_dict(), "provenance": ckpt.get("provenance", {})}
     paths = write_report(results, out, vocabulary=ds.vocabulary, mean_recall=mean_recall, extra=extra)
     # a few frames with predictions and GT relations, spread over the split
@@ -108,6 +145,17 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
     return {"results": results, "parameters": n_params, "speed": speed, "paths": paths}
 
 
+def evaluate_request(request: EvalRequest, echo: Callable[[str], None] = print) -> dict:
+    """:func:`evaluate_checkpoint` of ``request`` (a run folder or a checkpoint)."""
+    protocol = request.protocol
+    return evaluate_checkpoint(
+        run_dir=request.run_dir, checkpoint=request.checkpoint, store_path=request.store_path, split=request.split,
+        mode=request.mode, sgdet_boxes=request.sgdet_boxes, object_scores=request.object_scores,
+        constraints=protocol.constraints, out_dir=request.out_dir, save_predictions=request.save_predictions,
+        mean_recall=protocol.mean_recall, max_videos=request.max_videos, device=request.device, echo=echo,
+        trust_checkpoint=request.trust_checkpoint, **protocol.scoring())
+
+
 def _is_predictions_file(path: Path) -> bool:
     """Whether ``path`` is a predictions file (what ``--save-predictions`` wrote before)."""
     try:
@@ -125,4 +173,4 @@ def _frame_sizes(ds: VideoDataset, names: Sequence[str]) -> list[tuple[int, int]
     return sizes
 
 
-__all__ = ["evaluate_checkpoint", "eval_view_options"]
+__all__ = ["EvaluationView", "eval_view_options", "evaluate_checkpoint", "evaluate_request", "evaluation_view"]

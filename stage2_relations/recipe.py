@@ -22,7 +22,7 @@ from common.errors import ConfigError
 from rules.modes import Mode
 from stage2_relations.evaluation.seeds import MAX_SEED
 from stage2_relations.heads import HEADS, HeadContext, RSNet, build_model, head_class
-from stage2_relations.views import ASSIGNMENTS, NEGATIVE_LABELS, OBJECT_SCORES, SGDET_BOXES, ViewOptions
+from stage2_relations.view_options import VIEW_RULES, ObjectScores, ViewOptions
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +40,16 @@ class TrainConfig:
     """None: the bare head; a dict (possibly empty): RS-Net around it, with these arguments."""
     glove: str | None = None
     """GloVe text file to initialise the class embeddings (None: random, learnable)."""
-    assignment: str = "sttran"
-    """SGDET training assignment: 'sttran' (lib/funcs.py) or 'strict' (stage2_relations.views)."""
-    sgdet_boxes: str = "sttran"
-    """SGDET test boxes (validation here, and the default of eval): 'sttran' or 'raw'."""
-    object_scores: str = "sttran"
-    """SGCLS / SGDET test object labels and scores: 'sttran' (the protocol), 'classifier' or
-    'detector' (SGDET: the detector's distribution for every head, DSG-DETR included)."""
+    # The fields named as a ViewOptions field set it (view_options; documented there); their
+    # values are the names of its enums, as YAML and the run folders spell them.
+    assignment: str = ViewOptions.assignment.value
+    sgdet_boxes: str = ViewOptions.sgdet_boxes.value
+    """SGDET test boxes, of validation here and, by default, of eval."""
+    object_scores: str = ViewOptions.object_scores.value
     negatives: bool | None = None
     """Pairs without a relation in the training view; None: with RS-Net only (the baselines
     train on positives, as their papers do)."""
-    negative_labels: str = "detector"
-    """SGDET: the class of boxes only negatives use, 'detector' or 'assigned' (views.ViewOptions)."""
+    negative_labels: str = ViewOptions.negative_labels.value
     epochs: int = 10
     lr: float = 1e-5
     weight_decay: float = 0.01
@@ -60,8 +58,8 @@ class TrainConfig:
     num_workers: int = 0
     preload: bool = False
     seed: int = 0
-    negative_ratio: float = 1.2
-    negative_iou: float = 0.5
+    negative_ratio: float = ViewOptions.negative_ratio
+    negative_iou: float = ViewOptions.negative_iou
     plateau_factor: float = 0.5
     plateau_patience: int = 1
     plateau_threshold: float = 1e-4
@@ -86,17 +84,15 @@ class TrainConfig:
         (:meth:`~stage2_relations.heads.base.RelationHead.required_view_options`; DSG-DETR: the
         pair pool and, in SGDET, the raw detections, which a recipe naming other boxes contradicts)."""
         negatives = self.rsnet is not None if self.negatives is None else bool(self.negatives)
-        if self.object_scores == "detector" and Mode(self.mode) is not Mode.SGDET:
+        if self.object_scores == ObjectScores.DETECTOR and Mode(self.mode) is not Mode.SGDET:
             raise ConfigError(f"object_scores: detector is an SGDET rule; the recipe's mode is {self.mode}")
         required = head_class(self.head).required_view_options(self.object_scores)
         if Mode(self.mode) is Mode.SGDET and required.get("sgdet_boxes", self.sgdet_boxes) != self.sgdet_boxes:
             raise ConfigError(f"head {self.head!r} needs sgdet_boxes: {required['sgdet_boxes']} (it rebuilds the SGDET "
                               f"test boxes itself); the recipe says {self.sgdet_boxes!r}")
-        options = ViewOptions(assignment=self.assignment, sgdet_boxes=self.sgdet_boxes,
-                              object_scores=self.object_scores, negatives=negatives,
-                              negative_labels=self.negative_labels,
-                              negative_ratio=self.negative_ratio, negative_iou=self.negative_iou)
-        return dataclasses.replace(options, **required)
+        mine = {f.name for f in dataclasses.fields(self)}
+        named = {f.name: getattr(self, f.name) for f in dataclasses.fields(ViewOptions) if f.name in mine}
+        return ViewOptions(**{**named, "negatives": negatives, **required})
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -104,10 +100,7 @@ FLOAT32_MAX = 3.4028234663852886e38
 # Ranges and choices of the recipe's fields (types come from the annotations).
 RULES = {
     "mode": one_of(*(m.value for m in Mode)),
-    "assignment": one_of(*ASSIGNMENTS),
-    "sgdet_boxes": one_of(*SGDET_BOXES),
-    "object_scores": one_of(*OBJECT_SCORES),
-    "negative_labels": one_of(*NEGATIVE_LABELS),
+    **VIEW_RULES,
     "epochs": at_least(1),
     # AdamW keeps lr in float32 arithmetic: above its largest value the first step overflows
     "lr": (lambda v: 0 < v < FLOAT32_MAX, f"> 0 and below {FLOAT32_MAX:.3g} (float32's largest)"),
@@ -117,8 +110,6 @@ RULES = {
     "num_workers": at_least(0),
     "threads": at_least(0),
     "seed": (lambda v: 0 <= v <= MAX_SEED, f"in 0..{MAX_SEED}"),
-    "negative_ratio": at_least(0),
-    "negative_iou": between(0, 1),
     "plateau_factor": between(0, 1, lo_open=True, hi_open=True),
     "plateau_patience": at_least(0),
     "plateau_threshold": at_least(0),

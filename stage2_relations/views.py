@@ -16,6 +16,10 @@ SGDET     detections labelled by the assignment (``sttran``      STTran's test b
           stands for; (subject, the box of each GT relation)     the stored detections (``sgdet_boxes: raw``)
 ========  =====================================================  ==========================================
 
+Each row is one :class:`ViewBuilder` (:data:`BUILDERS`, by mode) whose ``train`` and ``test``
+give the boxes and the candidate pairs (:class:`Candidates`); :func:`frame_view` then finds
+each pair's union feature and samples the negatives, the same for every mode.
+
 **Negatives** (pairs without a relation) enter the training view only when
 ``ViewOptions.negatives`` is on, which RS-Net turns on: baselines train on positives alone,
 as their papers do. In SGDET they are the subject with every other box; in PREDCLS / SGCLS,
@@ -28,6 +32,8 @@ and the pair is marked ``substituted``. Then :func:`sample_negatives`.
 
 from __future__ import annotations
 
+import abc
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -35,62 +41,18 @@ import numpy as np
 
 from rules.boxes import paired_box_iou_continuous
 from rules.modes import Mode
-from rules.pairing import ASSIGNMENTS, SGDET_BOXES, PairIndex, assign, legacy_subject, sttran_test_boxes
+from rules.pairing import (
+    Assignment,
+    PairIndex,
+    SgdetBoxes,
+    assign,
+    legacy_subject,
+    sttran_test_boxes,
+    training_subjects,
+)
+from stage2_relations.view_options import NegativeLabels, ObjectScores, ViewOptions
 from store import VideoRecord
-
-OBJECT_SCORES = ("sttran", "classifier", "detector")
-NEGATIVE_LABELS = ("detector", "assigned")
-
-
-@dataclass(frozen=True)
-class ViewOptions:
-    """How the views are built; every field is a recipe option (``TrainConfig``).
-
-    assignment:    SGDET training assignment, ``sttran`` (``lib/funcs.py``, the default) or
-                   ``strict`` (one detection per GT box, IoU > 0.5, the rest background).
-    sgdet_boxes:   SGDET test boxes, ``sttran`` (its test-time steps) or ``raw`` (the stored
-                   detections with their detector labels and scores, the person detection as
-                   the subject).
-    object_scores: SGCLS / SGDET test labels and scores: ``sttran`` (SGDET: the detector's
-                   foreground distribution; SGCLS: the classifier with STTran's subject and
-                   duplicate rules) or ``classifier`` (the trained classifier's softmax over
-                   every class, background included, its best object class; pairs with the
-                   GT person in SGCLS). ``classifier`` is not the protocol: it gives the
-                   baseline a learned relevance score (see docs/stage2.md). ``detector``
-                   (SGDET only): STTran's test boxes and the detector's distribution for every
-                   head, DSG-DETR included (which re-scores them under ``sttran``), so that
-                   heads compare under one rule.
-    negatives:     add RS-Net's negatives to the training view.
-    negative_labels: the class a box that only negative pairs use gets for the pairs' class
-                   embeddings in SGDET training: ``detector`` (its best class other than the
-                   person, as the SGDET test view labels it) or ``assigned`` (the assignment's,
-                   background for most). With ``assigned`` the background label alone tells a
-                   negative apart, a cue the test view never gives: RS-Net's scorer learns it
-                   and then fails to separate test pairs. The sampling rule uses the
-                   assignment's classes either way.
-    negative_ratio, negative_iou: RS-Net's sampling (paper 4.2).
-    pair_pool:     the SGDET test view's batch also carries every union feature the store holds for
-                   its frames (:mod:`stage2_relations.pool`), for a head that rebuilds boxes and
-                   pairs (``RelationHead.needs_pair_pool``: DSG-DETR at SGDET test).
-    """
-
-    assignment: str = "sttran"
-    sgdet_boxes: str = "sttran"
-    object_scores: str = "sttran"
-    negatives: bool = False
-    negative_labels: str = "detector"
-    negative_ratio: float = 1.2
-    negative_iou: float = 0.5
-    pair_pool: bool = False
-
-    def __post_init__(self) -> None:
-        for name, allowed in (("assignment", ASSIGNMENTS), ("sgdet_boxes", SGDET_BOXES),
-                              ("object_scores", OBJECT_SCORES), ("negative_labels", NEGATIVE_LABELS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.negative_ratio < 0 or not 0 <= self.negative_iou <= 1:
-            raise ValueError(f"negative_ratio must be >= 0 and negative_iou in [0, 1], got "
-                             f"{self.negative_ratio}, {self.negative_iou}")
+from store.vocabulary import ACTION_GENOME, Vocabulary
 
 
 @dataclass(frozen=True)
@@ -165,7 +127,7 @@ def sample_negatives(
     return idx.astype(np.int64)
 
 
-def _best_object_class(dists: np.ndarray, person: int = 1) -> np.ndarray:
+def _best_object_class(dists: np.ndarray, person: int) -> np.ndarray:
     """(N,) int64 each box's most probable class other than background and the person, as
     STTran's SGDET test labels every box but the subject."""
     d = np.asarray(dists, dtype=np.float64).copy()
@@ -206,11 +168,53 @@ def _relation_rows(rec: VideoRecord, f: int, sel: np.ndarray) -> np.ndarray:
     return of[sel]
 
 
-class _Frame:
-    """The stored arrays of one frame and its pair lookup; builds the views."""
+@dataclass(frozen=True)
+class BoxParts:
+    """Boxes of a view, or of one part of it (K rows), as :class:`FrameView` takes them.
 
-    def __init__(self, rec: VideoRecord, f: int, mode: Mode, options: ViewOptions) -> None:
-        self.rec, self.f, self.mode, self.options = rec, f, Mode(mode), options
+    joint (K,) i64 each box's index in the frame's joint box index (GT 0..G-1, detections G..);
+    boxes (K, 4) f32; labels (K,) i64; embed (K,) i64 the labels of the class embeddings;
+    scores (K,) f32; is_gt (K,) bool; features (K, D) f16; dists (K, C).
+    """
+
+    joint: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+    embed: np.ndarray
+    scores: np.ndarray
+    is_gt: np.ndarray
+    features: np.ndarray
+    dists: np.ndarray
+
+    @staticmethod
+    def concat(parts: list[BoxParts]) -> BoxParts:
+        return BoxParts(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(BoxParts)))
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What a mode's builder gives for one frame, before the union rows and the sampling.
+
+    boxes: the view's boxes; pairs (P, 2) i64 (subject, object) local box indices, the pairs
+    scored at test or trained as positives; rel (P,) i64 the video's gt_relations row of each,
+    -1 none; negatives (Q, 2) i64 the candidate negatives (training, ``ViewOptions.negatives``);
+    fallback / negative_fallback: the joint index of the box whose union feature a pair
+    (resp. a negative) without its own takes, None for none (see the module docstring).
+    """
+
+    boxes: BoxParts
+    pairs: np.ndarray
+    rel: np.ndarray
+    negatives: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    fallback: int | None = None
+    negative_fallback: int | None = None
+
+
+class _Frame:
+    """The stored arrays of one frame and its pair lookup, from which the builders take boxes."""
+
+    def __init__(self, rec: VideoRecord, f: int, mode: Mode, options: ViewOptions, person: int) -> None:
+        self.rec, self.f, self.options, self.person = rec, f, options, person
         g, d, p = (rec.frame_rows(t, f) for t in ("gt_objects", "detections", "pairs"))
         self.g, self.d, self.p = g, d, p
         self.num_gt, self.num_det = g.stop - g.start, d.stop - d.start
@@ -218,34 +222,33 @@ class _Frame:
         self.sel = gt_selection(rec, f, mode)
         self.rel = _relation_rows(rec, f, self.sel)
 
-    # -- boxes -----------------------------------------------------------------------------
-
-    def gt_boxes(self, local: np.ndarray) -> dict[str, np.ndarray]:
+    def gt_boxes(self, local: np.ndarray) -> BoxParts:
         """GT objects ``local`` (indices into the frame's GT rows)."""
-        rec, g = self.rec, self.g
-        rows = g.start + local
-        return dict(joint=local, boxes=rec.gt_boxes[rows], labels=rec.gt_labels[rows].astype(np.int64),
-                    embed=rec.gt_labels[rows].astype(np.int64),
-                    scores=np.ones(len(local), np.float32), is_gt=np.ones(len(local), bool),
-                    features=rec.gt_features[rows], dists=rec.gt_dists[rows])
+        rec, rows = self.rec, self.g.start + local
+        return BoxParts(joint=local, boxes=rec.gt_boxes[rows], labels=rec.gt_labels[rows].astype(np.int64),
+                        embed=rec.gt_labels[rows].astype(np.int64), scores=np.ones(len(local), np.float32),
+                        is_gt=np.ones(len(local), bool), features=rec.gt_features[rows], dists=rec.gt_dists[rows])
 
     def det_boxes(self, local: np.ndarray, labels: np.ndarray | None = None, scores: np.ndarray | None = None,
-                  dists: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                  dists: np.ndarray | None = None) -> BoxParts:
         """Detections ``local``, optionally relabelled / rescored / with other distributions."""
         rec, rows = self.rec, self.d.start + local
-        return dict(joint=self.num_gt + local, boxes=rec.det_boxes[rows],
-                    labels=(rec.det_labels[rows] if labels is None else labels).astype(np.int64),
-                    embed=(rec.det_labels[rows] if labels is None else labels).astype(np.int64),
-                    scores=(rec.det_scores[rows] if scores is None else scores).astype(np.float32),
-                    is_gt=np.zeros(len(local), bool), features=rec.det_features[rows],
-                    dists=rec.det_dists[rows] if dists is None else dists)
+        labels = rec.det_labels[rows] if labels is None else labels
+        return BoxParts(joint=self.num_gt + local, boxes=rec.det_boxes[rows], labels=labels.astype(np.int64),
+                        embed=labels.astype(np.int64),
+                        scores=(rec.det_scores[rows] if scores is None else scores).astype(np.float32),
+                        is_gt=np.zeros(len(local), bool), features=rec.det_features[rows],
+                        dists=rec.det_dists[rows] if dists is None else dists)
 
-    def assignment(self):
+    def assignment(self) -> Assignment:
+        """The SGDET training assignment (``ViewOptions.assignment``) of the frame's detections to its GT boxes."""
         rec = self.rec
         return assign(self.options.assignment, rec.det_boxes[self.d], rec.gt_boxes[self.g.start + self.sel],
                       rec.gt_labels[self.g.start + self.sel])
 
-    # -- unions ----------------------------------------------------------------------------
+    def detection_subject(self) -> int:
+        """The stored detections' subject (:func:`~rules.pairing.legacy_subject`), -1 without detections."""
+        return legacy_subject(self.rec.det_labels[self.d], self.rec.det_dists[self.d], person=self.person)
 
     def union_rows(self, joint: np.ndarray, pairs: np.ndarray, fallback: int | None,
                    required: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -267,113 +270,154 @@ class _Frame:
         return rows, substituted
 
 
-def _stack(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+def _with_subject(subject: int, objects: np.ndarray) -> np.ndarray:
+    """(len(objects), 2) int64 pairs (``subject``, each of ``objects``)."""
+    return np.stack([np.full(len(objects), subject, np.int64), objects], 1).astype(np.int64)
 
 
-def frame_view(rec: VideoRecord, f: int, mode: Mode | str, *, train: bool, options: ViewOptions,
-               rng: np.random.Generator) -> FrameView:
-    """Frame ``f`` of ``rec`` for ``mode`` (training or test view; see the module docstring)."""
-    mode = Mode(mode)
-    fr = _Frame(rec, f, mode, options)
-    no_pairs = np.zeros((0, 2), np.int64)
-    fallback: int | None = None
-    neg_fallback: int | None = None
-    if mode is not Mode.SGDET:
+class ViewBuilder(abc.ABC):
+    """The training and the test view of one mode (the table of the module docstring)."""
+
+    @abc.abstractmethod
+    def train(self, fr: _Frame) -> Candidates: ...
+
+    @abc.abstractmethod
+    def test(self, fr: _Frame) -> Candidates: ...
+
+
+class PredclsView(ViewBuilder):
+    """GT boxes; training: (person, object) pairs with a relation, and RS-Net's negatives when
+    asked; test: (person, every object)."""
+
+    def train(self, fr: _Frame) -> Candidates:
         parts = [fr.gt_boxes(fr.sel)]
         k = len(fr.sel)
         objects = np.arange(1, k)
-        if not train:
-            if mode is Mode.SGCLS and options.object_scores == "sttran":
-                # every ordered pair: the head keeps those of the subject it finds (STTran)
-                s, o = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
-                keep = s != o
-                pos = np.stack([s[keep], o[keep]], 1).astype(np.int64)
-                fallback = 0
-            else:
-                pos = np.stack([np.zeros(k - 1, np.int64), objects], 1)
-            rel = np.where(pos[:, 0] == 0, fr.rel[pos[:, 1]], -1)
-            neg = no_pairs
-        else:
-            has_rel = fr.rel[objects] >= 0
-            pos = np.stack([np.zeros(has_rel.sum(), np.int64), objects[has_rel]], 1)
-            rel = fr.rel[objects[has_rel]]
-            neg = (np.stack([np.zeros((~has_rel).sum(), np.int64), objects[~has_rel]], 1) if options.negatives
-                   else no_pairs)  # a baseline trains on positives alone
-            if options.negatives and fr.num_det:
-                a = fr.assignment()
-                free = np.setdiff1d(np.flatnonzero(a.labels == 0), a.found[a.found >= 0])
-                if len(free):
-                    parts.append(fr.det_boxes(free))
-                    neg = np.concatenate([neg, np.stack([np.zeros(len(free), np.int64), k + np.arange(len(free))], 1)])
-                if a.found[0] >= 0:
-                    neg_fallback = fr.num_gt + int(a.found[0])
-    elif not train:
-        if options.sgdet_boxes == "sttran":
-            t = sttran_test_boxes(rec.det_boxes[fr.d], rec.det_dists[fr.d], person=1)
-            dists = np.zeros((len(t.source), t.dists.shape[1] + 1), np.float32)
-            dists[:, 1:] = t.dists
-            parts = [fr.det_boxes(t.source, t.labels, t.scores, dists)]
-            subject, objects = t.subject, t.objects
-        else:
-            parts = [fr.det_boxes(np.arange(fr.num_det))]
-            subject = legacy_subject(rec.det_labels[fr.d], rec.det_dists[fr.d])
-            objects = np.delete(np.arange(fr.num_det), subject) if subject >= 0 else np.zeros(0, np.int64)
-        pos = np.stack([np.full(len(objects), subject, np.int64), objects], 1).astype(np.int64)
-        rel, neg = np.full(len(pos), -1, np.int64), no_pairs
-    else:
+        has_rel = fr.rel[objects] >= 0
+        pairs = _with_subject(0, objects[has_rel])
+        if not fr.options.negatives:  # a baseline trains on positives alone
+            return Candidates(parts[0], pairs, fr.rel[objects[has_rel]])
+        negatives = _with_subject(0, objects[~has_rel])
+        negative_fallback = None
+        if fr.num_det:
+            a = fr.assignment()
+            free = np.setdiff1d(np.flatnonzero(a.labels == 0), a.found[a.found >= 0])
+            if len(free):
+                parts.append(fr.det_boxes(free))
+                negatives = np.concatenate([negatives, _with_subject(0, k + np.arange(len(free)))])
+            if a.found[0] >= 0:
+                negative_fallback = fr.num_gt + int(a.found[0])
+        return Candidates(BoxParts.concat(parts), pairs, fr.rel[objects[has_rel]], negatives,
+                          negative_fallback=negative_fallback)
+
+    def test(self, fr: _Frame) -> Candidates:
+        pairs = _with_subject(0, np.arange(1, len(fr.sel)))
+        return Candidates(fr.gt_boxes(fr.sel), pairs, fr.rel[pairs[:, 1]])
+
+
+class SgclsView(PredclsView):
+    """As PREDCLS (GT labels for the class embeddings in training); test under
+    ``object_scores: sttran``: every ordered pair, from which the head keeps its subject's (STTran)."""
+
+    def test(self, fr: _Frame) -> Candidates:
+        if fr.options.object_scores is not ObjectScores.STTRAN:
+            return super().test(fr)
+        k = len(fr.sel)
+        s, o = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+        keep = s != o
+        pairs = np.stack([s[keep], o[keep]], 1).astype(np.int64)
+        rel = np.where(pairs[:, 0] == 0, fr.rel[pairs[:, 1]], -1)
+        return Candidates(fr.gt_boxes(fr.sel), pairs, rel, fallback=0)
+
+
+class SgdetView(ViewBuilder):
+    """Training: the detections labelled by the assignment plus the GT boxes no detection stands
+    for, (subject, the box of each GT relation), and (subject, every other box) as negatives;
+    test: STTran's test boxes or the stored detections (``sgdet_boxes``)."""
+
+    def train(self, fr: _Frame) -> Candidates:
+        rec, options = fr.rec, fr.options
         a = fr.assignment()
         supplied = np.flatnonzero(a.found < 0)  # indices into fr.sel
-        parts = [fr.det_boxes(np.arange(fr.num_det), labels=a.labels), fr.gt_boxes(fr.sel[supplied])]
+        detections = fr.det_boxes(np.arange(fr.num_det), labels=a.labels)
         view_of = np.where(a.found >= 0, a.found, 0)
         view_of[supplied] = fr.num_det + np.arange(len(supplied))
         # STTran pairs the relations with the frame's first box, the detector's person box
         # (``localhuman``), when a detection stands for the GT person; else with the added person
         human = view_of[0]
         if a.found[0] >= 0:
-            human = legacy_subject(rec.det_labels[fr.d], rec.det_dists[fr.d])
+            human = fr.detection_subject()
         objects = np.arange(1, len(fr.sel))
         has_rel = fr.rel[objects] >= 0
-        pos = np.stack([np.full(has_rel.sum(), human), view_of[objects[has_rel]]], 1).astype(np.int64)
-        rel = fr.rel[objects[has_rel]]
+        pairs = _with_subject(human, view_of[objects[has_rel]])
         taken = np.zeros(fr.num_det + len(supplied), bool)
-        taken[pos[:, 1]] = True
+        taken[pairs[:, 1]] = True
         taken[human] = True
         others = np.flatnonzero(~taken)
-        neg = np.stack([np.full(len(others), human), others], 1).astype(np.int64) if options.negatives else no_pairs
-        if options.negatives and options.negative_labels == "detector":
+        negatives = _with_subject(human, others) if options.negatives else np.zeros((0, 2), np.int64)
+        if options.negatives and options.negative_labels is NegativeLabels.DETECTOR:
             # boxes that only negatives use: the class the test view would give them
-            labels_at_test = _best_object_class(rec.det_dists[fr.d])
+            labels_at_test = _best_object_class(rec.det_dists[fr.d], fr.person)
             only_negative = np.flatnonzero(~taken[:fr.num_det])
-            parts[0]["embed"][only_negative] = labels_at_test[only_negative]
+            embed = detections.embed.copy()
+            embed[only_negative] = labels_at_test[only_negative]
+            detections = dataclasses.replace(detections, embed=embed)
+        fallback = None
         if a.found[0] < 0 and fr.num_det:
-            from rules.pairing import training_subjects
-
             subjects = training_subjects(rec.det_boxes[fr.d], rec.gt_boxes[fr.g.start:fr.g.start + 1])
             fallback = fr.num_gt + subjects[0] if subjects else None
-        neg_fallback = fallback
+        return Candidates(BoxParts.concat([detections, fr.gt_boxes(fr.sel[supplied])]), pairs,
+                          fr.rel[objects[has_rel]], negatives, fallback=fallback, negative_fallback=fallback)
 
-    boxes = _stack(parts)
-    joint = boxes.pop("joint")
-    pos_rows, pos_sub = fr.union_rows(joint, pos, fallback, required=True)
+    def test(self, fr: _Frame) -> Candidates:
+        rec = fr.rec
+        if fr.options.sgdet_boxes is SgdetBoxes.STTRAN:
+            t = sttran_test_boxes(rec.det_boxes[fr.d], rec.det_dists[fr.d], person=fr.person)
+            dists = np.zeros((len(t.source), t.dists.shape[1] + 1), np.float32)
+            dists[:, 1:] = t.dists
+            boxes = fr.det_boxes(t.source, t.labels, t.scores, dists)
+            subject, objects = t.subject, t.objects
+        else:
+            boxes = fr.det_boxes(np.arange(fr.num_det))
+            subject = fr.detection_subject()
+            objects = np.delete(np.arange(fr.num_det), subject) if subject >= 0 else np.zeros(0, np.int64)
+        pairs = _with_subject(subject, objects)
+        return Candidates(boxes, pairs, np.full(len(pairs), -1, np.int64))
+
+
+BUILDERS: dict[Mode, ViewBuilder] = {Mode.PREDCLS: PredclsView(), Mode.SGCLS: SgclsView(), Mode.SGDET: SgdetView()}
+"""The views of each mode."""
+
+
+def frame_view(rec: VideoRecord, f: int, mode: Mode | str, *, train: bool, options: ViewOptions,
+               rng: np.random.Generator, vocabulary: Vocabulary = ACTION_GENOME) -> FrameView:
+    """Frame ``f`` of ``rec`` for ``mode`` (training or test view; see the module docstring).
+    ``vocabulary``: the store's (``StoreMeta.vocabulary``), which names the person class."""
+    mode = Mode(mode)
+    fr = _Frame(rec, f, mode, options, vocabulary.person_index)
+    c = BUILDERS[mode].train(fr) if train else BUILDERS[mode].test(fr)
+    boxes, pos, rel, neg = c.boxes, c.pairs, c.rel, c.negatives
+    pos_rows, pos_sub = fr.union_rows(boxes.joint, pos, c.fallback, required=True)
     if len(neg):
-        neg_rows, neg_sub = fr.union_rows(joint, neg, neg_fallback, required=False)
+        neg_rows, neg_sub = fr.union_rows(boxes.joint, neg, c.negative_fallback, required=False)
         ok = neg_rows >= 0
         neg, neg_rows, neg_sub = neg[ok], neg_rows[ok], neg_sub[ok]
     else:
         neg_rows, neg_sub = np.zeros(0, np.int64), np.zeros(0, bool)
     if train and len(neg):
-        b, lab = boxes["boxes"], boxes["labels"]  # the assignment's classes: its near-duplicates are dropped
+        b, lab = boxes.boxes, boxes.labels  # the assignment's classes: its near-duplicates are dropped
         keep = sample_negatives(b[pos[:, 0]], b[pos[:, 1]], lab[pos], b[neg[:, 0]], b[neg[:, 1]], lab[neg], rng,
                                 iou_threshold=options.negative_iou, ratio=options.negative_ratio)
         neg, neg_rows, neg_sub = neg[keep], neg_rows[keep], neg_sub[keep]
-    positive = np.concatenate([rel >= 0, np.zeros(len(neg), bool)])
     return FrameView(
-        boxes=boxes["boxes"].astype(np.float32), labels=boxes["labels"], embed_labels=boxes["embed"],
-        scores=boxes["scores"],
-        is_gt=boxes["is_gt"], features=boxes["features"], dists=boxes["dists"],
+        boxes=boxes.boxes.astype(np.float32), labels=boxes.labels, embed_labels=boxes.embed, scores=boxes.scores,
+        is_gt=boxes.is_gt, features=boxes.features, dists=boxes.dists,
         pairs=np.concatenate([pos, neg]).astype(np.int64), union_rows=np.concatenate([pos_rows, neg_rows]),
-        substituted=np.concatenate([pos_sub, neg_sub]), positive=positive,
+        substituted=np.concatenate([pos_sub, neg_sub]), positive=np.concatenate([rel >= 0, np.zeros(len(neg), bool)]),
         rel_rows=np.concatenate([np.where(rel >= 0, rel, -1), np.full(len(neg), -1)]).astype(np.int64),
-        joint=np.asarray(joint, np.int64),
+        joint=np.asarray(boxes.joint, np.int64),
     )
+
+
+__all__ = ["BUILDERS", "BoxParts", "Candidates", "FrameView", "ViewBuilder", "ViewOptions", "frame_view",
+           "gt_selection", "mode_frames", "sample_negatives"]

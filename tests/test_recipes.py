@@ -1,33 +1,46 @@
 """Recipes state only what differs from the recipe they extend (``base:``), and every recipe
 in configs/ resolves to exactly the config it resolved to when each one spelled out every
-field (tests/data/recipes_resolved.json, written from those files)."""
+field (tests/data/recipes_resolved.json).
+
+That file is made by ``python -m tests.helpers.recipes_resolved``, which prints its unified diff
+against what the recipes resolve to now; ``--write`` rewrites it. After adding a recipe or a
+recipe field, run it, read the diff (a changed field of an existing recipe is a behaviour
+change), then write."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from common.config import load_yaml_mapping
 from common.errors import ConfigError
-from stage1_detect.train_detector import DetectorTrainConfig
-from stage2_relations.recipe import load_config
 from tests.helpers import REPO
+from tests.helpers.recipes_resolved import COMMAND, EXPECTED, diff, resolve
 
-RESOLVED = json.loads((REPO / "tests" / "data" / "recipes_resolved.json").read_text())
-
-
-def resolve(path: Path) -> dict:
-    if path.name.startswith("detector_"):
-        return DetectorTrainConfig.from_yaml(path).to_dict()
-    return load_config(path).to_dict()
+RESOLVED = json.loads(EXPECTED.read_text())
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_every_recipe_resolves_as_before(name):
-    assert name in RESOLVED, f"new recipe {name}: add its resolved config to tests/data/recipes_resolved.json"
-    assert resolve(REPO / "configs" / name) == RESOLVED[name]
+    assert name in RESOLVED, f"new recipe {name}: add its resolved config with `{COMMAND} --write`"
+    assert resolve(REPO / "configs" / name) == RESOLVED[name], f"{name} resolves otherwise: see `{COMMAND}`"
+
+
+def test_the_expected_file_is_the_scripts():
+    """Byte for byte what the script writes: no hand edit, no recipe left out or left over."""
+    changes = diff()
+    assert not changes, f"tests/data/recipes_resolved.json is stale: `{COMMAND}` shows the diff below, " \
+                        f"`{COMMAND} --write` rewrites it\n{changes}"
+
+
+def test_the_script_shows_a_stale_entry(tmp_path):
+    stale = json.loads(EXPECTED.read_text())
+    stale["sttran_sgdet.yaml"]["lr"] = 0.5
+    path = tmp_path / "recipes_resolved.json"
+    path.write_text(json.dumps(stale, indent=1, sort_keys=True) + "\n")
+    changes = [line for line in diff(path).splitlines() if line[:1] in "+-" and line[:3] not in ("---", "+++")]
+    assert changes == ['-  "lr": 0.5,', f'+  "lr": {RESOLVED["sttran_sgdet.yaml"]["lr"]},']  # the edit, nothing else
 
 
 def test_recipes_that_extend_state_little():
