@@ -19,11 +19,12 @@ of a batch of frames:
 Boxes are xyxy in pixels of the frame as given, everywhere. A backend is an ``nn.Module``
 (``eval()``, ``to(device)``) and computes without gradients.
 
-Two implementations: torchvision's Faster R-CNN (:class:`stage1_detect.detectors.Detector`:
-``small``, ``r50-fpn``, ``r101-c4``) and detectron2's
-(:class:`stage1_detect.detectron2_backend.Detectron2Detector`). This module imports neither
-library; detectron2 is optional and only :mod:`stage1_detect.detectron2_backend` imports it
-(:func:`require_detectron2` says how to get it when it is missing).
+Two implementations, registered by name in :mod:`stage1_detect.detector_backends`:
+torchvision's Faster R-CNN (:class:`stage1_detect.detectors.Detector`: ``small``, ``r50-fpn``,
+``r101-c4``) and detectron2's (:class:`stage1_detect.detectron2_backend.Detectron2Detector`).
+This module imports neither library; detectron2 is optional and only
+:mod:`stage1_detect.detectron2_backend` imports it (:func:`require_detectron2` says how to get
+it when it is missing).
 """
 
 from __future__ import annotations
