@@ -212,6 +212,15 @@ THREADS_OPTION = click.option("--threads", type=click.IntRange(min=0), default=N
                                    "it is printed and recorded.")
 
 
+def _torch_threads(threads: int | None, num_workers: int = 0) -> int:
+    """The one way a command sets torch's threads: common.threads.torch_threads (``threads``, else
+    the default beside ``num_workers`` DataLoader workers) for the rest of the command, restored
+    when it ends, even by an error. Returns the count, for the command to print or record."""
+    from common.threads import torch_threads
+
+    return click.get_current_context().with_resource(torch_threads(threads, num_workers))
+
+
 @main.command("train-detector")
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -349,7 +358,6 @@ def detect_command(root: Path, store_path: Path, weights: Path, backend: str, sp
     (C4 or FPN) instead, into the same store (docs/detectron2.md); it keeps detectron2's inference.
     """
     from common.runtime import distributed_rank
-    from common.threads import torch_threads
     from stage1_detect.action_genome import read_vocabulary
     from stage1_detect.extract import ExtractConfig, extract
 
@@ -362,12 +370,11 @@ def detect_command(root: Path, store_path: Path, weights: Path, backend: str, sp
     device = _device(device)
     if device == "cuda" and world > 1:  # torchrun: each rank on its own GPU
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    with torch_threads(threads, num_workers) as n_threads:
-        click.echo(f"detect: {device}, {n_threads} torch threads, {num_workers} decode workers", err=True)
-        summary = extract(root, store_path, detector, weights_sha256=sha,
-                          reader_options=_extraction_reader_options(val_fraction, val_seed, min_frames, strict),
-                          config=config, device=device,
-                          rank=rank, world_size=world)
+    n_threads = _torch_threads(threads, num_workers)
+    click.echo(f"detect: {device}, {n_threads} torch threads, {num_workers} decode workers", err=True)
+    summary = extract(root, store_path, detector, weights_sha256=sha,
+                      reader_options=_extraction_reader_options(val_fraction, val_seed, min_frames, strict),
+                      config=config, device=device, rank=rank, world_size=world)
     click.echo(summary.line())
     if summary.failed:
         sys.exit(3)
@@ -645,17 +652,17 @@ def eval_command(predictions_path, run_dir, checkpoint, store_path, split, save_
     if sources != 1:
         raise click.UsageError("give exactly one of --predictions, --run, --checkpoint")
     if predictions_path is None:
-        from common.threads import torch_threads
         from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
 
-        with torch_threads(threads):
-            evaluate_checkpoint(
-                run_dir=run_dir, checkpoint=checkpoint, store_path=store_path, split=split, mode=mode,
-                sgdet_boxes=sgdet_boxes, object_scores=object_scores, constraints=constraints or ("with", "semi", "no"),
-                out_dir=out_dir, save_predictions=save_predictions,
-                mean_recall=MeanRecall(mean_recall), max_videos=max_videos, device=_device(device), echo=click.echo,
-                semi_threshold=semi_threshold, padded_cells=padded_cells, precision_denominator=precision_denominator,
-                iou_threshold=iou_threshold, trust_checkpoint=trust_checkpoint)
+        _torch_threads(threads)
+
+        evaluate_checkpoint(
+            run_dir=run_dir, checkpoint=checkpoint, store_path=store_path, split=split, mode=mode,
+            sgdet_boxes=sgdet_boxes, object_scores=object_scores, constraints=constraints or ("with", "semi", "no"),
+            out_dir=out_dir, save_predictions=save_predictions,
+            mean_recall=MeanRecall(mean_recall), max_videos=max_videos, device=_device(device), echo=click.echo,
+            semi_threshold=semi_threshold, padded_cells=padded_cells, precision_denominator=precision_denominator,
+            iou_threshold=iou_threshold, trust_checkpoint=trust_checkpoint)
         return
     results, pf = evaluate_predictions_file(
         predictions_path, ground_truth_path=ground_truth_path, mode=mode,
@@ -703,7 +710,6 @@ def predict_command(videos, run_dir, weights, backend, out, every, frame_list, b
     video: other frames, other context; --frames with a video's annotated frames gives
     exactly what `eval` scores. `cli.py view OUT --out PAGE` draws them.
     """
-    from common.threads import torch_threads
     from pipeline import predict_scene_graphs
     from stage1_detect.extract import ExtractConfig
     from stage1_detect.video_source import FrameSelection, find_videos
@@ -715,13 +721,13 @@ def predict_command(videos, run_dir, weights, backend, out, every, frame_list, b
         line.strip() for line in frame_list.read_text().splitlines() if line.strip())
     device = _device(device)
     paths = find_videos(videos)
-    with torch_threads(threads, num_workers):
-        run = load_sgdet_run(run_dir, device=device)
-        frame_detector, sha = _load_detector(backend, weights, lambda: run.meta.vocabulary, detector)
-        done = predict_scene_graphs(paths, out, run, frame_detector, weights_sha256=sha,
-                                    selection=FrameSelection(every=every, keys=keys),
-                                    config=ExtractConfig(batch_size=batch_size, num_workers=num_workers, segment_mb=0),
-                                    device=device, echo=lambda line: click.echo(line, err=True))
+    _torch_threads(threads, num_workers)
+    run = load_sgdet_run(run_dir, device=device)
+    frame_detector, sha = _load_detector(backend, weights, lambda: run.meta.vocabulary, detector)
+    done = predict_scene_graphs(paths, out, run, frame_detector, weights_sha256=sha,
+                                selection=FrameSelection(every=every, keys=keys),
+                                config=ExtractConfig(batch_size=batch_size, num_workers=num_workers, segment_mb=0),
+                                device=device, echo=lambda line: click.echo(line, err=True))
     if done.graphs is not None:
         click.echo(done.graphs.line())
     if done.detected.failed:
@@ -830,21 +836,20 @@ def compare_command(recipes, names, seeds, store, mode, out, epochs, sets, rules
     or more completed epochs than --epochs) is an error naming the folder: remove it or use
     another --out.
     """
-    from common.threads import torch_threads
     from stage2_relations.compare import load_variants, run_comparison
     from stage2_relations.compare_report import format_report, write_outputs
     from stage2_relations.recipe import parse_override
 
     seed_list = seeds
     rule_list = [r.strip() for r in rules.split(",") if r.strip()]
+    _torch_threads(threads)
     overrides = dict(store=store, mode=mode, epochs=epochs, device=device)
     overrides.update(parse_override(s) for s in sets)
     variants = load_variants([str(p) for p in recipes], list(names) or None, overrides)
     if variants[0].config.device != "auto":
         _device(variants[0].config.device)
-    with torch_threads(threads):
-        comparison = run_comparison(variants, seed_list, out, rules=rule_list, progress=not no_progress,
-                                    echo=click.echo, trust_checkpoints=trust_checkpoint)
+    comparison = run_comparison(variants, seed_list, out, rules=rule_list, progress=not no_progress, echo=click.echo,
+                                trust_checkpoints=trust_checkpoint)
     report = format_report(comparison)
     click.echo("")
     click.echo(report)
@@ -888,7 +893,6 @@ def reproduce_command(store, tables, seeds, recipe_set, out, epochs, sets, devic
     table tableN.png and tableN_curves.png (the training curves of every seed).
     Documented in docs/reproduce.md.
     """
-    from common.threads import torch_threads
     from stage2_relations.recipe import parse_override
     from stage2_relations.reproduce import (
         device_kind,
@@ -900,6 +904,7 @@ def reproduce_command(store, tables, seeds, recipe_set, out, epochs, sets, devic
     )
     from stage2_relations.reproduce_report import format_markdown, write_outputs
 
+    n_threads = _torch_threads(threads)
     recipes = load_recipe_set(recipe_set)
     overrides = dict(store=store, epochs=epochs, device=device)
     overrides.update(parse_override(s) for s in sets)
@@ -909,16 +914,15 @@ def reproduce_command(store, tables, seeds, recipe_set, out, epochs, sets, devic
         _device(first.device)
     runs = {(folder, v.name): v for _, folder, variants in plan for v in variants}
     estimate = estimate_time([(folder, v) for (folder, _), v in runs.items()], seeds)
-    with torch_threads(threads) as n_threads:
-        header = [f"reproduce: tables {tables} of the RS-Net paper, recipe set {recipes.name} ({recipes.path}), "
-                  f"seeds {','.join(map(str, seeds))}, store {first.store}, device {device_kind(first.device)}, "
-                  f"torch threads {n_threads}",
-                  estimate.line() + "; per-frame costs from:", *[f"  {s}" for s in estimate.sources]]
-        for line in header:
-            click.echo(line)
-        if estimate_only:
-            return
-        results = run_reproduction(plan, seeds, progress=not no_progress, echo=click.echo)
+    header = [f"reproduce: tables {tables} of the RS-Net paper, recipe set {recipes.name} ({recipes.path}), "
+              f"seeds {','.join(map(str, seeds))}, store {first.store}, device {device_kind(first.device)}, "
+              f"torch threads {n_threads}",
+              estimate.line() + "; per-frame costs from:", *[f"  {s}" for s in estimate.sources]]
+    for line in header:
+        click.echo(line)
+    if estimate_only:
+        return
+    results = run_reproduction(plan, seeds, progress=not no_progress, echo=click.echo)
     report = format_markdown(results, header[:1])
     click.echo("")
     click.echo(report)
