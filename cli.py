@@ -219,6 +219,15 @@ THREADS_OPTION = click.option("--threads", type=click.IntRange(min=0), default=N
                                    "it is printed and recorded.")
 
 
+def _torch_threads(threads: int | None, num_workers: int = 0) -> int:
+    """The one way a command sets torch's threads: common.threads.torch_threads (``threads``, else
+    the default beside ``num_workers`` DataLoader workers) for the rest of the command, restored
+    when it ends, even by an error. Returns the count, for the command to print or record."""
+    from common.threads import torch_threads
+
+    return click.get_current_context().with_resource(torch_threads(threads, num_workers))
+
+
 @main.command("train-detector")
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -260,14 +269,22 @@ def train_detector_command(root: Path, out: Path, config_path: Path | None, devi
                f"{val}, {result.seconds / 60:.1f} min -> {result.checkpoint}")
 
 
+def _backend_help() -> str:
+    from stage1_detect.detector_backends import DETECTOR_BACKENDS
+
+    return "Detector library: " + "; ".join(f"{b.name}, {b.description}" for b in DETECTOR_BACKENDS.values()) + "."
+
+
 def detector_options(command):
-    """The detector's options that `detect` and `predict` share (every backend)."""
+    """The detector's options that `detect` and `predict` share (every backend's; the backends
+    and what each reads are stage1_detect.detector_backends')."""
+    from stage1_detect.detector_backends import DETECTOR_BACKENDS
+
     return _apply(command, [
         click.option("--arch", help="Architecture of a bare torchvision state dict (small, r50-fpn, r101-c4)."),
-        click.option("--backend", type=click.Choice(["torchvision", "detectron2"]), default="torchvision",
-                     show_default=True,
-                     help="Detector library. detectron2 is optional, built from source (docs/detectron2.md)."),
-        click.option("--config", "d2_config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        click.option("--backend", type=click.Choice(list(DETECTOR_BACKENDS)), default=next(iter(DETECTOR_BACKENDS)),
+                     show_default=True, help=_backend_help()),
+        click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="detectron2 config (yacs YAML, e.g. a model zoo faster_rcnn_*.yaml); --backend detectron2 "
                           "only."),
         click.option("--class-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -278,7 +295,7 @@ def detector_options(command):
                           "or in the resized image's (torchvision)."),
         click.option("--max-detections", type=click.IntRange(min=0),
                      help="Keep at most this many detections a frame, best first (STTran: 0, every one)."),
-        click.option("--clip", "clip_rule", type=click.Choice(["sttran", "all"]),
+        click.option("--clip", type=click.Choice(["sttran", "all"]),
                      help="Clip the boxes of the first frame of each of STTran's chunks of 10 only (sttran), or of all."),
         click.option("--scale", "box_scale", type=click.Choice(["one", "per-axis"]),
                      help="Map boxes to the original frame by one scale (STTran) or by one ratio per axis."),
@@ -287,30 +304,16 @@ def detector_options(command):
     ])
 
 
-def _load_detector(weights: Path, arch: str | None, backend: str, d2_config: Path | None, class_map: Path | None,
-                   vocabulary, *, nms_space=None, max_detections=None, clip_rule=None, box_scale=None,
-                   detection_order=None):
-    """(detector, weights sha256) of `detector_options`; ``vocabulary()`` gives the AG vocabulary
-    that a detectron2 class map maps to; the step options override the checkpoint's settings."""
-    step = {k: v for k, v in {"nms_space": nms_space, "max_detections": max_detections, "clip": clip_rule,
-                              "box_scale": box_scale, "detection_order": detection_order}.items() if v is not None}
-    if backend == "detectron2":
-        from stage1_detect.frame_detector import require_detectron2
+def _load_detector(backend: str, weights: Path, vocabulary, options: dict):
+    """(detector, weights sha256) of ``backend`` (stage1_detect.detector_backends) with the
+    `detector_options` given in ``options``; ``vocabulary()`` gives the AG vocabulary a foreign
+    model's classes map to. An option the backend does not take is a usage error."""
+    from stage1_detect.detector_backends import BackendOptionError, DetectorRequest, load_frame_detector
 
-        require_detectron2()  # before anything is read: one line saying how to get it
-        if d2_config is None or arch is not None:
-            raise click.UsageError("--backend detectron2 takes --config CFG.yaml (and no --arch)")
-        if step:
-            raise click.UsageError("--nms-space, --max-detections, --clip, --scale and --detection-order are options of "
-                                   "the torchvision backend (detectron2 keeps its own inference)")
-        from stage1_detect.detectron2_backend import load_detectron2_detector
-
-        return load_detectron2_detector(d2_config, weights, vocabulary=vocabulary(), class_map=class_map)
-    if d2_config is not None or class_map is not None:
-        raise click.UsageError("--config and --class-map are options of --backend detectron2")
-    from stage1_detect.detectors import load_detector
-
-    return load_detector(weights, arch=arch, settings=step)
+    try:
+        return load_frame_detector(backend, DetectorRequest(weights=weights, vocabulary=vocabulary, **options))
+    except BackendOptionError as e:
+        raise click.UsageError(str(e)) from None
 
 
 @main.command("detect")
@@ -341,10 +344,9 @@ def _load_detector(weights: Path, arch: str | None, backend: str, d2_config: Pat
 @extraction_reader_options
 @DEVICE_OPTION
 @THREADS_OPTION
-def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None, backend: str, d2_config: Path | None,
-                   class_map: Path | None, splits, union_mode, frame_source, rescale_frames, batch_size, num_workers,
-                   segment_mb, compress, max_videos, nms_space, max_detections, clip_rule, box_scale, detection_order,
-                   device, threads, **options) -> None:
+def detect_command(root: Path, store_path: Path, weights: Path, backend: str, splits, union_mode, frame_source,
+                   rescale_frames, batch_size, num_workers, segment_mb, compress, max_videos, val_fraction, val_seed,
+                   min_frames, strict, device, threads, **detector) -> None:
     """Run the detector once over every annotated frame of ROOT into a feature store.
 
     One store serves every mode (PREDCLS, SGCLS, SGDET): it holds the objects of the full
@@ -366,24 +368,20 @@ def detect_command(root: Path, store_path: Path, weights: Path, arch: str | None
     from stage1_detect.action_genome import read_vocabulary
     from stage1_detect.extract import ExtractConfig, extract
 
-    detector, sha = _load_detector(weights, arch, backend, d2_config, class_map, lambda: read_vocabulary(root),
-                                   nms_space=nms_space, max_detections=max_detections, clip_rule=clip_rule,
-                                   box_scale=box_scale, detection_order=detection_order)
+    detector, sha = _load_detector(backend, weights, lambda: read_vocabulary(root), detector)
     rank, world, _ = distributed_rank()
     config = ExtractConfig(splits=tuple(splits) or ("train", "val", "test"), batch_size=batch_size,
                            num_workers=num_workers, frame_source=frame_source, rescale_frames=rescale_frames,
                            union_mode=union_mode,
                            segment_mb=segment_mb, compression={t: "zstd" for t in compress}, max_videos=max_videos)
-    from common.threads import torch_threads
-
     device = _device(device)
     if device == "cuda" and world > 1:  # torchrun: each rank on its own GPU
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    with torch_threads(threads, num_workers) as n_threads:
-        click.echo(f"detect: {device}, {n_threads} torch threads, {num_workers} decode workers", err=True)
-        summary = extract(root, store_path, detector, weights_sha256=sha,
-                          reader_options=_extraction_reader_options(**options), config=config, device=device,
-                          rank=rank, world_size=world)
+    n_threads = _torch_threads(threads, num_workers)
+    click.echo(f"detect: {device}, {n_threads} torch threads, {num_workers} decode workers", err=True)
+    summary = extract(root, store_path, detector, weights_sha256=sha,
+                      reader_options=_extraction_reader_options(val_fraction, val_seed, min_frames, strict),
+                      config=config, device=device, rank=rank, world_size=world)
     click.echo(summary.line())
     if summary.failed:
         sys.exit(3)
@@ -678,12 +676,9 @@ def eval_command(threads: int | None, **options) -> None:
     if request.predictions is not None:
         score_predictions(request, echo=click.echo)
         return
-    import torch
-
-    from common.threads import resolve_threads
     from stage2_relations.evaluate_checkpoint import evaluate_request
 
-    torch.set_num_threads(resolve_threads(threads))
+    _torch_threads(threads)
     evaluate_request(dataclasses.replace(request, device=_device(request.device)), echo=click.echo)
 
 
@@ -707,8 +702,8 @@ def eval_command(threads: int | None, **options) -> None:
               help="DataLoader workers decoding frames.")
 @DEVICE_OPTION
 @THREADS_OPTION
-def predict_command(videos, run_dir, weights, arch, backend, d2_config, class_map, out, every, frame_list, batch_size,
-                    num_workers, device, threads, **step) -> None:
+def predict_command(videos, run_dir, weights, backend, out, every, frame_list, batch_size, num_workers, device,
+                    threads, **detector) -> None:
     """Scene graphs of videos without annotations: mp4 files, folders of NNNNNN.png/.jpg frames
     or folders of mp4 files, anywhere.
 
@@ -720,10 +715,10 @@ def predict_command(videos, run_dir, weights, arch, backend, d2_config, class_ma
     video: other frames, other context; --frames with a video's annotated frames gives
     exactly what `eval` scores. `cli.py view OUT --out PAGE` draws them.
     """
-    from common.threads import torch_threads
+    from pipeline import predict_scene_graphs
     from stage1_detect.extract import ExtractConfig
-    from stage1_detect.video_source import FrameSelection, detect_videos, find_videos
-    from stage2_relations.scene_graphs import check_detector, load_sgdet_run, write_scene_graphs
+    from stage1_detect.video_source import FrameSelection, find_videos
+    from stage2_relations.scene_graphs import load_sgdet_run
 
     if frame_list is not None and every != 1:
         raise click.UsageError("give --every or --frames, not both")
@@ -731,21 +726,17 @@ def predict_command(videos, run_dir, weights, arch, backend, d2_config, class_ma
         line.strip() for line in frame_list.read_text().splitlines() if line.strip())
     device = _device(device)
     paths = find_videos(videos)
-    with torch_threads(threads, num_workers) as n_threads:
-        run = load_sgdet_run(run_dir, device=device)
-        detector, sha = _load_detector(weights, arch, backend, d2_config, class_map, lambda: run.meta.vocabulary,
-                                       **step)
-        check_detector(run, sha, detector.describe().arch)
-        click.echo(f"predict: {len(paths)} videos, {device}, {n_threads} torch threads", err=True)
-        detected = detect_videos(paths, out / "detections.h5", detector, weights_sha256=sha,
-                                 vocabulary=run.meta.vocabulary, union_mode=run.meta.union_mode.value,
-                                 selection=FrameSelection(every=every, keys=keys),
-                                 config=ExtractConfig(batch_size=batch_size, num_workers=num_workers, segment_mb=0),
-                                 device=device)
-        if detected.videos_written or detected.videos_skipped_committed:
-            click.echo(write_scene_graphs(out / "detections.h5", run, out, sources=paths, device=device).line())
-    if detected.failed:
-        click.echo(f"predict: {len(detected.failed)} failed: " + "; ".join(detected.failed[:5]), err=True)
+    _torch_threads(threads, num_workers)
+    run = load_sgdet_run(run_dir, device=device)
+    frame_detector, sha = _load_detector(backend, weights, lambda: run.meta.vocabulary, detector)
+    done = predict_scene_graphs(paths, out, run, frame_detector, weights_sha256=sha,
+                                selection=FrameSelection(every=every, keys=keys),
+                                config=ExtractConfig(batch_size=batch_size, num_workers=num_workers, segment_mb=0),
+                                device=device, echo=lambda line: click.echo(line, err=True))
+    if done.graphs is not None:
+        click.echo(done.graphs.line())
+    if done.detected.failed:
+        click.echo(f"predict: {len(done.detected.failed)} failed: " + "; ".join(done.detected.failed[:5]), err=True)
         sys.exit(3)
 
 
@@ -850,17 +841,13 @@ def compare_command(recipes, names, seeds, store, mode, out, epochs, sets, rules
     or more completed epochs than --epochs) is an error naming the folder: remove it or use
     another --out.
     """
-    import torch
-
     from stage2_relations.compare import load_variants, run_comparison
     from stage2_relations.compare_report import format_report, write_outputs
     from stage2_relations.recipe import parse_override
 
     seed_list = seeds
     rule_list = [r.strip() for r in rules.split(",") if r.strip()]
-    from common.threads import resolve_threads
-
-    torch.set_num_threads(resolve_threads(threads))
+    _torch_threads(threads)
     overrides = dict(store=store, mode=mode, epochs=epochs, device=device)
     overrides.update(parse_override(s) for s in sets)
     variants = load_variants([str(p) for p in recipes], list(names) or None, overrides)
@@ -911,9 +898,6 @@ def reproduce_command(store, tables, seeds, recipe_set, out, epochs, sets, devic
     table tableN.png and tableN_curves.png (the training curves of every seed).
     Documented in docs/reproduce.md.
     """
-    import torch
-
-    from common.threads import resolve_threads
     from stage2_relations.recipe import parse_override
     from stage2_relations.reproduce import (
         device_kind,
@@ -925,7 +909,7 @@ def reproduce_command(store, tables, seeds, recipe_set, out, epochs, sets, devic
     )
     from stage2_relations.reproduce_report import format_markdown, write_outputs
 
-    torch.set_num_threads(resolve_threads(threads))
+    n_threads = _torch_threads(threads)
     recipes = load_recipe_set(recipe_set)
     overrides = dict(store=store, epochs=epochs, device=device)
     overrides.update(parse_override(s) for s in sets)
@@ -937,7 +921,7 @@ def reproduce_command(store, tables, seeds, recipe_set, out, epochs, sets, devic
     estimate = estimate_time([(folder, v) for (folder, _), v in runs.items()], seeds)
     header = [f"reproduce: tables {tables} of the RS-Net paper, recipe set {recipes.name} ({recipes.path}), "
               f"seeds {','.join(map(str, seeds))}, store {first.store}, device {device_kind(first.device)}, "
-              f"torch threads {torch.get_num_threads()}",
+              f"torch threads {n_threads}",
               estimate.line() + "; per-frame costs from:", *[f"  {s}" for s in estimate.sources]]
     for line in header:
         click.echo(line)

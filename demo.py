@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from common.errors import UserError
+from pipeline import predict_scene_graphs
 from rules.modes import Mode
 from stage1_detect.action_genome import ReaderOptions, describe, load_action_genome
 from stage1_detect.detectors import load_detector
@@ -93,9 +94,8 @@ def write_demo_page(out: Path, runs: dict[str, Path], *, detector: Path, videos:
     first ``videos`` test videos: each run evaluated (``eval --save-predictions``: hits and
     misses), side by side, and ``cli.py predict`` with the last run (RS-Net) on every frame of
     the first of them, its mp4 copied out of the dataset (``out/view/clips``)."""
-    from stage1_detect.extract import ExtractConfig
-    from stage1_detect.video_source import detect_videos, find_videos, read_document_frames
-    from stage2_relations.scene_graphs import check_detector, load_sgdet_run, write_scene_graphs
+    from stage1_detect.video_source import find_videos, read_document_frames
+    from stage2_relations.scene_graphs import load_sgdet_run
     from stage2_relations.viewer import load_run, write_page
 
     view = out / "view"
@@ -115,13 +115,8 @@ def write_demo_page(out: Path, runs: dict[str, Path], *, detector: Path, videos:
     name, run_dir = list(runs.items())[-1]
     run = load_sgdet_run(run_dir, device=device)
     frame_detector, sha = load_detector(detector)
-    check_detector(run, sha, frame_detector.describe().arch)
-    paths = find_videos([clips / first])
-    detect_videos(paths, view / "predict" / "detections.h5", frame_detector, weights_sha256=sha,
-                  vocabulary=run.meta.vocabulary, union_mode=run.meta.union_mode.value,
-                  config=ExtractConfig(num_workers=0, segment_mb=0), device=device, progress=False)
-    write_scene_graphs(view / "predict" / "detections.h5", run, view / "predict", sources=paths, device=device,
-                       progress=False)
+    predict_scene_graphs(find_videos([clips / first]), view / "predict", run, frame_detector, weights_sha256=sha,
+                         config=ExtractConfig(num_workers=0, segment_mb=0), device=device, progress=False)
     shown.append(load_run(view / "predict", f"{name}, every frame (predict)"))
     page = write_page(shown, view / "page", read_frames=read_document_frames, progress=False)
     echo(f"[page] scene graphs of {len(shown[0].documents)} test videos, {' | '.join(r.name for r in shown)}: open "

@@ -1,36 +1,11 @@
 """The torchvision backend of stage 1: detectors built from torchvision's Faster R-CNN parts.
 
-:class:`Detector` implements :class:`~stage1_detect.frame_detector.FrameDetector` (the
-interface extraction uses) for every architecture of the registry below:
-
-* ``encode(images)`` runs the backbone once and returns :class:`FeatureMaps`;
-* ``detect(maps, positions)`` gives :class:`FrameDetections` per image: boxes (xyxy, pixels of
-  the original frame), scores, labels, the full class distribution and one feature per box;
-* ``pool(maps, boxes)`` gives the feature and class distribution of any boxes (GT boxes,
-  union boxes) from the same feature maps;
-* ``pool_map(maps, boxes)`` gives STTran's RoIAlign 7x7 map of boxes (union features);
-* ``describe()`` gives the architecture, sizes and :class:`DetectorSettings` for the store.
-
-After the network, every architecture here runs STTran's detector step
-(:mod:`stage1_detect.detection_step`: which frames are clipped, one scale, per-class NMS in
-original pixels, no cap, detections class by class), each part a named setting. A
-detection's score is its class probability from the proposal it was regressed from. Its
-feature and class distribution are, by default, that proposal's too, as STTran's object
-detector takes them (``detection_features='proposal'``);
-``'repool'`` pools the final box again instead. The distribution keeps background: STTran's
-softmax over the 36 foreground logits is this one renormalised without index 0.
-
-Architectures (the registry :data:`ARCHITECTURES`):
-
-* ``r101-c4``: the AG detector's layout (jwyang/faster-rcnn.pytorch): ResNet-101 to
-  layer3 (1024 channels, stride 16), RoIAlign 14x14, layer4, mean pool, 2048-d features;
-  BGR input minus the caffe pixel means; short side 600, long side at most 1000; 100 RPN
-  proposals at test; per-class score threshold 0.1 and NMS 0.4; one person box kept.
-  With ``legacy_rcnn`` (the converted AG checkpoint), jwyang's geometry
-  (:mod:`stage1_detect.legacy_rcnn`).
-* ``r50-fpn``: torchvision's ``fasterrcnn_resnet50_fpn`` (1024-d features), for COCO weights.
-* ``small``: a small C4-style network (stride 8 on 3/4-resolution input, 256-d features)
-  that trains from scratch in a few CPU minutes, for the synthetic data.
+:class:`Detector` implements :class:`~stage1_detect.frame_detector.FrameDetector` for every
+architecture of :data:`ARCHITECTURES` (``r101-c4``, the AG detector's layout; ``r50-fpn``, for
+COCO weights; ``small``, trained from scratch on the synthetic data) and, after the network,
+runs STTran's detector step (:mod:`stage1_detect.detection_step`), each part a named setting.
+What each architecture is, and where a detection's score, feature and class distribution come
+from: docs/ag_detector.md, "The torchvision backend".
 
 Over 500 lines on purpose: :class:`Detector` and the architectures it is built from are one
 unit (each builder sets the :class:`DetectorSettings` that the forward passes rely on).

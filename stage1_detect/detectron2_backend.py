@@ -1,38 +1,13 @@
 """The detectron2 backend of stage 1: a detectron2 Faster R-CNN behind the extraction interface.
 
 :class:`Detectron2Detector` implements :class:`~stage1_detect.frame_detector.FrameDetector`
-with detectron2's own parts: the model from ``get_cfg`` / ``merge_from_file`` /
-``build_model``, weights by ``DetectionCheckpointer`` (``.pkl`` model-zoo files, ``.pth``
-checkpoints), its test-time resize (``ResizeShortestEdge``, as ``DefaultPredictor``), its
-RPN, ``ROIPooler``, box head, ``FastRCNNOutputLayers`` and ``fast_rcnn_inference``. detectron2
-is optional: this is the only module that imports it (``require_detectron2`` in
-:mod:`stage1_detect.frame_detector` says how to get it).
-
-Supported: ``GeneralizedRCNN`` with an RPN and either box head of detectron2's Faster R-CNNs:
-
-* ``Res5ROIHeads`` (the C4 configs, ``R_50_C4`` / ``R_101_C4``): RoIAlign of ``res4`` at
-  ``POOLER_RESOLUTION`` (14), the ``res5`` stage, a spatial mean. The feature is that mean,
-  the input of the box predictor: 2048-d for R-50/R-101. The union map is ``res4`` (1024
-  channels) RoIAligned to 7x7 with the box pooler's type and sampling ratio.
-* ``StandardROIHeads`` (the FPN configs, also C5 / DC5): the box pooler over
-  ``ROI_HEADS.IN_FEATURES`` (p2-p5 for FPN: each box pooled from the level detectron2 assigns
-  by its size, canonical 224 px at p4), then the box head. The feature is the box head's
-  output, the input of the box predictor: for ``FastRCNNConvFCHead`` the last fc after its
-  ReLU (``fc2``), ``FC_DIM`` = 1024-d. The union map is the same level-assigned RoIAlign at
-  7x7 (``FPN.OUT_CHANNELS`` = 256 channels for FPN).
-
-Class distributions are detectron2's softmax over its K classes plus background (its LAST
-column), moved to the store's columns (background first, the vocabulary's order) by a
-:class:`~stage1_detect.class_map.ClassMap`; a detection of a model class that is no
-vocabulary object is dropped. A detection's score is detectron2's (the probability of its
-class for the proposal it was regressed from); its feature and distribution are, by default,
-that proposal's (``detection_features='proposal'``, as the torchvision backend and STTran):
-``fast_rcnn_inference`` returns the index of each detection's proposal, so no search is
-needed. ``'repool'`` pools the final box again. Detections are detectron2's after
-``detector_postprocess`` (boxes in original pixels, clipped, empty boxes dropped), then,
-as the torchvision backend does, one person box kept (``single_person``) and at most
-``TEST.DETECTIONS_PER_IMAGE`` kept, best first (detectron2 caps before; here the cap counts
-after the one-person rule).
+with detectron2's own parts (``build_model``, ``DetectionCheckpointer``, its test-time resize,
+RPN, ``ROIPooler``, box head and ``fast_rcnn_inference``) for ``Res5ROIHeads`` (C4) and
+``StandardROIHeads`` (FPN); its classes move to the store's columns by a
+:class:`~stage1_detect.class_map.ClassMap`. detectron2 is optional: this is the only module
+that imports it, and the registry (:mod:`stage1_detect.detector_backends`) imports this one
+only when the backend is built. What each layout stores, where a detection's feature comes
+from and how the classes map: docs/detectron2.md.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ of a batch of frames:
 Boxes are xyxy in pixels of the frame as given, everywhere. A backend is an ``nn.Module``
 (``eval()``, ``to(device)``) and computes without gradients.
 
-Implementations (torchvision's, detectron2's) and who imports which library: docs/stage1.md,
-"The detector interface".
+Implementations are registered by name in :mod:`stage1_detect.detector_backends` (torchvision's
+and detectron2's); which imports which library: docs/stage1.md, "The detector interface".
 """
 
 from __future__ import annotations

@@ -72,6 +72,26 @@ def test_mode_choices_come_from_mode():
         assert option.type is MODE_CHOICE, command
 
 
+def test_backend_choices_and_help_come_from_the_registry():
+    from stage1_detect.detector_backends import DETECTOR_BACKENDS
+
+    for command in ("detect", "predict"):
+        (option,) = [p for p in main.commands[command].params if p.name == "backend"]
+        assert list(option.type.choices) == list(DETECTOR_BACKENDS) and option.default == "torchvision", command
+        assert all(f"{b.name}, {b.description}" in option.help for b in DETECTOR_BACKENDS.values())
+
+
+def test_commands_that_set_torch_threads_restore_them(tmp_path):
+    """--threads holds for the command only (common.threads.torch_threads), even one that fails."""
+    import torch
+
+    before = torch.get_num_threads()
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    run("eval", "--checkpoint", weights, "--threads", before + 1, code=1)  # another count than now's
+    assert torch.get_num_threads() == before
+
+
 @pytest.mark.slow
 def test_demo_runs_the_pipeline(tmp_path):
     out = run("demo", "--out", tmp_path / "demo", "--videos", "6", "--detector-epochs", "1", "--device", "cpu",

@@ -16,7 +16,7 @@ LONG = 520
 
 
 def project_modules() -> dict[str, Path]:
-    modules = {"cli": REPO / "cli.py", "demo": REPO / "demo.py"}
+    modules = {"cli": REPO / "cli.py", "demo": REPO / "demo.py", "pipeline": REPO / "pipeline.py"}
     for package in PACKAGES:
         for path in (REPO / package).rglob("*.py"):
             parts = path.relative_to(REPO).with_suffix("").parts
