@@ -29,7 +29,7 @@ from stage2_relations.pool import PairPool, collate_pools, video_pool
 from stage2_relations.view_options import ObjectScores, SgdetBoxes, ViewOptions
 from stage2_relations.views import FrameView, frame_view, mode_frames
 from store import Store, VideoRecord, open_store
-from store.vocabulary import PredicateGroup, Vocabulary
+from store.vocabulary import Vocabulary
 
 MASK_SIZE = 27
 
@@ -278,13 +278,12 @@ class _VideoArrays:
 
 def _labels(rec: VideoRecord, rel_rows: np.ndarray, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Attention id (first set bit of the attention block, -1 none), spatial and contacting multi-hot."""
-    a0, a1 = vocab.group_range(PredicateGroup.ATTENTION)
-    s0, s1 = vocab.group_range(PredicateGroup.SPATIAL)
-    c0, c1 = vocab.group_range(PredicateGroup.CONTACTING)
+    (a0, a1), (s0, s1), (c0, c1) = vocab.group_ranges
+    _, n_spatial, n_contacting = vocab.group_widths
     m = len(rel_rows)
     att = np.full(m, -1, dtype=np.int64)
-    spa = np.zeros((m, s1 - s0), dtype=np.float32)
-    con = np.zeros((m, c1 - c0), dtype=np.float32)
+    spa = np.zeros((m, n_spatial), dtype=np.float32)
+    con = np.zeros((m, n_contacting), dtype=np.float32)
     ok = rel_rows >= 0
     if ok.any():
         lab = rec.rel_labels[rel_rows[ok]].astype(np.float32)

@@ -52,7 +52,7 @@ from rules.pairing import (
 )
 from stage2_relations.view_options import NegativeLabels, ObjectScores, ViewOptions
 from store import VideoRecord
-from store.vocabulary import ACTION_GENOME, Vocabulary
+from store.vocabulary import Vocabulary
 
 
 @dataclass(frozen=True)
@@ -390,7 +390,7 @@ BUILDERS: dict[Mode, ViewBuilder] = {Mode.PREDCLS: PredclsView(), Mode.SGCLS: Sg
 
 
 def frame_view(rec: VideoRecord, f: int, mode: Mode | str, *, train: bool, options: ViewOptions,
-               rng: np.random.Generator, vocabulary: Vocabulary = ACTION_GENOME) -> FrameView:
+               rng: np.random.Generator, vocabulary: Vocabulary) -> FrameView:
     """Frame ``f`` of ``rec`` for ``mode`` (training or test view; see the module docstring).
     ``vocabulary``: the store's (``StoreMeta.vocabulary``), which names the person class."""
     mode = Mode(mode)

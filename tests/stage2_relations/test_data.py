@@ -176,7 +176,8 @@ def _record(frames, **kw):
 
 
 def _view(rec, f, mode, train, options=ViewOptions(), seed=0):
-    return frame_view(rec, f, mode, train=train, options=options, rng=negative_rng(seed, 0, rec.name))
+    return frame_view(rec, f, mode, train=train, options=options, rng=negative_rng(seed, 0, rec.name),
+                      vocabulary=tiny_meta().vocabulary)
 
 
 def _union_pair(rec, f, view):
@@ -252,7 +253,8 @@ def test_sgdet_views_read_their_own_union_features(store_path, train):
         rec = st.read_video(video)
         for f in range(rec.num_frames):
             options = ViewOptions(negatives=True, negative_ratio=1e9)
-            v = frame_view(rec, f, Mode.SGDET, train=train, options=options, rng=negative_rng(0, 0, video))
+            v = frame_view(rec, f, Mode.SGDET, train=train, options=options, rng=negative_rng(0, 0, video),
+                           vocabulary=st.meta.vocabulary)
             assert not v.substituted.any() and (v.union_rows >= 0).all()
             if train:  # every box but the subject is in a pair: no negative was dropped
                 assert len(np.unique(v.pairs[:, 1])) == len(v.boxes) - 1 or not len(v.pairs)

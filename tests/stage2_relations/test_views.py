@@ -57,7 +57,8 @@ def test_the_person_class_comes_from_the_vocabulary(tmp_path):
         rec = store.read_video(video)
         other = _relabelled(rec, new_id)
         for f in range(rec.num_frames):
-            a = frame_view(rec, f, mode, train=train, options=opts, rng=negative_rng(0, 0, video))
+            a = frame_view(rec, f, mode, train=train, options=opts, rng=negative_rng(0, 0, video),
+                           vocabulary=ACTION_GENOME)
             b = frame_view(other, f, mode, train=train, options=opts, rng=negative_rng(0, 0, video),
                            vocabulary=swapped)
             for name in ("boxes", "scores", "is_gt", "features", "pairs", "union_rows", "substituted", "positive",
