@@ -216,12 +216,29 @@ def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, 
     run = training_run(Path(out))
     with run.hold():
         run.claim(resume=resume, overwrite=overwrite)
-        return _train_detector(root, run, cfg, device=device, resume=resume, progress=progress,
-                               trust_checkpoint=trust_checkpoint)
+        state = resume_state(run, cfg, device=device, trust_checkpoint=trust_checkpoint) if resume else None
+        return _train_detector(root, run, cfg, state, device=device, progress=progress)
 
 
-def _train_detector(root: Path | str, run: TrainingRun, cfg: DetectorTrainConfig, *, device: str, resume: bool,
-                    progress: bool, trust_checkpoint: bool = False) -> TrainResult:
+def resume_state(run: TrainingRun, cfg: DetectorTrainConfig, *, device: str,
+                 trust_checkpoint: bool = False) -> dict[str, Any] | None:
+    """The run's ``last.pth`` to continue from (None: no epoch finished yet), after the checks
+    of :meth:`TrainingRun.check_resume`: the run's settings but :data:`RESUME_MAY_CHANGE`, and
+    no fewer epochs than it has completed."""
+    state = None
+    if run.checkpoint.is_file():
+        state = load_torch(run.checkpoint, what="detector training checkpoint (last.pth)",
+                           weights_only=not trust_checkpoint, map_location=device)
+        if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step"} <= set(state):
+            raise InputError(f"{run.checkpoint}: not a train-detector checkpoint (no model, optimizer, epoch and step)")
+    run.check_resume(cfg.to_dict(), defaults=DetectorTrainConfig().to_dict(),
+                     checkpoint_config=state.get("config") if state is not None else None,
+                     done=state["epoch"] + 1 if state is not None else 0, epochs=cfg.epochs)
+    return state
+
+
+def _train_detector(root: Path | str, run: TrainingRun, cfg: DetectorTrainConfig, state: dict[str, Any] | None, *,
+                    device: str, progress: bool) -> TrainResult:
     start = time.time()
     out = run.folder
     ag = load_action_genome(root, ReaderOptions(filter_small=cfg.filter_small, val_fraction=cfg.val_fraction,
@@ -259,18 +276,7 @@ def _train_detector(root: Path | str, run: TrainingRun, cfg: DetectorTrainConfig
     steps_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     first_epoch, step = 0, 0
-    last = run.checkpoint
     history: list[dict[str, Any]] = []
-    state = None
-    if resume and last.is_file():
-        state = load_torch(last, what="detector training checkpoint (last.pth)", weights_only=not trust_checkpoint,
-                           map_location=device)
-        if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step"} <= set(state):
-            raise InputError(f"{last}: not a train-detector checkpoint (no model, optimizer, epoch and step)")
-    if resume:
-        run.check_resume(cfg.to_dict(), defaults=DetectorTrainConfig().to_dict(),
-                         checkpoint_config=state.get("config") if state is not None else None,
-                         done=state["epoch"] + 1 if state is not None else 0, epochs=cfg.epochs)
     if state is not None:
         # Checkpoints written before the log rows were dicts hold them as strings ("log_rows").
         history = list(state.get("history") or [dict(zip(LOG_COLUMNS, (int(r[0]), *map(float, r[1:]))))
@@ -283,7 +289,7 @@ def _train_detector(root: Path | str, run: TrainingRun, cfg: DetectorTrainConfig
             log.warning("resuming a %d-epoch run with epochs=%d: the learning-rate schedule changes from here "
                         "on, so the result differs from a %d-epoch run from scratch", saved_epochs, cfg.epochs,
                         cfg.epochs)
-        log.info("resuming %s at epoch %d (step %d)", last, first_epoch, step)
+        log.info("resuming %s at epoch %d (step %d)", run.checkpoint, first_epoch, step)
     run.write_config(cfg.to_dict(), {"detector": detector.info(), "root": str(root), **provenance,
                                      **code_provenance()})
     if state is not None:

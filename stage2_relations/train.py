@@ -183,12 +183,15 @@ def _same_store(before: Any, now: Any) -> bool:
     return bool(before) and bool(now) and store_location(before) == store_location(now)
 
 
+SAME = {"store": _same_store}
+"""Config values that differ as written but name one thing (see :func:`config_differences`)."""
+
+
 def config_differences(saved: dict[str, Any], cfg: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:
     """``"lr: run 0.001, now 0.01"`` for each field where ``cfg`` differs from a run's ``saved``
     config (fields absent from ``saved`` count as their defaults; one store given relative once
     and absolute once is one)."""
-    return run_config_differences(saved, cfg.to_dict(), TrainConfig().to_dict(), ignore=ignore,
-                                  same={"store": _same_store})
+    return run_config_differences(saved, cfg.to_dict(), TrainConfig().to_dict(), ignore=ignore, same=SAME)
 
 
 def prepare_run_folder(out_dir: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool,
@@ -208,8 +211,7 @@ def prepare_run_folder(out_dir: Path, cfg: TrainConfig, *, resume: bool, overwri
     ckpt = read_checkpoint(run.checkpoint, trust=trust) if run.checkpoint.exists() else None
     run.check_resume(cfg.to_dict(), defaults=TrainConfig().to_dict(),
                      checkpoint_config=ckpt["config"] if ckpt is not None else None,
-                     done=int(ckpt["epoch"]) if ckpt is not None else 0, epochs=cfg.epochs,
-                     same={"store": _same_store})
+                     done=int(ckpt["epoch"]) if ckpt is not None else 0, epochs=cfg.epochs, same=SAME)
     return ckpt
 
 
