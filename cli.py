@@ -231,7 +231,7 @@ def _torch_threads(threads: int | None, num_workers: int = 0) -> int:
 @main.command("train-detector")
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: detector.pth, last.pth (for --resume), log.csv, config.yaml, run.json, val_map.json.")
+              help="Run folder: detector.pth, last.pth (for --resume), log.csv/.json, config.yaml, run.json, val_map.json.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML recipe (configs/detector_*.yaml); options below override it.")
 @click.option("--arch", help="Architecture: small, r50-fpn or r101-c4 (default: the recipe's, else small).")
@@ -246,7 +246,7 @@ def _torch_threads(threads: int | None, num_workers: int = 0) -> int:
               help="Read frames/ PNGs or decode videos/*.mp4 (auto: PNGs when present).")
 @click.option("--workers", "num_workers", type=click.IntRange(min=0), help="DataLoader workers.")
 @click.option("--seed", type=int)
-@click.option("--resume", is_flag=True, help="Continue from OUT/last.pth, exactly where it stopped.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pth, exactly where it stopped (same settings).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in OUT (its files only) by a new one.")
 @click.option("--trust-checkpoint", is_flag=True,
               help="Read OUT/last.pth with full pickle (runs code from the file: only for a file you trust).")
@@ -261,6 +261,8 @@ def train_detector_command(root: Path, out: Path, config_path: Path | None, devi
     """
     from stage1_detect.train_detector import DetectorTrainConfig, train_detector
 
+    if resume and config_path is None and (out / "config.yaml").exists():  # the run's recipe, as `train` takes it
+        config_path = out / "config.yaml"
     config = DetectorTrainConfig.from_yaml(config_path, **overrides)
     result = train_detector(root, out, config, device=_device(device), resume=resume, overwrite=overwrite,
                             trust_checkpoint=trust_checkpoint)

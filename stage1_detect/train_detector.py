@@ -3,13 +3,13 @@
 A plain loop in the manner of torchvision's detection reference: AdamW, a warmup then
 cosine learning-rate schedule (a function of the step), gradient clipping, a checkpoint
 at the end of every epoch, exact resume, and mAP@0.5 on the validation split at the end.
+The run folder follows the rules `train` follows (:class:`common.training_run.TrainingRun`).
 
 The boxes are the reader's: the person box and every kept object of each frame.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import math
@@ -21,16 +21,15 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from common.config import at_least, between, check_fields, load_yaml_mapping, one_of, positive
 from common.errors import ConfigError, InputError, NonFiniteError
-from common.files import WriterLock, atomic_write, write_json, write_text
-from common.run_folder import claim_run_folder
+from common.files import write_json
 from common.runtime import provenance as code_provenance
-from common.torch_files import load_torch, save_torch
+from common.torch_files import load_torch
+from common.training_run import SeedRule, TrainingRun, loss_terms
 from stage1_detect.action_genome import FrameAnnotation, ReaderOptions, load_action_genome
 from stage1_detect.detection_metrics import DetectionMAP, detection_map
 from stage1_detect.detectors import (
@@ -177,8 +176,25 @@ class TrainResult:
     seconds: float
 
 
-RUN_FILES = ("detector.pth", "last.pth", "log.csv", "config.yaml", "run.json", "val_map.json")
+RUN_FILES = ("detector.pth", "last.pth", "log.csv", "log.json", "config.yaml", "run.json", "val_map.json")
 """What ``train-detector`` writes into its run folder."""
+
+RESUME_MAY_CHANGE = ("epochs", "num_workers", "max_val_frames")
+"""The recipe fields ``--resume`` may change: more epochs (the schedule changes from there on, said
+in a warning), the DataLoader workers and the validation frames (read after training)."""
+
+EPOCH_SEEDS = SeedRule(seed_step=1000, epoch_step=1)
+"""Epoch e reseeds torch's and Python's RNGs and the shuffling generator from ``seed * 1000 + e``."""
+
+LOG_COLUMNS = ("epoch", "loss", "lr", "seconds")
+"""A log row: the epoch (1-based), its mean loss per frame, the last learning rate, and the
+seconds since the process started."""
+
+
+def training_run(out: Path) -> TrainingRun:
+    """``train-detector``'s run folder: its files, its lock's message, what a resume may change (no best.pth)."""
+    return TrainingRun(Path(out), RUN_FILES, what="a detector is being trained there", may_change=RESUME_MAY_CHANGE,
+                       best=None)
 
 
 def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, *, device: str = "cpu",
@@ -186,26 +202,45 @@ def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, 
                    trust_checkpoint: bool = False) -> TrainResult:
     """Train ``cfg.arch`` on the train split of the AG root; write ``out/detector.pth``.
 
-    ``out/last.pth`` holds everything needed to resume (model, optimizer, epoch, step, log
-    rows); ``out/log.csv`` a row per epoch; ``out/config.yaml`` the resolved recipe (a recipe
-    ``--config`` takes again) and ``out/run.json`` the detector, the data and the weights it
-    started from, as ``train`` writes them. Every file
-    is written whole or not at all; one process trains into ``out`` at a time (its lock). A folder
-    that holds a run is continued only with ``resume`` and replaced (its run files only) only with
-    ``overwrite`` (:func:`common.run_folder.claim_run_folder`). ``trust_checkpoint``: read
-    ``last.pth`` with full pickle (it may run code; only for a file one trusts).
+    ``out/last.pth`` holds everything needed to resume (model, optimizer, epoch (0-based), step,
+    the log rows as ``history``); ``out/log.csv`` and ``out/log.json`` a row per epoch
+    (:data:`LOG_COLUMNS`); ``out/config.yaml`` the resolved recipe (a recipe ``--config`` takes
+    again) and ``out/run.json`` the detector, the data and the weights it started from. The
+    folder's rules are `train`'s (:class:`common.training_run.TrainingRun`): one process at a
+    time, a run continued only with ``resume`` (with the run's settings but
+    :data:`RESUME_MAY_CHANGE`, never fewer epochs than it has completed) and replaced (its run
+    files only) only with ``overwrite``; every file whole or not at all; a full disk one line.
+    ``trust_checkpoint``: read ``last.pth`` with full pickle (it may run code; only for a file
+    one trusts).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with WriterLock(out / ".lock", folder=out, what="a detector is being trained there"):
-        claim_run_folder(out, RUN_FILES, resume=resume, overwrite=overwrite)
-        return _train_detector(root, out, cfg, device=device, resume=resume, progress=progress,
-                               trust_checkpoint=trust_checkpoint)
+    run = training_run(Path(out))
+    with run.hold():
+        run.claim(resume=resume, overwrite=overwrite)
+        state = resume_state(run, cfg, device=device, trust_checkpoint=trust_checkpoint) if resume else None
+        return _train_detector(root, run, cfg, state, device=device, progress=progress)
 
 
-def _train_detector(root: Path | str, out: Path, cfg: DetectorTrainConfig, *, device: str, resume: bool,
-                    progress: bool, trust_checkpoint: bool = False) -> TrainResult:
+def resume_state(run: TrainingRun, cfg: DetectorTrainConfig, *, device: str,
+                 trust_checkpoint: bool = False) -> dict[str, Any] | None:
+    """The run's ``last.pth`` to continue from (None: no epoch finished yet), after the checks
+    of :meth:`TrainingRun.check_resume`: the run's settings but :data:`RESUME_MAY_CHANGE`, and
+    no fewer epochs than it has completed."""
+    state = None
+    if run.checkpoint.is_file():
+        state = load_torch(run.checkpoint, what="detector training checkpoint (last.pth)",
+                           weights_only=not trust_checkpoint, map_location=device)
+        if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step"} <= set(state):
+            raise InputError(f"{run.checkpoint}: not a train-detector checkpoint (no model, optimizer, epoch and step)")
+    run.check_resume(cfg.to_dict(), defaults=DetectorTrainConfig().to_dict(),
+                     checkpoint_config=state.get("config") if state is not None else None,
+                     done=state["epoch"] + 1 if state is not None else 0, epochs=cfg.epochs)
+    return state
+
+
+def _train_detector(root: Path | str, run: TrainingRun, cfg: DetectorTrainConfig, state: dict[str, Any] | None, *,
+                    device: str, progress: bool) -> TrainResult:
     start = time.time()
+    out = run.folder
     ag = load_action_genome(root, ReaderOptions(filter_small=cfg.filter_small, val_fraction=cfg.val_fraction,
                                                 val_seed=cfg.val_seed))
     source = open_frame_source(root, cfg.frame_source)
@@ -241,14 +276,11 @@ def _train_detector(root: Path | str, out: Path, cfg: DetectorTrainConfig, *, de
     steps_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     first_epoch, step = 0, 0
-    last = out / "last.pth"
-    log_rows: list[list[str]] = []
-    if resume and last.is_file():
-        state = load_torch(last, what="detector training checkpoint (last.pth)", weights_only=not trust_checkpoint,
-                           map_location=device)
-        if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step"} <= set(state):
-            raise InputError(f"{last}: not a train-detector checkpoint (no model, optimizer, epoch and step)")
-        log_rows = list(state.get("log_rows", []))
+    history: list[dict[str, Any]] = []
+    if state is not None:
+        # Checkpoints written before the log rows were dicts hold them as strings ("log_rows").
+        history = list(state.get("history") or [dict(zip(LOG_COLUMNS, (int(r[0]), *map(float, r[1:]))))
+                                                for r in state.get("log_rows", [])])
         detector.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         first_epoch, step = state["epoch"] + 1, state["step"]
@@ -257,21 +289,22 @@ def _train_detector(root: Path | str, out: Path, cfg: DetectorTrainConfig, *, de
             log.warning("resuming a %d-epoch run with epochs=%d: the learning-rate schedule changes from here "
                         "on, so the result differs from a %d-epoch run from scratch", saved_epochs, cfg.epochs,
                         cfg.epochs)
-        log.info("resuming %s at epoch %d (step %d)", last, first_epoch, step)
-    write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    write_json(out / "run.json", {"detector": detector.info(), "root": str(root), **provenance, **code_provenance()},
-               indent=2)
+        log.info("resuming %s at epoch %d (step %d)", run.checkpoint, first_epoch, step)
+    run.write_config(cfg.to_dict(), {"detector": detector.info(), "root": str(root), **provenance,
+                                     **code_provenance()})
+    if state is not None:
+        run.repair(history, done=first_epoch, best_epoch=None, echo=log.info)
 
-    log_path = out / "log.csv"
     loss_value = float("nan")
     for epoch in range(first_epoch, cfg.epochs):
         detector.train()
         dataset.epoch = epoch
         # The RPN and RoI samplers draw from the global RNG: seed it per epoch, so that a run
         # resumed at this epoch draws what the uninterrupted run drew here.
-        torch.manual_seed(cfg.seed * 1000 + epoch)
-        random.seed(cfg.seed * 1000 + epoch)
-        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        seed = EPOCH_SEEDS.epoch_seed(cfg.seed, epoch)
+        torch.manual_seed(seed)
+        random.seed(seed)
+        generator = torch.Generator().manual_seed(seed)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
                             num_workers=cfg.num_workers, collate_fn=_collate, drop_last=False,
                             persistent_workers=False)
@@ -285,9 +318,8 @@ def _train_detector(root: Path | str, out: Path, cfg: DetectorTrainConfig, *, de
             losses = detector(images, targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):  # one line naming where, as stage 2's trainer says it
-                terms = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items())
                 raise NonFiniteError(f"{out}: the detector's loss is not finite at epoch {epoch + 1}, step {step + 1} "
-                                     f"({terms}): NaN in the frames or weights, or a learning rate ({cfg.lr:g}) "
+                                     f"({loss_terms(losses)}): NaN in the frames or weights, or a learning rate ({cfg.lr:g}) "
                                      f"that blows the weights up; nothing of this epoch was saved")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -298,15 +330,12 @@ def _train_detector(root: Path | str, out: Path, cfg: DetectorTrainConfig, *, de
             seen += len(images)
             bar.set_postfix(loss=f"{running / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         loss_value = running / max(seen, 1)
-        log_rows = log_rows[:epoch] + [[str(epoch + 1), f"{loss_value:.5f}", f"{optimizer.param_groups[0]['lr']:.3e}",
-                                        f"{time.time() - start:.1f}"]]
-        # last.pth holds the log rows too: log.csv is rebuilt from it, whole, every epoch
-        save_torch({"model": detector.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                    "step": step, "arch": detector.arch, "settings": detector.settings.to_dict(),
-                    "config": cfg.to_dict(), "log_rows": log_rows}, last)
-        with atomic_write(log_path, "w") as f:
-            writer = csv.writer(f)
-            writer.writerows([["epoch", "loss", "lr", "seconds"], *log_rows])
+        history.append(dict(zip(LOG_COLUMNS, (epoch + 1, loss_value, optimizer.param_groups[0]["lr"],
+                                              time.time() - start))))
+        # last.pth holds the log rows too: the logs are rebuilt from it, whole, every epoch
+        run.save_epoch({"model": detector.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                        "step": step, "arch": detector.arch, "settings": detector.settings.to_dict(),
+                        "config": cfg.to_dict(), "history": history}, history, epoch=epoch + 1)
         log.info("epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, loss_value)
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss_value:.4f}")

@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from common.config import load_yaml_mapping
 from common.errors import ConfigError
+from common.training_run import epochs_done
 from stage2_relations.compare import Comparison, Variant, load_variants, run_comparison
 from stage2_relations.evaluation.seeds import Difference, Summary, paired_difference, summarize
 
@@ -318,23 +319,13 @@ def estimate_time(plan: Sequence[tuple[Path, Variant]], seeds: Sequence[int],
         epoch = cost * (frames.get(cfg.train_split, 0) + EVAL_FRACTION * frames.get(cfg.val_split, 0))
         test = cost * EVAL_FRACTION * frames.get("test", 0) * (2 if variant.rsnet else 1) + RUN_OVERHEAD_S
         for seed in seeds:
-            done = _epochs_done(parent / variant.name / f"seed{seed}")
+            done = epochs_done(parent / variant.name / f"seed{seed}")
             total += cfg.epochs * epoch + test
             if done < cfg.epochs:
                 remaining += (cfg.epochs - done) * epoch + test
                 runs_left += 1
     lines = tuple(f"{name}: {src}" for name, src in sorted(sources.items()))
     return Estimate(total, remaining, len(plan) * len(seeds), runs_left, lines)
-
-
-def _epochs_done(run_dir: Path) -> int:
-    log_json = run_dir / "log.json"
-    if not (run_dir / "last.pth").exists() or not log_json.exists():
-        return 0
-    try:
-        return len(json.loads(log_json.read_text()))
-    except (OSError, ValueError):
-        return 0
 
 
 # --- running and the tables' numbers --------------------------------------------------------

@@ -13,12 +13,10 @@ at the start of each epoch, so an epoch depends only on the weights, optimiser a
 state at its start, which ``last.pth`` holds. ``--resume`` therefore gives the same result as an
 uninterrupted run (bit-for-bit on CPU with the same thread count).
 
-Run folder (one writer: the OS lock ``OUT/.lock``; every file written whole or not at all):
-``last.pth`` is the source of truth. ``train`` refuses a folder that holds a run unless told to
-continue it (``resume``, which refuses settings that differ from the run's, naming them) or to
-replace it (``overwrite``). A resume first repairs what a kill between two writes can leave:
-``log.csv`` / ``log.json`` are rebuilt from ``last.pth``'s history, and ``best.pth`` from
-``last.pth`` when the last epoch was the best and best.pth is older, missing or unreadable.
+Run folder: the rules both trainers share (:class:`common.training_run.TrainingRun`): one
+writer, a run continued only with ``resume`` (same settings but :data:`RESUME_MAY_CHANGE`) and
+replaced only with ``overwrite``, ``last.pth`` the source of truth that a resume repairs
+``log.csv`` / ``log.json`` and ``best.pth`` from, a full disk one line.
 
 DDP: under ``torchrun`` (``WORLD_SIZE`` > 1) each rank takes every world_size-th video of the
 epoch's order (padded to equal length), gradients are averaged by DistributedDataParallel,
@@ -28,10 +26,8 @@ rank steps its scheduler alike. Backend gloo on CPU, nccl on CUDA.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-import json
 import logging
 import os
 import time
@@ -39,17 +35,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from common.config import load_yaml_mapping
-from common.errors import ConfigError, InputError, NonFiniteError, UserError
-from common.files import WriterLock, atomic_write, copy_file, describe_os_error, die_with_parent, write_json, write_text
-from common.run_folder import claim_run_folder
+from common.errors import ConfigError, InputError, NonFiniteError
+from common.files import die_with_parent
 from common.runtime import distributed_rank, provenance, resolve_device
 from common.threads import torch_threads
-from common.torch_files import load_torch, save_torch
+from common.torch_files import save_torch
+from common.training_run import SeedRule, TrainingRun, loss_terms
+from common.training_run import config_differences as run_config_differences
 from stage2_relations.checkpoints import build_from_config, check_run_store, read_checkpoint
 from stage2_relations.data import Collator, VideoDataset, epoch_order
 from stage2_relations.heads import count_parameters, head_class
@@ -73,8 +68,8 @@ def derive(cfg: TrainConfig, train_ds: VideoDataset) -> dict[str, Any]:
     return derived
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch) * 7919) % (2**31)
+EPOCH_SEEDS = SeedRule(seed_step=1_000_003, epoch_step=7919, modulus=2**31)
+"""Epoch e reseeds torch's RNG (dropout) from ``(seed * 1000003 + e * 7919) % 2**31``."""
 
 
 def train_one_epoch(model: torch.nn.Module, loss_fn: Callable, loader, optimizer, *, device: torch.device,
@@ -113,8 +108,7 @@ def train_step(model: torch.nn.Module, loss_fn: Callable, batch, optimizer, *, d
     losses = loss_fn(out, batch)
     total = sum(losses.values())
     if not torch.isfinite(total):
-        terms = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items())
-        raise NonFiniteError(f"{where + ': ' if where else ''}the loss is not finite ({terms}) in "
+        raise NonFiniteError(f"{where + ': ' if where else ''}the loss is not finite ({loss_terms(losses)}) in "
                              f"{', '.join(batch.video_names)}: {non_finite_cause(model, batch, optimizer)}")
     optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -179,74 +173,46 @@ def best_epoch(history: list[dict[str, Any]]) -> int | None:
     return epoch
 
 
+def training_run(out_dir: Path) -> TrainingRun:
+    """``train``'s run folder: its files, its lock's message and what a resume may change."""
+    return TrainingRun(Path(out_dir), RUN_FILES, what="a run is being trained there", may_change=RESUME_MAY_CHANGE)
+
+
+def _same_store(before: Any, now: Any) -> bool:
+    """One store, given relative once and absolute once."""
+    return bool(before) and bool(now) and store_location(before) == store_location(now)
+
+
+SAME = {"store": _same_store}
+"""Config values that differ as written but name one thing (see :func:`config_differences`)."""
+
+
 def config_differences(saved: dict[str, Any], cfg: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:
     """``"lr: run 0.001, now 0.01"`` for each field where ``cfg`` differs from a run's ``saved``
-    config (fields absent from ``saved`` count as their defaults)."""
-    defaults = TrainConfig().to_dict()
-    now = cfg.to_dict()
-    out = []
-    for k in now:
-        if k in ignore:
-            continue
-        before = saved.get(k, defaults[k])
-        if k == "store" and before and now[k] and store_location(before) == store_location(now[k]):
-            continue  # one store, given relative once and absolute once
-        if before != now[k]:
-            out.append(f"{k}: run {before!r}, now {now[k]!r}")
-    return out
+    config (fields absent from ``saved`` count as their defaults; one store given relative once
+    and absolute once is one)."""
+    return run_config_differences(saved, cfg.to_dict(), TrainConfig().to_dict(), ignore=ignore, same=SAME)
 
 
 def prepare_run_folder(out_dir: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool,
                        trust: bool = False) -> dict[str, Any] | None:
     """Check ``out_dir`` (held under its lock) for a run; returns the checkpoint to resume from.
 
-    Removes temporaries of killed writes. Without ``resume`` or ``overwrite`` a folder holding
-    a run is an error; ``overwrite`` removes the run's files (nothing else); ``resume`` loads
-    ``last.pth`` (None when the run has none yet: it starts from epoch 1) and refuses a config
-    that differs from the run's in a field other than :data:`RESUME_MAY_CHANGE`.
+    :meth:`TrainingRun.claim` (a run is continued only with ``resume``, replaced only with
+    ``overwrite``); ``resume`` loads ``last.pth`` (None when the run has none yet: it starts
+    from epoch 1) and refuses a config that differs from the run's in a field other than
+    :data:`RESUME_MAY_CHANGE`, or fewer epochs than it has completed
+    (:meth:`TrainingRun.check_resume`).
     """
-    claim_run_folder(out_dir, RUN_FILES, resume=resume, overwrite=overwrite)
+    run = training_run(out_dir)
+    run.claim(resume=resume, overwrite=overwrite)
     if not resume:
         return None
-    ckpt, saved = None, None
-    if (out_dir / "last.pth").exists():
-        ckpt = read_checkpoint(out_dir / "last.pth", trust=trust)
-        saved = ckpt["config"]
-    elif (out_dir / "config.yaml").exists():
-        saved = load_yaml_mapping(out_dir / "config.yaml")
-    if saved is not None:
-        diffs = config_differences(saved, cfg, ignore=RESUME_MAY_CHANGE)
-        if diffs:
-            raise ConfigError(f"{out_dir}: --resume with settings other than the run's ({'; '.join(diffs)}): resume "
-                              f"with the run's settings, or start a new run (--overwrite or another --out)")
-    if ckpt is not None and cfg.epochs < int(ckpt["epoch"]):
-        raise ConfigError(f"{out_dir}: the run has completed {int(ckpt['epoch'])} epochs; --resume with epochs "
-                          f"{cfg.epochs} would not continue it")
+    ckpt = read_checkpoint(run.checkpoint, trust=trust) if run.checkpoint.exists() else None
+    run.check_resume(cfg.to_dict(), defaults=TrainConfig().to_dict(),
+                     checkpoint_config=ckpt["config"] if ckpt is not None else None,
+                     done=int(ckpt["epoch"]) if ckpt is not None else 0, epochs=cfg.epochs, same=SAME)
     return ckpt
-
-
-def repair_run_folder(out_dir: Path, ckpt: dict[str, Any], echo: Callable[[str], None]) -> None:
-    """Make the logs and best.pth agree with ``last.pth`` (``ckpt``), the source of truth: a kill
-    between the writes of one epoch leaves them behind it."""
-    history = list(ckpt["history"])
-    _write_logs(out_dir, history)
-    want = best_epoch(history)
-    if want is None:
-        return
-    best_path, have = out_dir / "best.pth", None
-    if best_path.exists():
-        try:
-            have = int(load_torch(best_path, mmap=True)["epoch"])
-        except (UserError, KeyError, TypeError):
-            have = None
-    if have == want:
-        return
-    if want == int(ckpt["epoch"]):
-        copy_file(out_dir / "last.pth", best_path)
-        echo(f"repaired best.pth from last.pth (epoch {want}; it held {'epoch ' + str(have) if have else 'nothing usable'})")
-    else:
-        log.warning("%s holds %s, not epoch %d, the best; it cannot be rebuilt from last.pth (epoch %d)", best_path,
-                    f"epoch {have}" if have else "nothing usable", want, int(ckpt["epoch"]))
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -272,8 +238,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
     rank = distributed_rank()[0]
     lock = None
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock = WriterLock(out_dir / ".lock", folder=out_dir, what="a run is being trained there").acquire()
+        lock = training_run(out_dir).hold().acquire()
     try:
         with torch_threads(cfg.threads, cfg.num_workers) as threads:
             return _train(cfg, out_dir, resume=resume, overwrite=overwrite, progress=progress,
@@ -299,35 +264,38 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
     is_main = rank == 0
-    store = open_store(cfg.store, verify=cfg.verify_checksums)
-    meta = store.meta
-    # Before any work, --overwrite's removal included; a resumed run has its embeddings in last.pth.
-    check_run_inputs(cfg, store, glove=overwrite or not (resume and (out_dir / "last.pth").exists()))
-    ckpt = None
-    if is_main:
-        ckpt = prepare_run_folder(out_dir, cfg, resume=resume, overwrite=overwrite, trust=trust)
-    elif resume and (out_dir / "last.pth").exists():
-        ckpt = read_checkpoint(out_dir / "last.pth", trust=trust)
+    run = training_run(out_dir)
+    # The store's identity, meta and splits; the datasets (and their DataLoader workers) open their own.
+    with open_store(cfg.store, verify=cfg.verify_checksums) as store:
+        meta = store.meta
+        # Before any work, --overwrite's removal included; a resumed run has its embeddings in last.pth.
+        check_run_inputs(cfg, store, glove=overwrite or not (resume and run.checkpoint.exists()))
+        ckpt = None
+        if is_main:
+            ckpt = prepare_run_folder(out_dir, cfg, resume=resume, overwrite=overwrite, trust=trust)
+        elif resume and run.checkpoint.exists():
+            ckpt = read_checkpoint(run.checkpoint, trust=trust)
 
-    torch.manual_seed(cfg.seed)
-    store_id = store.identity()
-    if ckpt is not None:
-        check_run_store(ckpt, store_id, run=out_dir / "last.pth", store_path=cfg.store,
-                        splits=(cfg.train_split, cfg.val_split))
-    options = cfg.view_options()
-    train_ds = VideoDataset(cfg.store, cfg.train_split, cfg.mode, train=True, seed=cfg.seed, options=options,
-                            preload=cfg.preload, max_videos=cfg.max_videos, verify=cfg.verify_checksums)
-    val_ds = VideoDataset(cfg.store, cfg.val_split, cfg.mode, train=False, options=options, preload=cfg.preload,
-                          max_videos=cfg.val_max_videos, verify=cfg.verify_checksums) if store.videos(cfg.val_split) else None
-    if val_ds is not None and not len(val_ds):
-        val_ds = None
-    if not len(train_ds):
-        n = len(store.videos(cfg.train_split))
-        why = (f"none of its {n} {cfg.train_split!r} videos keeps {train_ds.min_frames}+ frames in {cfg.mode} "
-               f"(SGCLS and SGDET see only the objects of the _filtersmall annotations)" if n
-               else f"it has no {cfg.train_split!r} videos (splits: "
-                    f"{', '.join(sorted({store.split_of(v) for v in store.videos()})) or 'none'})")
-        raise StoreError(cfg.store, f"cannot train {cfg.mode}: {why}")
+        torch.manual_seed(cfg.seed)
+        store_id = store.identity()
+        if ckpt is not None:
+            check_run_store(ckpt, store_id, run=run.checkpoint, store_path=cfg.store,
+                            splits=(cfg.train_split, cfg.val_split))
+        options = cfg.view_options()
+        train_ds = VideoDataset(cfg.store, cfg.train_split, cfg.mode, train=True, seed=cfg.seed, options=options,
+                                preload=cfg.preload, max_videos=cfg.max_videos, verify=cfg.verify_checksums)
+        val_ds = VideoDataset(cfg.store, cfg.val_split, cfg.mode, train=False, options=options, preload=cfg.preload,
+                              max_videos=cfg.val_max_videos,
+                              verify=cfg.verify_checksums) if store.videos(cfg.val_split) else None
+        if val_ds is not None and not len(val_ds):
+            val_ds = None
+        if not len(train_ds):
+            n = len(store.videos(cfg.train_split))
+            why = (f"none of its {n} {cfg.train_split!r} videos keeps {train_ds.min_frames}+ frames in {cfg.mode} "
+                   f"(SGCLS and SGDET see only the objects of the _filtersmall annotations)" if n
+                   else f"it has no {cfg.train_split!r} videos (splits: "
+                        f"{', '.join(sorted({store.split_of(v) for v in store.videos()})) or 'none'})")
+            raise StoreError(cfg.store, f"cannot train {cfg.mode}: {why}")
 
     derived = ckpt.get("derived", {}) if ckpt is not None else derive(cfg, train_ds)
     try:
@@ -347,7 +315,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise InputError(f"{out_dir / 'last.pth'}: does not fit the model of its own config: "
+            raise InputError(f"{run.checkpoint}: does not fit the model of its own config: "
                              f"{str(e).splitlines()[0]}") from None
         start_epoch, history, best = int(ckpt["epoch"]), list(ckpt["history"]), float(ckpt["best_r20"])
     net: torch.nn.Module = model
@@ -357,15 +325,14 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=True)
     if is_main:
-        write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        run.write_config(cfg.to_dict(), {**prov, "parameters": n_params, "world_size": world, "device": str(device),
+                                         "threads": threads, "store": {"path": store_id["path"],
+                                                                       "compat": store_id["compat"],
+                                                                       "videos": len(store_id["videos"])}})
         save_torch(derived, out_dir / "derived.pt")
-        write_json(out_dir / "run.json", {**prov, "parameters": n_params, "world_size": world, "device": str(device),
-                                        "threads": threads, "store": {"path": store_id["path"],
-                                                                      "compat": store_id["compat"],
-                                                                      "videos": len(store_id["videos"])}},
-                   indent=2)
         if ckpt is not None:
-            repair_run_folder(out_dir, ckpt, echo)
+            run.repair(list(ckpt["history"]), done=int(ckpt["epoch"]), best_epoch=best_epoch(ckpt["history"]),
+                       echo=echo)
         echo(f"{cfg.head}{' + RS-Net' if cfg.rsnet is not None else ''} {cfg.mode}: {n_params / 1e6:.2f} M parameters, "
              f"{len(train_ds)} train / {len(val_ds) if val_ds else 0} val videos, world size {world}, {device}, "
              f"{threads} threads"
@@ -375,7 +342,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
-            torch.manual_seed(epoch_seed(cfg.seed, epoch))
+            torch.manual_seed(EPOCH_SEEDS.epoch_seed(cfg.seed, epoch))
             train_ds.set_epoch(epoch)
             order = epoch_order(len(train_ds), cfg.seed, epoch, rank=rank, world_size=world)
             loader = make_loader(train_ds, order, cfg, True, device)
@@ -407,7 +374,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best_r20": best,
                         "config": cfg.to_dict(), "provenance": prov, "parameters": n_params, "derived": derived,
                         "store": store_id}
-                _save_epoch(out_dir, ckpt, history, improved)
+                run.save_epoch(ckpt, history, epoch=epoch + 1, improved=improved)
                 board.epoch(row)
                 vtxt = (f"val R@10/20/50 {100 * val['val_R@10']:.1f}/{100 * val['val_R@20']:.1f}/{100 * val['val_R@50']:.1f}"
                         if val else "no val split")
@@ -420,34 +387,6 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, pr
     finally:  # the event files closed whatever ends the loop (a non-finite step, a full disk, Ctrl-C)
         board.close()
     return {"history": history, "best_r20": best, "parameters": n_params}
-
-
-def _save_epoch(out_dir: Path, ckpt: dict[str, Any], history: list[dict], improved: bool) -> None:
-    """last.pth first (the source of truth a resume rebuilds the rest from), then best.pth and
-    the logs; an OS error (a full disk) is one line that says what is intact."""
-    try:
-        save_torch(ckpt, out_dir / "last.pth")
-        if improved:
-            copy_file(out_dir / "last.pth", out_dir / "best.pth")
-        _write_logs(out_dir, history)
-    except OSError as e:
-        done = int(ckpt["epoch"]) - 1
-        intact = (f"the run is intact up to epoch {done} (last.pth)" if done
-                  else "no epoch was saved yet (--resume starts from epoch 1)")
-        raise UserError(f"{out_dir}: cannot write the checkpoint of epoch {ckpt['epoch']}: {describe_os_error(e)}; "
-                        f"{intact}: fix that and --resume") from e
-
-
-def _write_logs(out_dir: Path, history: list[dict]) -> None:
-    write_text(out_dir / "log.json", json.dumps(history, indent=2))
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    with atomic_write(out_dir / "log.csv", "w") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for row in history:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
 __all__ = ["train", "train_one_epoch"]

@@ -115,3 +115,82 @@ def test_a_non_finite_loss_is_one_line_naming_epoch_and_step(ag, tmp_path, monke
     line = str(e.value)
     assert "\n" not in line and "not finite at epoch 1, step 1" in line and str(tmp_path / "nan") in line
     assert not (tmp_path / "nan" / "last.pth").exists()  # nothing of the epoch saved
+
+
+# --- the run folder: train's rules (common.training_run) ------------------------------------------
+
+
+def test_resume_refuses_other_settings_naming_the_field(ag, tmp_path):
+    """Before, train-detector resumed with any recipe (only another epoch count was warned of)."""
+    import yaml
+
+    from common.errors import ConfigError
+
+    out = tmp_path / "run"
+    out.mkdir()  # killed in epoch 1: config.yaml, no last.pth
+    (out / "config.yaml").write_text(yaml.safe_dump({**CFG.to_dict(), "lr": 0.01}, sort_keys=False))
+    with pytest.raises(ConfigError) as e:
+        train_detector(ag, out, CFG, resume=True, progress=False)
+    assert str(e.value) == (f"{out}: --resume with settings other than the run's (lr: run 0.01, now 0.001): resume "
+                            f"with the run's settings, or start a new run (--overwrite or another --out)")
+
+
+def test_resume_refuses_fewer_epochs_than_the_run_has(ag, tmp_path):
+    """Before, a 3-epoch run resumed with epochs 2 wrote its weights as a 2-epoch detector."""
+    from common.errors import ConfigError
+    from common.torch_files import save_torch
+
+    out = tmp_path / "run"
+    out.mkdir()
+    save_torch({"model": {}, "optimizer": {}, "epoch": 2, "step": 6, "config": {**CFG.to_dict(), "epochs": 3}},
+               out / "last.pth")
+    with pytest.raises(ConfigError) as e:
+        train_detector(ag, out, CFG, resume=True, progress=False)
+    assert str(e.value) == f"{out}: the run has completed 3 epochs; --resume with epochs 2 would not continue it"
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_epoch_before(ag, tmp_path, monkeypatch):
+    """Before, a bare OS error that did not say which epoch was intact."""
+    import errno
+    import os
+
+    from common.errors import UserError
+
+    real_save = torch.save
+
+    def save(obj, f, *a, **k):  # the disk is full when epoch 2's checkpoint (0-based 1) is written
+        if isinstance(obj, dict) and obj.get("epoch") == 1 and "step" in obj:
+            f.write(b"PK\x03\x04 a part of a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *a, **k)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", save)
+        with pytest.raises(UserError) as e:
+            train_detector(ag, out, CFG, progress=False)
+    assert str(e.value) == (f"{out}: cannot write the checkpoint of epoch 2: No space left on device (errno 28); "
+                            f"the run is intact up to epoch 1 (last.pth): fix that and --resume")
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 0
+    assert [row["epoch"] for row in json.loads((out / "log.json").read_text())] == [1]
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
+    resumed = train_detector(ag, out, CFG, resume=True, progress=False)
+    assert [row["epoch"] for row in json.loads((out / "log.json").read_text())] == [1, 2]
+    assert resumed.epochs == 2
+
+
+def test_cli_resume_takes_the_runs_recipe(ag, tmp_path):
+    """`train-detector --resume` without --config continues with the run's config.yaml, as
+    `train --resume` does (the run's settings are required on resume)."""
+    import yaml
+
+    from tests.helpers.cli import run_cli
+
+    recipe = tmp_path / "det.yaml"
+    recipe.write_text(yaml.safe_dump({**CFG.to_dict(), "epochs": 1}))
+    out = tmp_path / "run"
+    r = run_cli("train-detector", ag, "--out", out, "--config", recipe, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    r = run_cli("train-detector", ag, "--out", out, "--resume", "--epochs", "2", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert [row["epoch"] for row in json.loads((out / "log.json").read_text())] == [1, 2]
