@@ -195,3 +195,19 @@ def test_evaluation_imports_no_torch():
         assert not roots & {"torch", "torchvision"}, f"{name} imports torch (reached from stage2_relations.evaluation)"
         todo += imported_modules(name, modules[name], modules)
     assert {"stage2_relations.evaluation.metrics", "store.vocabulary", "rules.boxes"} <= reached  # not vacuous
+
+
+def test_where_things_are_names_every_module():
+    """docs/where_things_are.md is the map a newcomer reads first: it names every module of the
+    project (a package's ``__init__`` and ``__main__`` aside), and every file its map names exists
+    (the table of moved names below the map names old files on purpose)."""
+    import re
+
+    doc = (REPO / "docs" / "where_things_are.md").read_text()
+    unnamed = [name for name, path in project_modules().items()
+               if path.name not in ("__init__.py", "__main__.py") and path.name not in doc]
+    assert not unnamed, f"docs/where_things_are.md does not name: {', '.join(sorted(unnamed))}"
+    named = set(re.findall(r"`([\w/]+\.py)`", doc.split("## Moved in issue 22")[0]))
+    files = {str(p.relative_to(REPO)) for p in project_modules().values()} | {"tests/test_layout.py"}
+    ghosts = [n for n in named if n not in files and not any(f.endswith("/" + n) for f in files)]
+    assert not ghosts, f"docs/where_things_are.md names files that do not exist: {', '.join(sorted(ghosts))}"
