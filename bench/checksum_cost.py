@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stage2_relations.data import Collator, VideoDataset  # noqa: E402
-from stage2_relations.views import ViewOptions  # noqa: E402
+from stage2_relations.view_options import ViewOptions  # noqa: E402
 from store import Store, StoreWriter, open_store  # noqa: E402
 from store.backends import checksum_of  # noqa: E402
 from store.schema import ROW_ARRAYS  # noqa: E402

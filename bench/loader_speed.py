@@ -36,7 +36,7 @@ from epoch import epoch_batches, fresh_model, step  # noqa: E402
 from results_file import save_results  # noqa: E402
 from stage2_relations.data import Collator, VideoDataset  # noqa: E402
 from stage2_relations.recipe import load_config  # noqa: E402
-from stage2_relations.views import ViewOptions  # noqa: E402
+from stage2_relations.view_options import ViewOptions  # noqa: E402
 from store import StoreWriter, open_store  # noqa: E402
 from store.testing import synthetic_meta, synthetic_video  # noqa: E402
 

@@ -1,7 +1,7 @@
 """The training recipe: :class:`TrainConfig` (one frozen dataclass, every field a recipe can
 set), its checks (:func:`check_config`: types, ranges, choices, a registered head and the
 keywords its constructor takes) and :func:`load_config` (a YAML recipe from ``configs/``,
-through :func:`common.errors.load_yaml_mapping`, plus command-line overrides).
+through :func:`common.config.load_yaml_mapping`, plus command-line overrides).
 
 A wrong field is one :class:`~common.errors.ConfigError` line naming where it came from (the
 file, ``--set KEY``, ``--lr``) and the field.
@@ -20,6 +20,7 @@ import yaml
 from common.config import at_least, between, check_fields, check_keywords, load_yaml_mapping, one_of
 from common.errors import ConfigError
 from rules.modes import Mode
+from rules.pairing import SgdetBoxes
 from stage2_relations.evaluation.seeds import MAX_SEED
 from stage2_relations.heads import HEADS, HeadContext, RSNet, build_model, head_class
 from stage2_relations.view_options import VIEW_RULES, ObjectScores, ViewOptions
@@ -88,7 +89,7 @@ class TrainConfig:
             raise ConfigError(f"object_scores: detector is an SGDET rule; the recipe's mode is {self.mode}")
         required = head_class(self.head).required_view_options(self.object_scores)
         if Mode(self.mode) is Mode.SGDET and required.get("sgdet_boxes", self.sgdet_boxes) != self.sgdet_boxes:
-            raise ConfigError(f"head {self.head!r} needs sgdet_boxes: {required['sgdet_boxes']} (it rebuilds the SGDET "
+            raise ConfigError(f"head {self.head!r} needs sgdet_boxes: {SgdetBoxes(required['sgdet_boxes']).value} (it rebuilds the SGDET "
                               f"test boxes itself); the recipe says {self.sgdet_boxes!r}")
         mine = {f.name for f in dataclasses.fields(self)}
         named = {f.name: getattr(self, f.name) for f in dataclasses.fields(ViewOptions) if f.name in mine}

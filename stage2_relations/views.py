@@ -419,5 +419,5 @@ def frame_view(rec: VideoRecord, f: int, mode: Mode | str, *, train: bool, optio
     )
 
 
-__all__ = ["BUILDERS", "BoxParts", "Candidates", "FrameView", "ViewBuilder", "ViewOptions", "frame_view",
+__all__ = ["BUILDERS", "BoxParts", "Candidates", "FrameView", "ViewBuilder", "frame_view",
            "gt_selection", "mode_frames", "sample_negatives"]

@@ -28,8 +28,10 @@ import torch
 from torch import nn
 
 from rules.modes import Mode
+from rules.pairing import SgdetBoxes
 from stage2_relations.data import RelationBatch
 from stage2_relations.heads.objects import ObjectPredictions, object_loss, predict_objects
+from stage2_relations.view_options import ObjectScores
 from store.vocabulary import Vocabulary
 
 
@@ -128,9 +130,10 @@ class RelationHead(nn.Module):
     """Base class of the relation heads (see the module docstring for the interface).
 
     A subclass sets ``relation_dim``, ``pair_input_dim`` and ``vocabulary`` (its predicate
-    groups give the classifiers' widths, :attr:`~store.vocabulary.Vocabulary.group_widths`), builds ``object_classifier`` (an :class:`~.objects.ObjectClassifier`, or None in
-    PREDCLS) and implements ``encode``, ``classify`` and ``from_config``; objects, assembly
-    and the object loss are shared.
+    groups give the classifiers' widths, :attr:`~store.vocabulary.Vocabulary.group_widths`),
+    builds ``object_classifier`` (an :class:`~.objects.ObjectClassifier`, or None in PREDCLS)
+    and implements ``encode``, ``classify`` and ``from_config``; objects, assembly and the
+    object loss are shared.
     """
 
     relation_dim: int
@@ -140,20 +143,20 @@ class RelationHead(nn.Module):
     needs_pair_pool: bool = False
     """The head rebuilds boxes and pairs and needs every stored union feature of its frames
     (``ViewOptions.pair_pool``; DSG-DETR at SGDET test)."""
-    sgdet_test_boxes: str | None = None
+    sgdet_test_boxes: SgdetBoxes | None = None
     """The SGDET test boxes the head needs (``ViewOptions.sgdet_boxes``), None for either."""
     context_arguments: tuple[str, ...] = ("vocabulary", "mode", "feature_dim", "union_shape", "class_embeddings")
     """Constructor arguments that :meth:`from_config` takes from the :class:`HeadContext`; every
     other keyword argument of ``__init__`` is a recipe key (``head_cfg``)."""
 
     @classmethod
-    def required_view_options(cls, object_scores: str = "sttran") -> dict[str, Any]:
-        """The :class:`~stage2_relations.views.ViewOptions` fields the head needs under the
+    def required_view_options(cls, object_scores: ObjectScores | str = ObjectScores.STTRAN) -> dict[str, Any]:
+        """The :class:`~stage2_relations.view_options.ViewOptions` fields the head needs under the
         object-scores rule ``object_scores``; the trainer and the evaluation apply them over the
         recipe's. The ``detector`` rule takes STTran's SGDET test boxes for every head."""
         out: dict[str, Any] = {"pair_pool": True} if cls.needs_pair_pool else {}
-        if object_scores == "detector":
-            out["sgdet_boxes"] = "sttran"
+        if ObjectScores(object_scores) is ObjectScores.DETECTOR:
+            out["sgdet_boxes"] = SgdetBoxes.STTRAN
         elif cls.sgdet_test_boxes is not None:
             out["sgdet_boxes"] = cls.sgdet_test_boxes
         return out

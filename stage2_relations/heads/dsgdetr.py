@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rules.modes import Mode
-from rules.pairing import select_test_boxes
+from rules.pairing import SgdetBoxes, select_test_boxes
 from stage2_relations.data import RelationBatch
 from stage2_relations.heads.base import (
     HeadContext,
@@ -37,6 +37,7 @@ from stage2_relations.heads.objects import (
     objects_from_logits,
 )
 from stage2_relations.heads.sttran import STTran
+from stage2_relations.view_options import ObjectScores
 from stage2_relations.heads.tracking import (
     ACCEPT_COST,
     COST_WEIGHTS,
@@ -187,7 +188,7 @@ class DSGDETR(PairRepresentation, RelationHead):
     """
 
     needs_pair_pool = True
-    sgdet_test_boxes = "raw"
+    sgdet_test_boxes = SgdetBoxes.RAW
 
     def __init__(self, *, vocabulary: Vocabulary, mode: Mode | str, feature_dim: int, union_shape: tuple[int, ...],
                  hidden: int = 512, embed_dim: int = 200, mask_channels: int = 256, box_dim: int = 128,
@@ -279,7 +280,7 @@ class DSGDETR(PairRepresentation, RelationHead):
         extra = self.extra_boxes(batch)
         refined = clf.refine(clf.tokens(batch, extra), *self.object_sequences(batch))
         logits = clf.classify(refined, extra) if batch.mode is not Mode.PREDCLS else None
-        if batch.mode is Mode.SGDET and not batch.train and batch.object_scores == "sttran":
+        if batch.mode is Mode.SGDET and not batch.train and batch.object_scores == ObjectScores.STTRAN:
             return self._sgdet_test(batch, logits, refined)
         objects = objects_from_logits(logits, batch)
         if batch.train and batch.mode is Mode.SGCLS:  # the code embeds the predicted labels (M:204)
@@ -327,7 +328,7 @@ class DSGDETR(PairRepresentation, RelationHead):
 
     def rebuilds(self, batch: RelationBatch) -> bool:
         """Whether the output refers to a rebuilt batch (SGDET test under the protocol's rule)."""
-        return batch.mode is Mode.SGDET and not batch.train and batch.object_scores == "sttran"
+        return batch.mode is Mode.SGDET and not batch.train and batch.object_scores == ObjectScores.STTRAN
 
     # -- relations -------------------------------------------------------------------------
 

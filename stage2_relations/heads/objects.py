@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from rules.modes import Mode
 from stage2_relations.data import RelationBatch
+from stage2_relations.view_options import ObjectScores
 
 
 def center_size(boxes: torch.Tensor) -> torch.Tensor:
@@ -108,11 +109,11 @@ def objects_from_logits(logits: torch.Tensor | None, batch: RelationBatch) -> Ob
         return ObjectPredictions(None, given, torch.ones_like(batch.box_scores), given)
     if batch.train:
         return ObjectPredictions(logits, given, batch.box_scores, batch.box_embed_labels)
-    if batch.object_scores == "detector":  # SGDET: the view's labels and scores (a head that ran its classifier)
+    if batch.object_scores == ObjectScores.DETECTOR:  # SGDET: the view's labels and scores (a head that ran its classifier)
         if batch.mode is not Mode.SGDET:
             raise ValueError("object_scores 'detector' is an SGDET rule")
         return ObjectPredictions(logits, given, batch.box_scores, given)
-    if batch.object_scores == "classifier":
+    if batch.object_scores == ObjectScores.CLASSIFIER:
         if logits is None:
             return ObjectPredictions(None, given, batch.box_scores, given)
         score, label = logits.softmax(-1)[:, 1:].max(-1)

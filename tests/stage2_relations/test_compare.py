@@ -20,7 +20,7 @@ from stage2_relations import compare
 from stage2_relations.compare import (Difference, Summary, TableRow, aggregate, format_table2, paired_difference,
                                       parse_seeds, relation_score_summary, summarize)
 from stage2_relations.data import Collator, VideoDataset
-from stage2_relations.views import ViewOptions
+from stage2_relations.view_options import ViewOptions
 from store import StoreWriter
 from tests.helpers.stage2 import TINY_HEAD, TINY_RSNET, learnable_video, one_thread, tiny_meta, write_learnable_store
 

@@ -9,7 +9,8 @@ import torch
 from rules.boxes import box_iou_continuous
 from rules.modes import Mode
 from stage2_relations.data import Collator, VideoDataset, epoch_order, negative_rng, spatial_masks
-from stage2_relations.views import ViewOptions, frame_view, mode_frames, sample_negatives
+from stage2_relations.view_options import ViewOptions
+from stage2_relations.views import frame_view, mode_frames, sample_negatives
 from store import StoreWriter, open_store
 from tests.helpers.stage2 import handmade_video, one_thread, tiny_meta, write_random_store
 

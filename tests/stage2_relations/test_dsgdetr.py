@@ -25,7 +25,7 @@ from stage2_relations.heads.tracking import (
 )
 from stage2_relations.recipe import TrainConfig
 from stage2_relations.train import train
-from stage2_relations.views import ViewOptions
+from stage2_relations.view_options import ViewOptions
 from store import StoreWriter, open_store
 from store.vocabulary import ACTION_GENOME
 from tests.helpers import REPO

@@ -12,7 +12,7 @@ from stage2_relations.data import Collator, VideoDataset
 from stage2_relations.heads import HEADS, HeadContext, RSNet, build_model, count_parameters, head_class
 from stage2_relations.heads.losses import focal_loss, multilabel_margin_loss
 from stage2_relations.heads.objects import object_loss, predict_objects, sgcls_test_objects
-from stage2_relations.views import ViewOptions
+from stage2_relations.view_options import ViewOptions
 from store import StoreWriter
 from store.vocabulary import ACTION_GENOME
 from tests.helpers.stage2 import TINY_HEAD, TINY_HEADS, TINY_RSNET, one_thread, tiny_meta, write_random_store

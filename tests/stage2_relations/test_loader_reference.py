@@ -20,7 +20,7 @@ import stage2_relations.views as views
 from rules.boxes import box_iou_continuous as box_iou
 from rules.modes import Mode
 from stage2_relations.data import Collator, VideoDataset, negative_rng
-from stage2_relations.views import ViewOptions
+from stage2_relations.view_options import ViewOptions
 from store import StoreWriter
 from store.testing import synthetic_video
 from tests.helpers.stage2 import one_thread, tiny_meta

@@ -25,7 +25,7 @@ from stage2_relations.heads.stket import (
     with_output_branch,
 )
 from stage2_relations.heads.stket_priors import INITIAL_KEY, SPECIFIC_KEY, count_priors, priors_json
-from stage2_relations.views import ViewOptions
+from stage2_relations.view_options import ViewOptions
 from store import StoreWriter, open_store
 from store.vocabulary import ACTION_GENOME as V
 from tests.helpers import REPO

@@ -17,7 +17,7 @@ from stage2_relations.data import VideoDataset
 from stage2_relations.recipe import TrainConfig, load_config
 from stage2_relations.scoring import score_model
 from stage2_relations.train import build_from_config, train
-from stage2_relations.views import ViewOptions
+from stage2_relations.view_options import ViewOptions
 from store import open_store
 from tests.helpers import REPO
 from tests.helpers.stage2 import TINY_HEAD, TINY_RSNET, one_thread, write_learnable_store
