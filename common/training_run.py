@@ -48,6 +48,7 @@ from common.config import load_yaml_mapping
 from common.errors import ConfigError, UserError
 from common.files import WriterLock, atomic_write, copy_file, describe_os_error, write_json, write_text
 from common.run_folder import claim_run_folder
+from common.torch_files import load_torch, save_torch
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,6 @@ class TrainingRun:
         the rest from), then ``best.pth`` when ``improved``, then the logs. An OS error (a full
         disk) is one :class:`UserError` line saying what is intact: ``last.pth`` of the epoch
         before, untouched."""
-        from common.torch_files import save_torch
-
         try:
             save_torch(dict(state), self.checkpoint)
             if improved and self.best is not None:
@@ -209,8 +208,6 @@ class TrainingRun:
         self.write_logs(history)
         if self.best is None or best_epoch is None:
             return
-        from common.torch_files import load_torch
-
         best_path, have = self.folder / self.best, None
         if best_path.exists():
             try:
