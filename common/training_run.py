@@ -31,7 +31,8 @@ may change; it holds every rule the two trainers share:
   epoch draws what the uninterrupted run drew. Each trainer keeps its own formula (its
   figures are pinned by tests and the demo).
 
-A run's number of completed epochs, read without loading a checkpoint: :func:`epochs_done`.
+A run's number of completed epochs, read without loading a checkpoint: :func:`epochs_done`; the
+recipe ``--resume`` reads when not given one (the run's ``config.yaml``): :func:`resume_recipe`.
 """
 
 from __future__ import annotations
@@ -106,6 +107,15 @@ def epochs_done(folder: Path | str) -> int:
         return len(json.loads((folder / LOGS[0]).read_text()))
     except (OSError, ValueError, TypeError):
         return 0
+
+
+def resume_recipe(folder: Path | str, config_path: Path | None, *, resume: bool) -> Path | None:
+    """The recipe a trainer's command reads: ``config_path`` when given; on ``resume`` without one,
+    the run's own ``config.yaml`` when it has one (a resume needs the run's settings, which the
+    user need not give again); else None (the defaults)."""
+    if resume and config_path is None and (Path(folder) / CONFIG).exists():
+        return Path(folder) / CONFIG
+    return config_path
 
 
 @dataclass(frozen=True)
@@ -256,4 +266,4 @@ class TrainingRun:
 
 
 __all__ = ["CHECKPOINT", "CONFIG", "LOGS", "RUN_INFO", "ResumeCheck", "SeedRule", "TrainingRun", "config_differences",
-           "epochs_done", "loss_terms"]
+           "epochs_done", "loss_terms", "resume_recipe"]

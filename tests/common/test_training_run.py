@@ -19,7 +19,7 @@ import yaml
 from common.errors import ConfigError, UserError
 from common.run_folder import RunFolderError
 from common.torch_files import save_torch
-from common.training_run import SeedRule, TrainingRun, config_differences, epochs_done, loss_terms
+from common.training_run import SeedRule, TrainingRun, config_differences, epochs_done, loss_terms, resume_recipe
 
 FILES = ("config.yaml", "run.json", "log.csv", "log.json", "last.pth", "best.pth")
 CONFIG = {"lr": 0.1, "seed": 0, "epochs": 2, "num_workers": 0}
@@ -123,6 +123,15 @@ def test_resume_reads_last_pth_before_config_yaml(finished):
                                  epochs=2).differences == ("lr: run 0.1, now 0.5",)
     assert finished.resume_check(CONFIG, checkpoint_config=None, done=0, epochs=2).differences == (
         "lr: run 0.5, now 0.1",)
+
+
+def test_resume_reads_the_runs_recipe_unless_given_one(finished, tmp_path):
+    """Both trainers' commands: ``--resume`` without ``--config`` reads the run's config.yaml."""
+    folder, given = finished.folder, tmp_path / "recipe.yaml"
+    assert resume_recipe(folder, None, resume=True) == folder / "config.yaml"
+    assert resume_recipe(folder, given, resume=True) == given
+    assert resume_recipe(folder, None, resume=False) is None
+    assert resume_recipe(tmp_path / "new", None, resume=True) is None  # no run yet: the defaults
 
 
 def test_config_differences_takes_one_value_written_two_ways():
