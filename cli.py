@@ -676,10 +676,10 @@ def eval_command(threads: int | None, **options) -> None:
     if request.predictions is not None:
         score_predictions(request, echo=click.echo)
         return
-    from stage2_relations.evaluate_checkpoint import evaluate_request
+    from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
 
     _torch_threads(threads)
-    evaluate_request(dataclasses.replace(request, device=_device(request.device)), echo=click.echo)
+    evaluate_checkpoint(dataclasses.replace(request, device=_device(request.device)), echo=click.echo)
 
 
 @main.command("predict")

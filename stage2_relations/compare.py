@@ -32,6 +32,7 @@ from common.errors import ConfigError, InputError, UserError
 from common.files import sha256_of, write_json
 from common.runtime import resolve_device
 from stage2_relations.checkpoints import load_checkpoint, read_checkpoint, run_checkpoint
+from stage2_relations.eval_request import EvalRequest, Protocol
 from stage2_relations.evaluate_checkpoint import EvaluationView, evaluate_checkpoint, evaluation_view
 from stage2_relations.evaluation import MeanRecall
 from stage2_relations.evaluation.seeds import (  # noqa: F401
@@ -374,9 +375,10 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
             if evaluation_is_current(payload, cfg, rule, sha):
                 echo(f"{tag} {rule}: evaluation up to date ({eval_dir.name}/metrics.json)")
             else:
-                evaluate_checkpoint(run_dir=run_dir, split=SPLIT, object_scores=rule, constraints=CONSTRAINTS,
-                                    out_dir=eval_dir, device=str(resolve_device(cfg.device)), echo=log.info,
-                                    trust_checkpoint=trust_checkpoints)
+                evaluate_checkpoint(EvalRequest(run_dir=run_dir, split=SPLIT, object_scores=rule,
+                                                protocol=Protocol(constraints=CONSTRAINTS), out_dir=eval_dir,
+                                                device=str(resolve_device(cfg.device)),
+                                                trust_checkpoint=trust_checkpoints), echo=log.info)
                 payload = json.loads((eval_dir / "metrics.json").read_text())
                 payload["compare"] = {"checkpoint_sha256": sha, "checkpoint": ckpt_path.name}
                 write_json(eval_dir / "metrics.json", payload, indent=2)
