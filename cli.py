@@ -259,11 +259,10 @@ def train_detector_command(root: Path, out: Path, config_path: Path | None, devi
     paths; nothing is downloaded), otherwise from scratch. Ends with mAP@0.5 on the
     validation split. The result, OUT/detector.pth, is what `detect --weights` takes.
     """
+    from common.training_run import resume_recipe
     from stage1_detect.train_detector import DetectorTrainConfig, train_detector
 
-    if resume and config_path is None and (out / "config.yaml").exists():  # the run's recipe, as `train` takes it
-        config_path = out / "config.yaml"
-    config = DetectorTrainConfig.from_yaml(config_path, **overrides)
+    config = DetectorTrainConfig.from_yaml(resume_recipe(out, config_path, resume=resume), **overrides)
     result = train_detector(root, out, config, device=_device(device), resume=resume, overwrite=overwrite,
                             trust_checkpoint=trust_checkpoint)
     val = f"val mAP@0.5 {result.val.map:.3f}" if result.val else "no validation frames"
@@ -558,6 +557,7 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
     import dataclasses
 
     from common.errors import ConfigError
+    from common.training_run import resume_recipe
     from stage2_relations.recipe import load_config, parse_override
     from stage2_relations.train import train
 
@@ -570,9 +570,7 @@ def train_command(config_path, out, store, mode, head, rsnet, epochs, lr, videos
         key, value = parse_override(text)
         overrides[key] = value
         labels[key] = f"--set {text}"
-    if resume and config_path is None and (out / "config.yaml").exists():
-        config_path = out / "config.yaml"
-    cfg = load_config(config_path, overrides, labels)
+    cfg = load_config(resume_recipe(out, config_path, resume=resume), overrides, labels)
     if rsnet is True and cfg.rsnet is None:
         cfg = dataclasses.replace(cfg, rsnet={})
     elif rsnet is False:
@@ -678,10 +676,10 @@ def eval_command(threads: int | None, **options) -> None:
     if request.predictions is not None:
         score_predictions(request, echo=click.echo)
         return
-    from stage2_relations.evaluate_checkpoint import evaluate_request
+    from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
 
     _torch_threads(threads)
-    evaluate_request(dataclasses.replace(request, device=_device(request.device)), echo=click.echo)
+    evaluate_checkpoint(dataclasses.replace(request, device=_device(request.device)), echo=click.echo)
 
 
 @main.command("predict")

@@ -16,6 +16,7 @@ from stage1_detect.action_genome import ReaderOptions, describe, load_action_gen
 from stage1_detect.detectors import load_detector
 from stage1_detect.extract import ExtractConfig, extract
 from stage1_detect.train_detector import DetectorTrainConfig, train_detector
+from stage2_relations.eval_request import EvalRequest
 from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
 from stage2_relations.reproduce import load_published, load_recipe_set, only_rows, plan_tables, run_reproduction
 from stage2_relations.reproduce_report import format_markdown, write_outputs
@@ -104,9 +105,9 @@ def write_demo_page(out: Path, runs: dict[str, Path], *, detector: Path, videos:
     for name, run_dir in runs.items():
         tag = f"{run_dir.parent.name}_{run_dir.name}"  # variant_seedK
         path = view / f"{tag}_test.npz"
-        evaluate_checkpoint(run_dir=run_dir, split="test", max_videos=videos, save_predictions=path,
-                            out_dir=view / "eval" / tag, device=device, echo=lambda line: None,
-                            num_frames_png=0)
+        evaluate_checkpoint(EvalRequest(run_dir=run_dir, split="test", max_videos=videos, save_predictions=path,
+                                        out_dir=view / "eval" / tag, device=device),
+                            echo=lambda line: None, num_frames_png=0)
         shown.append(load_run(path, name))
     first = shown[0].documents[0]["video"]
     clips = view / "clips"

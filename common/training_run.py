@@ -7,7 +7,8 @@ may change; it holds every rule the two trainers share:
 * **claiming the folder** (:meth:`TrainingRun.claim`, :func:`common.run_folder.claim_run_folder`):
   a folder holding a run (finished or not) is continued only with ``resume`` and replaced (its run
   files, nothing else) only with ``overwrite``; otherwise one line naming what it holds;
-* **resume checks** (:meth:`TrainingRun.check_resume`): the settings must be the run's (those of
+* **resume checks** (:meth:`TrainingRun.check_resume`, or :meth:`TrainingRun.resume_check` to
+  ask without raising, as ``compare`` does): the settings must be the run's (those of
   ``last.pth``, else of ``config.yaml`` when no epoch finished), but for the fields named in
   ``may_change``, each differing field named; and a run is never resumed with fewer epochs
   than it has completed;
@@ -30,7 +31,8 @@ may change; it holds every rule the two trainers share:
   epoch draws what the uninterrupted run drew. Each trainer keeps its own formula (its
   figures are pinned by tests and the demo).
 
-A run's number of completed epochs, read without loading a checkpoint: :func:`epochs_done`.
+A run's number of completed epochs, read without loading a checkpoint: :func:`epochs_done`; the
+recipe ``--resume`` reads when not given one (the run's ``config.yaml``): :func:`resume_recipe`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -48,6 +50,7 @@ from common.config import load_yaml_mapping
 from common.errors import ConfigError, UserError
 from common.files import WriterLock, atomic_write, copy_file, describe_os_error, write_json, write_text
 from common.run_folder import claim_run_folder
+from common.torch_files import load_torch, save_torch
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,32 @@ def epochs_done(folder: Path | str) -> int:
         return 0
 
 
+def resume_recipe(folder: Path | str, config_path: Path | None, *, resume: bool) -> Path | None:
+    """The recipe a trainer's command reads: ``config_path`` when given; on ``resume`` without one,
+    the run's own ``config.yaml`` when it has one (a resume needs the run's settings, which the
+    user need not give again); else None (the defaults)."""
+    if resume and config_path is None and (Path(folder) / CONFIG).exists():
+        return Path(folder) / CONFIG
+    return config_path
+
+
+@dataclass(frozen=True)
+class ResumeCheck:
+    """What resuming a run with some settings meets (:meth:`TrainingRun.resume_check`):
+    ``differences``, a line per field outside ``may_change`` where the settings differ from the
+    run's (:func:`config_differences`); ``done``, the epochs of its ``last.pth``; ``epochs``, the
+    epochs the settings ask for."""
+
+    differences: tuple[str, ...]
+    done: int
+    epochs: int
+
+    @property
+    def shortens(self) -> bool:
+        """Whether the settings ask for fewer epochs than the run has completed (a resume would not continue it)."""
+        return self.epochs < self.done
+
+
 @dataclass(frozen=True)
 class TrainingRun:
     """The run folder ``folder`` of one trainer.
@@ -113,7 +142,9 @@ class TrainingRun:
     ``run_files``: every file the trainer writes there (what ``overwrite`` removes and what makes
     the folder hold a run); ``what``: the lock's message (``"a run is being trained there"``);
     ``may_change``: the config fields a resume may change; ``best``: the file holding the best
-    epoch's checkpoint (None: the trainer keeps none).
+    epoch's checkpoint (None: the trainer keeps none). ``defaults`` and ``same``: the trainer's
+    config defaults (a field a run's config lacks has its default) and its rules for two values
+    written two ways that name one thing, as :func:`config_differences` takes them.
     """
 
     folder: Path
@@ -121,6 +152,8 @@ class TrainingRun:
     what: str
     may_change: tuple[str, ...] = ()
     best: str | None = "best.pth"
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    same: Mapping[str, Callable[[Any, Any], bool]] = field(default_factory=dict)
 
     @property
     def checkpoint(self) -> Path:
@@ -145,19 +178,27 @@ class TrainingRun:
             return load_yaml_mapping(self.folder / CONFIG)
         return None
 
-    def check_resume(self, now: Mapping[str, Any], *, defaults: Mapping[str, Any],
-                     checkpoint_config: Mapping[str, Any] | None, done: int, epochs: int,
-                     same: Mapping[str, Callable[[Any, Any], bool]] | None = None) -> None:
-        """Refuse to resume with settings ``now`` other than the run's (:meth:`saved_config`) in a
+    def resume_check(self, now: Mapping[str, Any], *, checkpoint_config: Mapping[str, Any] | None, done: int,
+                     epochs: int) -> ResumeCheck:
+        """What resuming this run (its settings: :meth:`saved_config`; ``done`` epochs in its
+        ``last.pth``) with settings ``now`` for ``epochs`` epochs meets, nothing raised (a folder
+        without a run: no differences)."""
+        saved = self.saved_config(checkpoint_config)
+        diffs = () if saved is None else tuple(config_differences(saved, now, self.defaults, ignore=self.may_change,
+                                                                  same=self.same))
+        return ResumeCheck(diffs, done=done, epochs=epochs)
+
+    def check_resume(self, now: Mapping[str, Any], *, checkpoint_config: Mapping[str, Any] | None, done: int,
+                     epochs: int) -> None:
+        """Refuse to resume with settings ``now`` other than the run's (:meth:`resume_check`) in a
         field outside ``may_change``, naming each, or with ``epochs`` fewer than the ``done``
         epochs of its ``last.pth``: a :class:`ConfigError`."""
-        saved = self.saved_config(checkpoint_config)
-        if saved is not None:
-            diffs = config_differences(saved, now, defaults, ignore=self.may_change, same=same)
-            if diffs:
-                raise ConfigError(f"{self.folder}: --resume with settings other than the run's ({'; '.join(diffs)}): "
-                                  f"resume with the run's settings, or start a new run (--overwrite or another --out)")
-        if epochs < done:
+        check = self.resume_check(now, checkpoint_config=checkpoint_config, done=done, epochs=epochs)
+        if check.differences:
+            raise ConfigError(f"{self.folder}: --resume with settings other than the run's "
+                              f"({'; '.join(check.differences)}): "
+                              f"resume with the run's settings, or start a new run (--overwrite or another --out)")
+        if check.shortens:
             raise ConfigError(f"{self.folder}: the run has completed {done} epochs; --resume with epochs {epochs} "
                               f"would not continue it")
 
@@ -173,8 +214,6 @@ class TrainingRun:
         the rest from), then ``best.pth`` when ``improved``, then the logs. An OS error (a full
         disk) is one :class:`UserError` line saying what is intact: ``last.pth`` of the epoch
         before, untouched."""
-        from common.torch_files import save_torch
-
         try:
             save_torch(dict(state), self.checkpoint)
             if improved and self.best is not None:
@@ -209,8 +248,6 @@ class TrainingRun:
         self.write_logs(history)
         if self.best is None or best_epoch is None:
             return
-        from common.torch_files import load_torch
-
         best_path, have = self.folder / self.best, None
         if best_path.exists():
             try:
@@ -228,5 +265,5 @@ class TrainingRun:
                         held, best_epoch, CHECKPOINT, done)
 
 
-__all__ = ["CHECKPOINT", "CONFIG", "LOGS", "RUN_INFO", "SeedRule", "TrainingRun", "config_differences",
-           "epochs_done", "loss_terms"]
+__all__ = ["CHECKPOINT", "CONFIG", "LOGS", "RUN_INFO", "ResumeCheck", "SeedRule", "TrainingRun", "config_differences",
+           "epochs_done", "loss_terms", "resume_recipe"]

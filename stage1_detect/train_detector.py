@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from common.config import at_least, between, check_fields, load_yaml_mapping, one_of, positive
 from common.errors import ConfigError, InputError, NonFiniteError
 from common.files import write_json
+from common.run_folder import same_file
 from common.runtime import provenance as code_provenance
 from common.torch_files import load_torch
 from common.training_run import SeedRule, TrainingRun, loss_terms
@@ -191,10 +192,20 @@ LOG_COLUMNS = ("epoch", "loss", "lr", "seconds")
 seconds since the process started."""
 
 
+def _same_weights(before: Any, now: Any) -> bool:
+    """One weights file, named two ways (relative from another directory and absolute, a link)."""
+    return bool(before) and bool(now) and same_file(before, now)
+
+
+SAME = {"backbone_weights": _same_weights, "init_weights": _same_weights}
+"""Config values that differ as written but name one file (see :func:`common.training_run.config_differences`)."""
+
+
 def training_run(out: Path) -> TrainingRun:
-    """``train-detector``'s run folder: its files, its lock's message, what a resume may change (no best.pth)."""
+    """``train-detector``'s run folder: its files, its lock's message, its resume rule (what a
+    resume may change, the recipe's defaults, :data:`SAME`); no best.pth."""
     return TrainingRun(Path(out), RUN_FILES, what="a detector is being trained there", may_change=RESUME_MAY_CHANGE,
-                       best=None)
+                       best=None, defaults=DetectorTrainConfig().to_dict(), same=SAME)
 
 
 def train_detector(root: Path | str, out: Path | str, cfg: DetectorTrainConfig, *, device: str = "cpu",
@@ -231,8 +242,7 @@ def resume_state(run: TrainingRun, cfg: DetectorTrainConfig, *, device: str,
                            weights_only=not trust_checkpoint, map_location=device)
         if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step"} <= set(state):
             raise InputError(f"{run.checkpoint}: not a train-detector checkpoint (no model, optimizer, epoch and step)")
-    run.check_resume(cfg.to_dict(), defaults=DetectorTrainConfig().to_dict(),
-                     checkpoint_config=state.get("config") if state is not None else None,
+    run.check_resume(cfg.to_dict(), checkpoint_config=state.get("config") if state is not None else None,
                      done=state["epoch"] + 1 if state is not None else 0, epochs=cfg.epochs)
     return state
 

@@ -28,11 +28,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from common.config import load_yaml_mapping
 from common.errors import ConfigError, InputError, UserError
 from common.files import sha256_of, write_json
 from common.runtime import resolve_device
 from stage2_relations.checkpoints import load_checkpoint, read_checkpoint, run_checkpoint
+from stage2_relations.eval_request import EvalRequest, Protocol
 from stage2_relations.evaluate_checkpoint import EvaluationView, evaluate_checkpoint, evaluation_view
 from stage2_relations.evaluation import MeanRecall
 from stage2_relations.evaluation.seeds import (  # noqa: F401
@@ -49,8 +49,8 @@ from stage2_relations.evaluation.seeds import (  # noqa: F401
     summarize,
     table_row,
 )
-from stage2_relations.recipe import RESUME_MAY_CHANGE, TrainConfig, check_run_inputs, load_config
-from stage2_relations.train import config_differences, train
+from stage2_relations.recipe import TrainConfig, check_run_inputs, load_config
+from stage2_relations.train import train, training_run
 from stage2_relations.view_options import ObjectScores, ViewOptions
 from store.reader import store_location
 
@@ -201,28 +201,24 @@ def check_variants(variants: Sequence[Variant]) -> None:
 
 def run_state(cfg: TrainConfig, run_dir: Path, *, trust: bool = False) -> dict[str, Any]:
     """What a run folder holds: {'epochs': completed epochs (0: none), 'best_r20', 'history'}.
-    Raises :class:`RunMismatch`, naming the folder and the differing fields, when its saved
-    config (config.yaml, else last.pth's) differs from ``cfg`` in a field ``train --resume``
-    would refuse, or when the run has completed more epochs than ``cfg.epochs`` (as ``train
-    --resume`` refuses too). ``trust``: read last.pth with full pickle."""
-    saved, ckpt = None, None
-    last = run_dir / "last.pth"
-    if last.exists():
-        ckpt = read_checkpoint(last, trust=trust)
-        saved = ckpt["config"]
-    if (run_dir / "config.yaml").exists():
-        saved = load_yaml_mapping(run_dir / "config.yaml")
-    if saved is not None:  # train --resume's own rule (one store, relative or absolute; defaults)
-        differences = config_differences(saved, cfg, ignore=RESUME_MAY_CHANGE)
-        if differences:
-            raise RunMismatch(f"{run_dir} holds a run of another config ({'; '.join(differences)}); "
-                              f"remove the folder or use another --out")
+    Raises :class:`RunMismatch`, naming the folder, when ``train --resume`` would refuse ``cfg``
+    there (its own rule, :meth:`~common.training_run.TrainingRun.resume_check`): a config that
+    differs from the run's (last.pth's, else config.yaml's) in a field it does not let change,
+    each named, or fewer epochs than the run has completed. ``trust``: read last.pth with full pickle."""
+    run = training_run(run_dir)
+    ckpt = read_checkpoint(run.checkpoint, trust=trust) if run.checkpoint.exists() else None
+    done = int(ckpt["epoch"]) if ckpt is not None else 0
+    check = run.resume_check(cfg.to_dict(), checkpoint_config=ckpt["config"] if ckpt is not None else None, done=done,
+                             epochs=cfg.epochs)
+    if check.differences:
+        raise RunMismatch(f"{run_dir} holds a run of another config ({'; '.join(check.differences)}); "
+                          f"remove the folder or use another --out")
+    if check.shortens:
+        raise RunMismatch(f"{run_dir} holds a run of {done} completed epochs, more than the "
+                          f"{cfg.epochs} requested; give --epochs {done} or more, or another --out")
     if ckpt is None:
         return {"epochs": 0, "best_r20": None, "history": []}
-    if int(ckpt["epoch"]) > cfg.epochs:
-        raise RunMismatch(f"{run_dir} holds a run of {int(ckpt['epoch'])} completed epochs, more than the "
-                          f"{cfg.epochs} requested; give --epochs {int(ckpt['epoch'])} or more, or another --out")
-    return {"epochs": int(ckpt["epoch"]), "best_r20": float(ckpt["best_r20"]), "history": list(ckpt["history"])}
+    return {"epochs": done, "best_r20": float(ckpt["best_r20"]), "history": list(ckpt["history"])}
 
 
 def _read_json(path: Path) -> dict | None:
@@ -379,9 +375,10 @@ def run_comparison(variants: Sequence[Variant], seeds: Sequence[int], out_dir: s
             if evaluation_is_current(payload, cfg, rule, sha):
                 echo(f"{tag} {rule}: evaluation up to date ({eval_dir.name}/metrics.json)")
             else:
-                evaluate_checkpoint(run_dir=run_dir, split=SPLIT, object_scores=rule, constraints=CONSTRAINTS,
-                                    out_dir=eval_dir, device=str(resolve_device(cfg.device)), echo=log.info,
-                                    trust_checkpoint=trust_checkpoints)
+                evaluate_checkpoint(EvalRequest(run_dir=run_dir, split=SPLIT, object_scores=rule,
+                                                protocol=Protocol(constraints=CONSTRAINTS), out_dir=eval_dir,
+                                                device=str(resolve_device(cfg.device)),
+                                                trust_checkpoint=trust_checkpoints), echo=log.info)
                 payload = json.loads((eval_dir / "metrics.json").read_text())
                 payload["compare"] = {"checkpoint_sha256": sha, "checkpoint": ckpt_path.name}
                 write_json(eval_dir / "metrics.json", payload, indent=2)

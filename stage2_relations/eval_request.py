@@ -1,6 +1,6 @@
 """What ``cli.py eval`` is asked, as one value: :class:`EvalRequest` (a source and its options)
 with its :class:`Protocol`; :func:`score_predictions` carries out a request for a predictions
-file. A model's request goes to :func:`stage2_relations.evaluate_checkpoint.evaluate_request`.
+file. A model's request goes to :func:`stage2_relations.evaluate_checkpoint.evaluate_checkpoint`.
 No torch here: scoring a predictions file needs none.
 """
 

@@ -1,6 +1,5 @@
 """``cli.py eval --run RUN_DIR | --checkpoint FILE``: a trained model scored on a store split
-(:func:`evaluate_checkpoint`, or :func:`evaluate_request` for the command's
-:class:`~stage2_relations.eval_request.EvalRequest`).
+(:func:`evaluate_checkpoint` of the command's :class:`~stage2_relations.eval_request.EvalRequest`).
 
 The split and test view a checkpoint is scored on are built by :func:`evaluation_view` alone;
 ``compare`` asks the same function whether an earlier evaluation is current.
@@ -26,7 +25,7 @@ from common.run_folder import check_output_file
 from rules.modes import Mode
 from stage2_relations.checkpoints import load_checkpoint, run_checkpoint
 from stage2_relations.data import VideoDataset
-from stage2_relations.evaluation import MeanRecall, format_table, write_predictions, write_report
+from stage2_relations.evaluation import format_table, write_predictions, write_report
 from stage2_relations.evaluation.predictions_io import read_predictions
 from stage2_relations.eval_request import EvalRequest
 from stage2_relations.evaluation.structures import Constraint
@@ -87,47 +86,47 @@ def eval_view_options(cfg, mode: Mode, *, sgdet_boxes: SgdetBoxes | str | None =
     return options
 
 
-def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
-                        store_path: str | None = None, split: str = "test", mode: str | None = None,
-                        sgdet_boxes: str | None = None, object_scores: str | None = None,
-                        constraints: Sequence[str] = ("with", "semi", "no"), out_dir: str | Path | None = None,
-                        save_predictions: str | Path | None = None, mean_recall: MeanRecall = MeanRecall.DATASET,
-                        max_videos: int = 0, device: str = "cpu", num_frames_png: int = 3,
-                        echo: Callable[[str], None] = print, trust_checkpoint: bool = False, **eval_kwargs) -> dict:
-    """Evaluate a checkpoint; returns {'results', 'parameters', 'speed', 'paths'}.
+def evaluate_checkpoint(request: EvalRequest, *, echo: Callable[[str], None] = print,
+                        num_frames_png: int = 3) -> dict:
+    """Evaluate the model of ``request`` (its ``run_dir`` or ``checkpoint``, with its options and
+    :class:`~stage2_relations.eval_request.Protocol`); returns {'results', 'parameters', 'speed', 'paths'}.
 
     ``mode`` defaults to the training mode; another mode works when the model can serve it
     (a head without object classifier keeps the given / detector labels and scores).
     ``sgdet_boxes`` and ``object_scores`` default to the recipe's (:class:`~stage2_relations.view_options.ViewOptions`).
     ``save_predictions`` replaces only an earlier predictions file, never the checkpoint or another
     file (:mod:`common.run_folder`). The checkpoint is read weights-only unless ``trust_checkpoint``.
+    ``out_dir`` defaults to ``eval_<split>_<mode>`` beside the checkpoint; ``num_frames_png``
+    frames are drawn into its frames.png.
     """
-    ckpt_path = Path(checkpoint) if checkpoint is not None else run_checkpoint(run_dir)
-    if save_predictions is not None:
-        check_output_file(save_predictions, is_own=_is_predictions_file, what="predictions file (.npz)",
+    protocol, split, device = request.protocol, request.split, request.device
+    ckpt_path = Path(request.checkpoint) if request.checkpoint is not None else run_checkpoint(request.run_dir)
+    if request.save_predictions is not None:
+        check_output_file(request.save_predictions, is_own=_is_predictions_file, what="predictions file (.npz)",
                           option="--save-predictions", inputs=[ckpt_path])
-    model, cfg, ckpt = load_checkpoint(ckpt_path, device=device, store_path=store_path, trust=trust_checkpoint,
-                                       splits=(split,))
-    view = evaluation_view(cfg, split, mode, sgdet_boxes=sgdet_boxes, object_scores=object_scores)
+    model, cfg, ckpt = load_checkpoint(ckpt_path, device=device, store_path=request.store_path,
+                                       trust=request.trust_checkpoint, splits=(split,))
+    view = evaluation_view(cfg, split, request.mode, sgdet_boxes=request.sgdet_boxes,
+                           object_scores=request.object_scores)
     mode = view.mode
-    ds = view.dataset(max_videos)
+    ds = view.dataset(request.max_videos)
     if not len(ds):
         raise InputError(f"{cfg.store}: no videos in split {split!r}")
-    results, names, (gts, preds), speed = score_model(model, ds, device=device, constraints=constraints,
-                                                       videos_per_batch=1, progress=True, **eval_kwargs)
+    results, names, (gts, preds), speed = score_model(model, ds, device=device, constraints=protocol.constraints,
+                                                       videos_per_batch=1, progress=True, **protocol.scoring())
     results = {Constraint(c): r for c, r in results.items()}
     n_params = count_parameters(model)
-    echo(format_table(results, mean_recall=mean_recall))
+    echo(format_table(results, mean_recall=protocol.mean_recall))
     speed["threads"] = torch.get_num_threads()
     echo(f"{cfg.head}{' + RS-Net' if cfg.rsnet is not None else ''}: {n_params / 1e6:.2f} M parameters, "
          f"{speed['fps']:.1f} frames/s from the store ({speed['frames']} frames, {device}, {speed['threads']} threads)")
     if speed["pairs_substituted"]:
         echo(f"note: {speed['pairs_substituted']} of {speed['pairs']} scored pairs took another pair's union "
              f"feature (the store holds no feature for their own: docs/stage2.md)")
-    out = Path(out_dir) if out_dir is not None else ckpt_path.parent / f"eval_{split}_{mode.value}"
+    out = Path(request.out_dir) if request.out_dir is not None else ckpt_path.parent / f"eval_{split}_{mode.value}"
     extra = {"checkpoint": str(ckpt_path), **view.describe(), "parameters": n_params,
              "inference": speed, "config": cfg.to_dict(), "provenance": ckpt.get("provenance", {})}
-    paths = write_report(results, out, vocabulary=ds.vocabulary, mean_recall=mean_recall, extra=extra)
+    paths = write_report(results, out, vocabulary=ds.vocabulary, mean_recall=protocol.mean_recall, extra=extra)
     # a few frames with predictions and GT relations, spread over the split
     with_rel = [i for i, g in enumerate(gts) if len(g.gt_relations) and len(preds[i].pred_pairs)]
     pick = [with_rel[int(j * len(with_rel) / num_frames_png)] for j in range(min(num_frames_png, len(with_rel)))]
@@ -136,24 +135,13 @@ def evaluate_checkpoint(*, run_dir: str | Path | None = None, checkpoint: str | 
     paths["frames.png"] = plot_frames([names[i] for i in pick], [preds[i] for i in pick], [sizes[i] for i in pick],
                                       ds.vocabulary, mode, out / "frames.png",
                                       image_root=Path(root) / "frames" if root else None)
-    if save_predictions is not None:
+    if request.save_predictions is not None:
         gt_set, pred_set = as_sets(names, gts, preds, ds.vocabulary)
         paths["predictions"] = write_predictions(
-            save_predictions, pred_set, mode=mode, ground_truth=gt_set, vocabulary=ds.vocabulary,
+            request.save_predictions, pred_set, mode=mode, ground_truth=gt_set, vocabulary=ds.vocabulary,
             metadata={"checkpoint": str(ckpt_path), "config": cfg.to_dict(), "split": split})
     echo(f"wrote {', '.join(p.name for p in paths.values())} to {out}")
     return {"results": results, "parameters": n_params, "speed": speed, "paths": paths}
-
-
-def evaluate_request(request: EvalRequest, echo: Callable[[str], None] = print) -> dict:
-    """:func:`evaluate_checkpoint` of ``request`` (a run folder or a checkpoint)."""
-    protocol = request.protocol
-    return evaluate_checkpoint(
-        run_dir=request.run_dir, checkpoint=request.checkpoint, store_path=request.store_path, split=request.split,
-        mode=request.mode, sgdet_boxes=request.sgdet_boxes, object_scores=request.object_scores,
-        constraints=protocol.constraints, out_dir=request.out_dir, save_predictions=request.save_predictions,
-        mean_recall=protocol.mean_recall, max_videos=request.max_videos, device=request.device, echo=echo,
-        trust_checkpoint=request.trust_checkpoint, **protocol.scoring())
 
 
 def _is_predictions_file(path: Path) -> bool:
@@ -173,4 +161,4 @@ def _frame_sizes(ds: VideoDataset, names: Sequence[str]) -> list[tuple[int, int]
     return sizes
 
 
-__all__ = ["EvaluationView", "eval_view_options", "evaluate_checkpoint", "evaluate_request", "evaluation_view"]
+__all__ = ["EvaluationView", "eval_view_options", "evaluate_checkpoint", "evaluation_view"]

@@ -44,7 +44,6 @@ from common.runtime import distributed_rank, provenance, resolve_device
 from common.threads import torch_threads
 from common.torch_files import save_torch
 from common.training_run import SeedRule, TrainingRun, loss_terms
-from common.training_run import config_differences as run_config_differences
 from stage2_relations.checkpoints import build_from_config, check_run_store, read_checkpoint
 from stage2_relations.data import Collator, VideoDataset, epoch_order
 from stage2_relations.heads import count_parameters, head_class
@@ -173,25 +172,20 @@ def best_epoch(history: list[dict[str, Any]]) -> int | None:
     return epoch
 
 
-def training_run(out_dir: Path) -> TrainingRun:
-    """``train``'s run folder: its files, its lock's message and what a resume may change."""
-    return TrainingRun(Path(out_dir), RUN_FILES, what="a run is being trained there", may_change=RESUME_MAY_CHANGE)
-
-
 def _same_store(before: Any, now: Any) -> bool:
     """One store, given relative once and absolute once."""
     return bool(before) and bool(now) and store_location(before) == store_location(now)
 
 
 SAME = {"store": _same_store}
-"""Config values that differ as written but name one thing (see :func:`config_differences`)."""
+"""Config values that differ as written but name one thing (see :func:`common.training_run.config_differences`)."""
 
 
-def config_differences(saved: dict[str, Any], cfg: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:
-    """``"lr: run 0.001, now 0.01"`` for each field where ``cfg`` differs from a run's ``saved``
-    config (fields absent from ``saved`` count as their defaults; one store given relative once
-    and absolute once is one)."""
-    return run_config_differences(saved, cfg.to_dict(), TrainConfig().to_dict(), ignore=ignore, same=SAME)
+def training_run(out_dir: Path) -> TrainingRun:
+    """``train``'s run folder: its files, its lock's message and its resume rule (what a resume
+    may change, the recipe's defaults, :data:`SAME`)."""
+    return TrainingRun(Path(out_dir), RUN_FILES, what="a run is being trained there", may_change=RESUME_MAY_CHANGE,
+                       defaults=TrainConfig().to_dict(), same=SAME)
 
 
 def prepare_run_folder(out_dir: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool,
@@ -209,9 +203,8 @@ def prepare_run_folder(out_dir: Path, cfg: TrainConfig, *, resume: bool, overwri
     if not resume:
         return None
     ckpt = read_checkpoint(run.checkpoint, trust=trust) if run.checkpoint.exists() else None
-    run.check_resume(cfg.to_dict(), defaults=TrainConfig().to_dict(),
-                     checkpoint_config=ckpt["config"] if ckpt is not None else None,
-                     done=int(ckpt["epoch"]) if ckpt is not None else 0, epochs=cfg.epochs, same=SAME)
+    run.check_resume(cfg.to_dict(), checkpoint_config=ckpt["config"] if ckpt is not None else None,
+                     done=int(ckpt["epoch"]) if ckpt is not None else 0, epochs=cfg.epochs)
     return ckpt
 
 

@@ -13,6 +13,7 @@ Each test failed on the code before it (the store was used without a word, or th
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -183,15 +184,43 @@ def test_compare_refuses_a_run_of_another_store(trained, tmp_path):
 
 
 def test_compare_takes_a_relative_and_an_absolute_store_as_one(trained, monkeypatch):
-    """compare's reuse rule is train --resume's (`config_differences`): a run folder whose
+    """compare's reuse rule is train --resume's (`TrainingRun.resume_check`): a run folder whose
     config names its store relative (runs made before stores were recorded absolute) is the
     same run when compare is given the absolute path, and the other way round."""
+    from common.torch_files import save_torch
+
     store, run = trained
     monkeypatch.chdir(store.parent)
     config = run / "config.yaml"
     config.write_text(config.read_text().replace(str(store), store.name))
+    ckpt = torch.load(run / "last.pth", weights_only=True)  # the config the rule reads first
+    save_torch({**ckpt, "config": {**ckpt["config"], "store": store.name}}, run / "last.pth")
     assert run_state(_cfg(store), run)["epochs"] == 1  # saved relative, asked absolute
     assert run_state(_cfg(store.name), run)["epochs"] == 1  # and the other way
+
+
+def test_compare_reads_the_runs_config_as_train_resume_does(trained):
+    """The run's settings are last.pth's (what its weights were trained with), config.yaml's only
+    without one, for compare as for train --resume (compare read config.yaml first before): a
+    config.yaml edited by hand does not decide."""
+    import yaml
+
+    from common.errors import ConfigError
+    from stage2_relations.train import prepare_run_folder
+
+    store, run = trained
+    config = run / "config.yaml"
+    edited = {**yaml.safe_load(config.read_text()), "lr": 0.5}
+    config.write_text(yaml.safe_dump(edited, sort_keys=False))
+    assert run_state(_cfg(store), run)["epochs"] == 1
+    trained_lr = _cfg(store).lr
+    with pytest.raises(RunMismatch, match=re.escape(f"another config (lr: run {trained_lr!r}, now 0.5)")):
+        run_state(_cfg(store, lr=0.5), run)
+    with pytest.raises(ConfigError, match=re.escape(f"(lr: run {trained_lr!r}, now 0.5)")):
+        prepare_run_folder(run, _cfg(store, lr=0.5), resume=True, overwrite=False)
+    (run / "last.pth").unlink()  # killed in its first epoch: config.yaml is all there is
+    with pytest.raises(RunMismatch, match=re.escape(f"another config (lr: run 0.5, now {trained_lr!r})")):
+        run_state(_cfg(store), run)
 
 
 # --- detect and the dataset a store was made from --------------------------------------------

@@ -19,7 +19,7 @@ import yaml
 from common.errors import ConfigError, UserError
 from common.run_folder import RunFolderError
 from common.torch_files import save_torch
-from common.training_run import SeedRule, TrainingRun, config_differences, epochs_done, loss_terms
+from common.training_run import SeedRule, TrainingRun, config_differences, epochs_done, loss_terms, resume_recipe
 
 FILES = ("config.yaml", "run.json", "log.csv", "log.json", "last.pth", "best.pth")
 CONFIG = {"lr": 0.1, "seed": 0, "epochs": 2, "num_workers": 0}
@@ -27,7 +27,8 @@ DEFAULTS = {"lr": 0.01, "seed": 0, "epochs": 1, "num_workers": 0, "extra": "x"}
 
 
 def _run(folder: Path) -> TrainingRun:
-    return TrainingRun(folder, FILES, what="a run is being trained there", may_change=("epochs", "num_workers"))
+    return TrainingRun(folder, FILES, what="a run is being trained there", may_change=("epochs", "num_workers"),
+                       defaults=DEFAULTS)
 
 
 def _rows(n: int) -> list[dict]:
@@ -77,10 +78,10 @@ def test_a_finished_run_is_refused_continued_or_replaced_only_as_asked(finished,
 
 
 def test_resume_refuses_other_settings_naming_each_field(finished):
-    finished.check_resume({**CONFIG, "epochs": 5, "num_workers": 2}, defaults=DEFAULTS,  # may change
+    finished.check_resume({**CONFIG, "epochs": 5, "num_workers": 2},  # may change
                           checkpoint_config=_state(2)["config"], done=2, epochs=5)
     with pytest.raises(ConfigError) as e:
-        finished.check_resume({**CONFIG, "lr": 0.2, "extra": "y"}, defaults=DEFAULTS,
+        finished.check_resume({**CONFIG, "lr": 0.2, "extra": "y"},
                               checkpoint_config=_state(2)["config"], done=2, epochs=2)
     # "extra" is absent from the run's config: it counts as its default
     assert str(e.value) == (f"{finished.folder}: --resume with settings other than the run's (lr: run 0.1, now 0.2; "
@@ -92,15 +93,45 @@ def test_resume_without_last_pth_checks_config_yaml(finished):
     """A run killed in its first epoch has its config.yaml and no last.pth."""
     finished.checkpoint.unlink()
     with pytest.raises(ConfigError, match=r"\(seed: run 0, now 3\)"):
-        finished.check_resume({**CONFIG, "seed": 3}, defaults=DEFAULTS, checkpoint_config=None, done=0, epochs=2)
+        finished.check_resume({**CONFIG, "seed": 3}, checkpoint_config=None, done=0, epochs=2)
 
 
 def test_resume_never_shortens_a_run(finished):
     with pytest.raises(ConfigError) as e:
-        finished.check_resume({**CONFIG, "epochs": 1}, defaults=DEFAULTS, checkpoint_config=_state(2)["config"],
+        finished.check_resume({**CONFIG, "epochs": 1}, checkpoint_config=_state(2)["config"],
                               done=2, epochs=1)
     assert str(e.value) == f"{finished.folder}: the run has completed 2 epochs; --resume with epochs 1 would not continue it"
-    finished.check_resume(CONFIG, defaults=DEFAULTS, checkpoint_config=_state(2)["config"], done=2, epochs=2)
+    finished.check_resume(CONFIG, checkpoint_config=_state(2)["config"], done=2, epochs=2)
+
+
+def test_resume_check_says_what_a_resume_meets_without_raising(finished):
+    """What ``compare`` asks before it trains: the same rule as check_resume, as a value."""
+    check = finished.resume_check({**CONFIG, "lr": 0.2, "epochs": 1}, checkpoint_config=_state(2)["config"], done=2,
+                                  epochs=1)
+    assert check.differences == ("lr: run 0.1, now 0.2",) and check.done == 2 and check.shortens
+    assert not finished.resume_check(CONFIG, checkpoint_config=_state(2)["config"], done=2, epochs=3).shortens
+    empty = _run(finished.folder.parent / "new").resume_check(CONFIG, checkpoint_config=None, done=0, epochs=1)
+    assert empty.differences == () and not empty.shortens  # no run there: nothing to differ from
+
+
+def test_resume_reads_last_pth_before_config_yaml(finished):
+    """The run's settings are those of last.pth (what its weights were trained with); config.yaml
+    only for a run killed in its first epoch. A config.yaml edited by hand does not win."""
+    (finished.folder / "config.yaml").write_text(yaml.safe_dump({**CONFIG, "lr": 0.5}))
+    assert finished.resume_check(CONFIG, checkpoint_config=_state(2)["config"], done=2, epochs=2).differences == ()
+    assert finished.resume_check({**CONFIG, "lr": 0.5}, checkpoint_config=_state(2)["config"], done=2,
+                                 epochs=2).differences == ("lr: run 0.1, now 0.5",)
+    assert finished.resume_check(CONFIG, checkpoint_config=None, done=0, epochs=2).differences == (
+        "lr: run 0.5, now 0.1",)
+
+
+def test_resume_reads_the_runs_recipe_unless_given_one(finished, tmp_path):
+    """Both trainers' commands: ``--resume`` without ``--config`` reads the run's config.yaml."""
+    folder, given = finished.folder, tmp_path / "recipe.yaml"
+    assert resume_recipe(folder, None, resume=True) == folder / "config.yaml"
+    assert resume_recipe(folder, given, resume=True) == given
+    assert resume_recipe(folder, None, resume=False) is None
+    assert resume_recipe(tmp_path / "new", None, resume=True) is None  # no run yet: the defaults
 
 
 def test_config_differences_takes_one_value_written_two_ways():

@@ -135,6 +135,41 @@ def test_resume_refuses_other_settings_naming_the_field(ag, tmp_path):
                             f"with the run's settings, or start a new run (--overwrite or another --out)")
 
 
+def test_resume_takes_one_weights_file_named_two_ways(tmp_path, monkeypatch):
+    """init_weights / backbone_weights named absolute by the run and relative from another
+    directory on resume name one file: the same run (as `train` takes one store written two
+    ways); another file is refused naming the field. Before, the paths were compared as strings."""
+    import dataclasses
+
+    import yaml
+
+    from common.errors import ConfigError
+
+    weights, other = tmp_path / "w" / "coco.pth", tmp_path / "w" / "other.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"weights")
+    other.write_bytes(b"weights")
+    out = tmp_path / "run"
+    out.mkdir()  # killed in epoch 1: config.yaml, no last.pth
+    saved = {**CFG.to_dict(), "init_weights": str(weights), "backbone_weights": str(weights)}
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    relative = dataclasses.replace(CFG, init_weights="../w/coco.pth", backbone_weights="../w/./coco.pth")
+    assert td.resume_state(td.training_run(out), relative, device="cpu") is None
+    with pytest.raises(ConfigError) as e:
+        td.resume_state(td.training_run(out), dataclasses.replace(relative, init_weights="../w/other.pth"),
+                        device="cpu")
+    assert str(e.value) == (f"{out}: --resume with settings other than the run's (init_weights: run '{weights}', "
+                            f"now '../w/other.pth'): resume with the run's settings, or start a new run "
+                            f"(--overwrite or another --out)")
+    monkeypatch.chdir(weights.parent)  # the run named them relative, the resume absolute
+    (out / "config.yaml").write_text(yaml.safe_dump({**saved, "init_weights": "coco.pth"}, sort_keys=False))
+    assert td.resume_state(td.training_run(out), dataclasses.replace(CFG, init_weights=str(weights),
+                                                                     backbone_weights=str(weights)),
+                           device="cpu") is None
+
+
 def test_resume_refuses_fewer_epochs_than_the_run_has(ag, tmp_path):
     """Before, a 3-epoch run resumed with epochs 2 wrote its weights as a 2-epoch detector."""
     from common.errors import ConfigError

@@ -208,9 +208,9 @@ def test_compare_end_to_end(tmp_path, monkeypatch):
         calls["train"].append((Path(run_dir).relative_to(out).as_posix(), kw["resume"]))
         return real_train(cfg, run_dir, **kw)
 
-    def spy_eval(**kw):
+    def spy_eval(request, **kw):
         calls["eval"] += 1
-        calls["last_eval"] = real_eval(**kw)
+        calls["last_eval"] = real_eval(request, **kw)
         return calls["last_eval"]
 
     monkeypatch.setattr(compare, "train", spy_train)

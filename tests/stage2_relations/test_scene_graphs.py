@@ -25,6 +25,7 @@ from stage1_detect.extract import ExtractConfig, extract
 from stage1_detect.frames import FrameError
 from stage1_detect.video_source import FrameSelection, LooseVideos, detect_videos, find_videos
 from stage2_relations.checkpoints import run_checkpoint
+from stage2_relations.eval_request import EvalRequest
 from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
 from stage2_relations.evaluation.predictions_io import read_predictions
 from stage2_relations.evaluation.structures import Constraint
@@ -68,7 +69,7 @@ def pipeline(tmp_path_factory):
     run = base / "run"
     train(cfg, run, progress=False, echo=lambda line: None)
     preds_file = base / "eval_preds.npz"
-    evaluate_checkpoint(run_dir=run, split="test", save_predictions=preds_file, out_dir=base / "eval",
+    evaluate_checkpoint(EvalRequest(run_dir=run, split="test", save_predictions=preds_file, out_dir=base / "eval"),
                         echo=lambda line: None, num_frames_png=0)
     return {"base": base, "root": root, "weights": weights, "detector": detector, "sha": sha, "store": store,
             "run": run, "preds": preds_file}

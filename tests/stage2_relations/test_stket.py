@@ -409,6 +409,7 @@ def _copy_without_train(src, dst):
 
 
 def test_run_carries_priors_and_evaluates_without_the_training_split(tmp_path):
+    from stage2_relations.eval_request import EvalRequest, Protocol
     from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
     from stage2_relations.recipe import TrainConfig
     from stage2_relations.train import train
@@ -435,13 +436,14 @@ def test_run_carries_priors_and_evaluates_without_the_training_split(tmp_path):
     assert not open_store(copy).videos("train")
     with pytest.raises(ValueError, match="no GT object"):
         STKET.derive({}, VideoDataset(str(copy), "train", Mode.PREDCLS))
-    res = evaluate_checkpoint(checkpoint=tmp_path / "run" / "last.pth", store_path=str(copy), split="val",
-                              constraints=("with",), out_dir=tmp_path / "eval", echo=lambda s: None)
+    with_only = Protocol(constraints=("with",))
+    res = evaluate_checkpoint(EvalRequest(checkpoint=tmp_path / "run" / "last.pth", store_path=str(copy), split="val",
+                                          protocol=with_only, out_dir=tmp_path / "eval"), echo=lambda s: None)
     assert 0 <= res["results"]["with"].recall[20] <= 1
     # another branch of the same weights
     other = with_output_branch(tmp_path / "run" / "last.pth", "temporal", tmp_path / "temporal.pth")
-    res_t = evaluate_checkpoint(checkpoint=other, store_path=str(copy), split="val", constraints=("with",),
-                                out_dir=tmp_path / "eval_t", echo=lambda s: None)
+    res_t = evaluate_checkpoint(EvalRequest(checkpoint=other, store_path=str(copy), split="val", protocol=with_only,
+                                            out_dir=tmp_path / "eval_t"), echo=lambda s: None)
     assert res_t["parameters"] == res["parameters"]
 
 

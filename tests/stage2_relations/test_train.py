@@ -124,13 +124,15 @@ def test_ddp_two_processes_gloo(store_path, tmp_path):
 
 @pytest.mark.parametrize("mode", ["sgcls", "sgdet"])
 def test_train_and_evaluate_other_modes(store_path, tmp_path, mode):
+    from stage2_relations.eval_request import EvalRequest, Protocol
     from stage2_relations.evaluate_checkpoint import evaluate_checkpoint
 
     cfg = _cfg(store_path, TINY_RSNET, epochs=1, mode=mode)
     result = train(cfg, tmp_path / "run", progress=False, echo=lambda s: None)
     assert result["history"][0]["loss_object"] > 0
-    out = evaluate_checkpoint(run_dir=tmp_path / "run", split="val", constraints=("with",), echo=lambda s: None,
-                              out_dir=tmp_path / "ev")
+    request = EvalRequest(run_dir=tmp_path / "run", split="val", protocol=Protocol(constraints=("with",)),
+                          out_dir=tmp_path / "ev")
+    out = evaluate_checkpoint(request, echo=lambda s: None)
     r = out["results"]
     assert 0 <= next(iter(r.values())).recall[20] <= 1 and (tmp_path / "ev" / "frames.png").exists()
 
