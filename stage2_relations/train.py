@@ -48,6 +48,7 @@ from stage2_relations.checkpoints import build_from_config, check_run_store, rea
 from stage2_relations.data import Collator, VideoDataset, epoch_order
 from stage2_relations.heads import count_parameters, head_class
 from stage2_relations.recipe import BUILD_ERRORS, RESUME_MAY_CHANGE, TrainConfig, check_config, check_run_inputs
+from stage2_relations.scoring import score_model
 from stage2_relations.tensorboard_log import TensorBoardLog
 from store import StoreError, open_store
 from store.reader import store_location
@@ -243,8 +244,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
 
 def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, progress: bool,
            echo: Callable[[str], None], threads: int, trust: bool = False) -> dict[str, Any]:
-    from stage2_relations.scoring import score_model
-
     rank, world, local_rank = distributed_rank()
     distributed = world > 1
     device = resolve_device(cfg.device)

@@ -81,14 +81,26 @@ def test_backend_choices_and_help_come_from_the_registry():
         assert all(f"{b.name}, {b.description}" in option.help for b in DETECTOR_BACKENDS.values())
 
 
-def test_commands_that_set_torch_threads_restore_them(tmp_path):
-    """--threads holds for the command only (common.threads.torch_threads), even one that fails."""
+def test_commands_that_set_torch_threads_restore_them(tmp_path, monkeypatch):
+    """--threads holds for the command (common.threads.torch_threads) and only for it, even one
+    that fails: the count is the given one while the evaluation runs, the old one after."""
     import torch
 
+    from common.errors import InputError
+    from stage2_relations import evaluate_checkpoint
+
     before = torch.get_num_threads()
+    seen = []
+
+    def evaluation_that_fails(request, echo):
+        seen.append(torch.get_num_threads())
+        raise InputError("w.pth: not a checkpoint")
+
+    monkeypatch.setattr(evaluate_checkpoint, "evaluate_checkpoint", evaluation_that_fails)
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"")
     run("eval", "--checkpoint", weights, "--threads", before + 1, code=1)  # another count than now's
+    assert seen == [before + 1]
     assert torch.get_num_threads() == before
 
 
