@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 
 from rules.modes import Mode
-from stage2_relations.view_options import ObjectScores, SgdetBoxes
+from rules.pairing import SgdetBoxes
+from stage2_relations.view_options import ObjectScores
 
 MODE_CHOICE = click.Choice([m.value for m in Mode])
 """The task modes, as ``--mode`` takes them."""
