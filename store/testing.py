@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rules.pairing import stored_pairs
+from rules.pairing import SttranClasses, stored_pairs
 from store.records import DetectorInfo, StoreMeta, UnionMode, VideoRecord
 from store.vocabulary import ACTION_GENOME, Vocabulary
 
@@ -46,6 +46,7 @@ def synthetic_video(meta: StoreMeta, name: str, *, seed: int = 0, num_frames: in
     vocab = meta.vocabulary
     c, p, d, u = vocab.num_objects, vocab.num_predicates, meta.feature_dim, meta.union_shape
     person = vocab.person_index
+    classes = SttranClasses.from_objects(vocab.objects)
 
     def boxes(n: int) -> np.ndarray:
         xy = rng.uniform(0, 400, size=(n, 2))
@@ -78,7 +79,8 @@ def synthetic_video(meta: StoreMeta, name: str, *, seed: int = 0, num_frames: in
         det_boxes[:, 2:] = np.maximum(det_boxes[:, 2:], det_boxes[:, :2] + 1)
         det_labels = np.concatenate([gt_labels[near], rng.integers(2, c, size=n - len(near))]).astype(np.int32)
         gt_d, det_d = dists(gt_labels), dists(det_labels)
-        pairs = stored_pairs(gt_boxes, gt_small, gt_d, det_boxes, det_labels, det_d, person=person)
+        pairs = stored_pairs(gt_boxes, gt_small, gt_d, det_boxes, det_labels, det_d, person=person,
+                             copy_classes=classes.copy_classes)
         for key, value in (("gt_boxes", gt_boxes), ("gt_labels", gt_labels), ("gt_dists", gt_d), ("gt_small", gt_small),
                            ("rel_subject", np.zeros(r, np.int32)), ("rel_object", np.arange(1, r + 1, dtype=np.int32)),
                            ("rel_labels", lab), ("det_boxes", det_boxes), ("det_labels", det_labels),
