@@ -282,7 +282,7 @@ class DSGDETR(PairRepresentation, RelationHead):
         logits = clf.classify(refined, extra) if batch.mode is not Mode.PREDCLS else None
         if batch.mode is Mode.SGDET and not batch.train and batch.object_scores == ObjectScores.STTRAN:
             return self._sgdet_test(batch, logits, refined)
-        objects = objects_from_logits(logits, batch)
+        objects = objects_from_logits(logits, batch, person=self.vocabulary.person_index)
         if batch.train and batch.mode is Mode.SGCLS:  # the code embeds the predicted labels (M:204)
             objects = replace(objects, embed_labels=logits[:, 1:].argmax(1) + 1)
         if objects.pair_index is not None:

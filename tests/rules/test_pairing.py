@@ -213,7 +213,8 @@ def test_test_boxes_without_detections():
 # --- (d) the pairs a store holds -------------------------------------------------------------
 
 
-def test_stored_pairs_by_hand():
+def _frame_with_a_book():
+    """(gt, small, gt_d, det, det_labels, det_d) of the frame of :func:`test_stored_pairs_by_hand`."""
     # GT: person, cup, a small dish that the detector finds most person-like (0.875).
     gt = np.array([PERSON_BOX, [200, 200, 249, 249], [300, 300, 339, 339]], float)
     small = np.array([0, 0, 1])
@@ -224,6 +225,11 @@ def test_stored_pairs_by_hand():
     det = np.array([PERSON_BOX, [400, 0, 449, 99], [500, 0, 549, 99]], float)
     det_labels = np.array([BED, BOOK, PERSON])
     det_d = dists({PERSON: 0.25, BED: 0.75}, {BOOK: 0.53125, PERSON: 0.46875}, {PERSON: 0.375, CUP: 0.625})
+    return gt, small, gt_d, det, det_labels, det_d
+
+
+def test_stored_pairs_by_hand():
+    gt, small, gt_d, det, det_labels, det_d = _frame_with_a_book()
     t = sttran_test_boxes(det, det_d, person=PERSON, copy_classes=COPY)
     assert t.source[t.subject] == 1 and 1 in t.source[t.objects]  # the book's copy, and the book
     pairs = stored_pairs(gt, small, gt_d, det, det_labels, det_d, person=PERSON, copy_classes=COPY)
@@ -282,6 +288,41 @@ def test_stored_pairs_when_the_sttran_fallback_shares_the_persons_detection():
     # When the bed is small, the SGDET view does not have it, but PREDCLS's assignment does.
     assert stored_pairs(gt, np.array([0, 1]), gt_d, det, np.array([PERSON]), det_d,
                         person=PERSON, copy_classes=COPY).tolist() == [[0, 1], [2, 1], [2, 2]]
+
+
+def test_the_classes_are_found_by_name():
+    assert SttranClasses.from_objects(V.objects) == SttranClasses(person=1, copy_classes=(5, 8, 17))
+    # a vocabulary without a chair copies books and food alone
+    assert SttranClasses.from_objects([n for n in V.objects if n != "chair"]).copy_classes == (5, 16)
+    with pytest.raises(KeyError, match="person"):
+        SttranClasses.from_objects([n for n in V.objects if n != "person"])
+
+
+def test_test_boxes_and_stored_pairs_follow_the_vocabulary():
+    """The frame of :func:`test_stored_pairs_by_hand` in a vocabulary where person and bag, book
+    and box trade places (the classes with boxes keep their order): the same boxes, subject and
+    pairs, labels mapped. AG's ids there would take the bag as the person and copy no book."""
+    names = list(V.objects)
+    new_id = np.arange(C)
+    for a, b in (("person", "bag"), ("book", "box")):
+        i, j = names.index(a), names.index(b)
+        names[i], names[j] = b, a
+        new_id[[i, j]] = [j, i]
+    ids = SttranClasses.from_objects(names)
+    assert ids == SttranClasses(person=2, copy_classes=(6, 8, 17))
+    gt, small, gt_d, det, det_labels, det_d = _frame_with_a_book()
+    t = sttran_test_boxes(det, det_d, person=PERSON, copy_classes=COPY)
+    moved = det_d[:, new_id]  # the column of class c moves to new_id[c] (two swaps: their own inverse)
+    u = sttran_test_boxes(det, moved, person=ids.person, copy_classes=ids.copy_classes)
+    # boxes by class: the book's copy (the person), the bed, the book, the cup
+    assert u.source.tolist() == t.source.tolist() == [1, 0, 1, 2] and u.subject == t.subject == 0
+    assert u.labels.tolist() == new_id[t.labels].tolist() and u.scores.tolist() == t.scores.tolist()
+    assert u.dists.tolist() == t.dists[:, new_id[1:] - 1].tolist()
+    assert stored_pairs(gt, small, gt_d[:, new_id], det, new_id[det_labels], moved, person=ids.person,
+                        copy_classes=ids.copy_classes).tolist() == stored_pairs(
+        gt, small, gt_d, det, det_labels, det_d, person=PERSON, copy_classes=COPY).tolist()
+    # with AG's copy ids (5: the box here) the book has no copy: another subject, fewer boxes
+    assert sttran_test_boxes(det, moved, person=ids.person, copy_classes=COPY).source.tolist() == [0, 1, 2]
 
 
 # --- (e) finding stored rows -----------------------------------------------------------------
