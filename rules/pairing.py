@@ -12,6 +12,8 @@ detector's softmax over every class, background (index 0) included, as the store
 * :func:`sttran_test_boxes`: the boxes, labels and scores STTran scores at SGDET test time
   (book / chair / food boxes copied with their second class, per-class NMS 0.6, the box with
   the highest person probability as the subject).
+* :class:`SttranClasses`: the class ids those rules name (the person, the copied classes), found
+  by name in a vocabulary's object list; the rules take them as required keyword arguments.
 * :func:`legacy_subject`: the subject of the stored detections as they are (the person
   detection, else the highest person probability): the ``sgdet_boxes: raw`` option.
 * :func:`person_detections`, :func:`training_subjects`: the detection that stands for the GT
@@ -26,6 +28,7 @@ either order (:func:`pair_key`).
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,9 +58,32 @@ class SgdetBoxes(str, enum.Enum):
     STTRAN = "sttran"
     RAW = "raw"
 
-# STTran's ``clean_class`` calls at SGDET test: book, chair, food (AG object ids).
-COPY_CLASSES = (5, 8, 17)
+# STTran's ``clean_class`` calls at SGDET test, in its order (``lib/object_detector.py``).
+COPY_CLASS_NAMES: tuple[str, ...] = ("book", "chair", "food")
 TEST_NMS_THRESHOLD = 0.6
+
+
+@dataclass(frozen=True)
+class SttranClasses:
+    """The object class ids STTran's rules name, in one vocabulary's index.
+
+    person:       the subject's class.
+    copy_classes: the classes of :data:`COPY_CLASS_NAMES` that the vocabulary has, in that order
+                  (Action Genome: book 5, chair 8, food 17); a vocabulary without one of them
+                  copies no box for it.
+    """
+
+    person: int
+    copy_classes: tuple[int, ...]
+
+    @classmethod
+    def from_objects(cls, objects: Sequence[str]) -> "SttranClasses":
+        """The ids in ``objects``, a vocabulary's object names by index (background first)."""
+        objects = list(objects)
+        if "person" not in objects:
+            raise KeyError("the object vocabulary has no 'person', the subject of STTran's rules")
+        return cls(person=objects.index("person"),
+                   copy_classes=tuple(objects.index(name) for name in COPY_CLASS_NAMES if name in objects))
 
 
 @dataclass(frozen=True)
@@ -180,9 +206,8 @@ class TestBoxes:
         return k[k != self.subject] if self.subject >= 0 else k[:0]
 
 
-def sttran_test_boxes(det_boxes: np.ndarray, det_dists: np.ndarray, *, person: int = 1,
-                      copy_classes: tuple[int, ...] = COPY_CLASSES,
-                      nms_threshold: float = TEST_NMS_THRESHOLD) -> TestBoxes:
+def sttran_test_boxes(det_boxes: np.ndarray, det_dists: np.ndarray, *, person: int,
+                      copy_classes: tuple[int, ...], nms_threshold: float = TEST_NMS_THRESHOLD) -> TestBoxes:
     """STTran's SGDET test-time steps (``ObjectClassifier.forward``, mode sgdet, eval) on one
     frame's detections, in the order STTran's detector gives them to the classifier (class by
     class, each class by descending score: the order a store holds by default,
@@ -200,6 +225,8 @@ def sttran_test_boxes(det_boxes: np.ndarray, det_dists: np.ndarray, *, person: i
     4. every box is labelled with its most probable class other than the person, scored with
        that probability; the box with the highest person probability is the subject,
        labelled person and scored with its person probability.
+
+    ``person``, ``copy_classes``: class ids (:class:`SttranClasses` of the store's vocabulary).
     """
     det_boxes = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
     det_dists = np.asarray(det_dists)
@@ -208,9 +235,8 @@ def sttran_test_boxes(det_boxes: np.ndarray, det_dists: np.ndarray, *, person: i
     return select_test_boxes(det_boxes, fg, person=person, copy_classes=copy_classes, nms_threshold=nms_threshold)
 
 
-def select_test_boxes(det_boxes: np.ndarray, fg: np.ndarray, *, person: int = 1,
-                      copy_classes: tuple[int, ...] = COPY_CLASSES,
-                      nms_threshold: float = TEST_NMS_THRESHOLD) -> TestBoxes:
+def select_test_boxes(det_boxes: np.ndarray, fg: np.ndarray, *, person: int,
+                      copy_classes: tuple[int, ...], nms_threshold: float = TEST_NMS_THRESHOLD) -> TestBoxes:
     """Steps 1-4 of :func:`sttran_test_boxes` on a given (N, C-1) object-class distribution
     ``fg`` (person first), taken as it is (not renormalised): DSG-DETR runs them on its own
     classifier's ``softmax(37 logits)[:, 1:]`` (``lib/sttran.py:328-418``)."""
@@ -248,7 +274,7 @@ def select_test_boxes(det_boxes: np.ndarray, fg: np.ndarray, *, person: int = 1,
     return TestBoxes(source, fg, labels.astype(np.int64), scores, subject)
 
 
-def legacy_subject(det_labels: np.ndarray, det_dists: np.ndarray, person: int = 1) -> int:
+def legacy_subject(det_labels: np.ndarray, det_dists: np.ndarray, *, person: int) -> int:
     """The subject of the stored detections as they are: the first detection labelled person,
     else the one with the highest person probability; -1 without detections."""
     det_labels = np.asarray(det_labels)
@@ -299,7 +325,8 @@ def pair_key(a: np.ndarray, b: np.ndarray, num_boxes: int) -> np.ndarray:
 
 
 def stored_pairs(gt_boxes: np.ndarray, gt_small: np.ndarray, gt_dists: np.ndarray, det_boxes: np.ndarray,
-                 det_labels: np.ndarray, det_dists: np.ndarray, *, person: int = 1) -> np.ndarray:
+                 det_labels: np.ndarray, det_dists: np.ndarray, *, person: int,
+                 copy_classes: tuple[int, ...]) -> np.ndarray:
     """The (subject, object) pairs of one frame whose union feature a store holds, (M, 2) int64
     in the frame's joint box index (GT 0..G-1, detections G..G+N-1), no unordered pair twice:
 
@@ -320,7 +347,8 @@ def stored_pairs(gt_boxes: np.ndarray, gt_small: np.ndarray, gt_dists: np.ndarra
        which that rule adds to its training boxes, with every detection.
 
     ``det_dists`` should be the values as stored (float16), so that the loader, which calls
-    :func:`sttran_test_boxes` on them, finds the same subject.
+    :func:`sttran_test_boxes` on them, finds the same subject. ``person``, ``copy_classes``: class
+    ids (:class:`SttranClasses` of the store's vocabulary).
     """
     g, n = len(gt_boxes), len(det_boxes)
     gt_small = np.asarray(gt_small, dtype=bool)
@@ -333,8 +361,8 @@ def stored_pairs(gt_boxes: np.ndarray, gt_small: np.ndarray, gt_dists: np.ndarra
                 rows.extend((h, j) for j in range(g) if j != h)
     by_rule = person_detections(det_boxes, np.asarray(gt_boxes[:1])) if g and n else (-1, -1)
     train = list(dict.fromkeys(d for d in by_rule if d >= 0))  # training_subjects, without a second IoU pass
-    test = sttran_test_boxes(det_boxes, det_dists, person=person) if n else None
-    legacy = legacy_subject(det_labels, det_dists, person)
+    test = sttran_test_boxes(det_boxes, det_dists, person=person, copy_classes=copy_classes) if n else None
+    legacy = legacy_subject(det_labels, det_dists, person=person)
     with_gt = train + ([legacy] if train and legacy not in train else [])  # the SGDET training subjects
     subjects = list(with_gt)
     for s in ((int(test.source[test.subject]) if test is not None and test.subject >= 0 else -1), legacy):

@@ -400,7 +400,7 @@ class VideoDataset(Dataset):
             pair_counts=np.array([len(v.pairs) for v in views], dtype=np.int64),
             **_concat_views(views, rec, self.vocabulary, union, frames),
             # the pool serves heads that rebuild SGDET pairs at test time; other views skip its cost
-            pool=(video_pool(rec, frames, self.mode, [v.joint for v in views])
+            pool=(video_pool(rec, frames, self.mode, [v.joint for v in views], self.vocabulary)
                   if self.options.pair_pool and not self.train and self.mode is Mode.SGDET else None),
         )
 

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from rules.modes import Mode
-from rules.pairing import pair_key, sttran_test_boxes
+from rules.pairing import SttranClasses, pair_key, sttran_test_boxes
 from store import VideoRecord
+from store.vocabulary import Vocabulary
 
 
 @dataclass(frozen=True)
@@ -96,23 +97,27 @@ class PairPool:
         return torch.where(hit, order[pos], torch.full_like(pos, -1))
 
 
-def frame_pool(rec: VideoRecord, f: int, mode: Mode) -> dict[str, np.ndarray]:
-    """Frame ``f``'s part of a pool (numpy): num_joint, fallback, keys (P,), union (P, *U)."""
+def frame_pool(rec: VideoRecord, f: int, mode: Mode, classes: SttranClasses) -> dict[str, np.ndarray]:
+    """Frame ``f``'s part of a pool (numpy): num_joint, fallback, keys (P,), union (P, *U);
+    ``classes``: those of the store's vocabulary, for the SGDET subject."""
     g, d, p = (rec.frame_rows(t, f) for t in ("gt_objects", "detections", "pairs"))
     n = (g.stop - g.start) + (d.stop - d.start)
     fallback = 0 if g.stop > g.start else -1
     if Mode(mode) is Mode.SGDET:
-        t = sttran_test_boxes(rec.det_boxes[d], rec.det_dists[d], person=1)
+        t = sttran_test_boxes(rec.det_boxes[d], rec.det_dists[d], person=classes.person,
+                              copy_classes=classes.copy_classes)
         fallback = (g.stop - g.start) + int(t.source[t.subject]) if t.subject >= 0 else -1
     return dict(num_joint=np.int64(n), fallback=np.int64(fallback),
                 keys=pair_key(rec.pair_subject[p], rec.pair_object[p], n), union=rec.pair_union[p])
 
 
-def video_pool(rec: VideoRecord, frames: np.ndarray, mode: Mode,
-               box_joint: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+def video_pool(rec: VideoRecord, frames: np.ndarray, mode: Mode, box_joint: Sequence[np.ndarray],
+               vocabulary: Vocabulary) -> dict[str, np.ndarray]:
     """One video's pool arrays (numpy) for the view's ``frames`` and each frame's boxes' joint
-    indices ``box_joint``; :func:`collate_pools` stacks videos."""
-    parts = [frame_pool(rec, int(f), mode) for f in frames]
+    indices ``box_joint``; ``vocabulary``: the store's (``StoreMeta.vocabulary``).
+    :func:`collate_pools` stacks videos."""
+    classes = SttranClasses.from_objects(vocabulary.objects)
+    parts = [frame_pool(rec, int(f), mode, classes) for f in frames]
     cat = lambda key, empty: np.concatenate([p[key] for p in parts]) if parts else empty  # noqa: E731
     return dict(
         box_joint=np.concatenate(list(box_joint)).astype(np.int64) if len(box_joint) else np.zeros(0, np.int64),

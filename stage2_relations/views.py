@@ -45,6 +45,7 @@ from rules.pairing import (
     Assignment,
     PairIndex,
     SgdetBoxes,
+    SttranClasses,
     assign,
     legacy_subject,
     sttran_test_boxes,
@@ -213,8 +214,8 @@ class Candidates:
 class _Frame:
     """The stored arrays of one frame and its pair lookup, from which the builders take boxes."""
 
-    def __init__(self, rec: VideoRecord, f: int, mode: Mode, options: ViewOptions, person: int) -> None:
-        self.rec, self.f, self.options, self.person = rec, f, options, person
+    def __init__(self, rec: VideoRecord, f: int, mode: Mode, options: ViewOptions, classes: SttranClasses) -> None:
+        self.rec, self.f, self.options, self.classes = rec, f, options, classes
         g, d, p = (rec.frame_rows(t, f) for t in ("gt_objects", "detections", "pairs"))
         self.g, self.d, self.p = g, d, p
         self.num_gt, self.num_det = g.stop - g.start, d.stop - d.start
@@ -248,7 +249,7 @@ class _Frame:
 
     def detection_subject(self) -> int:
         """The stored detections' subject (:func:`~rules.pairing.legacy_subject`), -1 without detections."""
-        return legacy_subject(self.rec.det_labels[self.d], self.rec.det_dists[self.d], person=self.person)
+        return legacy_subject(self.rec.det_labels[self.d], self.rec.det_dists[self.d], person=self.classes.person)
 
     def union_rows(self, joint: np.ndarray, pairs: np.ndarray, fallback: int | None,
                    required: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -357,7 +358,7 @@ class SgdetView(ViewBuilder):
         negatives = _with_subject(human, others) if options.negatives else np.zeros((0, 2), np.int64)
         if options.negatives and options.negative_labels is NegativeLabels.DETECTOR:
             # boxes that only negatives use: the class the test view would give them
-            labels_at_test = _best_object_class(rec.det_dists[fr.d], fr.person)
+            labels_at_test = _best_object_class(rec.det_dists[fr.d], fr.classes.person)
             only_negative = np.flatnonzero(~taken[:fr.num_det])
             embed = detections.embed.copy()
             embed[only_negative] = labels_at_test[only_negative]
@@ -372,7 +373,8 @@ class SgdetView(ViewBuilder):
     def test(self, fr: _Frame) -> Candidates:
         rec = fr.rec
         if fr.options.sgdet_boxes is SgdetBoxes.STTRAN:
-            t = sttran_test_boxes(rec.det_boxes[fr.d], rec.det_dists[fr.d], person=fr.person)
+            t = sttran_test_boxes(rec.det_boxes[fr.d], rec.det_dists[fr.d], person=fr.classes.person,
+                                  copy_classes=fr.classes.copy_classes)
             dists = np.zeros((len(t.source), t.dists.shape[1] + 1), np.float32)
             dists[:, 1:] = t.dists
             boxes = fr.det_boxes(t.source, t.labels, t.scores, dists)
@@ -392,9 +394,9 @@ BUILDERS: dict[Mode, ViewBuilder] = {Mode.PREDCLS: PredclsView(), Mode.SGCLS: Sg
 def frame_view(rec: VideoRecord, f: int, mode: Mode | str, *, train: bool, options: ViewOptions,
                rng: np.random.Generator, vocabulary: Vocabulary) -> FrameView:
     """Frame ``f`` of ``rec`` for ``mode`` (training or test view; see the module docstring).
-    ``vocabulary``: the store's (``StoreMeta.vocabulary``), which names the person class."""
+    ``vocabulary``: the store's (``StoreMeta.vocabulary``), which names the classes of STTran's rules."""
     mode = Mode(mode)
-    fr = _Frame(rec, f, mode, options, vocabulary.person_index)
+    fr = _Frame(rec, f, mode, options, SttranClasses.from_objects(vocabulary.objects))
     c = BUILDERS[mode].train(fr) if train else BUILDERS[mode].test(fr)
     boxes, pos, rel, neg = c.boxes, c.pairs, c.rel, c.negatives
     pos_rows, pos_sub = fr.union_rows(boxes.joint, pos, c.fallback, required=True)

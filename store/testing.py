@@ -1,7 +1,7 @@
 """Synthetic store content for tests and benchmarks: random arrays of the right shapes.
 
-:func:`synthetic_video` follows the AG conventions (person = object 1 is GT object 0 of each
-frame, relations are person -> object, pairs as :func:`rules.pairing.stored_pairs` chooses
+:func:`synthetic_video` follows the AG conventions (the vocabulary's person is GT object 0 of
+each frame, relations are person -> object, pairs as :func:`rules.pairing.stored_pairs` chooses
 them). Options give the edge cases a store must
 keep: a video with no detections, frames without relations.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rules.pairing import stored_pairs
+from rules.pairing import SttranClasses, stored_pairs
 from store.records import DetectorInfo, StoreMeta, UnionMode, VideoRecord
 from store.vocabulary import ACTION_GENOME, Vocabulary
 
@@ -46,6 +46,12 @@ def synthetic_video(meta: StoreMeta, name: str, *, seed: int = 0, num_frames: in
     vocab = meta.vocabulary
     c, p, d, u = vocab.num_objects, vocab.num_predicates, meta.feature_dim, meta.union_shape
     person = vocab.person_index
+    classes = SttranClasses.from_objects(vocab.objects)
+    others = np.delete(np.arange(1, c), person - 1)  # the object classes but the person
+
+    def other_classes(n: int) -> np.ndarray:
+        # the numbers ``rng.integers(2, C)`` drew when the person was class 1: the same stores as then
+        return others[rng.integers(0, c - 2, size=n)]
 
     def boxes(n: int) -> np.ndarray:
         xy = rng.uniform(0, 400, size=(n, 2))
@@ -63,7 +69,7 @@ def synthetic_video(meta: StoreMeta, name: str, *, seed: int = 0, num_frames: in
         "det_boxes", "det_labels", "det_dists", "pair_subject", "pair_object")}
     for f in range(num_frames):
         g = int(rng.integers(1, max_objects + 1))
-        gt_labels = np.concatenate([[person], rng.integers(2, c, size=g - 1)]).astype(np.int32)
+        gt_labels = np.concatenate([[person], other_classes(g - 1)]).astype(np.int32)
         gt_boxes = boxes(g)
         gt_small = np.concatenate([[0], rng.random(g - 1) < small_fraction]).astype(np.uint8)
         r = 0 if f in empty_relation_frames else g - 1
@@ -76,9 +82,10 @@ def synthetic_video(meta: StoreMeta, name: str, *, seed: int = 0, num_frames: in
         jitter = rng.uniform(-4, 4, size=(len(near), 4)).astype(np.float32)
         det_boxes = np.concatenate([gt_boxes[near] + jitter, boxes(n - len(near))])
         det_boxes[:, 2:] = np.maximum(det_boxes[:, 2:], det_boxes[:, :2] + 1)
-        det_labels = np.concatenate([gt_labels[near], rng.integers(2, c, size=n - len(near))]).astype(np.int32)
+        det_labels = np.concatenate([gt_labels[near], other_classes(n - len(near))]).astype(np.int32)
         gt_d, det_d = dists(gt_labels), dists(det_labels)
-        pairs = stored_pairs(gt_boxes, gt_small, gt_d, det_boxes, det_labels, det_d, person=person)
+        pairs = stored_pairs(gt_boxes, gt_small, gt_d, det_boxes, det_labels, det_d, person=person,
+                             copy_classes=classes.copy_classes)
         for key, value in (("gt_boxes", gt_boxes), ("gt_labels", gt_labels), ("gt_dists", gt_d), ("gt_small", gt_small),
                            ("rel_subject", np.zeros(r, np.int32)), ("rel_object", np.arange(1, r + 1, dtype=np.int32)),
                            ("rel_labels", lab), ("det_boxes", det_boxes), ("det_labels", det_labels),

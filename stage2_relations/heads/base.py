@@ -190,7 +190,7 @@ class RelationHead(nn.Module):
     def objects(self, batch: RelationBatch) -> tuple[ObjectPredictions, RelationBatch]:
         """The boxes' labels and scores by the mode's rule, and the batch narrowed to the pairs
         the rule keeps (:func:`~.objects.predict_objects`)."""
-        objects = predict_objects(getattr(self, "object_classifier", None), batch)
+        objects = predict_objects(getattr(self, "object_classifier", None), batch, person=self.vocabulary.person_index)
         return objects, batch if objects.pair_index is None else batch.select_pairs(objects.pair_index)
 
     def encode(self, batch: RelationBatch) -> RelationFeatures:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rules.modes import Mode
-from rules.pairing import SgdetBoxes, select_test_boxes
+from rules.pairing import SgdetBoxes, SttranClasses, select_test_boxes
 from stage2_relations.data import RelationBatch
 from stage2_relations.heads.base import (
     HeadContext,
@@ -282,7 +282,7 @@ class DSGDETR(PairRepresentation, RelationHead):
         logits = clf.classify(refined, extra) if batch.mode is not Mode.PREDCLS else None
         if batch.mode is Mode.SGDET and not batch.train and batch.object_scores == ObjectScores.STTRAN:
             return self._sgdet_test(batch, logits, refined)
-        objects = objects_from_logits(logits, batch)
+        objects = objects_from_logits(logits, batch, person=self.vocabulary.person_index)
         if batch.train and batch.mode is Mode.SGCLS:  # the code embeds the predicted labels (M:204)
             objects = replace(objects, embed_labels=logits[:, 1:].argmax(1) + 1)
         if objects.pair_index is not None:
@@ -299,13 +299,14 @@ class DSGDETR(PairRepresentation, RelationHead):
         boxes = batch.boxes.detach().cpu().numpy()
         dist_np = dist.cpu().double().numpy()
         bo = batch.box_offsets.tolist()
+        classes = SttranClasses.from_objects(self.vocabulary.objects)
         source, labels, scores, dists, pairs = [], [], [], [], []
         n = 0
         for f in range(batch.num_frames):
             if bo[f + 1] == bo[f]:
                 continue
-            t = select_test_boxes(boxes[bo[f]:bo[f + 1]], dist_np[bo[f]:bo[f + 1]],
-                                  person=self.vocabulary.person_index)
+            t = select_test_boxes(boxes[bo[f]:bo[f + 1]], dist_np[bo[f]:bo[f + 1]], person=classes.person,
+                                  copy_classes=classes.copy_classes)
             source.append(bo[f] + t.source)
             labels.append(t.labels)
             scores.append(t.scores)

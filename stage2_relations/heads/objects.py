@@ -91,16 +91,17 @@ class ObjectPredictions:
     pair_index: torch.Tensor | None = None
 
 
-def predict_objects(classifier: ObjectClassifier | None, batch: RelationBatch) -> ObjectPredictions:
+def predict_objects(classifier: ObjectClassifier | None, batch: RelationBatch, *, person: int) -> ObjectPredictions:
     """Labels and scores of ``batch``'s boxes by the mode's rule (module docstring); the
-    classifier runs only where the rule uses it."""
+    classifier runs only where the rule uses it. ``person``: the person's class id in the store's
+    vocabulary (``Vocabulary.person_index``)."""
     if batch.mode is Mode.SGDET and not batch.train and batch.object_scores in ("sttran", "detector"):
         return ObjectPredictions(None, batch.box_labels, batch.box_scores, batch.box_labels)
     needed = batch.mode is not Mode.PREDCLS and classifier is not None
-    return objects_from_logits(classifier(batch) if needed else None, batch)
+    return objects_from_logits(classifier(batch) if needed else None, batch, person=person)
 
 
-def objects_from_logits(logits: torch.Tensor | None, batch: RelationBatch) -> ObjectPredictions:
+def objects_from_logits(logits: torch.Tensor | None, batch: RelationBatch, *, person: int) -> ObjectPredictions:
     """The rule of :func:`predict_objects` for given classifier logits (N, C) (None: a head
     without classifier, or PREDCLS), for a head that computes them its own way; SGDET test under
     STTran's rule takes the view's labels and never calls this."""
@@ -119,14 +120,16 @@ def objects_from_logits(logits: torch.Tensor | None, batch: RelationBatch) -> Ob
         score, label = logits.softmax(-1)[:, 1:].max(-1)
         return ObjectPredictions(logits, label + 1, score, label + 1)
     dist = (logits[:, 1:].softmax(-1) if logits is not None else foreground_distribution(batch.dists)).detach()
-    labels, scores, pair_index = sgcls_test_objects(dist, batch)
+    labels, scores, pair_index = sgcls_test_objects(dist, batch, person=person)
     return ObjectPredictions(logits, labels, scores, labels, pair_index)
 
 
-def sgcls_test_objects(dist: torch.Tensor, batch: RelationBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sgcls_test_objects(dist: torch.Tensor, batch: RelationBatch, *,
+                       person: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """STTran's SGCLS test rule (``ObjectClassifier.forward``, mode sgcls, eval) per frame.
 
-    dist (N, C-1) foreground distribution (person first). Every box takes its most probable
+    dist (N, C-1) foreground distribution (class c in column c - 1); ``person``: the person's
+    class id (Action Genome: 1, column 0, as STTran writes it). Every box takes its most probable
     class other than the person; the box of highest person probability is the subject
     (person, scored with that probability); the frame's most frequent label (the smallest on a
     tie, as ``torch.mode``) is kept by its most probable box, the others lose it and take their
@@ -134,8 +137,11 @@ def sgcls_test_objects(dist: torch.Tensor, batch: RelationBatch) -> tuple[torch.
     kept (M',): subject first, object not labelled person), as STTran pairs them.
     """
     dist = dist.clone()
-    scores, labels = dist[:, 1:].max(-1)
-    labels = labels + 2
+    p = person - 1  # the person's column
+    # the best column but the person's (the same values, in the same order, as STTran's
+    # ``dist[:, 1:]`` when p = 0: max and its first-index tie rule see the same row)
+    scores, best = torch.cat([dist[:, :p], dist[:, p + 1:]], 1).max(-1)
+    labels = torch.where(best >= p, best + 1, best) + 1
     n_frames = batch.num_frames
     subject = torch.full((n_frames,), -1, dtype=torch.long, device=dist.device)
     bo = batch.box_offsets.tolist()
@@ -143,9 +149,9 @@ def sgcls_test_objects(dist: torch.Tensor, batch: RelationBatch) -> tuple[torch.
         b0, b1 = bo[f], bo[f + 1]
         if b1 == b0:
             continue
-        h = b0 + int(dist[b0:b1, 0].argmax())
+        h = b0 + int(dist[b0:b1, p].argmax())
         subject[f] = h
-        labels[h], scores[h] = 1, dist[h, 0]
+        labels[h], scores[h] = person, dist[h, p]
         frame_labels = labels[b0:b1]
         dup = int(torch.mode(frame_labels.cpu()).values)
         pos = b0 + torch.nonzero(frame_labels == dup)[:, 0]
@@ -155,7 +161,7 @@ def sgcls_test_objects(dist: torch.Tensor, batch: RelationBatch) -> tuple[torch.
             dist[i, dup - 1] = 0.0
             scores[i], best = dist[i].max(0)
             labels[i] = best + 1
-    keep = (batch.pairs[:, 0] == subject[batch.pair_frame]) & (labels[batch.pairs[:, 1]] != 1)
+    keep = (batch.pairs[:, 0] == subject[batch.pair_frame]) & (labels[batch.pairs[:, 1]] != person)
     return labels, scores, torch.nonzero(keep)[:, 0]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rules.pairing import stored_pairs, sttran_assignment
+from rules.pairing import SttranClasses, stored_pairs, sttran_assignment
 from store import StoreMeta, StoreWriter, VideoRecord
 from store.testing import synthetic_meta, synthetic_video, synthetic_videos
 
@@ -107,6 +107,7 @@ def handmade_video(meta: StoreMeta, frames: list[dict], name: str = "hand.mp4", 
     in the joint box index, so a test can read which stored pair a view used. Features of a
     box are (its joint index + 1) * 0.01 everywhere."""
     c, p, dim = meta.vocabulary.num_objects, meta.vocabulary.num_predicates, meta.feature_dim
+    classes = SttranClasses.from_objects(meta.vocabulary.objects)
     counts = {t: [] for t in ("gt", "rel", "det", "pair")}
     parts = {k: [] for k in ("gt_boxes", "gt_labels", "gt_features", "gt_dists", "gt_small", "rel_subject",
                              "rel_object", "rel_labels", "det_boxes", "det_scores", "det_labels", "det_dists",
@@ -132,7 +133,8 @@ def handmade_video(meta: StoreMeta, frames: list[dict], name: str = "hand.mp4", 
         lab = np.zeros((len(rel), p), np.uint8)
         for i, preds in enumerate(rel.values()):
             lab[i, list(preds)] = 1
-        pairs = stored_pairs(gt_boxes, small, gt_dists, det_boxes, det_labels, det_dists, person=1)
+        pairs = stored_pairs(gt_boxes, small, gt_dists, det_boxes, det_labels, det_dists, person=classes.person,
+                             copy_classes=classes.copy_classes)
         union = np.zeros((len(pairs),) + tuple(meta.union_shape), np.float16)
         union.reshape(len(pairs), -1)[:, :2] = pairs
         joint = np.arange(g + n, dtype=np.float32)[:, None]

@@ -10,6 +10,7 @@ import pytest
 from rules.boxes import box_iou_continuous, box_iou_plus_one, nms_plus_one
 from rules.pairing import (
     PairIndex,
+    SttranClasses,
     person_detections,
     stored_pairs,
     strict_assignment,
@@ -21,6 +22,7 @@ from store.vocabulary import ACTION_GENOME as V
 PERSON, BED, BOOK, CUP, DISH = (V.object_index(n) for n in ("person", "bed", "book", "cup", "dish"))
 PAPER, TABLE = V.object_index("paper"), V.object_index("table")
 C = V.num_objects  # 37: background, then the 36 objects
+COPY = SttranClasses.from_objects(V.objects).copy_classes  # book, chair, food
 
 
 def dists(*rows: dict[int, float]) -> np.ndarray:
@@ -156,7 +158,7 @@ def test_sttran_test_boxes_by_hand():
               {CUP: 0.5625, TABLE: 0.4375})
     iou = box_iou_plus_one(boxes[3:4], boxes[4:])[0]
     assert iou == pytest.approx([806 / 1116, 682 / 1240])
-    t = sttran_test_boxes(boxes, d, person=PERSON)
+    t = sttran_test_boxes(boxes, d, person=PERSON, copy_classes=COPY)
     # Boxes by class (person, bed, book, cup, paper), each class by score: the copy of the book
     # (extended index 6) comes last; the cup 4 is gone.
     assert t.source.tolist() == [0, 1, 2, 3, 5, 2]
@@ -177,7 +179,7 @@ def test_copies_chain_and_the_subject_can_be_a_copy():
     chair = V.object_index("chair")
     boxes = np.array([[0, 0, 49, 49], [100, 0, 149, 49]], float)
     d = dists({BOOK: 0.5, chair: 0.3125, PERSON: 0.1875}, {CUP: 0.875, PERSON: 0.125})
-    t = sttran_test_boxes(boxes, d, person=PERSON)
+    t = sttran_test_boxes(boxes, d, person=PERSON, copy_classes=COPY)
     # Extended boxes: 0 book, 1 cup, 2 = copy of 0 (chair), 3 = copy of 2 (person). Classes:
     # person [3], book [0], chair [2], cup [1].
     assert t.source.tolist() == [0, 0, 0, 1]
@@ -197,21 +199,22 @@ def test_test_boxes_tie_goes_to_the_first_stored_detection():
     d = dists({PERSON: 1.0}, {CUP: 0.5625, BED: 0.4375}, {CUP: 0.5625, BED: 0.4375})
     assert box_iou_plus_one(np.array([x], float), np.array([y], float))[0, 0] == pytest.approx(1520 / 1680)
     for boxes in ([person, x, y], [person, y, x]):
-        t = sttran_test_boxes(np.array(boxes, float), d, person=PERSON)
+        t = sttran_test_boxes(np.array(boxes, float), d, person=PERSON, copy_classes=COPY)
         assert t.source.tolist() == [0, 1] and t.subject == 0
     assert nms_plus_one(np.array([x, y], float), np.array([0.5, 0.5]), 0.6).tolist() == [0]
     assert nms_plus_one(np.array([y, x], float), np.array([0.5, 0.5]), 0.6).tolist() == [0]
 
 
 def test_test_boxes_without_detections():
-    t = sttran_test_boxes(np.zeros((0, 4)), np.zeros((0, C), np.float16))
+    t = sttran_test_boxes(np.zeros((0, 4)), np.zeros((0, C), np.float16), person=PERSON, copy_classes=COPY)
     assert t.subject == -1 and t.source.tolist() == [] and t.objects.tolist() == []
 
 
 # --- (d) the pairs a store holds -------------------------------------------------------------
 
 
-def test_stored_pairs_by_hand():
+def _frame_with_a_book():
+    """(gt, small, gt_d, det, det_labels, det_d) of the frame of :func:`test_stored_pairs_by_hand`."""
     # GT: person, cup, a small dish that the detector finds most person-like (0.875).
     gt = np.array([PERSON_BOX, [200, 200, 249, 249], [300, 300, 339, 339]], float)
     small = np.array([0, 0, 1])
@@ -222,9 +225,14 @@ def test_stored_pairs_by_hand():
     det = np.array([PERSON_BOX, [400, 0, 449, 99], [500, 0, 549, 99]], float)
     det_labels = np.array([BED, BOOK, PERSON])
     det_d = dists({PERSON: 0.25, BED: 0.75}, {BOOK: 0.53125, PERSON: 0.46875}, {PERSON: 0.375, CUP: 0.625})
-    t = sttran_test_boxes(det, det_d, person=PERSON)
+    return gt, small, gt_d, det, det_labels, det_d
+
+
+def test_stored_pairs_by_hand():
+    gt, small, gt_d, det, det_labels, det_d = _frame_with_a_book()
+    t = sttran_test_boxes(det, det_d, person=PERSON, copy_classes=COPY)
     assert t.source[t.subject] == 1 and 1 in t.source[t.objects]  # the book's copy, and the book
-    pairs = stored_pairs(gt, small, gt_d, det, det_labels, det_d, person=PERSON)
+    pairs = stored_pairs(gt, small, gt_d, det, det_labels, det_d, person=PERSON, copy_classes=COPY)
     assert pairs.tolist() == [
         [0, 1], [0, 2],          # the GT person with every GT box
         [2, 1],                  # SGCLS: the most person-like GT box with the others ((2, 0) is (0, 2))
@@ -237,7 +245,8 @@ def test_stored_pairs_by_hand():
     # Within the _filtersmall boxes the person is the most person-like: no second SGCLS subject.
     gt_d2 = gt_d.copy()
     gt_d2[2] = gt_d[1]
-    assert [2, 1] not in stored_pairs(gt, small, gt_d2, det, det_labels, det_d, person=PERSON).tolist()
+    assert [2, 1] not in stored_pairs(gt, small, gt_d2, det, det_labels, det_d, person=PERSON,
+                                      copy_classes=COPY).tolist()
 
 
 def test_stored_pairs_when_no_detection_stands_for_the_person():
@@ -246,11 +255,12 @@ def test_stored_pairs_when_no_detection_stands_for_the_person():
     # det 0 is the cup; det 1 covers the top of the person: 100*61 / 100*200 = 0.305.
     det = np.array([[200, 200, 249, 249], [0, 0, 99, 60]], float)
     det_d = dists({CUP: 0.75, PERSON: 0.25}, {PERSON: 0.625, BED: 0.375})
-    pairs = stored_pairs(gt, np.zeros(2), gt_d, det, np.array([CUP, PERSON]), det_d, person=PERSON)
+    pairs = stored_pairs(gt, np.zeros(2), gt_d, det, np.array([CUP, PERSON]), det_d, person=PERSON, copy_classes=COPY)
     # GT pair; the test (and raw) subject det 1 with det 0; the GT person with every detection.
     assert pairs.tolist() == [[0, 1], [3, 2], [0, 2], [0, 3]]
     # A frame without detections holds the GT pairs alone.
-    none = stored_pairs(gt, np.zeros(2), gt_d, np.zeros((0, 4)), np.zeros(0, int), np.zeros((0, C)), person=PERSON)
+    none = stored_pairs(gt, np.zeros(2), gt_d, np.zeros((0, 4)), np.zeros(0, int), np.zeros((0, C)), person=PERSON,
+                        copy_classes=COPY)
     assert none.tolist() == [[0, 1]]
 
 
@@ -261,7 +271,7 @@ def test_stored_pairs_when_only_one_iou_convention_finds_the_person():
     gt_d = dists({PERSON: 1.0}, {CUP: 1.0})
     det = np.array([[0, 0, 10, 10]], float)
     det_d = dists({PERSON: 1.0})
-    pairs = stored_pairs(gt, np.zeros(2), gt_d, det, np.array([PERSON]), det_d, person=PERSON)
+    pairs = stored_pairs(gt, np.zeros(2), gt_d, det, np.array([PERSON]), det_d, person=PERSON, copy_classes=COPY)
     assert pairs.tolist() == [[0, 1], [2, 1], [0, 2]]
 
 
@@ -273,11 +283,46 @@ def test_stored_pairs_when_the_sttran_fallback_shares_the_persons_detection():
     det = np.array([[0, 0, 99, 99]], float)
     det_d = dists({PERSON: 0.5, BED: 0.5})
     assert sttran_assignment(det, gt, np.array([PERSON, BED])).found.tolist() == [0, 0]
-    pairs = stored_pairs(gt, np.zeros(2), gt_d, det, np.array([PERSON]), det_d, person=PERSON)
+    pairs = stored_pairs(gt, np.zeros(2), gt_d, det, np.array([PERSON]), det_d, person=PERSON, copy_classes=COPY)
     assert pairs.tolist() == [[0, 1], [2, 1], [2, 2]]
     # When the bed is small, the SGDET view does not have it, but PREDCLS's assignment does.
     assert stored_pairs(gt, np.array([0, 1]), gt_d, det, np.array([PERSON]), det_d,
-                        person=PERSON).tolist() == [[0, 1], [2, 1], [2, 2]]
+                        person=PERSON, copy_classes=COPY).tolist() == [[0, 1], [2, 1], [2, 2]]
+
+
+def test_the_classes_are_found_by_name():
+    assert SttranClasses.from_objects(V.objects) == SttranClasses(person=1, copy_classes=(5, 8, 17))
+    # a vocabulary without a chair copies books and food alone
+    assert SttranClasses.from_objects([n for n in V.objects if n != "chair"]).copy_classes == (5, 16)
+    with pytest.raises(KeyError, match="person"):
+        SttranClasses.from_objects([n for n in V.objects if n != "person"])
+
+
+def test_test_boxes_and_stored_pairs_follow_the_vocabulary():
+    """The frame of :func:`test_stored_pairs_by_hand` in a vocabulary where person and bag, book
+    and box trade places (the classes with boxes keep their order): the same boxes, subject and
+    pairs, labels mapped. AG's ids there would take the bag as the person and copy no book."""
+    names = list(V.objects)
+    new_id = np.arange(C)
+    for a, b in (("person", "bag"), ("book", "box")):
+        i, j = names.index(a), names.index(b)
+        names[i], names[j] = b, a
+        new_id[[i, j]] = [j, i]
+    ids = SttranClasses.from_objects(names)
+    assert ids == SttranClasses(person=2, copy_classes=(6, 8, 17))
+    gt, small, gt_d, det, det_labels, det_d = _frame_with_a_book()
+    t = sttran_test_boxes(det, det_d, person=PERSON, copy_classes=COPY)
+    moved = det_d[:, new_id]  # the column of class c moves to new_id[c] (two swaps: their own inverse)
+    u = sttran_test_boxes(det, moved, person=ids.person, copy_classes=ids.copy_classes)
+    # boxes by class: the book's copy (the person), the bed, the book, the cup
+    assert u.source.tolist() == t.source.tolist() == [1, 0, 1, 2] and u.subject == t.subject == 0
+    assert u.labels.tolist() == new_id[t.labels].tolist() and u.scores.tolist() == t.scores.tolist()
+    assert u.dists.tolist() == t.dists[:, new_id[1:] - 1].tolist()
+    assert stored_pairs(gt, small, gt_d[:, new_id], det, new_id[det_labels], moved, person=ids.person,
+                        copy_classes=ids.copy_classes).tolist() == stored_pairs(
+        gt, small, gt_d, det, det_labels, det_d, person=PERSON, copy_classes=COPY).tolist()
+    # with AG's copy ids (5: the box here) the book has no copy: another subject, fewer boxes
+    assert sttran_test_boxes(det, moved, person=ids.person, copy_classes=COPY).source.tolist() == [0, 1, 2]
 
 
 # --- (e) finding stored rows -----------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from rules.pairing import sttran_test_boxes
+from rules.pairing import SttranClasses, sttran_test_boxes
 from stage1_detect.detection_step import (
     STTRAN_CHUNK,
     BoxScale,
@@ -25,6 +25,7 @@ from stage1_detect.detection_step import (
     sttran_positions,
 )
 from stage1_detect.detectors import FeatureMaps, build_detector
+from store.vocabulary import ACTION_GENOME
 
 STTRAN = dict(clamp_at_zero=True, plus_one=True, score_thresh=0.1, nms_thresh=0.4, nms_space=NmsSpace.ORIGINAL,
               person_label=1, single_person=True, max_detections=0, order=DetectionOrder.CLASS)
@@ -168,7 +169,8 @@ def test_detections_in_class_order_and_the_sgdet_tie_they_decide():
     kept = []
     for out in (sttran, by_score):
         dists = probs[out.proposal].numpy()
-        t = sttran_test_boxes(out.boxes.numpy(), dists, person=1)
+        ag = SttranClasses.from_objects(ACTION_GENOME.objects)
+        t = sttran_test_boxes(out.boxes.numpy(), dists, person=ag.person, copy_classes=ag.copy_classes)
         assert t.subject == 0 and len(t.objects) == 1
         kept.append(out.boxes[int(t.source[t.objects[0]])].tolist())
     assert kept == [[10.0, 10, 49, 49], [12.0, 10, 51, 49]]

@@ -26,18 +26,20 @@ from PIL import Image
 from torch.testing import assert_close
 
 from rules.boxes import union_boxes
-from rules.pairing import PairIndex, stored_pairs, sttran_assignment
+from rules.pairing import PairIndex, SttranClasses, stored_pairs, sttran_assignment
 from stage1_detect.action_genome import ReaderOptions, load_action_genome
 from stage1_detect.detection_step import sttran_positions
 from stage1_detect.extract import ExtractConfig, extract, video_record
 from stage1_detect.frames import PngFrames
 from store import check_store, open_store
+from store.vocabulary import ACTION_GENOME
 from synth import SynthConfig, generate_synthetic_ag
 from tests.helpers import REPO
 from tests.helpers.detector import person_finding_detector
 
 CLI = [sys.executable, str(REPO / "cli.py")]
 PERSON = 1
+COPY = SttranClasses.from_objects(ACTION_GENOME.objects).copy_classes  # book, chair, food
 # 10 proposals x 36 classes, at most 16 detections, of which one person box (the raised
 # person logit makes many person boxes, the single-person rule keeps one, and the cap of 16
 # counts after that rule): exactly 16 a frame.
@@ -145,7 +147,7 @@ def _stored_pairs_of(rec, i):
     """:func:`stored_pairs` of frame ``i``'s stored boxes and distributions."""
     g, d = rec.frame_rows("gt_objects", i), rec.frame_rows("detections", i)
     return stored_pairs(rec.gt_boxes[g], rec.gt_small[g], rec.gt_dists[g], rec.det_boxes[d], rec.det_labels[d],
-                        rec.det_dists[d], person=PERSON)
+                        rec.det_dists[d], person=PERSON, copy_classes=COPY)
 
 
 def test_stored_features_equal_direct_pooling(data):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rules.modes import Mode
-from rules.pairing import PairIndex, select_test_boxes, sttran_test_boxes
+from rules.pairing import PairIndex, SttranClasses, select_test_boxes, sttran_test_boxes
 from stage2_relations.data import Collator, VideoDataset, spatial_masks
 from stage2_relations.heads import HeadContext, build_model, count_parameters
 from stage2_relations.heads import dsgdetr as dsg
@@ -34,6 +34,7 @@ from tests.helpers.stage2 import TINY_HEADS, TINY_RSNET, handmade_video, one_thr
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 PERSON, BAG, BOOK, CHAIR, CUP = 1, 2, 5, 8, 11
+AG = SttranClasses.from_objects(ACTION_GENOME.objects)
 W, H = 400, 100  # image size of the tracker cases
 
 
@@ -207,12 +208,14 @@ def test_sgdet_test_rescores_with_the_heads_distribution(tmp_path):
     d2 gets a copy without the chair (a bag); NMS keeps all; the subject is d1."""
     path = _store(tmp_path, [dict(gt=[(PERSON_BOX, PERSON), (CUP_BOX, CUP)], rel={1: [0]}, det=DETS)])
     batch = _batch(path, Mode.SGDET, False, sgdet_boxes="raw", pair_pool=True)
-    det_subject = sttran_test_boxes(batch.boxes.numpy(), batch.dists.numpy())
+    det_subject = sttran_test_boxes(batch.boxes.numpy(), batch.dists.numpy(), person=AG.person,
+                                    copy_classes=AG.copy_classes)
     assert det_subject.source[det_subject.subject] == 0
     logits = _hand_logits()
     out = _run_with_logits(batch, logits)
     fg = logits.softmax(-1)[:, 1:]
-    want = select_test_boxes(batch.boxes.numpy(), fg.double().numpy())
+    want = select_test_boxes(batch.boxes.numpy(), fg.double().numpy(), person=AG.person,
+                             copy_classes=AG.copy_classes)
     assert want.source.tolist() == [1, 2, 2, 0] and want.subject == 0  # class order: person, bag, chair, cup
     b = out.batch
     torch.testing.assert_close(b.boxes, batch.boxes[[1, 2, 2, 0]])

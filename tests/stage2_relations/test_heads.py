@@ -320,8 +320,16 @@ def test_sgcls_test_rule_by_hand():
     dist[3, cup], dist[3, 0] = 0.5, 0.4
     pairs = [(s, o) for s in range(4) for o in range(4) if s != o]
     batch = _objects_batch([1, 11, 11, 11], [0, 0, 0, 0], pairs)
-    labels, scores, keep = sgcls_test_objects(dist, batch)
+    labels, scores, keep = sgcls_test_objects(dist, batch, person=ACTION_GENOME.person_index)
     assert labels.tolist() == [11, 1, 5, 1]
+    torch.testing.assert_close(scores, torch.tensor([0.7, 0.9, 0.3, 0.4]))
+    assert [pairs[i] for i in keep.tolist()] == [(1, 0), (1, 2)]
+    # The same frame where the person is class 5 and the book class 1 (columns 4 and 0 trade
+    # places): the labels map, scores and pairs stay (with the literal person 1 they would not).
+    swap = torch.arange(c)
+    swap[[0, book]] = swap[[book, 0]]
+    labels, scores, keep = sgcls_test_objects(dist[:, swap], batch, person=5)
+    assert labels.tolist() == [11, 5, 1, 5]
     torch.testing.assert_close(scores, torch.tensor([0.7, 0.9, 0.3, 0.4]))
     assert [pairs[i] for i in keep.tolist()] == [(1, 0), (1, 2)]
 
@@ -330,20 +338,21 @@ def test_object_rules_per_mode_and_view():
     torch.manual_seed(0)
     head = _model("sttran", Mode.SGDET, False).eval()
     b = _objects_batch([1, 11, 5], [0, 0, 0], [(0, 1), (0, 2)], mode=Mode.SGDET)
-    o = predict_objects(head.object_classifier, b)
+    o = predict_objects(head.object_classifier, b, person=ACTION_GENOME.person_index)
     assert o.logits is None and o.labels.tolist() == [1, 11, 5] and o.pair_index is None  # the detector's
     c = predict_objects(head.object_classifier, _objects_batch([1, 11, 5], [0, 0, 0], [(0, 1)], mode=Mode.SGDET,
-                                                               object_scores="classifier"))
+                                                               object_scores="classifier"),
+                        person=ACTION_GENOME.person_index)
     prob = c.logits.softmax(-1)
     torch.testing.assert_close(c.scores, prob[:, 1:].max(-1).values)  # background stays in the softmax
     assert torch.equal(c.labels, prob[:, 1:].argmax(-1) + 1)
     # training: the given (GT / assigned) labels feed the embeddings; object loss on the mode's targets
     t = _objects_batch([1, 11, 0], [0, 0, 0], [(0, 1)], mode=Mode.SGDET, train=True)
     head.train()
-    o = predict_objects(head.object_classifier, t)
+    o = predict_objects(head.object_classifier, t, person=ACTION_GENOME.person_index)
     assert o.embed_labels.tolist() == [1, 11, 0]
     torch.testing.assert_close(object_loss(o.logits, t), torch.nn.functional.cross_entropy(o.logits, t.box_labels))
     s = _objects_batch([1, 11, 2], [0, 0, 0], [(0, 1)], mode=Mode.SGCLS, train=True, is_gt=[True, True, False])
-    o = predict_objects(head.object_classifier, s)
+    o = predict_objects(head.object_classifier, s, person=ACTION_GENOME.person_index)
     torch.testing.assert_close(object_loss(o.logits, s),
                                torch.nn.functional.cross_entropy(o.logits[:2], s.box_labels[:2]))

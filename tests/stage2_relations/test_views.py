@@ -15,13 +15,14 @@ from common.training_run import config_differences
 from rules.modes import Mode
 from rules.pairing import AssignmentRule, SgdetBoxes
 from stage2_relations.data import negative_rng
+from stage2_relations.pool import video_pool
 from stage2_relations.recipe import RULES, TrainConfig, check_config
 from stage2_relations.train import SAME
 from stage2_relations.view_options import CHOICES, VIEW_RULES, NegativeLabels, ObjectScores, ViewOptions
 from stage2_relations.views import BUILDERS, ViewBuilder, frame_view
 from store import open_store
 from store.vocabulary import ACTION_GENOME
-from tests.helpers.stage2 import write_random_store
+from tests.helpers.stage2 import handmade_video, tiny_meta, write_random_store
 
 
 def test_every_mode_has_one_builder():
@@ -62,14 +63,58 @@ def test_the_person_class_comes_from_the_vocabulary(tmp_path):
                            vocabulary=ACTION_GENOME)
             b = frame_view(other, f, mode, train=train, options=opts, rng=negative_rng(0, 0, video),
                            vocabulary=swapped)
-            for name in ("boxes", "scores", "is_gt", "features", "pairs", "union_rows", "substituted", "positive",
-                         "rel_rows", "joint"):
-                np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
-            np.testing.assert_array_equal(b.labels, new_id[a.labels])
-            np.testing.assert_array_equal(b.embed_labels, new_id[a.embed_labels])
-            np.testing.assert_array_equal(b.dists, a.dists[:, new_id])
+            _assert_mapped(a, b, new_id)
             checked += len(a.pairs)
     assert checked > 100  # not vacuous
+
+
+def _assert_mapped(a, b, new_id):
+    """View ``b`` is view ``a`` with its labels and distribution columns mapped by ``new_id``."""
+    for name in ("boxes", "scores", "is_gt", "features", "pairs", "union_rows", "substituted", "positive",
+                 "rel_rows", "joint"):
+        np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
+    np.testing.assert_array_equal(b.labels, new_id[a.labels])
+    np.testing.assert_array_equal(b.embed_labels, new_id[a.embed_labels])
+    np.testing.assert_array_equal(b.dists, a.dists[:, new_id])
+
+
+def test_the_copied_classes_come_from_the_vocabulary():
+    """STTran's SGDET test boxes copy book, chair and food by name: in a vocabulary with the
+    person at 2 (bag at 1) and the book at 6 (box at 5) the views and the pair pool are the AG
+    views mapped (AG's ids 1 and 5 would take the bag as the person and copy boxes, not books).
+    d1 is a book, chair second, table third: copied as a chair, that copy again as a table; the
+    classes with boxes keep their order (person, book, chair, cup, table) in both vocabularies."""
+    v1, id1 = _swap(ACTION_GENOME, "person", "bag")
+    swapped, id2 = _swap(v1, "book", "box")
+    new_id = id2[id1]  # two disjoint swaps: still its own inverse
+    assert (swapped.person_index, swapped.object_index("book")) == (2, 6)
+    person, book, chair, cup, table = (ACTION_GENOME.object_index(n) for n in ("person", "book", "chair", "cup",
+                                                                               "table"))
+    dists = np.full((3, ACTION_GENOME.num_objects), 0.001, np.float32)
+    dists[0, [person, cup]] = 0.5, 0.4
+    dists[1, [book, chair, table]] = 0.5, 0.25, 0.15
+    dists[2, [cup, person]] = 0.7, 0.2
+    frame = dict(gt=[((0, 0, 100, 200), person), ((150, 150, 200, 200), cup)], rel={1: [0]},
+                 det=[((0, 0, 100, 200), person), ((300, 0, 350, 50), book), ((150, 150, 200, 200), cup)],
+                 det_dists=dists / dists.sum(1, keepdims=True))
+    rec = handmade_video(tiny_meta(), [frame] * 2)
+    other = _relabelled(rec, new_id)
+    for options in (ViewOptions(), ViewOptions(sgdet_boxes="raw")):
+        a = frame_view(rec, 0, Mode.SGDET, train=False, options=options, rng=negative_rng(0, 0, rec.name),
+                       vocabulary=ACTION_GENOME)
+        b = frame_view(other, 0, Mode.SGDET, train=False, options=options, rng=negative_rng(0, 0, rec.name),
+                       vocabulary=swapped)
+        _assert_mapped(a, b, new_id)
+    assert a.labels.tolist() == [person, book, cup] and a.joint.tolist() == [2, 3, 4]  # raw: the detections
+    a = frame_view(rec, 0, Mode.SGDET, train=False, options=ViewOptions(), rng=negative_rng(0, 0, rec.name),
+                   vocabulary=ACTION_GENOME)
+    assert a.labels.tolist() == [person, book, chair, cup, table] and a.joint.tolist() == [2, 3, 3, 4, 3]
+    frames = np.arange(rec.num_frames)
+    pool_a = video_pool(rec, frames, Mode.SGDET, [a.joint] * 2, ACTION_GENOME)
+    pool_b = video_pool(other, frames, Mode.SGDET, [a.joint] * 2, swapped)
+    for key, value in pool_a.items():
+        np.testing.assert_array_equal(pool_b[key], value, err_msg=key)
+    assert pool_a["fallback"].tolist() == [2, 2]  # the person detection, joint 2 + 0
 
 
 def test_view_options_are_enums_named_as_before():

@@ -1,9 +1,14 @@
-"""The vocabulary's predicate groups: ranges and widths in GROUP_ORDER, worked by hand."""
+"""The vocabulary's predicate groups: ranges and widths in GROUP_ORDER, worked by hand; the
+synthetic records follow their vocabulary's person."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 
+from store.testing import synthetic_meta, synthetic_video
 from store.vocabulary import ACTION_GENOME, GROUP_ORDER, PredicateGroup, Vocabulary
 
 
@@ -28,3 +33,15 @@ def test_groups_must_be_contiguous():
     with pytest.raises(ValueError, match="not contiguous"):
         Vocabulary(objects=("__background__",), predicates=("a", "b"),
                    predicate_groups=((PredicateGroup.ATTENTION, 0, 1), (PredicateGroup.SPATIAL, 0, 2)))
+
+
+def test_synthetic_records_take_the_person_from_the_vocabulary():
+    # person and bag trade places: the person (2) is GT object 0 of every frame and no other
+    # object; the bag (1) is drawn like any other object.
+    objects = list(ACTION_GENOME.objects)
+    objects[1], objects[2] = objects[2], objects[1]
+    meta = synthetic_meta(vocabulary=dataclasses.replace(ACTION_GENOME, objects=tuple(objects)))
+    rec = synthetic_video(meta, "v.mp4", seed=0, num_frames=40)
+    first = rec.gt_offsets[:-1]
+    assert (rec.gt_labels[first] == 2).all() and (np.delete(rec.gt_labels, first) != 2).all()
+    assert 1 in np.delete(rec.gt_labels, first)
