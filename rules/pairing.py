@@ -58,6 +58,7 @@ class SgdetBoxes(str, enum.Enum):
     STTRAN = "sttran"
     RAW = "raw"
 
+
 # STTran's ``clean_class`` calls at SGDET test, in its order (``lib/object_detector.py``).
 COPY_CLASS_NAMES: tuple[str, ...] = ("book", "chair", "food")
 TEST_NMS_THRESHOLD = 0.6
