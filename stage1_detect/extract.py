@@ -30,7 +30,7 @@ from common.errors import NonFiniteError
 from common.files import WriterLock, die_with_parent, sha256_of
 from common.runtime import code_revision
 from rules.boxes import union_boxes
-from rules.pairing import SttranClasses, stored_pairs
+from rules.pairing import stored_pairs
 from stage1_detect.action_genome import (
     FRAME_LIST_FILE,
     OBJECT_FILE,
@@ -125,7 +125,7 @@ def video_record(video: VideoAnnotation, images: Sequence[np.ndarray], detector:
     and so where its frames fall in STTran's chunks of 10 (:func:`sttran_positions`)."""
     vocab = meta.vocabulary
     person = vocab.person_index
-    classes = SttranClasses.from_objects(vocab.objects)
+    classes = vocab.sttran_classes
     dims = meta.dims()
     specs = {spec.field: spec for spec in ROW_ARRAYS}
     rows: dict[str, list[np.ndarray]] = {name: [] for name in specs}

@@ -116,8 +116,7 @@ def video_pool(rec: VideoRecord, frames: np.ndarray, mode: Mode, box_joint: Sequ
     """One video's pool arrays (numpy) for the view's ``frames`` and each frame's boxes' joint
     indices ``box_joint``; ``vocabulary``: the store's (``StoreMeta.vocabulary``).
     :func:`collate_pools` stacks videos."""
-    classes = SttranClasses.from_objects(vocabulary.objects)
-    parts = [frame_pool(rec, int(f), mode, classes) for f in frames]
+    parts = [frame_pool(rec, int(f), mode, vocabulary.sttran_classes) for f in frames]
     cat = lambda key, empty: np.concatenate([p[key] for p in parts]) if parts else empty  # noqa: E731
     return dict(
         box_joint=np.concatenate(list(box_joint)).astype(np.int64) if len(box_joint) else np.zeros(0, np.int64),

@@ -396,7 +396,7 @@ def frame_view(rec: VideoRecord, f: int, mode: Mode | str, *, train: bool, optio
     """Frame ``f`` of ``rec`` for ``mode`` (training or test view; see the module docstring).
     ``vocabulary``: the store's (``StoreMeta.vocabulary``), which names the classes of STTran's rules."""
     mode = Mode(mode)
-    fr = _Frame(rec, f, mode, options, SttranClasses.from_objects(vocabulary.objects))
+    fr = _Frame(rec, f, mode, options, vocabulary.sttran_classes)
     c = BUILDERS[mode].train(fr) if train else BUILDERS[mode].test(fr)
     boxes, pos, rel, neg = c.boxes, c.pairs, c.rel, c.negatives
     pos_rows, pos_sub = fr.union_rows(boxes.joint, pos, c.fallback, required=True)

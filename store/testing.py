@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rules.pairing import SttranClasses, stored_pairs
+from rules.pairing import stored_pairs
 from store.records import DetectorInfo, StoreMeta, UnionMode, VideoRecord
 from store.vocabulary import ACTION_GENOME, Vocabulary
 
@@ -46,7 +46,7 @@ def synthetic_video(meta: StoreMeta, name: str, *, seed: int = 0, num_frames: in
     vocab = meta.vocabulary
     c, p, d, u = vocab.num_objects, vocab.num_predicates, meta.feature_dim, meta.union_shape
     person = vocab.person_index
-    classes = SttranClasses.from_objects(vocab.objects)
+    classes = vocab.sttran_classes
     others = np.delete(np.arange(1, c), person - 1)  # the object classes but the person
 
     def other_classes(n: int) -> np.ndarray:

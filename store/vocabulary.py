@@ -18,7 +18,10 @@ local to a group.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
+
+from rules.pairing import SttranClasses
 
 
 class PredicateGroup(str, enum.Enum):
@@ -100,6 +103,12 @@ class Vocabulary:
     @property
     def num_predicates(self) -> int:
         return len(self.predicates)
+
+    @functools.cached_property
+    def sttran_classes(self) -> SttranClasses:
+        """The person and STTran's copied classes (book, chair, food) by their ids here, as
+        STTran's rules take them (:class:`rules.pairing.SttranClasses`); computed once."""
+        return SttranClasses.from_objects(self.objects)
 
     @property
     def person_index(self) -> int:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rules.modes import Mode
-from rules.pairing import SgdetBoxes, SttranClasses, select_test_boxes
+from rules.pairing import SgdetBoxes, select_test_boxes
 from stage2_relations.data import RelationBatch
 from stage2_relations.heads.base import (
     HeadContext,
@@ -299,7 +299,7 @@ class DSGDETR(PairRepresentation, RelationHead):
         boxes = batch.boxes.detach().cpu().numpy()
         dist_np = dist.cpu().double().numpy()
         bo = batch.box_offsets.tolist()
-        classes = SttranClasses.from_objects(self.vocabulary.objects)
+        classes = self.vocabulary.sttran_classes
         source, labels, scores, dists, pairs = [], [], [], [], []
         n = 0
         for f in range(batch.num_frames):

@@ -95,7 +95,7 @@ def predict_objects(classifier: ObjectClassifier | None, batch: RelationBatch, *
     """Labels and scores of ``batch``'s boxes by the mode's rule (module docstring); the
     classifier runs only where the rule uses it. ``person``: the person's class id in the store's
     vocabulary (``Vocabulary.person_index``)."""
-    if batch.mode is Mode.SGDET and not batch.train and batch.object_scores in ("sttran", "detector"):
+    if batch.mode is Mode.SGDET and not batch.train and batch.object_scores in (ObjectScores.STTRAN, ObjectScores.DETECTOR):
         return ObjectPredictions(None, batch.box_labels, batch.box_scores, batch.box_labels)
     needed = batch.mode is not Mode.PREDCLS and classifier is not None
     return objects_from_logits(classifier(batch) if needed else None, batch, person=person)
